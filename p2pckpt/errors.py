@@ -1,0 +1,159 @@
+"""The single exception tree of p2pckpt.
+
+::
+
+    P2pckptError
+    ├── ConfigError(P2pckptError, ValueError)     bad home, bad config, bad CLI input
+    ├── TrustError ── UnknownPeer, NotAuthorized
+    ├── ChannelError ── HandshakeFailed, AuthenticationFailed, ChannelClosed
+    ├── ProtocolError ── LocalProtocolError, RemoteProtocolError
+    ├── ManifestError ── UnsafePath, BadSignature, Rollback
+    ├── TransferError ── ChunkCorrupt, SourceChanged, NotFound, NoSpace,
+    │                    DestinationExists, PeerUnreachable, RemoteError
+    └── StoreError ── ResumeStateInvalid
+
+Every error that reaches the CLI maps to one line on stderr and an exit code
+(``EXIT_CODE``); messages never contain key material.
+"""
+
+from __future__ import annotations
+
+
+class P2pckptError(Exception):
+    """Base of every error p2pckpt raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(P2pckptError, ValueError):
+    """The user gave something unusable: a bad flag, path, name or config."""
+
+    exit_code = 2
+
+
+class TrustError(P2pckptError):
+    """A peer is not trusted for what it tried."""
+
+    exit_code = 5
+
+
+class UnknownPeer(TrustError):
+    """The remote key is not in the trust store."""
+
+
+class NotAuthorized(TrustError):
+    """The remote key is known but lacks the role for the request."""
+
+
+class ChannelError(P2pckptError):
+    """The secure channel failed or ended."""
+
+    exit_code = 6
+
+
+class HandshakeFailed(ChannelError):
+    """The Noise handshake did not complete (garbage, timeout, wrong prologue)."""
+
+
+class AuthenticationFailed(ChannelError):
+    """An AEAD tag or signature did not verify; the reason is never exposed."""
+
+
+class ChannelClosed(ChannelError):
+    """The peer closed the connection or the transport broke."""
+
+
+class ProtocolError(P2pckptError):
+    """A wire-protocol rule was broken."""
+
+    exit_code = 6
+
+
+class LocalProtocolError(ProtocolError):
+    """Our own code misused the protocol API (a bug)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something malformed, oversized or out of order."""
+
+
+class ManifestError(P2pckptError):
+    """A manifest is malformed or unacceptable."""
+
+    exit_code = 7
+
+
+class UnsafePath(ManifestError):
+    """A manifest path could escape the destination or is not portable."""
+
+
+class BadSignature(ManifestError):
+    """A manifest signature is invalid or from an untrusted publisher."""
+
+
+class Rollback(ManifestError):
+    """A peer offered an older version as the newest (rollback protection)."""
+
+    exit_code = 8
+
+
+class TransferError(P2pckptError):
+    """A pull or serve could not complete."""
+
+    exit_code = 1
+
+
+class ChunkCorrupt(TransferError):
+    """A chunk's bytes do not match its BLAKE3 hash."""
+
+    exit_code = 9
+
+    def __init__(self, index: int, detail: str = "hash mismatch") -> None:
+        self.index = index
+        super().__init__(f"chunk {index}: {detail}")
+
+
+class SourceChanged(TransferError):
+    """A published file no longer matches its manifest (changed after publishing)."""
+
+    exit_code = 9
+
+
+class NotFound(TransferError):
+    """The requested name or version is not offered."""
+
+    exit_code = 3
+
+
+class NoSpace(TransferError):
+    """Disk full (or quota, or file too large); the partial copy stays resumable."""
+
+    exit_code = 10
+
+
+class DestinationExists(TransferError):
+    """DEST already holds something that is not this checkpoint."""
+
+    exit_code = 2
+
+
+class PeerUnreachable(TransferError):
+    """No connection could be made to any given peer."""
+
+    exit_code = 4
+
+
+class RemoteError(TransferError):
+    """The peer answered with an error message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(f"peer refused: {message} ({code})")
+
+
+class StoreError(P2pckptError):
+    """Local state (catalog, journal, staging) could not be read or written."""
+
+
+class ResumeStateInvalid(StoreError):
+    """A resume journal is torn, garbled or for another manifest."""
