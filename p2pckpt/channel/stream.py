@@ -1,0 +1,121 @@
+"""The secure channel as a trio stream: handshake, then encrypted records.
+
+``open_secure(transport, node_key, initiator=...)`` runs the handshake under a
+total deadline (R-09) and returns a ``SecureStream``. Writes are serialised by
+a lock; there is one reader. Cancelling ``send_all`` leaves the stream
+unusable (a record may be half-sent): close it. Cancelling ``receive_some``
+is safe only between records and is not relied on.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+import trio
+
+from p2pckpt.channel.handshake import ChannelHandshake
+from p2pckpt.channel.noise import CipherState
+from p2pckpt.channel.records import MAX_RECORD, RecordDecoder, RecordEncoder
+from p2pckpt.errors import ChannelClosed, HandshakeFailed
+from p2pckpt.identity.keys import NodeKey
+from p2pckpt.identity.peer_id import PeerId
+
+HANDSHAKE_TIMEOUT: Final = 10.0
+RECEIVE_BYTES: Final = 256 * 1024
+_LEN = struct.Struct(">H")
+
+_BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+class SecureStream:
+    """An authenticated, encrypted byte stream to one proven peer."""
+
+    def __init__(
+        self,
+        transport: trio.abc.Stream,
+        peer: PeerId,
+        send_cipher: CipherState,
+        recv_cipher: CipherState,
+        leftover: bytes,
+    ) -> None:
+        self.transport = transport
+        self.peer = peer
+        self._encoder = RecordEncoder(send_cipher)
+        self._decoder = RecordDecoder(recv_cipher)
+        self._leftover = leftover
+        self._send_lock = trio.Lock()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        async with self._send_lock:
+            records = self._encoder.encode(data)
+            try:
+                await self.transport.send_all(records)
+            except _BROKEN as exc:
+                raise ChannelClosed("connection lost while sending") from exc
+
+    async def receive_some(self) -> memoryview:
+        """Decrypted bytes; empty at a clean end of stream between records."""
+        while True:
+            if self._leftover:
+                data, self._leftover = self._leftover, b""
+            else:
+                try:
+                    data = await self.transport.receive_some(RECEIVE_BYTES)
+                except _BROKEN as exc:
+                    raise ChannelClosed("connection lost") from exc
+                if not data:
+                    if self._decoder.buffered:
+                        raise ChannelClosed("connection closed mid-record (truncated)")
+                    return memoryview(b"")
+            plain = self._decoder.feed(data)
+            if len(plain):
+                return plain
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+
+async def _read_exact(transport: trio.abc.Stream, buf: bytearray, n: int) -> bytes:
+    while len(buf) < n:
+        data = await transport.receive_some(RECEIVE_BYTES)
+        if not data:
+            raise HandshakeFailed("connection closed during handshake")
+        buf += data
+    out = bytes(buf[:n])
+    del buf[:n]
+    return out
+
+
+async def open_secure(
+    transport: trio.abc.Stream,
+    node_key: NodeKey,
+    *,
+    initiator: bool,
+    timeout: float = HANDSHAKE_TIMEOUT,
+) -> SecureStream:
+    """Run the handshake (bounded by ``timeout`` in total) and return the stream.
+
+    Raises HandshakeFailed on garbage, a wrong protocol, a bad identity proof,
+    a timeout or a closed connection. The caller closes ``transport`` then.
+    """
+    hs = ChannelHandshake(initiator=initiator, node_key=node_key)
+    buf = bytearray()
+    try:
+        with trio.fail_after(timeout):
+            while not hs.complete:
+                if hs.next_is_write():
+                    msg = hs.write()
+                    await transport.send_all(_LEN.pack(len(msg)) + msg)
+                else:
+                    (length,) = _LEN.unpack(await _read_exact(transport, buf, _LEN.size))
+                    if length > MAX_RECORD:  # pragma: no cover - u16 cannot exceed
+                        raise HandshakeFailed("handshake message too large")
+                    hs.read(await _read_exact(transport, buf, length))
+    except trio.TooSlowError:
+        raise HandshakeFailed("handshake timed out") from None
+    except _BROKEN as exc:
+        raise HandshakeFailed("connection lost during handshake") from exc
+    send, recv = hs.split()
+    assert hs.remote_peer is not None
+    return SecureStream(transport, hs.remote_peer, send, recv, bytes(buf))

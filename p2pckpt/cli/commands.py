@@ -1,0 +1,339 @@
+"""The subcommands. Each parses, calls the library, and prints."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from p2pckpt.cli.main import cli, emit_json, fail, home_option, home_path, open_home
+from p2pckpt.errors import ConfigError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def command(group: click.Group = cli, **kwargs: Any) -> Callable[[F], F]:
+    """A subcommand that also accepts ``--home`` after its name."""
+
+    def wrap(fn: F) -> F:
+        return group.command(**kwargs)(home_option(fn))  # type: ignore[return-value]
+
+    return wrap
+
+
+def _parse_ref(ref: str) -> tuple[str, int | None]:
+    name, sep, version = ref.partition("@")
+    if not sep:
+        return name, None
+    if not version.isdigit():
+        fail(f"bad version in {ref!r}: use NAME@NUMBER")
+    return name, int(version)
+
+
+@command()
+def init() -> None:
+    """Create this node's key, trust store and catalog (idempotent)."""
+    from p2pckpt.home import Home
+
+    home, created = Home.init(home_path())
+    click.echo(f"{'created' if created else 'already initialised'}: {home.path}", err=True)
+    click.echo(str(home.key.peer_id))
+
+
+@command(name="id")
+def show_id() -> None:
+    """Print this node's peer ID."""
+    click.echo(str(open_home().key.peer_id))
+
+
+@cli.group()
+def trust() -> None:
+    """Manage the peers this node talks to."""
+
+
+@command(trust, name="add")
+@click.argument("peer_id")
+@click.option("--name", default="", help="A label for the peer.")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    type=click.Choice(["pull", "publish", "push"]),
+    help="What the peer may do (repeatable; default: all).",
+)
+def trust_add(peer_id: str, name: str, roles: tuple[str, ...]) -> None:
+    """Trust PEER_ID."""
+    from p2pckpt.identity.peer_id import PeerId
+    from p2pckpt.identity.trust import ROLES
+
+    home = open_home()
+    pid = PeerId.parse(peer_id)
+    if pid == home.key.peer_id:
+        fail("that is this node's own ID")
+    peer = home.trust.add(pid, name, roles or ROLES)
+    home.save_trust()
+    click.echo(f"trusted {peer.peer_id} ({peer.name or '-'}): {', '.join(sorted(peer.roles))}")
+
+
+@command(trust, name="ls")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def trust_ls(as_json: bool) -> None:
+    """List trusted peers."""
+    peers = list(open_home().trust)
+    if as_json:
+        emit_json([{"id": str(p.peer_id), "name": p.name, "roles": sorted(p.roles)} for p in peers])
+        return
+    for p in peers:
+        click.echo(f"{p.peer_id}  {p.name or '-':<16} {','.join(sorted(p.roles))}")
+
+
+@command(trust, name="rm")
+@click.argument("peer_id")
+def trust_rm(peer_id: str) -> None:
+    """Stop trusting PEER_ID."""
+    from p2pckpt.identity.peer_id import PeerId
+
+    home = open_home()
+    home.trust.remove(PeerId.parse(peer_id))
+    home.save_trust()
+
+
+def _progress_bar(enabled: bool) -> Any:
+    """A rich progress display on stderr, or None when not a terminal."""
+    if not enabled:
+        return None
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
+
+
+@command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Checkpoint name.")
+@click.option("--version", type=click.IntRange(0), default=None, help="Default: newest + 1.")
+@click.option("--meta", multiple=True, help="KEY=VALUE metadata (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def publish(path: Path, name: str, version: int | None, meta: tuple[str, ...], as_json: bool) -> None:
+    """Publish PATH (a file or a directory) as NAME."""
+    import time
+
+    from p2pckpt.publish import parse_meta
+    from p2pckpt.publish import publish as do_publish
+
+    home = open_home()
+    bar = _progress_bar(sys.stderr.isatty())
+    task: list[Any] = []
+    started = time.monotonic()
+
+    def on_total(total: int) -> None:
+        if bar is not None:
+            task.append(bar.add_task(f"hashing {name}", total=total))
+
+    def on_bytes(n: int) -> None:
+        if bar is not None and task:
+            bar.advance(task[0], n)
+
+    if bar is not None:
+        bar.start()
+    try:
+        manifest = do_publish(home, path, name, version, parse_meta(list(meta)), on_bytes, on_total)
+    finally:
+        if bar is not None:
+            bar.stop()
+    seconds = time.monotonic() - started
+    doc = {
+        "name": manifest.name,
+        "version": manifest.version,
+        "publisher": str(manifest.publisher),
+        "root": manifest.root.hex(),
+        "files": len(manifest.files),
+        "chunks": manifest.chunk_count,
+        "bytes": manifest.total_bytes,
+        "seconds": round(seconds, 3),
+    }
+    if as_json:
+        emit_json(doc)
+    else:
+        rate = manifest.total_bytes / seconds / 1e6 if seconds > 0 else 0
+        click.echo(
+            f"published {manifest.name}@{manifest.version}: {len(manifest.files)} file(s),"
+            f" {manifest.total_bytes / 1e6:.1f} MB, {manifest.chunk_count} chunks"
+            f" ({rate:.0f} MB/s)"
+        )
+
+
+@command(name="ls")
+@click.option("--peer", default=None, metavar="HOST:PORT", help="List what a peer offers.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def ls(peer: str | None, as_json: bool) -> None:
+    """List versions held locally, or offered by a peer."""
+    home = open_home()
+    rows: list[dict[str, Any]]
+    if peer is None:
+        rows = [
+            {
+                "name": e.name,
+                "version": e.version,
+                "publisher": _peer_str(e.publisher),
+                "bytes": e.total_bytes,
+                "files": e.file_count,
+                "origin": e.origin,
+                "location": e.location,
+            }
+            for e in home.catalog.all()
+        ]
+    else:
+        import trio
+
+        from p2pckpt.transfer.pull import list_remote, parse_addr
+
+        versions = trio.run(list_remote, home, parse_addr(peer))
+        rows = [
+            {
+                "name": v.name,
+                "version": v.version,
+                "publisher": _peer_str(v.publisher),
+                "bytes": v.total_bytes,
+                "files": v.file_count,
+            }
+            for v in versions
+        ]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no checkpoints", err=True)
+    for r in rows:
+        from p2pckpt.manifest.paths import safe_display
+
+        click.echo(
+            f"{safe_display(r['name'])}@{r['version']}  {r['bytes'] / 1e6:10.1f} MB"
+            f"  {r['files']:5d} file(s)  publisher {r['publisher'][:5]}"
+            + (f"  {r['origin']}: {safe_display(r['location'])}" if "origin" in r else "")
+        )
+
+
+def _peer_str(key: bytes) -> str:
+    from p2pckpt.identity.peer_id import PeerId
+
+    return str(PeerId(key))
+
+
+@command()
+@click.option("--listen", default="0.0.0.0:7450", show_default=True, metavar="HOST:PORT")
+@click.option("--no-mdns", is_flag=True, help="Do not announce on the LAN (mDNS).")
+def serve(listen: str, no_mdns: bool) -> None:
+    """Serve this node's checkpoints in the foreground until SIGTERM/Ctrl-C."""
+    import signal
+
+    import trio
+
+    from p2pckpt.transfer.pull import parse_addr
+    from p2pckpt.transfer.serve import Server
+
+    home = open_home()
+    host, port = parse_addr(listen, allow_zero=True)
+    logging.getLogger("p2pckpt").setLevel(min(logging.getLogger().level, logging.INFO))
+
+    async def run() -> None:
+        server = Server(home)
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(server.serve, host, port)
+            for lst in listeners:
+                addr = lst.socket.getsockname()
+                click.echo(f"listening on {addr[0]}:{addr[1]}")
+            sys.stdout.flush()
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    logging.getLogger("p2pckpt.serve").info("shutting down")
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(run)
+
+
+class _RichProgress:
+    def __init__(self, bar: Any) -> None:
+        self._bar = bar
+        self._task: Any = None
+
+    def start(self, name: str, total: int, done: int) -> None:
+        self._task = self._bar.add_task(name, total=total, completed=done)
+
+    def advance(self, n: int) -> None:
+        if self._task is not None:
+            self._bar.advance(self._task, n)
+
+
+@command()
+@click.argument("ref", metavar="NAME[@VERSION]")
+@click.option("--from", "sources", multiple=True, metavar="HOST:PORT", help="Peer to pull from.")
+@click.option("-o", "--output", "dest", type=click.Path(path_type=Path), default=None)
+@click.option("--streams", type=click.IntRange(1, 16), default=None, help="Parallel connections.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
+def pull(
+    ref: str, sources: tuple[str, ...], dest: Path | None, streams: int | None, as_json: bool
+) -> None:
+    """Pull NAME (newest) or NAME@VERSION; exits 0 only once every byte is verified."""
+    import dataclasses
+
+    import trio
+
+    from p2pckpt.transfer import pull as pulling
+
+    name, version = _parse_ref(ref)
+    home = open_home()
+    addrs = [pulling.parse_addr(s) for s in sources]
+    if not addrs:
+        raise ConfigError("give at least one --from HOST:PORT (discovery is not built yet)")
+    bar = _progress_bar(sys.stderr.isatty())
+    progress = _RichProgress(bar) if bar is not None else None
+    if bar is not None:
+        bar.start()
+    try:
+        result = trio.run(
+            pulling.pull,
+            home,
+            name,
+            version,
+            addrs,
+            dest,
+            streams or pulling.DEFAULT_STREAMS,
+            progress,
+        )
+    finally:
+        if bar is not None:
+            bar.stop()
+    if as_json:
+        doc = dataclasses.asdict(result)
+        doc["seconds"] = round(result.seconds, 3)
+        emit_json(doc)
+    else:
+        rate = result.bytes_downloaded / result.seconds / 1e6 if result.seconds else 0.0
+        click.echo(
+            f"pulled {result.name}@{result.version} to {result.dest}: "
+            f"{result.bytes_total / 1e6:.1f} MB verified, {result.bytes_downloaded / 1e6:.1f} MB"
+            f" downloaded in {result.seconds:.1f}s ({rate:.0f} MB/s),"
+            f" {result.bytes_reused / 1e6:.1f} MB already present"
+        )
+
+

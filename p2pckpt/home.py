@@ -1,0 +1,65 @@
+"""A node's home directory: key, trust store, catalog, config.
+
+``--home DIR`` or ``P2PCKPT_HOME`` select it, so several nodes run side by
+side on one machine. The directory is 0700 and refused if others can write
+it (R-54).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+from p2pckpt.errors import ConfigError
+from p2pckpt.identity.keys import KEY_FILE, NodeKey
+from p2pckpt.identity.trust import TrustStore
+from p2pckpt.store.catalog import CATALOG_FILE, Catalog
+
+
+def default_home() -> Path:
+    env = os.environ.get("P2PCKPT_HOME")
+    if env:
+        return Path(env)
+    return Path(platformdirs.user_data_dir("p2pckpt", appauthor=False))
+
+
+@dataclass
+class Home:
+    """An opened node home."""
+
+    path: Path
+    key: NodeKey
+    trust: TrustStore
+    catalog: Catalog
+
+    @classmethod
+    def init(cls, path: Path) -> tuple[Home, bool]:
+        """Create key, trust store and catalog if missing; returns (home, created)."""
+        path = path.expanduser().absolute()
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        created = not (path / KEY_FILE).exists()
+        if created:
+            os.chmod(path, 0o700)
+            NodeKey.generate().save(path)
+        return cls.open(path), created
+
+    @classmethod
+    def open(cls, path: Path) -> Home:
+        path = path.expanduser().absolute()
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise ConfigError(f"no node home at {path}: run 'p2pckpt init' first") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"{path} is not a directory")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise ConfigError(f"{path} is writable by others: chmod 700 it")
+        key = NodeKey.load(path)
+        return cls(path, key, TrustStore.load(path), Catalog(path / CATALOG_FILE))
+
+    def save_trust(self) -> None:
+        self.trust.save(self.path)

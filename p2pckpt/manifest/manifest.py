@@ -1,0 +1,242 @@
+"""The signed manifest: what one checkpoint version is, byte for byte.
+
+Canonical encoding (msgpack, arrays only, so the bytes are unique for a value)::
+
+    body = ["p2pckpt-manifest", 1, name, version, publisher_key, created,
+            [[meta_key, meta_value], ...sorted],  kind,
+            [[path, size, [[offset, length, blake3], ...]], ...sorted by path]]
+    root = BLAKE3(body)
+    envelope = ["p2pckpt-signed-manifest", 1, body, ed25519(SIGN_CONTEXT || root)]
+
+The root identifies the version everywhere (catalog, wire, journal). Decoding
+validates every field and limit before anything uses it; a signature is
+checked against the publisher key inside the body, and the caller decides
+whether that publisher is trusted. Paths are validated at publish and pull.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import blake3
+import msgpack
+
+from p2pckpt.errors import BadSignature, ManifestError
+from p2pckpt.identity.keys import NodeKey, verify_signature
+from p2pckpt.identity.peer_id import PeerId
+from p2pckpt.manifest.chunker import MAX_CHUNK, Chunk
+from p2pckpt.manifest.paths import validate_path_set
+
+_BODY_TAG = "p2pckpt-manifest"
+_ENVELOPE_TAG = "p2pckpt-signed-manifest"
+_FORMAT = 1
+SIGN_CONTEXT = b"p2pckpt 2026 manifest signature v1\x00"
+
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_FILES = 100_000
+MAX_CHUNKS = 1 << 19
+MAX_TOTAL_BYTES = 4 << 40
+MAX_META = 64
+MAX_META_KEY = 64
+MAX_META_VALUE = 1024
+MAX_VERSION = (1 << 63) - 1
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+KINDS = ("file", "dir")
+
+
+def validate_name(name: object) -> str:
+    """A checkpoint name: letters, digits, ``._-``, up to 128, not starting with punctuation."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise ManifestError(
+            f"bad checkpoint name {name!r}: use letters, digits, '.', '_' or '-' (max 128)"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    path: str
+    size: int
+    chunks: tuple[Chunk, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """One checkpoint version. ``root`` is filled in by ``encode``/``decode``."""
+
+    name: str
+    version: int
+    publisher: PeerId
+    created: int
+    meta: Mapping[str, str]
+    kind: str
+    files: tuple[FileEntry, ...]
+    root: bytes = field(default=b"", compare=False)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def chunk_count(self) -> int:
+        return sum(len(f.chunks) for f in self.files)
+
+    def iter_chunks(self) -> Iterator[tuple[int, FileEntry, Chunk]]:
+        """Every chunk with its file, in the global order used on the wire."""
+        index = 0
+        for entry in self.files:
+            for chunk in entry.chunks:
+                yield index, entry, chunk
+                index += 1
+
+
+def _body(m: Manifest) -> list[Any]:
+    return [
+        _BODY_TAG,
+        _FORMAT,
+        m.name,
+        m.version,
+        m.publisher.key,
+        m.created,
+        [[k, m.meta[k]] for k in sorted(m.meta)],
+        m.kind,
+        [
+            [f.path, f.size, [[c.offset, c.length, c.digest] for c in f.chunks]]
+            for f in sorted(m.files, key=lambda f: f.path)
+        ],
+    ]
+
+
+def _root(body: bytes) -> bytes:
+    return blake3.blake3(body).digest()
+
+
+def sign(manifest: Manifest, key: NodeKey) -> tuple[Manifest, bytes]:
+    """Validate, encode and sign; returns the manifest with its root, and the envelope."""
+    if manifest.publisher != key.peer_id:
+        raise ManifestError("a manifest is signed by its own publisher")
+    body = msgpack.packb(_body(manifest), use_bin_type=True)
+    checked = decode_body(body)  # the same checks a puller will make
+    signature = key.sign(SIGN_CONTEXT + checked.root)
+    envelope = msgpack.packb([_ENVELOPE_TAG, _FORMAT, body, signature], use_bin_type=True)
+    if len(envelope) > MAX_MANIFEST_BYTES:
+        raise ManifestError("manifest too large (too many files or chunks)")
+    return checked, envelope
+
+
+def verify(envelope: bytes) -> Manifest:
+    """Decode a signed envelope, checking structure, limits and signature.
+
+    The caller still checks that the publisher is trusted for ``publish``.
+    """
+    if not isinstance(envelope, bytes) or len(envelope) > MAX_MANIFEST_BYTES:
+        raise ManifestError("manifest too large")
+    try:
+        outer = msgpack.unpackb(
+            envelope, raw=False, strict_map_key=True, max_bin_len=MAX_MANIFEST_BYTES
+        )
+    except Exception as exc:  # msgpack raises many types on garbage
+        raise ManifestError("manifest envelope is not valid msgpack") from exc
+    if (
+        not isinstance(outer, list)
+        or len(outer) != 4
+        or outer[0] != _ENVELOPE_TAG
+        or outer[1] != _FORMAT
+        or not isinstance(outer[2], bytes)
+        or not isinstance(outer[3], bytes)
+    ):
+        raise ManifestError("not a signed p2pckpt manifest")
+    manifest = decode_body(outer[2])
+    try:
+        verify_signature(manifest.publisher, SIGN_CONTEXT + manifest.root, outer[3])
+    except Exception:
+        raise BadSignature("manifest signature is invalid") from None
+    return manifest
+
+
+def _need(cond: bool, what: str) -> None:
+    if not cond:
+        raise ManifestError(f"malformed manifest: {what}")
+
+
+def _int(v: object, lo: int, hi: int) -> bool:
+    return type(v) is int and lo <= v <= hi
+
+
+def decode_body(body: bytes) -> Manifest:
+    """Decode and validate a manifest body (unsigned part)."""
+    try:
+        doc = msgpack.unpackb(
+            body,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=64,
+            max_str_len=4096,
+            max_array_len=MAX_CHUNKS,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception as exc:
+        raise ManifestError("manifest body is not valid msgpack") from exc
+    _need(isinstance(doc, list) and len(doc) == 9, "shape")
+    tag, fmt, name, version, pub, created, meta, kind, files = doc
+    _need(tag == _BODY_TAG and fmt == _FORMAT, "unknown format")
+    validate_name(name)
+    _need(_int(version, 0, MAX_VERSION), "version")
+    _need(isinstance(pub, bytes) and len(pub) == 32, "publisher")
+    _need(_int(created, 0, 1 << 40), "created")
+    _need(isinstance(meta, list) and len(meta) <= MAX_META, "meta")
+    meta_map: dict[str, str] = {}
+    for item in meta:
+        _need(isinstance(item, list) and len(item) == 2, "meta entry")
+        k, v = item
+        _need(isinstance(k, str) and 0 < len(k) <= MAX_META_KEY and k.isprintable(), "meta key")
+        _need(isinstance(v, str) and len(v) <= MAX_META_VALUE, "meta value")
+        _need(k not in meta_map, "duplicate meta key")
+        meta_map[k] = v
+    _need(list(meta_map) == sorted(meta_map), "meta order")
+    _need(kind in KINDS, "kind")
+    _need(isinstance(files, list) and 0 < len(files) <= MAX_FILES, "file count")
+    _need(kind == "dir" or len(files) == 1, "a file checkpoint has one file")
+    entries = []
+    total = 0
+    nchunks = 0
+    for f in files:
+        _need(isinstance(f, list) and len(f) == 3, "file entry")
+        path, size, chunks = f
+        _need(isinstance(path, str), "path")
+        _need(_int(size, 0, MAX_TOTAL_BYTES), "file size")
+        _need(isinstance(chunks, list), "chunks")
+        total += size
+        nchunks += len(chunks)
+        _need(total <= MAX_TOTAL_BYTES and nchunks <= MAX_CHUNKS, "too large")
+        parsed = []
+        expect = 0
+        for c in chunks:
+            _need(isinstance(c, list) and len(c) == 3, "chunk entry")
+            off, length, digest = c
+            _need(_int(off, 0, MAX_TOTAL_BYTES) and off == expect, "chunk offsets")
+            _need(_int(length, 1, MAX_CHUNK), "chunk length")
+            _need(isinstance(digest, bytes) and len(digest) == 32, "chunk hash")
+            parsed.append(Chunk(off, length, digest))
+            expect += length
+        _need(expect == size, "chunks do not cover the file")
+        entries.append(FileEntry(path, size, tuple(parsed)))
+    paths = [e.path for e in entries]
+    _need(paths == sorted(paths), "file order")
+    validate_path_set(paths)
+    manifest = Manifest(
+        name=name,
+        version=version,
+        publisher=PeerId(pub),
+        created=created,
+        meta=meta_map,
+        kind=kind,
+        files=tuple(entries),
+        root=_root(body),
+    )
+    _need(msgpack.packb(_body(manifest), use_bin_type=True) == body, "not canonical")
+    return manifest

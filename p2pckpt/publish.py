@@ -1,0 +1,87 @@
+"""Publishing: hash a checkpoint in place, sign its manifest, record it.
+
+The bytes are not copied: the catalog points at the original file or
+directory, and the seeder re-checks each chunk's hash when serving it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from p2pckpt.errors import ConfigError, SourceChanged
+from p2pckpt.home import Home
+from p2pckpt.manifest.chunker import hash_reader
+from p2pckpt.manifest.manifest import (
+    MAX_META,
+    MAX_META_KEY,
+    MAX_META_VALUE,
+    MAX_VERSION,
+    FileEntry,
+    Manifest,
+    sign,
+    validate_name,
+)
+from p2pckpt.manifest.walk import walk
+
+
+def parse_meta(pairs: list[str]) -> dict[str, str]:
+    """``K=V`` strings into a dict, with the manifest's limits."""
+    meta: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--meta takes KEY=VALUE, got {pair!r}")
+        if len(key) > MAX_META_KEY or len(value) > MAX_META_VALUE or not key.isprintable():
+            raise ConfigError(f"--meta {key[:20]!r}: key ≤ 64, value ≤ 1024 characters")
+        meta[key] = value
+    if len(meta) > MAX_META:
+        raise ConfigError(f"at most {MAX_META} --meta entries")
+    return meta
+
+
+def publish(
+    home: Home,
+    path: Path,
+    name: str,
+    version: int | None = None,
+    meta: Mapping[str, str] | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> Manifest:
+    """Hash ``path`` (a file or a directory) and publish it as ``name@version``."""
+    validate_name(name)
+    if version is None:
+        version = home.catalog.next_version(name)
+    if not 0 <= version <= MAX_VERSION:
+        raise ConfigError("a version is a whole number ≥ 0")
+    root = path.expanduser().absolute()
+    kind, sources = walk(root)
+    if on_total is not None:
+        on_total(sum(s.size for s in sources))
+    entries = []
+    for src in sources:
+        fd = os.open(src.path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            try:
+                chunks = hash_reader(f, src.size, on_bytes)  # type: ignore[arg-type]
+            except EOFError as exc:
+                raise SourceChanged(f"{src.relpath!r} shrank while publishing") from exc
+            st = os.fstat(f.fileno())
+        if st.st_size != src.size or st.st_mtime_ns != src.mtime_ns:
+            raise SourceChanged(f"{src.relpath!r} changed while publishing; try again")
+        entries.append(FileEntry(src.relpath, src.size, tuple(chunks)))
+    manifest = Manifest(
+        name=name,
+        version=version,
+        publisher=home.key.peer_id,
+        created=int(time.time()),
+        meta=dict(meta or {}),
+        kind=kind,
+        files=tuple(entries),
+    )
+    manifest, envelope = sign(manifest, home.key)
+    home.catalog.add(manifest, envelope, root, "published")
+    return manifest

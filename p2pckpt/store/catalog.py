@@ -1,0 +1,165 @@
+"""The catalog: which versions this node holds and where their bytes live.
+
+One SQLite file (WAL) per home. A row is a verified, signed manifest plus the
+local root of its bytes: the original file or directory for a published
+version (served in place, no second copy), the destination for a pulled one.
+``highest`` remembers the newest version ever accepted per (publisher, name),
+so "latest" never goes backwards (rollback protection).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from p2pckpt.errors import ManifestError, Rollback, StoreError
+from p2pckpt.manifest.manifest import Manifest, verify
+
+CATALOG_FILE = "catalog.db"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS versions (
+    root        BLOB PRIMARY KEY,
+    name        TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    publisher   BLOB NOT NULL,
+    envelope    BLOB NOT NULL,
+    location    TEXT NOT NULL,
+    origin      TEXT NOT NULL CHECK (origin IN ('published', 'pulled')),
+    total_bytes INTEGER NOT NULL,
+    file_count  INTEGER NOT NULL,
+    added       INTEGER NOT NULL,
+    UNIQUE (publisher, name, version)
+);
+CREATE INDEX IF NOT EXISTS versions_by_name ON versions (name, version);
+CREATE TABLE IF NOT EXISTS highest (
+    publisher BLOB NOT NULL,
+    name      TEXT NOT NULL,
+    version   INTEGER NOT NULL,
+    PRIMARY KEY (publisher, name)
+);
+PRAGMA user_version = 1;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A catalog row, with the manifest decoded lazily by ``manifest()``."""
+
+    root: bytes
+    name: str
+    version: int
+    publisher: bytes
+    envelope: bytes
+    location: str
+    origin: str
+    total_bytes: int
+    file_count: int
+    added: int
+
+    def manifest(self) -> Manifest:
+        return verify(self.envelope)
+
+
+class Catalog:
+    """Thin typed access to the catalog database."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open catalog {path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[Entry]:
+        cur = self._db.execute(
+            "SELECT root, name, version, publisher, envelope, location, origin,"
+            " total_bytes, file_count, added FROM versions " + sql,
+            args,
+        )
+        return [Entry(*row) for row in cur.fetchall()]
+
+    def add(self, manifest: Manifest, envelope: bytes, location: Path, origin: str) -> None:
+        """Record a verified version; raises if the same (publisher, name, version)
+        already names different content."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            clash = self._rows(
+                "WHERE publisher = ? AND name = ? AND version = ?",
+                (manifest.publisher.key, manifest.name, manifest.version),
+            )
+            if clash and clash[0].root != manifest.root:
+                raise ManifestError(
+                    f"{manifest.name}@{manifest.version} already exists with other content;"
+                    " publish a new version"
+                )
+            self._db.execute(
+                "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    manifest.root,
+                    manifest.name,
+                    manifest.version,
+                    manifest.publisher.key,
+                    envelope,
+                    str(location),
+                    origin,
+                    manifest.total_bytes,
+                    len(manifest.files),
+                    int(time.time()),
+                ),
+            )
+            self._bump_highest(manifest)
+
+    def _bump_highest(self, manifest: Manifest) -> None:
+        self._db.execute(
+            "INSERT INTO highest VALUES (?,?,?) ON CONFLICT (publisher, name)"
+            " DO UPDATE SET version = max(version, excluded.version)",
+            (manifest.publisher.key, manifest.name, manifest.version),
+        )
+
+    def check_not_rollback(self, manifest: Manifest, asked_latest: bool) -> None:
+        """Refuse an older version offered as "latest" for this publisher and name."""
+        row = self._db.execute(
+            "SELECT version FROM highest WHERE publisher = ? AND name = ?",
+            (manifest.publisher.key, manifest.name),
+        ).fetchone()
+        if asked_latest and row is not None and manifest.version < row[0]:
+            raise Rollback(
+                f"peer offers {manifest.name}@{manifest.version} as newest,"
+                f" but version {row[0]} was already seen: refusing rollback"
+            )
+
+    def note_seen(self, manifest: Manifest) -> None:
+        """Remember that a valid signed version exists (before it is fully pulled)."""
+        with self._db:
+            self._bump_highest(manifest)
+
+    def all(self) -> list[Entry]:
+        return self._rows("ORDER BY name, version")
+
+    def by_root(self, root: bytes) -> Entry | None:
+        rows = self._rows("WHERE root = ?", (root,))
+        return rows[0] if rows else None
+
+    def find(self, name: str, version: int | None) -> Entry | None:
+        """The newest version of ``name`` (or exactly ``version``) held here."""
+        if version is None:
+            rows = self._rows("WHERE name = ? ORDER BY version DESC, added DESC LIMIT 1", (name,))
+        else:
+            rows = self._rows("WHERE name = ? AND version = ? LIMIT 1", (name, version))
+        return rows[0] if rows else None
+
+    def next_version(self, name: str) -> int:
+        row = self._db.execute("SELECT max(version) FROM versions WHERE name = ?", (name,))
+        top = row.fetchone()[0]
+        return 1 if top is None else int(top) + 1
+
+    def remove(self, root: bytes) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM versions WHERE root = ?", (root,))

@@ -1,0 +1,321 @@
+"""The puller: fetch one signed version into DEST over N parallel streams.
+
+Order of trust (SECURITY.md §1.1): the transport peer must be in our trust
+store; the manifest must carry a valid signature of a publisher we trust for
+"publish", name what we asked for, and not roll "latest" back; every chunk
+must hash to its manifest entry before it is written.
+
+Each stream is one connection with its own Noise session. A stream keeps up
+to PIPELINE requests in flight, takes the next missing chunk from a shared
+iterator (so fast streams do more), and hands verified-pending chunks to its
+writer task, which hashes and writes in a worker thread while the stream
+keeps receiving. Any failure cancels the pull; the journal makes the next
+run continue where this one stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from p2pckpt.channel.stream import SecureStream, open_secure
+from p2pckpt.errors import (
+    BadSignature,
+    ChannelClosed,
+    ConfigError,
+    DestinationExists,
+    HandshakeFailed,
+    ManifestError,
+    NotAuthorized,
+    NotFound,
+    P2pckptError,
+    PeerUnreachable,
+    RemoteError,
+    RemoteProtocolError,
+    SourceChanged,
+    TransferError,
+)
+from p2pckpt.home import Home
+from p2pckpt.manifest.manifest import Manifest, verify
+from p2pckpt.store.staging import Staging, check_free_space
+from p2pckpt.wire import messages as m
+from p2pckpt.wire.codec import CLIENT_ACCEPTS, MessageReader, encode
+
+log = logging.getLogger("p2pckpt.pull")
+
+CONNECT_TIMEOUT: Final = 10.0
+IDLE_TIMEOUT: Final = 60.0
+PIPELINE: Final = 6
+WRITE_QUEUE: Final = 2
+DEFAULT_STREAMS: Final = 2
+
+Addr = tuple[str, int]
+
+
+def parse_addr(text: str, allow_zero: bool = False) -> Addr:
+    """``HOST:PORT`` (IPv6 as ``[::1]:PORT``); port 0 only for listening."""
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    low = 0 if allow_zero else 1
+    if not sep or not host or not port.isdigit() or not low <= int(port) < 65536:
+        raise ConfigError(f"bad address {text!r}: use HOST:PORT")
+    return host, int(port)
+
+
+def _remote_error(err: m.Error, peer: str) -> P2pckptError:
+    if err.code == m.UNAUTHORIZED:
+        return NotAuthorized(f"peer {peer} does not trust us (ask its owner to 'trust add' our ID)")
+    if err.code == m.NOT_FOUND:
+        return NotFound(f"peer {peer}: {err.message}")
+    if err.code == m.SOURCE_CHANGED:
+        return SourceChanged(f"peer {peer}: {err.message}")
+    return RemoteError(err.code, err.message)
+
+
+class PeerConnection:
+    """Requests and responses over one secure stream (client side)."""
+
+    def __init__(self, secure: SecureStream, label: str) -> None:
+        self.secure = secure
+        self.label = label
+        self._reader = MessageReader(CLIENT_ACCEPTS)
+        self._pending: deque[m.Message] = deque()
+
+    async def send(self, msg: m.Message) -> None:
+        await self.secure.send_all(encode(msg))
+
+    async def receive(self) -> m.Message:
+        while not self._pending:
+            with trio.fail_after(IDLE_TIMEOUT):
+                data = await self.secure.receive_some()
+            if not data:
+                raise ChannelClosed(f"peer {self.label} closed the connection")
+            self._pending.extend(self._reader.feed(data))
+        msg = self._pending.popleft()
+        if isinstance(msg, m.Error) and msg.req_id is None:
+            raise _remote_error(msg, self.label)
+        return msg
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self.secure.aclose()
+
+
+async def connect(home: Home, addr: Addr) -> PeerConnection:
+    """Dial, handshake, and require the peer to be in our trust store."""
+    label = f"{addr[0]}:{addr[1]}"
+    try:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            tcp = await trio.open_tcp_stream(*addr)
+    except (OSError, trio.TooSlowError) as exc:
+        raise PeerUnreachable(f"cannot reach {label}: {getattr(exc, 'strerror', None) or 'timed out'}") from None
+    try:
+        secure = await open_secure(tcp, home.key, initiator=True)
+        home.trust.require(secure.peer)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await tcp.aclose()
+        raise
+    return PeerConnection(secure, f"{secure.peer.short}@{label}")
+
+
+async def fetch_manifest(
+    home: Home, conn: PeerConnection, name: str, version: int | None
+) -> tuple[Manifest, bytes]:
+    await conn.send(m.ManifestRequest(name, version))
+    reply = await conn.receive()
+    if not isinstance(reply, m.ManifestResponse):
+        raise RemoteProtocolError("expected a manifest")
+    manifest = verify(reply.envelope)
+    try:
+        home.trust.require(manifest.publisher, "publish")
+    except P2pckptError:
+        raise BadSignature(
+            f"{name} is signed by {manifest.publisher.short}, not a publisher we trust"
+        ) from None
+    if manifest.name != name or (version is not None and manifest.version != version):
+        raise ManifestError(f"peer answered with {manifest.name}@{manifest.version}")
+    home.catalog.check_not_rollback(manifest, asked_latest=version is None)
+    home.catalog.note_seen(manifest)
+    return manifest, reply.envelope
+
+
+@dataclass(frozen=True)
+class PullResult:
+    name: str
+    version: int
+    dest: str
+    publisher: str
+    root: str
+    bytes_total: int
+    bytes_downloaded: int
+    bytes_reused: int
+    chunks: int
+    streams: int
+    seconds: float
+
+
+class Progress:
+    """Callbacks for a progress display; the default does nothing."""
+
+    def start(self, name: str, total: int, done: int) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+
+def default_dest(manifest: Manifest) -> Path:
+    if manifest.kind == "file":
+        return Path.cwd() / manifest.files[0].path
+    return Path.cwd() / manifest.name
+
+
+async def _stream_worker(
+    conn: PeerConnection,
+    staging: Staging,
+    todo: Iterator[int],
+    sizes: list[int],
+    on_chunk: Callable[[int], None],
+) -> None:
+    inflight: set[int] = set()
+    write_send, write_recv = trio.open_memory_channel[tuple[int, bytearray]](WRITE_QUEUE)
+    root = staging.manifest.root
+
+    async def writer() -> None:
+        async for index, data in write_recv:
+            await trio.to_thread.run_sync(staging.write_chunk, index, data)
+            on_chunk(sizes[index])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        async with write_send:
+            while True:
+                while len(inflight) < PIPELINE:
+                    index = next(todo, None)
+                    if index is None:
+                        break
+                    inflight.add(index)
+                    await conn.send(m.ChunkRequest(index, root, index))
+                if not inflight:
+                    break
+                msg = await conn.receive()
+                if isinstance(msg, m.ChunkData) and msg.req_id in inflight:
+                    inflight.discard(msg.req_id)
+                    assert isinstance(msg.data, bytearray)
+                    await write_send.send((msg.req_id, msg.data))
+                elif isinstance(msg, m.Error) and msg.req_id in inflight:
+                    raise _remote_error(msg, conn.label)
+                else:
+                    raise RemoteProtocolError(f"peer {conn.label} sent an unrequested response")
+
+
+async def pull(
+    home: Home,
+    name: str,
+    version: int | None,
+    addrs: list[Addr],
+    dest: Path | None = None,
+    streams: int = DEFAULT_STREAMS,
+    progress: Progress | None = None,
+) -> PullResult:
+    """Pull ``name`` (newest, or ``@version``) from the first reachable address."""
+    progress = progress or Progress()
+    started = time.monotonic()
+    if not addrs:
+        raise PeerUnreachable("no peer to pull from: give --from HOST:PORT")
+    conn: PeerConnection | None = None
+    errors = []
+    for addr in addrs:
+        try:
+            conn = await connect(home, addr)
+            break
+        except (PeerUnreachable, HandshakeFailed, ChannelClosed) as exc:
+            errors.append(str(exc))
+    if conn is None:
+        raise PeerUnreachable("; ".join(errors))
+    conns = [conn]
+    try:
+        manifest, envelope = await fetch_manifest(home, conn, name, version)
+        dest = (dest or default_dest(manifest)).expanduser().absolute()
+        total = manifest.total_bytes
+        if dest.exists() or dest.is_symlink():
+            held = home.catalog.by_root(manifest.root)
+            if held is not None and Path(held.location) == dest:
+                return PullResult(
+                    manifest.name, manifest.version, str(dest), str(manifest.publisher),
+                    manifest.root.hex(), total, 0, total, manifest.chunk_count, 0,
+                    time.monotonic() - started,
+                )
+            raise DestinationExists(f"{dest} already exists; remove it or choose another -o")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Staging(dest, manifest, envelope)
+        sizes = [c.length for _, _, c in manifest.iter_chunks()]
+        try:
+            done = await trio.to_thread.run_sync(staging.open)
+            reused = sum(sizes[i] for i in done)
+            check_free_space(dest, total - reused)
+            progress.start(f"{manifest.name}@{manifest.version}", total, reused)
+            missing = [i for i in range(len(sizes)) if i not in done]
+            downloaded = 0
+
+            def on_chunk(n: int) -> None:
+                nonlocal downloaded
+                downloaded += n
+                progress.advance(n)
+
+            if missing:
+                extra = min(streams, len(missing)) - 1
+                async with trio.open_nursery() as nursery:
+                    for _ in range(max(0, extra)):
+                        nursery.start_soon(_open_extra, home, addrs[0] if conn is None else conn, conns)
+                conns = [c for c in conns if c is not None]
+                todo = iter(missing)
+                async with trio.open_nursery() as nursery:
+                    for c in conns:
+                        nursery.start_soon(_stream_worker, c, staging, todo, sizes, on_chunk)
+            if not staging.complete:
+                raise TransferError("transfer ended before every chunk arrived")
+            await trio.to_thread.run_sync(staging.commit)
+        finally:
+            staging.close()
+        home.catalog.add(manifest, envelope, dest, "pulled")
+        return PullResult(
+            manifest.name, manifest.version, str(dest), str(manifest.publisher),
+            manifest.root.hex(), total, downloaded, reused, manifest.chunk_count, len(conns),
+            time.monotonic() - started,
+        )
+    finally:
+        for c in conns:
+            await c.aclose()
+
+
+async def _open_extra(home: Home, first: PeerConnection, conns: list[PeerConnection]) -> None:
+    """Open one more stream to the same peer; a failure just means fewer streams."""
+    host, port = first.secure.transport.socket.getpeername()[:2]  # type: ignore[attr-defined]
+    try:
+        conn = await connect(home, (host, port))
+    except P2pckptError as exc:
+        log.info("extra stream to %s failed: %s", first.label, exc)
+        return
+    if conn.secure.peer != first.secure.peer:
+        await conn.aclose()
+        return
+    conns.append(conn)
+
+
+async def list_remote(home: Home, addr: Addr) -> list[m.VersionInfo]:
+    conn = await connect(home, addr)
+    try:
+        await conn.send(m.ListRequest())
+        reply = await conn.receive()
+        if not isinstance(reply, m.ListResponse):
+            raise RemoteProtocolError("expected a version list")
+        return list(reply.versions)
+    finally:
+        await conn.aclose()

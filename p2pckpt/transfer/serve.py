@@ -1,0 +1,242 @@
+"""The seeder: answer trusted peers' requests from the catalog's own files.
+
+Per connection (one nursery)::
+
+    handshake (≤ HANDSHAKE_TIMEOUT, at most MAX_HANDSHAKES at once)
+    trust check: the peer needs the "pull" role, else one Error and close
+    reader   : decrypt, parse, queue requests (more than MAX_OUTSTANDING
+               queued = protocol violation, connection closed)
+    preparer : for each request, read + re-hash the chunk in a worker thread
+               (a file changed after publishing is caught here, R-31)
+    sender   : encrypt and send prepared responses, in order
+
+Limits (R-50): concurrent handshakes, connections, outstanding requests,
+idle time. Any error ends that one connection and is logged; the listener
+keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from p2pckpt.channel.stream import SecureStream, open_secure
+from p2pckpt.errors import ManifestError, P2pckptError, RemoteProtocolError, TrustError
+from p2pckpt.home import Home
+from p2pckpt.manifest.chunker import Chunk, chunk_hash
+from p2pckpt.manifest.manifest import Manifest, validate_name
+from p2pckpt.manifest.paths import safe_display
+from p2pckpt.wire import messages as m
+from p2pckpt.wire.codec import CHUNK_HEADER_SIZE, SERVER_ACCEPTS, MessageReader, chunk_header, encode
+
+log = logging.getLogger("p2pckpt.serve")
+
+MAX_HANDSHAKES: Final = 32
+MAX_CONNECTIONS: Final = 256
+IDLE_TIMEOUT: Final = 300.0
+PREPARED_QUEUE: Final = 1
+
+
+@dataclass
+class _Served:
+    """A version being served on one connection: its chunks and file paths."""
+
+    manifest: Manifest
+    location: Path
+    chunks: list[tuple[str, Chunk]] = field(default_factory=list)
+
+    def file_path(self, relpath: str) -> Path:
+        return self.location if self.manifest.kind == "file" else self.location / relpath
+
+
+class _SourceChanged(Exception):
+    pass
+
+
+def _read_chunk(path: Path, chunk: Chunk, req_id: int) -> bytearray:
+    """Read one chunk from the original file and check its hash (worker thread)."""
+    buf = bytearray(CHUNK_HEADER_SIZE + chunk.length)
+    buf[:CHUNK_HEADER_SIZE] = chunk_header(req_id, chunk.length)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise _SourceChanged(f"cannot open {path}: {exc.strerror}") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _SourceChanged(f"{path} is no longer a regular file")
+        got = os.preadv(fd, [memoryview(buf)[CHUNK_HEADER_SIZE:]], chunk.offset)
+    finally:
+        os.close(fd)
+    if got != chunk.length or chunk_hash(memoryview(buf)[CHUNK_HEADER_SIZE:]) != chunk.digest:
+        raise _SourceChanged(f"{path} changed after it was published")
+    return buf
+
+
+class Server:
+    """Serves one home's catalog to trusted peers."""
+
+    def __init__(self, home: Home) -> None:
+        self.home = home
+        self._handshakes = trio.CapacityLimiter(MAX_HANDSHAKES)
+        self._connections = 0
+
+    async def serve(
+        self, host: str, port: int, *, task_status: trio.TaskStatus[list[trio.SocketListener]]
+    ) -> None:
+        """Listen and serve until cancelled; reports the listeners when ready."""
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        task_status.started(listeners)
+        await trio.serve_listeners(self.handle, listeners)
+
+    async def handle(self, transport: trio.SocketStream) -> None:
+        """One connection; never raises (errors end only this connection)."""
+        try:
+            addr = "%s:%s" % transport.socket.getpeername()[:2]
+        except OSError:
+            addr = "?"
+        if self._connections >= MAX_CONNECTIONS:
+            log.warning("connection from %s refused: %d connections open", addr, MAX_CONNECTIONS)
+            await transport.aclose()
+            return
+        self._connections += 1
+        try:
+            await self._handle(transport, addr)
+        except* P2pckptError as group:
+            log.info("connection from %s ended: %s", addr, _first(group))
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
+            log.info("connection from %s lost: %s", addr, _first(group))
+        except* trio.TooSlowError:
+            log.info("connection from %s idle for %ds; closed", addr, IDLE_TIMEOUT)
+        finally:
+            self._connections -= 1
+            with trio.CancelScope(shield=True):
+                await transport.aclose()
+
+    async def _handle(self, transport: trio.SocketStream, addr: str) -> None:
+        async with self._handshakes:
+            secure = await open_secure(transport, self.home.key, initiator=False)
+        try:
+            self.home.trust.require(secure.peer, "pull")
+        except TrustError as exc:
+            log.warning("refused %s from %s: %s", secure.peer.short, addr, exc)
+            await secure.send_all(encode(m.Error(m.UNAUTHORIZED, "not authorized")))
+            return
+        log.info("peer %s connected from %s", secure.peer.short, addr)
+        requests_send, requests_recv = trio.open_memory_channel[m.Request](m.MAX_OUTSTANDING)
+        prepared_send, prepared_recv = trio.open_memory_channel[bytes | bytearray](PREPARED_QUEUE)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sender, secure, prepared_recv)
+            nursery.start_soon(self._preparer, requests_recv, prepared_send)
+            await self._reader(secure, requests_send)
+            nursery.cancel_scope.cancel()
+
+    async def _reader(
+        self, secure: SecureStream, requests: trio.MemorySendChannel[m.Request]
+    ) -> None:
+        reader = MessageReader(SERVER_ACCEPTS)
+        async with requests:
+            while True:
+                with trio.fail_after(IDLE_TIMEOUT):
+                    data = await secure.receive_some()
+                if not data:
+                    return  # the peer is done; nobody is left to answer
+                for msg in reader.feed(data):
+                    try:
+                        requests.send_nowait(msg)  # type: ignore[arg-type]
+                    except trio.WouldBlock:
+                        await secure.send_all(
+                            encode(m.Error(m.TOO_MANY_REQUESTS, "too many outstanding requests"))
+                        )
+                        raise RemoteProtocolError("peer exceeded the outstanding-request limit")
+
+    async def _preparer(
+        self,
+        requests: trio.MemoryReceiveChannel[m.Request],
+        prepared: trio.MemorySendChannel[bytes | bytearray],
+    ) -> None:
+        served: dict[bytes, _Served] = {}
+        async with prepared:
+            async for req in requests:
+                await prepared.send(await self._respond(req, served))
+
+    async def _respond(self, req: m.Request, served: dict[bytes, _Served]) -> bytes | bytearray:
+        catalog = self.home.catalog
+        match req:
+            case m.ListRequest():
+                entries = catalog.all()[-m.MAX_LIST_ENTRIES :]
+                return encode(
+                    m.ListResponse(
+                        tuple(
+                            m.VersionInfo(
+                                e.name, e.version, e.publisher, e.root, e.total_bytes, e.file_count
+                            )
+                            for e in entries
+                        )
+                    )
+                )
+            case m.ManifestRequest(name, version):
+                try:
+                    validate_name(name)
+                except ManifestError:
+                    return encode(m.Error(m.BAD_REQUEST, "bad checkpoint name"))
+                entry = catalog.find(name, version)
+                if entry is None:
+                    what = name if version is None else f"{name}@{version}"
+                    return encode(m.Error(m.NOT_FOUND, f"no checkpoint {what}"))
+                return encode(m.ManifestResponse(entry.envelope))
+            case m.ChunkRequest(req_id, root, index):
+                version = served.get(root)
+                if version is None:
+                    entry = catalog.by_root(root)
+                    if entry is None:
+                        return encode(m.Error(m.NOT_FOUND, "unknown version", req_id))
+                    manifest = entry.manifest()
+                    version = _Served(manifest, Path(entry.location))
+                    version.chunks = [(f.path, c) for _, f, c in manifest.iter_chunks()]
+                    if len(served) >= 8:
+                        served.pop(next(iter(served)))
+                    served[root] = version
+                if index >= len(version.chunks):
+                    return encode(m.Error(m.BAD_REQUEST, "no such chunk", req_id))
+                relpath, chunk = version.chunks[index]
+                try:
+                    return await trio.to_thread.run_sync(
+                        _read_chunk, version.file_path(relpath), chunk, req_id
+                    )
+                except _SourceChanged as exc:
+                    log.error(
+                        "refusing %s@%d: %s",
+                        version.manifest.name,
+                        version.manifest.version,
+                        safe_display(str(exc)),
+                    )
+                    return encode(
+                        m.Error(
+                            m.SOURCE_CHANGED,
+                            f"the seeder's copy of {version.manifest.name}@"
+                            f"{version.manifest.version} changed after publishing",
+                            req_id,
+                        )
+                    )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _sender(
+        self, secure: SecureStream, prepared: trio.MemoryReceiveChannel[bytes | bytearray]
+    ) -> None:
+        async for payload in prepared:
+            with trio.fail_after(IDLE_TIMEOUT):
+                await secure.send_all(payload)
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first leaf of an exception group, for a one-line log."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

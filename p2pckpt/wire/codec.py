@@ -1,0 +1,234 @@
+"""Message framing and encoding inside the decrypted channel byte stream.
+
+Frame: ``type (u8) || length (u32 BE) || body``. Bodies are msgpack arrays,
+except ``ChunkData`` whose body is ``req_id (u32 BE) || raw bytes`` so a
+chunk is never copied through msgpack. Each type has its own size cap,
+checked as soon as the 5-byte header is read and before any allocation, and
+each side accepts only the types its role may receive. Any violation raises
+``RemoteProtocolError`` and the reader is poisoned: the connection must end.
+
+This is the only module that touches msgpack for wire messages.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Final
+
+import msgpack
+
+from p2pckpt.errors import RemoteProtocolError
+from p2pckpt.manifest.chunker import MAX_CHUNK
+from p2pckpt.manifest.manifest import MAX_MANIFEST_BYTES, MAX_VERSION
+from p2pckpt.wire.messages import (
+    MAX_LIST_ENTRIES,
+    ChunkData,
+    ChunkRequest,
+    Error,
+    ListRequest,
+    ListResponse,
+    ManifestRequest,
+    ManifestResponse,
+    Message,
+    VersionInfo,
+)
+
+_HEADER = struct.Struct(">BI")
+HEADER_SIZE: Final = _HEADER.size
+_REQ_ID = struct.Struct(">I")
+CHUNK_HEADER_SIZE: Final = HEADER_SIZE + _REQ_ID.size
+
+_T_LIST_REQ, _T_LIST_RESP, _T_MAN_REQ, _T_MAN_RESP, _T_CHUNK_REQ, _T_CHUNK, _T_ERROR = range(1, 8)
+
+_CONTROL_CAP = 4096
+_CAPS: Final = {
+    _T_LIST_REQ: _CONTROL_CAP,
+    _T_LIST_RESP: 1 << 20,
+    _T_MAN_REQ: _CONTROL_CAP,
+    _T_MAN_RESP: MAX_MANIFEST_BYTES + 64,
+    _T_CHUNK_REQ: _CONTROL_CAP,
+    _T_CHUNK: _REQ_ID.size + MAX_CHUNK,
+    _T_ERROR: _CONTROL_CAP,
+}
+SERVER_ACCEPTS: Final = frozenset({_T_LIST_REQ, _T_MAN_REQ, _T_CHUNK_REQ})
+CLIENT_ACCEPTS: Final = frozenset({_T_LIST_RESP, _T_MAN_RESP, _T_CHUNK, _T_ERROR})
+
+
+def _pack(kind: int, body: list[Any]) -> bytes:
+    data: bytes = msgpack.packb(body, use_bin_type=True)
+    return _HEADER.pack(kind, len(data)) + data
+
+
+def encode(msg: Message) -> bytes:
+    """Encode any message; ``ChunkData`` is better sent via ``chunk_header``."""
+    match msg:
+        case ListRequest():
+            return _pack(_T_LIST_REQ, [])
+        case ListResponse(versions):
+            return _pack(
+                _T_LIST_RESP,
+                [
+                    [v.name, v.version, v.publisher, v.root, v.total_bytes, v.file_count]
+                    for v in versions
+                ],
+            )
+        case ManifestRequest(name, version):
+            return _pack(_T_MAN_REQ, [name, version])
+        case ManifestResponse(envelope):
+            return _pack(_T_MAN_RESP, [envelope])
+        case ChunkRequest(req_id, root, index):
+            return _pack(_T_CHUNK_REQ, [req_id, root, index])
+        case ChunkData(req_id, data):
+            return chunk_header(req_id, len(data)) + bytes(data)
+        case Error(code, message, req_id):
+            return _pack(_T_ERROR, [code, message[:1000], req_id])
+    raise TypeError(f"not a message: {msg!r}")
+
+
+def chunk_header(req_id: int, length: int) -> bytes:
+    """The 9 bytes that precede ``length`` raw chunk bytes."""
+    return _HEADER.pack(_T_CHUNK, _REQ_ID.size + length) + _REQ_ID.pack(req_id)
+
+
+def _bad(what: str) -> RemoteProtocolError:
+    return RemoteProtocolError(f"malformed message: {what}")
+
+
+def _is_int(v: object, hi: int) -> bool:
+    return type(v) is int and 0 <= v <= hi
+
+
+def _decode(kind: int, body: bytes) -> Message:
+    try:
+        doc = msgpack.unpackb(
+            body,
+            raw=False,
+            strict_map_key=True,
+            max_map_len=0,
+            max_ext_len=0,
+            max_array_len=MAX_LIST_ENTRIES,
+        )
+    except Exception as exc:  # msgpack raises a zoo of types on garbage
+        raise _bad("not msgpack") from exc
+    if not isinstance(doc, list):
+        raise _bad("not an array")
+    if kind == _T_LIST_REQ:
+        if doc:
+            raise _bad("list request")
+        return ListRequest()
+    if kind == _T_LIST_RESP:
+        versions = []
+        for v in doc:
+            if not (
+                isinstance(v, list)
+                and len(v) == 6
+                and isinstance(v[0], str)
+                and len(v[0]) <= 128
+                and _is_int(v[1], MAX_VERSION)
+                and isinstance(v[2], bytes)
+                and len(v[2]) == 32
+                and isinstance(v[3], bytes)
+                and len(v[3]) == 32
+                and _is_int(v[4], 1 << 62)
+                and _is_int(v[5], 1 << 32)
+            ):
+                raise _bad("list entry")
+            versions.append(VersionInfo(*v))
+        return ListResponse(tuple(versions))
+    if kind == _T_MAN_REQ:
+        if (
+            len(doc) != 2
+            or not isinstance(doc[0], str)
+            or len(doc[0]) > 128
+            or not (doc[1] is None or _is_int(doc[1], MAX_VERSION))
+        ):
+            raise _bad("manifest request")
+        return ManifestRequest(doc[0], doc[1])
+    if kind == _T_MAN_RESP:
+        if len(doc) != 1 or not isinstance(doc[0], bytes):
+            raise _bad("manifest response")
+        return ManifestResponse(doc[0])
+    if kind == _T_CHUNK_REQ:
+        if (
+            len(doc) != 3
+            or not _is_int(doc[0], (1 << 32) - 1)
+            or not isinstance(doc[1], bytes)
+            or len(doc[1]) != 32
+            or not _is_int(doc[2], 1 << 32)
+        ):
+            raise _bad("chunk request")
+        return ChunkRequest(doc[0], doc[1], doc[2])
+    if kind == _T_ERROR:
+        if (
+            len(doc) != 3
+            or not isinstance(doc[0], str)
+            or not isinstance(doc[1], str)
+            or not (doc[2] is None or _is_int(doc[2], (1 << 32) - 1))
+        ):
+            raise _bad("error")
+        return Error(doc[0][:64], doc[1][:1000], doc[2])
+    raise _bad(f"type {kind}")  # pragma: no cover - filtered by accepts
+
+
+class MessageReader:
+    """Pure incremental parser: ``feed`` plaintext, get whole messages.
+
+    A chunk body is copied once, into a buffer of exactly its declared size
+    (declared sizes are capped before allocating).
+    """
+
+    def __init__(self, accepts: frozenset[int]) -> None:
+        self._accepts = accepts
+        self._buf = bytearray()
+        self._kind = 0
+        self._body: bytearray | None = None
+        self._filled = 0
+        self._failed = False
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        if self._failed:
+            raise RemoteProtocolError("connection already failed")
+        try:
+            return self._feed(memoryview(data))
+        except RemoteProtocolError:
+            self._failed = True
+            raise
+
+    def _feed(self, view: memoryview) -> list[Message]:
+        out: list[Message] = []
+        pos = 0
+        n = len(view)
+        while pos < n:
+            if self._body is None:
+                need = HEADER_SIZE - len(self._buf)
+                take = min(need, n - pos)
+                self._buf += view[pos : pos + take]
+                pos += take
+                if len(self._buf) < HEADER_SIZE:
+                    break
+                kind, length = _HEADER.unpack(self._buf)
+                self._buf.clear()
+                if kind not in self._accepts:
+                    raise RemoteProtocolError(f"unexpected message type {kind}")
+                if length > _CAPS[kind] or (kind == _T_CHUNK and length < _REQ_ID.size + 1):
+                    raise RemoteProtocolError(f"message of type {kind} too large ({length} B)")
+                self._kind = kind
+                self._body = bytearray(length)
+                self._filled = 0
+            body = self._body
+            take = min(len(body) - self._filled, n - pos)
+            body[self._filled : self._filled + take] = view[pos : pos + take]
+            self._filled += take
+            pos += take
+            if self._filled == len(body):
+                self._body = None
+                out.append(self._finish(self._kind, body))
+        return out
+
+    @staticmethod
+    def _finish(kind: int, body: bytearray) -> Message:
+        if kind == _T_CHUNK:
+            (req_id,) = _REQ_ID.unpack_from(body)
+            del body[: _REQ_ID.size]
+            return ChunkData(req_id, body)
+        return _decode(kind, bytes(body))

@@ -1,0 +1,98 @@
+"""Application messages exchanged inside the encrypted channel.
+
+Frozen values with validating constructors; ``codec.py`` is the only module
+that turns them into bytes. The conversation is request/response, client
+(puller) to server (seeder)::
+
+    ListRequest            -> ListResponse | Error
+    ManifestRequest        -> ManifestResponse | Error
+    ChunkRequest (pipelined, at most MAX_OUTSTANDING per connection)
+                           -> ChunkData | Error(req_id)
+
+An ``Error`` without ``req_id`` ends the connection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from p2pckpt.errors import LocalProtocolError
+
+MAX_OUTSTANDING = 64
+MAX_LIST_ENTRIES = 4096
+
+# Error codes (stable strings, mapped to exit codes by the CLI).
+UNAUTHORIZED = "unauthorized"
+NOT_FOUND = "not_found"
+SOURCE_CHANGED = "source_changed"
+TOO_MANY_REQUESTS = "too_many_requests"
+BAD_REQUEST = "bad_request"
+INTERNAL = "internal"
+
+
+def _check(cond: bool, what: str) -> None:
+    if not cond:
+        raise LocalProtocolError(what)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    name: str
+    version: int
+    publisher: bytes
+    root: bytes
+    total_bytes: int
+    file_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ListResponse:
+    versions: tuple[VersionInfo, ...]
+
+    def __post_init__(self) -> None:
+        _check(len(self.versions) <= MAX_LIST_ENTRIES, "too many versions in a list")
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRequest:
+    name: str
+    version: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestResponse:
+    envelope: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRequest:
+    req_id: int
+    root: bytes
+    index: int
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.req_id < 1 << 32, "req_id out of range")
+        _check(len(self.root) == 32, "root is 32 bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkData:
+    req_id: int
+    data: bytes | bytearray
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    code: str
+    message: str
+    req_id: int | None = None
+
+
+Request = ListRequest | ManifestRequest | ChunkRequest
+Response = ListResponse | ManifestResponse | ChunkData | Error
+Message = Request | Response
