@@ -207,19 +207,42 @@ class Reaper:
 REAPER = Reaper()
 
 
+def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """Signal a process we started; its whole group if we made it a group leader."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, sig)
+        else:
+            os.kill(proc.pid, sig)
+
+
 def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """SIGTERM, wait ``grace`` seconds, then SIGKILL; only this pid."""
+    """SIGTERM, wait ``grace`` seconds, then SIGKILL; only this pid (or the group it leads)."""
     if proc.returncode is not None or proc.poll() is not None:
         return
-    with contextlib.suppress(ProcessLookupError):
-        proc.terminate()
+    _signal(proc, signal.SIGTERM)
     try:
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+        _signal(proc, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
+
+
+def _find_gnu_time() -> str | None:
+    path = "/usr/bin/time"
+    if not os.access(path, os.X_OK):
+        return None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10,
+                             check=False)
+        if "GNU" in out.stdout + out.stderr:
+            return path
+    return None
+
+
+GNU_TIME = _find_gnu_time()
+_RUSAGE_FORMAT = "RUSAGE %e %U %S %M"
 
 
 @dataclass
@@ -258,11 +281,9 @@ def wait_measured(
 
     def _kill() -> None:
         with lock:
-            if reaped:
-                return
-            timed_out.set()
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGKILL)
+            if not reaped:
+                timed_out.set()
+                _signal(proc, signal.SIGKILL)
 
     timer = threading.Timer(timeout, _kill)
     timer.daemon = True
@@ -277,30 +298,67 @@ def wait_measured(
     return proc.returncode, rusage, timed_out.is_set()
 
 
+class MeasuredProc:
+    """A child process with CPU (``wait4``) and peak-RSS accounting.
+
+    ``ru_maxrss`` from ``wait4`` is useless for a child of a big parent: on Linux a
+    child's peak starts at its parent's high-water mark (the pre-exec image counts).
+    So, when GNU time is installed, the command runs under ``/usr/bin/time -o FILE``
+    (a ~2 MiB process) and its ``%M`` is the peak RSS; CPU still comes from our
+    ``wait4`` (time's own CPU is negligible). The child leads its own process group
+    so a timeout kills the command too, not only the wrapper.
+    """
+
+    def __init__(self, argv: Sequence[object], env: dict[str, str] | None = None,
+                 stdout: int | None = None) -> None:
+        self.args = [str(a) for a in argv]
+        self._out = tempfile.TemporaryFile()
+        self._err = tempfile.TemporaryFile()
+        fd, self._rusage_path = tempfile.mkstemp(prefix="bench-rusage-")
+        os.close(fd)
+        cmd = self.args
+        if GNU_TIME is not None:
+            cmd = [GNU_TIME, "-f", _RUSAGE_FORMAT, "-o", self._rusage_path, "--", *self.args]
+        self.t0 = time.perf_counter()
+        self.proc = REAPER.track(subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=self._out if stdout is None else stdout,
+            stderr=self._err, env=env, start_new_session=True,
+        ))
+
+    def wait(self, timeout: float) -> ProcResult:
+        try:
+            rc, rusage, timed_out = wait_measured(self.proc, timeout)
+            wall = time.perf_counter() - self.t0
+            maxrss = rusage.ru_maxrss
+            with contextlib.suppress(OSError):
+                for line in Path(self._rusage_path).read_text().splitlines():
+                    if line.startswith("RUSAGE "):
+                        maxrss = int(line.split()[4])
+            self._out.seek(0)
+            self._err.seek(0)
+            return ProcResult(
+                argv=self.args, returncode=rc, wall=wall,
+                cpu=rusage.ru_utime + rusage.ru_stime, maxrss_kib=maxrss,
+                stdout=self._out.read().decode(errors="replace"),
+                stderr=self._err.read().decode(errors="replace"),
+                timed_out=timed_out,
+            )
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        stop_process(self.proc)
+        self._out.close()
+        self._err.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self._rusage_path)
+
+
 def run_measured(
     argv: Sequence[object], timeout: float, env: dict[str, str] | None = None
 ) -> ProcResult:
     """Run a command to completion with per-process CPU and peak RSS accounting."""
-    args = [str(a) for a in argv]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        t0 = time.perf_counter()
-        proc = REAPER.track(
-            subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env)
-        )
-        rc, rusage, timed_out = wait_measured(proc, timeout)
-        wall = time.perf_counter() - t0
-        out.seek(0)
-        err.seek(0)
-        return ProcResult(
-            argv=args,
-            returncode=rc,
-            wall=wall,
-            cpu=rusage.ru_utime + rusage.ru_stime,
-            maxrss_kib=rusage.ru_maxrss,
-            stdout=out.read().decode(errors="replace"),
-            stderr=err.read().decode(errors="replace"),
-            timed_out=timed_out,
-        )
+    return MeasuredProc(argv, env).wait(timeout)
 
 
 def run(
@@ -671,30 +729,27 @@ def bench_raw(ckpt: Path, scratch: Path, nbytes: int, repeat: int, fsync: bool,
     def one(tag: str) -> Run:
         dest = fresh_dest(scratch, f"raw-{tag}")
         try:
-            recv = REAPER.track(subprocess.Popen(
-                [sys.executable, script, "_raw_recv", str(dest), str(listing),
-                 "1" if fsync else "0"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            ))
+            recv = MeasuredProc(
+                [sys.executable, script, "_raw_recv", dest, listing, "1" if fsync else "0"],
+                stdout=subprocess.PIPE)
             try:
-                assert recv.stdout is not None
-                port = read_line(recv.stdout, 30).strip()
+                assert recv.proc.stdout is not None
+                port = read_line(recv.proc.stdout, 30).strip()
                 if not port.isdigit():
                     raise BenchError(f"raw receiver did not report a port (got {port!r})")
                 t0 = time.perf_counter()
-                send = run_measured([sys.executable, script, "_raw_send", port, str(ckpt),
-                                     str(listing)], timeout)
-                rc, ru, timed_out = wait_measured(recv, timeout)
+                send = run_measured([sys.executable, script, "_raw_send", port, ckpt, listing],
+                                    timeout)
+                got = recv.wait(timeout)
                 wall = time.perf_counter() - t0
                 send.check("raw sender")
-                if rc != 0 or timed_out:
-                    raise BenchError(f"raw receiver failed (status {rc}, timed out {timed_out})")
+                got.check("raw receiver")
             finally:
-                stop_process(recv)
-                if recv.stdout is not None:
-                    recv.stdout.close()
+                recv.close()
+                if recv.proc.stdout is not None:
+                    recv.proc.stdout.close()
             check_copy(dest, nbytes, label)
-            return Run(wall, ru.ru_utime + ru.ru_stime, send.cpu, ru.ru_maxrss, send.maxrss_kib)
+            return Run(wall, got.cpu, send.cpu, got.maxrss_kib, send.maxrss_kib)
         finally:
             clear_dest_parent(dest.parent)
 
@@ -871,7 +926,7 @@ class SshServer:
             info["mac_negotiated"] = m.group(2)
             info["compression_negotiated"] = m.group(3)
         rv = run([self.tools["rsync"], "--version"], "rsync --version").stdout
-        info["rsync_version"] = rv.splitlines()[0].strip() if rv else "?"
+        info["rsync_version"] = " ".join(rv.split("\n", 1)[0].split()) if rv else "?"
         return info
 
 
@@ -1158,6 +1213,7 @@ def render(
             f"MAC {s.get('mac_negotiated', '?')} compression "
             f"{s.get('compression_negotiated', '?')}; scp mode {s.get('scp_mode', '?')}; "
             f"{s.get('rsync_version', '?')}")
+    add(f"client peak RSS: {env_info['peak_rss_method']}")
     add(f"median of {repeat} timed run(s) after 1 warm-up; page cache warm; 1 MB = 1e6 bytes")
     add("")
     head = (f"{'tool':<20}{'median s':>10}{'MB/s':>10}{'% raw':>8}{'CPU s/GB':>10}"
@@ -1247,7 +1303,9 @@ def prepare_checkpoint(workdir: Path, size: int) -> Path:
     marker.unlink(missing_ok=True)
     log(f"generating {human_bytes(size)} checkpoint in {ckpt}")
     t0 = time.perf_counter()
-    generate_checkpoint(ckpt, size)
+    # In a child, so that this process stays small (children inherit its RSS high-water mark).
+    run([sys.executable, Path(__file__).resolve(), "_generate", ckpt, size],
+        "generate checkpoint", 120 + size / (20 * MB))
     os.sync()  # flush writeback now, so it does not run during the first measurements
     log(f"generated in {time.perf_counter() - t0:.1f} s")
     marker.write_text(json.dumps({"layout": LAYOUT_VERSION, "size": size}))
@@ -1286,6 +1344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _raw_recv_main(*argv[1:4])
     if argv and argv[0] == "_raw_send":
         return _raw_send_main(*argv[1:4])
+    if argv and argv[0] == "_generate":
+        generate_checkpoint(Path(argv[1]), int(argv[2]))
+        return 0
     args = parse_args(argv)
 
     def _on_signal(signum: int, _frame: object) -> None:
@@ -1306,6 +1367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     env_info: dict[str, Any] = {
         "cpus": os.cpu_count(), "kernel": os.uname().release,
         "python": sys.version.split()[0],
+        "peak_rss_method": "GNU time %M of the client command" if GNU_TIME else
+        "wait4 ru_maxrss (floor = this script's own peak RSS)",
     }
     failed = False
     try:

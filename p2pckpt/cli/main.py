@@ -109,7 +109,3 @@ def _run() -> None:
 
 def fail(message: str) -> None:
     raise ConfigError(message)
-
-
-if __name__ == "__main__":
-    main()

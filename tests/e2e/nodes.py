@@ -1,0 +1,150 @@
+"""Real ``p2pckpt`` processes for end-to-end tests (127.0.0.1 only).
+
+Every process is started with a deadline and killed at teardown; waits poll
+real conditions (a "listening on" line, a process exit), never sleep blindly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CLI = [sys.executable, "-m", "p2pckpt"]
+TIMEOUT = 120.0
+
+
+def run(home: Path, *args: str, check: bool = True, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+    """Run one CLI command to completion."""
+    proc = subprocess.run(
+        [*CLI, "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"p2pckpt {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+    return proc
+
+
+def run_json(home: Path, *args: str) -> Any:
+    return json.loads(run(home, *args, "--json").stdout)
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[str]
+    port: int
+    log: Path
+    log_file: Any
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.log_file.close()
+        return self.log.read_text()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+def start_server(home: Path, log: Path) -> Server:
+    """Start ``serve`` on an ephemeral loopback port and wait for its banner."""
+    err = open(log, "w")  # noqa: SIM115 - owned by the process' lifetime
+    proc = subprocess.Popen(
+        [*CLI, "--home", str(home), "-v", "serve", "--listen", "127.0.0.1:0", "--no-mdns"],
+        stdout=subprocess.PIPE,
+        stderr=err,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        line = proc.stdout.readline()
+        if not line:
+            break
+        found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        if found:
+            return Server(proc, int(found.group(1)), log, err)
+    proc.kill()
+    proc.wait(10)
+    proc.stdout.close()
+    err.close()
+    raise AssertionError(f"server did not start: {log.read_text()}")
+
+
+@dataclass
+class Pair:
+    """Two initialised nodes that trust each other: A publishes, B pulls."""
+
+    root: Path
+    a: Path
+    b: Path
+    a_id: str
+    b_id: str
+    servers: list[Server] = field(default_factory=list)
+
+    def serve_a(self) -> Server:
+        server = start_server(self.a, self.root / f"serve-{len(self.servers)}.log")
+        self.servers.append(server)
+        return server
+
+    def stop_all(self) -> None:
+        for s in self.servers:
+            s.stop()
+
+
+def make_pair(root: Path) -> Pair:
+    a, b = root / "A", root / "B"
+    a_id = run(a, "init").stdout.strip()
+    b_id = run(b, "init").stdout.strip()
+    run(a, "trust", "add", b_id, "--name", "b")
+    run(b, "trust", "add", a_id, "--name", "a")
+    return Pair(root, a, b, a_id, b_id)
+
+
+def make_checkpoint(path: Path, sizes: dict[str, int], seed: int = 1) -> Path:
+    """A sharded checkpoint directory of pseudo-random, distinct bytes."""
+    import random
+
+    rng = random.Random(seed)
+    path.mkdir(parents=True)
+    for name, size in sizes.items():
+        target = path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(rng.randbytes(size))
+    return path
+
+
+def iter_files(root: Path) -> Iterator[Path]:
+    return (p for p in sorted(root.rglob("*")) if p.is_file())
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    fa = [p.relative_to(a) for p in iter_files(a)]
+    fb = [p.relative_to(b) for p in iter_files(b)]
+    return fa == fb and all((a / r).read_bytes() == (b / r).read_bytes() for r in fa)
