@@ -66,7 +66,7 @@ def publish(
         fd = os.open(src.path, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb", buffering=0) as f:
             try:
-                chunks = hash_reader(f, src.size, on_bytes)  # type: ignore[arg-type]
+                chunks = hash_reader(f, src.size, on_bytes)
             except EOFError as exc:
                 raise SourceChanged(f"{src.relpath!r} shrank while publishing") from exc
             st = os.fstat(f.fileno())

@@ -312,8 +312,8 @@ class MeasuredProc:
     def __init__(self, argv: Sequence[object], env: dict[str, str] | None = None,
                  stdout: int | None = None) -> None:
         self.args = [str(a) for a in argv]
-        self._out = tempfile.TemporaryFile()
-        self._err = tempfile.TemporaryFile()
+        self._out = tempfile.TemporaryFile()  # noqa: SIM115 -- closed in close()
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115 -- closed in close()
         fd, self._rusage_path = tempfile.mkstemp(prefix="bench-rusage-")
         os.close(fd)
         cmd = self.args
@@ -1163,8 +1163,7 @@ def evaluate_targets(tools: dict[str, ToolResult], p2p: P2pResults | None) -> li
     for n, pull in p2p.pulls.items():
         tag = f"pull x{n}"
         ok = pull.ok
-        for base, need in ((scp, TARGET_VS_SCP), (rsync, TARGET_VS_RSYNC)):
-            name = "scp" if base is scp else "rsync"
+        for name, base, need in (("scp", scp, TARGET_VS_SCP), ("rsync", rsync, TARGET_VS_RSYNC)):
             if ok and base is not None and base.ok:
                 ratio = pull.mbps / base.mbps
                 out.append(Target(f"{tag} throughput >= {need}x {name}", ratio, f">= {need}",

@@ -43,7 +43,11 @@ class ChannelHandshake:
         self._noise = NoiseXX(initiator=initiator, static_private=static_private, prologue=PROLOGUE)
         self._node_key = node_key
         self._proof = msgpack.packb(
-            [PROTOCOL_VERSION, node_key.peer_id.key, node_key.sign(STATIC_KEY_CONTEXT + static_public)],
+            [
+                PROTOCOL_VERSION,
+                node_key.peer_id.key,
+                node_key.sign(STATIC_KEY_CONTEXT + static_public),
+            ],
             use_bin_type=True,
         )
         self._initiator = initiator

@@ -57,6 +57,7 @@ class SecureStream:
     async def receive_some(self) -> memoryview:
         """Decrypted bytes; empty at a clean end of stream between records."""
         while True:
+            data: bytes | bytearray
             if self._leftover:
                 data, self._leftover = self._leftover, b""
             else:

@@ -132,7 +132,9 @@ def _progress_bar(enabled: bool) -> Any:
 @click.option("--version", type=click.IntRange(0), default=None, help="Default: newest + 1.")
 @click.option("--meta", multiple=True, help="KEY=VALUE metadata (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def publish(path: Path, name: str, version: int | None, meta: tuple[str, ...], as_json: bool) -> None:
+def publish(
+    path: Path, name: str, version: int | None, meta: tuple[str, ...], as_json: bool
+) -> None:
     """Publish PATH (a file or a directory) as NAME."""
     import time
 
@@ -335,5 +337,3 @@ def pull(
             f" downloaded in {result.seconds:.1f}s ({rate:.0f} MB/s),"
             f" {result.bytes_reused / 1e6:.1f} MB already present"
         )
-
-

@@ -38,11 +38,11 @@ home_option = click.option(
 def home_path() -> Path:
     from p2pckpt.home import default_home
 
-    ctx = click.get_current_context()
+    ctx: click.Context | None = click.get_current_context()
     while ctx is not None:
         if isinstance(ctx.obj, dict) and "home" in ctx.obj:
             return Path(ctx.obj["home"])
-        ctx = ctx.parent  # type: ignore[assignment]
+        ctx = ctx.parent
     return default_home()
 
 

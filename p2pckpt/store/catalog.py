@@ -41,6 +41,10 @@ CREATE TABLE IF NOT EXISTS highest (
 );
 PRAGMA user_version = 1;
 """
+_SELECT = (
+    "SELECT root, name, version, publisher, envelope, location, origin,"
+    " total_bytes, file_count, added FROM versions "
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +81,10 @@ class Catalog:
     def close(self) -> None:
         self._db.close()
 
-    def _rows(self, sql: str, args: tuple[object, ...] = ()) -> list[Entry]:
-        cur = self._db.execute(
-            "SELECT root, name, version, publisher, envelope, location, origin,"
-            " total_bytes, file_count, added FROM versions " + sql,
-            args,
-        )
+    def _rows(self, where: str, args: tuple[object, ...] = ()) -> list[Entry]:
+        """Rows matching a constant ``where`` clause with bound ``args``."""
+        sql = _SELECT + where
+        cur = self._db.execute(sql, args)
         return [Entry(*row) for row in cur.fetchall()]
 
     def add(self, manifest: Manifest, envelope: bytes, location: Path, origin: str) -> None:

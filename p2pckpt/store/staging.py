@@ -19,6 +19,7 @@ whole or not at all (R-43).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -120,7 +121,9 @@ class Staging:
         for name in ("journal", "manifest"):
             (self.path / name).unlink(missing_ok=True)
         os.mkdir(self.path / "data", 0o700)
-        fd = os.open(self.path / "manifest", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = os.open(
+            self.path / "manifest", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
+        )
         with os.fdopen(fd, "wb") as f:
             f.write(self._envelope)
             os.fsync(f.fileno())
@@ -175,10 +178,8 @@ class Staging:
         try:
             for part in parts[:-1]:
                 if create:
-                    try:
+                    with contextlib.suppress(FileExistsError):
                         os.mkdir(part, 0o700, dir_fd=dir_fd)
-                    except FileExistsError:
-                        pass
                 nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
                 os.close(dir_fd)
                 dir_fd = nxt
@@ -201,7 +202,7 @@ class Staging:
             fd = self._open_file(relpath, create=False)
             self._fds[relpath] = fd
             if len(self._fds) > MAX_OPEN_FILES:
-                old_path, old_fd = self._fds.popitem(last=False)
+                _, old_fd = self._fds.popitem(last=False)
                 os.fsync(old_fd)
                 os.close(old_fd)
             return fd

@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import trio
 
@@ -115,7 +115,8 @@ async def connect(home: Home, addr: Addr) -> PeerConnection:
         with trio.fail_after(CONNECT_TIMEOUT):
             tcp = await trio.open_tcp_stream(*addr)
     except (OSError, trio.TooSlowError) as exc:
-        raise PeerUnreachable(f"cannot reach {label}: {getattr(exc, 'strerror', None) or 'timed out'}") from None
+        reason = getattr(exc, "strerror", None) or "timed out"
+        raise PeerUnreachable(f"cannot reach {label}: {reason}") from None
     try:
         secure = await open_secure(tcp, home.key, initiator=True)
         home.trust.require(secure.peer)
@@ -162,12 +163,20 @@ class PullResult:
     seconds: float
 
 
-class Progress:
-    """Callbacks for a progress display; the default does nothing."""
+class Progress(Protocol):
+    """Callbacks for a progress display."""
 
     def start(self, name: str, total: int, done: int) -> None: ...
 
     def advance(self, n: int) -> None: ...
+
+
+class NoProgress:
+    def start(self, name: str, total: int, done: int) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass
 
 
 def default_dest(manifest: Manifest) -> Path:
@@ -225,7 +234,7 @@ async def pull(
     progress: Progress | None = None,
 ) -> PullResult:
     """Pull ``name`` (newest, or ``@version``) from the first reachable address."""
-    progress = progress or Progress()
+    progress = progress or NoProgress()
     started = time.monotonic()
     if not addrs:
         raise PeerUnreachable("no peer to pull from: give --from HOST:PORT")
@@ -248,8 +257,16 @@ async def pull(
             held = home.catalog.by_root(manifest.root)
             if held is not None and Path(held.location) == dest:
                 return PullResult(
-                    manifest.name, manifest.version, str(dest), str(manifest.publisher),
-                    manifest.root.hex(), total, 0, total, manifest.chunk_count, 0,
+                    manifest.name,
+                    manifest.version,
+                    str(dest),
+                    str(manifest.publisher),
+                    manifest.root.hex(),
+                    total,
+                    0,
+                    total,
+                    manifest.chunk_count,
+                    0,
                     time.monotonic() - started,
                 )
             raise DestinationExists(f"{dest} already exists; remove it or choose another -o")
@@ -273,8 +290,7 @@ async def pull(
                 extra = min(streams, len(missing)) - 1
                 async with trio.open_nursery() as nursery:
                     for _ in range(max(0, extra)):
-                        nursery.start_soon(_open_extra, home, addrs[0] if conn is None else conn, conns)
-                conns = [c for c in conns if c is not None]
+                        nursery.start_soon(_open_extra, home, conn, conns)
                 todo = iter(missing)
                 async with trio.open_nursery() as nursery:
                     for c in conns:
@@ -286,8 +302,16 @@ async def pull(
             staging.close()
         home.catalog.add(manifest, envelope, dest, "pulled")
         return PullResult(
-            manifest.name, manifest.version, str(dest), str(manifest.publisher),
-            manifest.root.hex(), total, downloaded, reused, manifest.chunk_count, len(conns),
+            manifest.name,
+            manifest.version,
+            str(dest),
+            str(manifest.publisher),
+            manifest.root.hex(),
+            total,
+            downloaded,
+            reused,
+            manifest.chunk_count,
+            len(conns),
             time.monotonic() - started,
         )
     finally:

@@ -33,7 +33,13 @@ from p2pckpt.manifest.chunker import Chunk, chunk_hash
 from p2pckpt.manifest.manifest import Manifest, validate_name
 from p2pckpt.manifest.paths import safe_display
 from p2pckpt.wire import messages as m
-from p2pckpt.wire.codec import CHUNK_HEADER_SIZE, SERVER_ACCEPTS, MessageReader, chunk_header, encode
+from p2pckpt.wire.codec import (
+    CHUNK_HEADER_SIZE,
+    SERVER_ACCEPTS,
+    MessageReader,
+    chunk_header,
+    encode,
+)
 
 log = logging.getLogger("p2pckpt.serve")
 
@@ -41,6 +47,7 @@ MAX_HANDSHAKES: Final = 32
 MAX_CONNECTIONS: Final = 256
 IDLE_TIMEOUT: Final = 300.0
 PREPARED_QUEUE: Final = 1
+MAX_VERSIONS_PER_CONNECTION: Final = 8
 
 
 @dataclass
@@ -50,6 +57,10 @@ class _Served:
     manifest: Manifest
     location: Path
     chunks: list[tuple[str, Chunk]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, manifest: Manifest, location: Path) -> _Served:
+        return cls(manifest, location, [(f.path, c) for _, f, c in manifest.iter_chunks()])
 
     def file_path(self, relpath: str) -> Path:
         return self.location if self.manifest.kind == "file" else self.location / relpath
@@ -97,7 +108,8 @@ class Server:
     async def handle(self, transport: trio.SocketStream) -> None:
         """One connection; never raises (errors end only this connection)."""
         try:
-            addr = "%s:%s" % transport.socket.getpeername()[:2]
+            host, port = transport.socket.getpeername()[:2]
+            addr = f"{host}:{port}"
         except OSError:
             addr = "?"
         if self._connections >= MAX_CONNECTIONS:
@@ -153,7 +165,9 @@ class Server:
                         await secure.send_all(
                             encode(m.Error(m.TOO_MANY_REQUESTS, "too many outstanding requests"))
                         )
-                        raise RemoteProtocolError("peer exceeded the outstanding-request limit")
+                        raise RemoteProtocolError(
+                            "peer exceeded the outstanding-request limit"
+                        ) from None
 
     async def _preparer(
         self,
@@ -191,36 +205,29 @@ class Server:
                     return encode(m.Error(m.NOT_FOUND, f"no checkpoint {what}"))
                 return encode(m.ManifestResponse(entry.envelope))
             case m.ChunkRequest(req_id, root, index):
-                version = served.get(root)
-                if version is None:
+                held = served.get(root)
+                if held is None:
                     entry = catalog.by_root(root)
                     if entry is None:
                         return encode(m.Error(m.NOT_FOUND, "unknown version", req_id))
-                    manifest = entry.manifest()
-                    version = _Served(manifest, Path(entry.location))
-                    version.chunks = [(f.path, c) for _, f, c in manifest.iter_chunks()]
-                    if len(served) >= 8:
+                    held = _Served.load(entry.manifest(), Path(entry.location))
+                    if len(served) >= MAX_VERSIONS_PER_CONNECTION:
                         served.pop(next(iter(served)))
-                    served[root] = version
-                if index >= len(version.chunks):
+                    served[root] = held
+                if index >= len(held.chunks):
                     return encode(m.Error(m.BAD_REQUEST, "no such chunk", req_id))
-                relpath, chunk = version.chunks[index]
+                relpath, chunk = held.chunks[index]
                 try:
                     return await trio.to_thread.run_sync(
-                        _read_chunk, version.file_path(relpath), chunk, req_id
+                        _read_chunk, held.file_path(relpath), chunk, req_id
                     )
                 except _SourceChanged as exc:
-                    log.error(
-                        "refusing %s@%d: %s",
-                        version.manifest.name,
-                        version.manifest.version,
-                        safe_display(str(exc)),
-                    )
+                    what = f"{held.manifest.name}@{held.manifest.version}"
+                    log.error("refusing %s: %s", what, safe_display(str(exc)))
                     return encode(
                         m.Error(
                             m.SOURCE_CHANGED,
-                            f"the seeder's copy of {version.manifest.name}@"
-                            f"{version.manifest.version} changed after publishing",
+                            f"the seeder's copy of {what} changed after publishing",
                             req_id,
                         )
                     )
