@@ -4,7 +4,10 @@ Record = ``length (u16 BE) || AEAD ciphertext`` with ``length ≤ 65535`` (R-05)
 the plaintext of one record is at most 65519 bytes. Nonces are the Noise
 CipherState's counters, one per direction, so a dropped, replayed, reordered
 or modified record fails authentication and poisons the decoder (R-06).
-Pure: bytes in, bytes out.
+
+Pure: bytes in, bytes out. Both directions work in fixed buffers that are
+reused for the life of the connection, so the bulk path allocates nothing
+per record and memory per connection is bounded by construction.
 """
 
 from __future__ import annotations
@@ -13,25 +16,36 @@ import struct
 from typing import Final
 
 from p2pckpt.channel.noise import CipherState
-from p2pckpt.errors import AuthenticationFailed, RemoteProtocolError
+from p2pckpt.errors import AuthenticationFailed, LocalProtocolError, RemoteProtocolError
 
 MAX_RECORD: Final = 65535
 TAG_SIZE: Final = 16
 MAX_PLAINTEXT: Final = MAX_RECORD - TAG_SIZE
+RECEIVE_WINDOW: Final = 1 << 20
 _LEN = struct.Struct(">H")
+_OVERHEAD: Final = _LEN.size + TAG_SIZE
+
+
+def encoded_size(n: int) -> int:
+    """Bytes on the wire for ``n`` bytes of plaintext."""
+    return n + max(1, -(-n // MAX_PLAINTEXT)) * _OVERHEAD
 
 
 class RecordEncoder:
-    """Encrypts outgoing bytes into records."""
+    """Encrypts outgoing bytes into records, in a buffer it reuses."""
 
     def __init__(self, cipher: CipherState) -> None:
         self._cipher = cipher
+        self._out = bytearray()
 
-    def encode(self, data: bytes | bytearray | memoryview) -> bytearray:
+    def encode(self, data: bytes | bytearray | memoryview) -> memoryview:
+        """The records for ``data``; the view is valid until the next call."""
         view = memoryview(data)
         n = len(view)
-        count = max(1, -(-n // MAX_PLAINTEXT))
-        out = bytearray(n + count * (_LEN.size + TAG_SIZE))
+        size = encoded_size(n)
+        if len(self._out) < size:
+            self._out = bytearray(size)
+        out = self._out
         dst = memoryview(out)
         pos = 0
         for start in range(0, max(n, 1), MAX_PLAINTEXT):
@@ -39,49 +53,83 @@ class RecordEncoder:
             _LEN.pack_into(out, pos, len(piece) + TAG_SIZE)
             pos += _LEN.size
             pos += self._cipher.encrypt_into(b"", piece, dst[pos : pos + len(piece) + TAG_SIZE])
-        return out
+        return dst[:pos]
 
 
 class RecordDecoder:
-    """Reassembles and decrypts incoming records; fails closed."""
+    """Reassembles and decrypts incoming records; fails closed.
 
-    def __init__(self, cipher: CipherState) -> None:
+    Use ``window()`` + ``commit(n)`` to receive straight into the decoder's
+    buffer (``recv_into``), or ``feed(data)`` for any bytes. The returned
+    plaintext view is valid until the next call.
+    """
+
+    def __init__(self, cipher: CipherState, window: int = RECEIVE_WINDOW) -> None:
         self._cipher = cipher
-        self._buf = bytearray()
+        self._buf = bytearray(window + _LEN.size + MAX_RECORD)
+        self._out = bytearray(len(self._buf))
+        self._start = 0
+        self._end = 0
         self._failed = False
 
-    def feed(self, data: bytes | bytearray | memoryview) -> memoryview:
-        """Return the plaintext of every complete record now available."""
+    def window(self) -> memoryview:
+        """Free space to receive into (at least one whole record's worth)."""
         if self._failed:
             raise RemoteProtocolError("channel already failed")
-        self._buf += data
-        buf = self._buf
-        out = bytearray(len(buf))
-        src = memoryview(buf)
-        dst = memoryview(out)
-        pos = 0
-        written = 0
+        if self._start:
+            pending = self._end - self._start
+            self._buf[:pending] = self._buf[self._start : self._end]
+            self._start, self._end = 0, pending
+        return memoryview(self._buf)[self._end :]
+
+    def commit(self, n: int) -> memoryview:
+        """Account for ``n`` bytes received into ``window()``; decrypt what is whole."""
+        if n < 0 or self._end + n > len(self._buf):
+            raise LocalProtocolError("commit beyond the receive window")
+        self._end += n
+        buf, src = self._buf, memoryview(self._buf)
+        dst = memoryview(self._out)
+        pos, end, written = self._start, self._end, 0
         try:
-            while len(buf) - pos >= _LEN.size:
+            while end - pos >= _LEN.size:
                 (length,) = _LEN.unpack_from(buf, pos)
                 if length < TAG_SIZE:
                     raise RemoteProtocolError("record shorter than its tag")
-                end = pos + _LEN.size + length
-                if end > len(buf):
+                stop = pos + _LEN.size + length
+                if stop > end:
                     break
                 written += self._cipher.decrypt_into(
-                    b"", src[pos + _LEN.size : end], dst[written : written + length - TAG_SIZE]
+                    b"", src[pos + _LEN.size : stop], dst[written : written + length - TAG_SIZE]
                 )
-                pos = end
+                pos = stop
         except (AuthenticationFailed, RemoteProtocolError):
             self._failed = True
             raise
-        finally:
-            src.release()
-        del buf[:pos]
+        self._start = pos
         return dst[:written]
+
+    def feed(self, data: bytes | bytearray | memoryview) -> memoryview:
+        """Decrypt every complete record in ``data`` plus what was buffered.
+
+        The plaintext of one call may be large; callers that need bounded
+        memory use ``window``/``commit`` instead.
+        """
+        view = memoryview(data)
+        parts: list[bytes] = []
+        while True:
+            space = self.window()
+            take = min(len(space), len(view))
+            space[:take] = view[:take]
+            view = view[take:]
+            plain = self.commit(take)
+            if not view:
+                if not parts:
+                    return plain
+                parts.append(bytes(plain))
+                return memoryview(b"".join(parts))
+            parts.append(bytes(plain))
 
     @property
     def buffered(self) -> int:
         """Bytes of an incomplete record held (bounded by one record)."""
-        return len(self._buf)
+        return self._end - self._start

@@ -55,21 +55,33 @@ class SecureStream:
                 raise ChannelClosed("connection lost while sending") from exc
 
     async def receive_some(self) -> memoryview:
-        """Decrypted bytes; empty at a clean end of stream between records."""
-        while True:
-            data: bytes | bytearray
-            if self._leftover:
-                data, self._leftover = self._leftover, b""
-            else:
-                try:
-                    data = await self.transport.receive_some(RECEIVE_BYTES)
-                except _BROKEN as exc:
-                    raise ChannelClosed("connection lost") from exc
-                if not data:
-                    if self._decoder.buffered:
-                        raise ChannelClosed("connection closed mid-record (truncated)")
-                    return memoryview(b"")
+        """Decrypted bytes, valid until the next call; empty at a clean end of
+        stream between records. Receives straight into the decoder's buffer
+        when the transport is a socket."""
+        if self._leftover:
+            data, self._leftover = self._leftover, b""
             plain = self._decoder.feed(data)
+            if len(plain):
+                return plain
+        sock = getattr(self.transport, "socket", None)
+        while True:
+            window = self._decoder.window()
+            try:
+                if sock is not None:
+                    n = await sock.recv_into(window)
+                else:
+                    got = await self.transport.receive_some(len(window))
+                    n = len(got)
+                    window[:n] = got
+            except _BROKEN as exc:
+                raise ChannelClosed("connection lost") from exc
+            finally:
+                window.release()
+            if not n:
+                if self._decoder.buffered:
+                    raise ChannelClosed("connection closed mid-record (truncated)")
+                return memoryview(b"")
+            plain = self._decoder.commit(n)
             if len(plain):
                 return plain
 

@@ -47,6 +47,7 @@ MAX_HANDSHAKES: Final = 32
 MAX_CONNECTIONS: Final = 256
 IDLE_TIMEOUT: Final = 300.0
 PREPARED_QUEUE: Final = 1
+BUFFERS_PER_CONNECTION: Final = 2
 MAX_VERSIONS_PER_CONNECTION: Final = 8
 
 
@@ -66,13 +67,19 @@ class _Served:
         return self.location if self.manifest.kind == "file" else self.location / relpath
 
 
+_Prepared = tuple[bytes | memoryview, bytearray]
+
+
 class _SourceChanged(Exception):
     pass
 
 
-def _read_chunk(path: Path, chunk: Chunk, req_id: int) -> bytearray:
-    """Read one chunk from the original file and check its hash (worker thread)."""
-    buf = bytearray(CHUNK_HEADER_SIZE + chunk.length)
+def _read_chunk(path: Path, chunk: Chunk, req_id: int, buf: bytearray) -> memoryview:
+    """Read one chunk from the original file into ``buf`` and check its hash
+    (worker thread). Returns the framed message: header and chunk bytes."""
+    size = CHUNK_HEADER_SIZE + chunk.length
+    if len(buf) < size:
+        buf.extend(bytes(size - len(buf)))
     buf[:CHUNK_HEADER_SIZE] = chunk_header(req_id, chunk.length)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -81,12 +88,13 @@ def _read_chunk(path: Path, chunk: Chunk, req_id: int) -> bytearray:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise _SourceChanged(f"{path} is no longer a regular file")
-        got = os.preadv(fd, [memoryview(buf)[CHUNK_HEADER_SIZE:]], chunk.offset)
+        body = memoryview(buf)[CHUNK_HEADER_SIZE:size]
+        got = os.preadv(fd, [body], chunk.offset)
     finally:
         os.close(fd)
-    if got != chunk.length or chunk_hash(memoryview(buf)[CHUNK_HEADER_SIZE:]) != chunk.digest:
+    if got != chunk.length or chunk_hash(body) != chunk.digest:
         raise _SourceChanged(f"{path} changed after it was published")
-    return buf
+    return memoryview(buf)[:size]
 
 
 class Server:
@@ -141,10 +149,15 @@ class Server:
             return
         log.info("peer %s connected from %s", secure.peer.short, addr)
         requests_send, requests_recv = trio.open_memory_channel[m.Request](m.MAX_OUTSTANDING)
-        prepared_send, prepared_recv = trio.open_memory_channel[bytes | bytearray](PREPARED_QUEUE)
+        prepared_send, prepared_recv = trio.open_memory_channel[_Prepared](PREPARED_QUEUE)
+        # Chunk buffers circulate preparer -> sender -> pool, so a connection
+        # holds at most BUFFERS_PER_CONNECTION chunks in memory.
+        pool_send, pool_recv = trio.open_memory_channel[bytearray](BUFFERS_PER_CONNECTION)
+        for _ in range(BUFFERS_PER_CONNECTION):
+            pool_send.send_nowait(bytearray())
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._sender, secure, prepared_recv)
-            nursery.start_soon(self._preparer, requests_recv, prepared_send)
+            nursery.start_soon(self._sender, secure, prepared_recv, pool_send)
+            nursery.start_soon(self._preparer, requests_recv, prepared_send, pool_recv)
             await self._reader(secure, requests_send)
             nursery.cancel_scope.cancel()
 
@@ -172,14 +185,23 @@ class Server:
     async def _preparer(
         self,
         requests: trio.MemoryReceiveChannel[m.Request],
-        prepared: trio.MemorySendChannel[bytes | bytearray],
+        prepared: trio.MemorySendChannel[_Prepared],
+        pool: trio.MemoryReceiveChannel[bytearray],
     ) -> None:
         served: dict[bytes, _Served] = {}
         async with prepared:
             async for req in requests:
-                await prepared.send(await self._respond(req, served))
+                buf = await pool.receive()
+                try:
+                    payload = await self._respond(req, served, buf)
+                except BaseException:
+                    await prepared.send((b"", buf))
+                    raise
+                await prepared.send((payload, buf))
 
-    async def _respond(self, req: m.Request, served: dict[bytes, _Served]) -> bytes | bytearray:
+    async def _respond(
+        self, req: m.Request, served: dict[bytes, _Served], buf: bytearray
+    ) -> bytes | memoryview:
         catalog = self.home.catalog
         match req:
             case m.ListRequest():
@@ -219,7 +241,7 @@ class Server:
                 relpath, chunk = held.chunks[index]
                 try:
                     return await trio.to_thread.run_sync(
-                        _read_chunk, held.file_path(relpath), chunk, req_id
+                        _read_chunk, held.file_path(relpath), chunk, req_id, buf
                     )
                 except _SourceChanged as exc:
                     what = f"{held.manifest.name}@{held.manifest.version}"
@@ -234,11 +256,18 @@ class Server:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _sender(
-        self, secure: SecureStream, prepared: trio.MemoryReceiveChannel[bytes | bytearray]
+        self,
+        secure: SecureStream,
+        prepared: trio.MemoryReceiveChannel[_Prepared],
+        pool: trio.MemorySendChannel[bytearray],
     ) -> None:
-        async for payload in prepared:
-            with trio.fail_after(IDLE_TIMEOUT):
-                await secure.send_all(payload)
+        async for payload, buf in prepared:
+            if payload:
+                with trio.fail_after(IDLE_TIMEOUT):
+                    await secure.send_all(payload)
+            if isinstance(payload, memoryview):
+                payload.release()
+            pool.send_nowait(buf)
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
