@@ -57,9 +57,7 @@ version_infos = st.builds(
 )
 
 list_requests = st.just(ListRequest())
-list_responses = st.builds(
-    ListResponse, st.lists(version_infos, max_size=5).map(tuple)
-)
+list_responses = st.builds(ListResponse, st.lists(version_infos, max_size=5).map(tuple))
 manifest_requests = st.builds(
     ManifestRequest,
     name=st.text(max_size=128),

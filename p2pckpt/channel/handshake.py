@@ -52,18 +52,24 @@ class ChannelHandshake:
         )
         self._initiator = initiator
         self._step = 0  # messages processed so far (0..3)
+        self._failed = False
         self.remote_peer: PeerId | None = None
 
     @property
     def complete(self) -> bool:
-        return self._step == 3
+        return self._step == 3 and not self._failed and self.remote_peer is not None
+
+    def _check_usable(self) -> None:
+        if self._failed:
+            raise HandshakeFailed("handshake already failed")
 
     def next_is_write(self) -> bool:
         """True if our side sends the next handshake message."""
         return (self._step % 2 == 0) == self._initiator
 
     def write(self) -> bytes:
-        if self.complete or not self.next_is_write():
+        self._check_usable()
+        if self._step == 3 or not self.next_is_write():
             raise LocalProtocolError("not our turn to write")
         payload = b"" if self._step == 0 else self._proof
         message = self._noise.write_message(payload)
@@ -71,15 +77,21 @@ class ChannelHandshake:
         return message
 
     def read(self, message: bytes) -> None:
-        if self.complete or self.next_is_write():
+        """Process the peer's next message; any failure poisons this object."""
+        self._check_usable()
+        if self._step == 3 or self.next_is_write():
             raise LocalProtocolError("not our turn to read")
-        payload = self._noise.read_message(message)
+        try:
+            payload = self._noise.read_message(message)
+            if self._step == 0:
+                if payload:
+                    raise HandshakeFailed("unexpected payload in message 1")
+            else:
+                self.remote_peer = self._check_proof(payload)
+        except BaseException:
+            self._failed = True
+            raise
         self._step += 1
-        if self._step == 1:
-            if payload:
-                raise HandshakeFailed("unexpected payload in message 1")
-            return
-        self.remote_peer = self._check_proof(payload)
 
     def _check_proof(self, payload: bytes) -> PeerId:
         if len(payload) > MAX_PAYLOAD:
@@ -111,6 +123,7 @@ class ChannelHandshake:
 
     def split(self) -> tuple[CipherState, CipherState]:
         """(send, receive) transport ciphers once complete."""
+        self._check_usable()
         if not self.complete:
             raise LocalProtocolError("handshake not complete")
         return self._noise.split()

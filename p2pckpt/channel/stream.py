@@ -16,13 +16,13 @@ import trio
 
 from p2pckpt.channel.handshake import ChannelHandshake
 from p2pckpt.channel.noise import CipherState
-from p2pckpt.channel.records import MAX_RECORD, RecordDecoder, RecordEncoder
+from p2pckpt.channel.records import MAX_RECORD, RECEIVE_WINDOW, RecordDecoder, RecordEncoder
 from p2pckpt.errors import ChannelClosed, HandshakeFailed
 from p2pckpt.identity.keys import NodeKey
 from p2pckpt.identity.peer_id import PeerId
 
 HANDSHAKE_TIMEOUT: Final = 10.0
-RECEIVE_BYTES: Final = 256 * 1024
+RECEIVE_BYTES: Final = 64 * 1024
 _LEN = struct.Struct(">H")
 
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -38,11 +38,12 @@ class SecureStream:
         send_cipher: CipherState,
         recv_cipher: CipherState,
         leftover: bytes,
+        receive_window: int = RECEIVE_WINDOW,
     ) -> None:
         self.transport = transport
         self.peer = peer
         self._encoder = RecordEncoder(send_cipher)
-        self._decoder = RecordDecoder(recv_cipher)
+        self._decoder = RecordDecoder(recv_cipher, receive_window)
         self._leftover = leftover
         self._send_lock = trio.Lock()
 
@@ -106,6 +107,7 @@ async def open_secure(
     *,
     initiator: bool,
     timeout: float = HANDSHAKE_TIMEOUT,
+    receive_window: int = RECEIVE_WINDOW,
 ) -> SecureStream:
     """Run the handshake (bounded by ``timeout`` in total) and return the stream.
 
@@ -131,4 +133,4 @@ async def open_secure(
         raise HandshakeFailed("connection lost during handshake") from exc
     send, recv = hs.split()
     assert hs.remote_peer is not None
-    return SecureStream(transport, hs.remote_peer, send, recv, bytes(buf))
+    return SecureStream(transport, hs.remote_peer, send, recv, bytes(buf), receive_window)

@@ -78,7 +78,11 @@ class TrustStore:
             return cls()
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from exc
-        if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
+        if (
+            not isinstance(doc, dict)
+            or doc.get("format") != _FORMAT
+            or not isinstance(doc.get("peers", []), list)
+        ):
             raise ConfigError(f"{path}: unknown trust store format")
         store = cls()
         for entry in doc.get("peers", []):

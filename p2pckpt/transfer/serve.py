@@ -48,6 +48,7 @@ MAX_CONNECTIONS: Final = 256
 IDLE_TIMEOUT: Final = 300.0
 PREPARED_QUEUE: Final = 1
 BUFFERS_PER_CONNECTION: Final = 2
+REQUEST_WINDOW: Final = 64 * 1024
 MAX_VERSIONS_PER_CONNECTION: Final = 8
 
 
@@ -140,7 +141,11 @@ class Server:
 
     async def _handle(self, transport: trio.SocketStream, addr: str) -> None:
         async with self._handshakes:
-            secure = await open_secure(transport, self.home.key, initiator=False)
+            # Requests are small: a small receive window keeps memory per
+            # connection down to the chunk buffers.
+            secure = await open_secure(
+                transport, self.home.key, initiator=False, receive_window=REQUEST_WINDOW
+            )
         try:
             self.home.trust.require(secure.peer, "pull")
         except TrustError as exc:

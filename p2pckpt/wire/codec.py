@@ -81,8 +81,13 @@ def encode(msg: Message) -> bytes:
         case ChunkData(req_id, data):
             return chunk_header(req_id, len(data)) + bytes(data)
         case Error(code, message, req_id):
-            return _pack(_T_ERROR, [code, message[:1000], req_id])
+            return _pack(_T_ERROR, [_clip(code, 64), _clip(message, 1000), req_id])
     raise TypeError(f"not a message: {msg!r}")
+
+
+def _clip(text: str, max_bytes: int) -> str:
+    """Cut ``text`` to at most ``max_bytes`` of UTF-8, on a character boundary."""
+    return text.encode()[:max_bytes].decode(errors="ignore")
 
 
 def chunk_header(req_id: int, length: int) -> bytes:

@@ -102,7 +102,9 @@ def test_foreign_journal_is_invalid(data: bytes, root: bytes, count: int) -> Non
     count=st.integers(1, (1 << 32) - 1),
     data=st.data(),
 )
-def test_parse_returns_exactly_what_was_written(root: bytes, count: int, data: st.DataObject) -> None:
+def test_parse_returns_exactly_what_was_written(
+    root: bytes, count: int, data: st.DataObject
+) -> None:
     """For any list of valid indices written, parse returns exactly that set."""
     indices = data.draw(st.lists(st.integers(0, count - 1), max_size=50))
     assert parse(journal(indices, root, count), root, count) == set(indices)
@@ -114,7 +116,9 @@ def test_parse_returns_exactly_what_was_written(root: bytes, count: int, data: s
     indices=st.lists(st.integers(0, COUNT - 1), max_size=30),
     data=st.data(),
 )
-def test_any_truncation_gives_a_prefix(root: bytes, indices: list[int], data: st.DataObject) -> None:
+def test_any_truncation_gives_a_prefix(
+    root: bytes, indices: list[int], data: st.DataObject
+) -> None:
     """Any truncation past the header parses to the whole records before the cut, a subset."""
     full = journal(indices, root)
     cut = data.draw(st.integers(HEADER_SIZE, len(full)))

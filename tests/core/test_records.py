@@ -125,7 +125,7 @@ def test_round_trip_after_real_handshake() -> None:
 
 @pytest.mark.parametrize("size", [0, 1, MAX_PLAINTEXT, MAX_PLAINTEXT + 1, 5 * MIB])
 def test_records_respect_the_size_limit(size: int) -> None:
-    """Every record on the wire is at most 65535 bytes plus its 2-byte prefix, and full but the last."""
+    """Every record on the wire is at most 65535 + 2 bytes, and all but the last are full."""
     enc, _ = pipe()
     records = split_records(enc.encode(bytes(size)))
     assert all(2 + TAG_SIZE <= len(r) <= MAX_RECORD + 2 for r in records)

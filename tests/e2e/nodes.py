@@ -22,7 +22,9 @@ CLI = [sys.executable, "-m", "p2pckpt"]
 TIMEOUT = 120.0
 
 
-def run(home: Path, *args: str, check: bool = True, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+def run(
+    home: Path, *args: str, check: bool = True, timeout: float = TIMEOUT
+) -> subprocess.CompletedProcess[str]:
     """Run one CLI command to completion."""
     proc = subprocess.run(
         [*CLI, "--home", str(home), *args],

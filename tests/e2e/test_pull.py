@@ -24,13 +24,25 @@ SHARDS = {
 def test_directory_pull_matches_byte_for_byte(pair: Pair, tmp_path: Path) -> None:
     """A sharded directory pulled over 3 streams is identical and reported in JSON."""
     ckpt = make_checkpoint(tmp_path / "ckpt", SHARDS)
-    pub = run_json(pair.a, "publish", str(ckpt), "--name", "llama-ft", "--version", "7",
-                   "--meta", "base=llama", "--meta", "step=7000")
+    pub = run_json(
+        pair.a,
+        "publish",
+        str(ckpt),
+        "--name",
+        "llama-ft",
+        "--version",
+        "7",
+        "--meta",
+        "base=llama",
+        "--meta",
+        "step=7000",
+    )
     assert pub["version"] == 7 and pub["files"] == len(SHARDS)
     server = pair.serve_a()
     dest = tmp_path / "out" / "llama"
-    doc = run_json(pair.b, "pull", "llama-ft", "--from", server.addr, "-o", str(dest),
-                   "--streams", "3")
+    doc = run_json(
+        pair.b, "pull", "llama-ft", "--from", server.addr, "-o", str(dest), "--streams", "3"
+    )
     assert same_tree(ckpt, dest)
     total = sum(SHARDS.values())
     assert doc["name"] == "llama-ft" and doc["version"] == 7
@@ -88,8 +100,20 @@ def test_kill9_mid_pull_then_resume(pair: Pair, tmp_path: Path) -> None:
     dest = tmp_path / "got"
     partial = tmp_path / ".got.p2pckpt-partial"
     journal = partial / "journal"
-    args = [*CLI, "--home", str(pair.b), "pull", "big", "--from", server.addr, "-o", str(dest),
-            "--streams", "2", "--json"]
+    args = [
+        *CLI,
+        "--home",
+        str(pair.b),
+        "pull",
+        "big",
+        "--from",
+        server.addr,
+        "-o",
+        str(dest),
+        "--streams",
+        "2",
+        "--json",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     # Kill once some chunks are journaled (41-byte header, 8 bytes per chunk).
@@ -103,8 +127,20 @@ def test_kill9_mid_pull_then_resume(pair: Pair, tmp_path: Path) -> None:
     assert not dest.exists(), "DEST must never exist half-written"
     journaled = (journal.stat().st_size - 41) // 8
     assert journaled >= 5
-    doc = json.loads(run(pair.b, "pull", "big", "--from", server.addr, "-o", str(dest),
-                         "--streams", "2", "--json").stdout)
+    doc = json.loads(
+        run(
+            pair.b,
+            "pull",
+            "big",
+            "--from",
+            server.addr,
+            "-o",
+            str(dest),
+            "--streams",
+            "2",
+            "--json",
+        ).stdout
+    )
     assert same_tree(ckpt, dest)
     assert not partial.exists()
     chunk = 4 << 20

@@ -192,7 +192,7 @@ class EvilSeeder:
     async def start(self, nursery: trio.Nursery) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         await nursery.start(trio.serve_listeners, self.handle, listeners)
-        self.addr = "127.0.0.1:%d" % listeners[0].socket.getsockname()[1]
+        self.addr = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
 
 
 @pytest.fixture
@@ -289,19 +289,27 @@ class CaptureProxy:
     async def start(self, nursery: trio.Nursery) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         await nursery.start(trio.serve_listeners, self.handle, listeners)
-        self.addr = "127.0.0.1:%d" % listeners[0].socket.getsockname()[1]
+        self.addr = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
 
 
 async def test_wire_carries_no_plaintext(pair: Pair, tmp_path: Path) -> None:
-    """Both directions of ls + pull carry no name, path, metadata, key, hash or 64-byte run of a file."""
+    """Recorded ls + pull traffic holds no name, path, metadata, key, hash or 64 file bytes."""
     content = random.Random(7).randbytes(256 * 1024)
     rel = "weights/secret-shard-00001-of-00001.safetensors"
     ckpt = tmp_path / "ckpt"
     (ckpt / "weights").mkdir(parents=True)
     (ckpt / rel).write_bytes(content)
     (ckpt / "config.json").write_text('{"arch": "secret-arch-marker"}')
-    pub = await arun(pair.a, "publish", str(ckpt), "--name", "secret-llama-ft", "--json",
-                     "--meta", "base=secret-base-model")
+    pub = await arun(
+        pair.a,
+        "publish",
+        str(ckpt),
+        "--name",
+        "secret-llama-ft",
+        "--json",
+        "--meta",
+        "base=secret-base-model",
+    )
     assert pub.returncode == 0, pub.stderr
     root = bytes.fromhex(re.search(r'"root": "([0-9a-f]{64})"', pub.stdout).group(1))  # type: ignore[union-attr]
     server = pair.serve_a()
@@ -310,8 +318,17 @@ async def test_wire_carries_no_plaintext(pair: Pair, tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         await proxy.start(nursery)
         listed = await arun(pair.b, "ls", "--peer", proxy.addr)
-        pulled = await arun(pair.b, "pull", "secret-llama-ft", "--from", proxy.addr, "-o",
-                            str(dest), "--streams", "2")
+        pulled = await arun(
+            pair.b,
+            "pull",
+            "secret-llama-ft",
+            "--from",
+            proxy.addr,
+            "-o",
+            str(dest),
+            "--streams",
+            "2",
+        )
         nursery.cancel_scope.cancel()
     assert listed.returncode == 0 and "secret-llama-ft" in listed.stdout, listed.stderr
     assert pulled.returncode == 0, pulled.stderr
@@ -319,9 +336,17 @@ async def test_wire_carries_no_plaintext(pair: Pair, tmp_path: Path) -> None:
     captured = [bytes(t) for t in proxy.transcripts]
     assert len(captured) >= 4 and sum(map(len, captured)) > len(content)
     secrets = [
-        b"secret-llama-ft", rel.encode(), b"secret-shard", b"config.json", b"secret-arch-marker",
-        b"secret-base-model", b"safetensors", root, chunk_hash(content),
-        PeerId.parse(pair.a_id).key, PeerId.parse(pair.b_id).key,
+        b"secret-llama-ft",
+        rel.encode(),
+        b"secret-shard",
+        b"config.json",
+        b"secret-arch-marker",
+        b"secret-base-model",
+        b"safetensors",
+        root,
+        chunk_hash(content),
+        PeerId.parse(pair.a_id).key,
+        PeerId.parse(pair.b_id).key,
     ]
     for t in captured:
         for s in secrets:
@@ -329,18 +354,25 @@ async def test_wire_carries_no_plaintext(pair: Pair, tmp_path: Path) -> None:
     # Any 64-byte run of the file contains a whole 32-byte block at an offset that is
     # a multiple of 32, so it is enough to look for those blocks at every offset.
     blocks = {content[i : i + 32] for i in range(0, len(content), 32)}
+
+    def leaks(t: bytes) -> list[int]:
+        return [i for i in range(len(t) - 31) if t[i : i + 32] in blocks]
+
+    assert leaks(os.urandom(99) + content[1001:1065] + os.urandom(99))  # the detector works
     for t in captured:
-        hits = [i for i in range(len(t) - 31) if t[i : i + 32] in blocks]
-        assert not hits, f"file bytes in clear at offsets {hits[:5]}"
+        assert not leaks(t), f"file bytes in clear at offsets {leaks(t)[:5]}"
 
 
 # -- 3. seeder's file changed after publishing ---------------------------------------
 
 
 def test_file_changed_after_publishing_is_refused(pair: Pair, tmp_path: Path) -> None:
-    """A shard altered in place (same size and mtime) fails the pull with exit 9; the seeder keeps serving."""
-    shards = {"model-00001-of-00002.safetensors": 600_000,
-              "model-00002-of-00002.safetensors": 500_000, "config.json": 200}
+    """A shard altered in place (same size, same mtime) fails the pull (exit 9); serving goes on."""
+    shards = {
+        "model-00001-of-00002.safetensors": 600_000,
+        "model-00002-of-00002.safetensors": 500_000,
+        "config.json": 200,
+    }
     ckpt = make_checkpoint(tmp_path / "ckpt", shards, seed=3)
     good = make_checkpoint(tmp_path / "good", shards, seed=4)
     run(pair.a, "publish", str(ckpt), "--name", "tampered")
@@ -361,7 +393,9 @@ def test_file_changed_after_publishing_is_refused(pair: Pair, tmp_path: Path) ->
     assert not dest.exists()
     wait_for_log(server, r"refusing tampered@1: .*changed after it was published")
     assert server.alive()
-    doc = run_json(pair.b, "pull", "intact", "--from", server.addr, "-o", str(tmp_path / "out" / "intact"))
+    doc = run_json(
+        pair.b, "pull", "intact", "--from", server.addr, "-o", str(tmp_path / "out" / "intact")
+    )
     assert doc["name"] == "intact" and same_tree(good, tmp_path / "out" / "intact")
     assert server.alive()
 
@@ -370,7 +404,7 @@ def test_file_changed_after_publishing_is_refused(pair: Pair, tmp_path: Path) ->
 
 
 async def test_corrupt_chunk_is_never_kept(pair: Pair, evil: EvilSeeder, tmp_path: Path) -> None:
-    """A flipped chunk from a trusted seeder fails the pull (exit 9) and is neither written nor journaled."""
+    """A flipped chunk from a trusted seeder fails the pull (exit 9), unwritten and unjournaled."""
     data = random.Random(11).randbytes(8 * SMALL_CHUNK + 123)
     manifest, envelope, pieces = signed_file(evil.key, "evil-ft", data)
     bad_index = 3
@@ -384,7 +418,9 @@ async def test_corrupt_chunk_is_never_kept(pair: Pair, evil: EvilSeeder, tmp_pat
 
     evil.offer(envelope, pieces, chunk_reply=flip)
     dest = tmp_path / "out" / "model.safetensors"
-    proc = await arun(pair.b, "pull", "evil-ft", "--from", evil.addr, "-o", str(dest), "--streams", "1")
+    proc = await arun(
+        pair.b, "pull", "evil-ft", "--from", evil.addr, "-o", str(dest), "--streams", "1"
+    )
     assert_refused(proc, 9, f"chunk {bad_index}")
     assert not dest.exists()
     partial = staging_path(dest)
@@ -397,15 +433,19 @@ async def test_corrupt_chunk_is_never_kept(pair: Pair, evil: EvilSeeder, tmp_pat
         assert staged[i * SMALL_CHUNK : i * SMALL_CHUNK + len(pieces[i])] == pieces[i]
 
     evil.offer(envelope, pieces)  # the same seeder turns honest: the pull resumes and completes
-    proc = await arun(pair.b, "pull", "evil-ft", "--from", evil.addr, "-o", str(dest), "--streams", "1")
+    proc = await arun(
+        pair.b, "pull", "evil-ft", "--from", evil.addr, "-o", str(dest), "--streams", "1"
+    )
     assert proc.returncode == 0, proc.stderr
     assert dest.read_bytes() == data and not partial.exists()
     fetched = {r.index for r in evil.requests if isinstance(r, m.ChunkRequest)}
     assert fetched == set(range(len(pieces))) - done
 
 
-async def test_bad_manifest_signature_is_refused(pair: Pair, evil: EvilSeeder, tmp_path: Path) -> None:
-    """A manifest whose signature has one flipped byte is refused with exit 7 and nothing is written."""
+async def test_bad_manifest_signature_is_refused(
+    pair: Pair, evil: EvilSeeder, tmp_path: Path
+) -> None:
+    """A manifest signature with one flipped byte is refused with exit 7; nothing is written."""
     data = os.urandom(100_000)
     _, envelope, pieces = signed_file(evil.key, "evil-ft", data)
     outer = msgpack.unpackb(envelope, raw=False)
@@ -416,14 +456,16 @@ async def test_bad_manifest_signature_is_refused(pair: Pair, evil: EvilSeeder, t
         verify(forged)
     evil.offer(forged, pieces)
     before = tree(tmp_path, pair.b)
-    proc = await arun(pair.b, "pull", "evil-ft", "--from", evil.addr, "-o", str(tmp_path / "out" / "x"))
+    proc = await arun(
+        pair.b, "pull", "evil-ft", "--from", evil.addr, "-o", str(tmp_path / "out" / "x")
+    )
     assert_refused(proc, 7, "signature is invalid")
     assert tree(tmp_path, pair.b) == before
     assert not [r for r in evil.requests if isinstance(r, m.ChunkRequest)]
 
 
 async def test_untrusted_publisher_is_refused(pair: Pair, evil: EvilSeeder, tmp_path: Path) -> None:
-    """A validly signed manifest from a key trusted only to pull, or not at all, is refused with exit 7."""
+    """A manifest signed by a key trusted only to pull, or not at all, is refused (exit 7)."""
     puller_only = new_key(tmp_path / "P")
     await arun(pair.b, "trust", "add", str(puller_only.peer_id), "--role", "pull")
     stranger = new_key(tmp_path / "Q")
@@ -431,7 +473,9 @@ async def test_untrusted_publisher_is_refused(pair: Pair, evil: EvilSeeder, tmp_
     for key in (puller_only, stranger):
         _, envelope, pieces = signed_file(key, "evil-ft", os.urandom(100_000))
         evil.offer(envelope, pieces)
-        proc = await arun(pair.b, "pull", "evil-ft", "--from", evil.addr, "-o", str(tmp_path / "out" / "x"))
+        proc = await arun(
+            pair.b, "pull", "evil-ft", "--from", evil.addr, "-o", str(tmp_path / "out" / "x")
+        )
         assert_refused(proc, 7, f"signed by {key.peer_id.short}, not a publisher we trust")
         assert not [r for r in evil.requests if isinstance(r, m.ChunkRequest)]
     assert tree(tmp_path, pair.b) == before
@@ -453,7 +497,9 @@ async def test_escaping_manifest_path_is_refused(
 ) -> None:
     """A signed manifest naming a path outside DEST is refused with exit 7 and creates nothing."""
     files = [(p, os.urandom(1000)) for p in paths]
-    twin = raw_envelope(evil.key, "evil-ft", kind, [(f"safe{i}.bin", d) for i, (_, d) in enumerate(files)])
+    twin = raw_envelope(
+        evil.key, "evil-ft", kind, [(f"safe{i}.bin", d) for i, (_, d) in enumerate(files)]
+    )
     assert verify(twin).name == "evil-ft"  # the hand-built encoding itself is valid
     envelope = raw_envelope(evil.key, "evil-ft", kind, files)
     with pytest.raises(UnsafePath):
@@ -489,7 +535,7 @@ def _frame(kind: int, length: int) -> Callable[[object], bytes]:
 async def test_seeder_protocol_violation_fails_cleanly(
     pair: Pair, evil: EvilSeeder, tmp_path: Path, case: str, code: int, needle: str
 ) -> None:
-    """Oversized frames, unrequested or short chunk data end the pull with one line and no traceback."""
+    """Oversized frames, unrequested or short chunks end the pull with one line, no traceback."""
     data = os.urandom(4 * SMALL_CHUNK)
     _, envelope, pieces = signed_file(evil.key, "evil-ft", data)
     replies: dict[str, dict[str, Callable[..., bytes]]] = {
@@ -497,15 +543,20 @@ async def test_seeder_protocol_violation_fails_cleanly(
         "chunk-frame-over-cap": {"chunk_reply": _frame(T_CHUNK, 4 + (16 << 20) + 1)},
         "huge-manifest-frame": {"manifest_reply": _frame(T_MAN_RESP, 2**31)},
         "unrequested-chunk": {
-            "chunk_reply": lambda r: chunk_header(r.req_id + 1000, len(pieces[r.index]))
-            + pieces[r.index]
+            "chunk_reply": lambda r: (
+                chunk_header(r.req_id + 1000, len(pieces[r.index])) + pieces[r.index]
+            )
         },
-        "short-chunk": {"chunk_reply": lambda r: chunk_header(r.req_id, 100) + pieces[r.index][:100]},
+        "short-chunk": {
+            "chunk_reply": lambda r: chunk_header(r.req_id, 100) + pieces[r.index][:100]
+        },
         "server-only-message": {"chunk_reply": lambda r: encode(m.ChunkRequest(0, bytes(32), 0))},
     }
     evil.offer(envelope, pieces, **replies[case])
     dest = tmp_path / "out" / "model.safetensors"
-    proc = await arun(pair.b, "pull", "evil-ft", "--from", evil.addr, "-o", str(dest), "--streams", "1")
+    proc = await arun(
+        pair.b, "pull", "evil-ft", "--from", evil.addr, "-o", str(dest), "--streams", "1"
+    )
     assert_refused(proc, code, needle)
     assert not dest.exists()
 
@@ -570,7 +621,7 @@ async def _after_handshake(
 
 
 async def test_server_survives_garbage(pair: Pair, tmp_path: Path) -> None:
-    """Garbage, truncated, stalled and malformed connections each end alone; the server still serves B."""
+    """Garbage, truncated, stalled and malformed connections end alone; the server still serves."""
     ckpt = make_checkpoint(tmp_path / "ckpt", {"model.safetensors": 3_000_000, "config.json": 99})
     pub = await arun(pair.a, "publish", str(ckpt), "--name", "llama-ft", "--json")
     assert pub.returncode == 0, pub.stderr
@@ -616,13 +667,21 @@ async def test_server_survives_garbage(pair: Pair, tmp_path: Path) -> None:
         async def forged_record(s: SecureStream) -> None:
             await s.transport.send_all(struct.pack(">H", 48) + rng.randbytes(48))
 
-        for misbehave in (oversized, bad_msgpack, bad_shape, unknown_type, client_only_type,
-                          forged_record):
+        for misbehave in (
+            oversized,
+            bad_msgpack,
+            bad_shape,
+            unknown_type,
+            client_only_type,
+            forged_record,
+        ):
             got, ended = await _after_handshake(port, key, misbehave)
             assert got == [] and ended == "eof", (misbehave.__name__, got, ended)
 
         async def flood(s: SecureStream) -> None:
-            burst = b"".join(encode(m.ChunkRequest(i, root, 0)) for i in range(3 * m.MAX_OUTSTANDING))
+            burst = b"".join(
+                encode(m.ChunkRequest(i, root, 0)) for i in range(3 * m.MAX_OUTSTANDING)
+            )
             await s.send_all(burst)  # one record: the server sees every request at once
 
         got, ended = await _after_handshake(port, key, flood)
@@ -637,7 +696,13 @@ async def test_server_survives_garbage(pair: Pair, tmp_path: Path) -> None:
     assert doc.returncode == 0, doc.stderr
     assert same_tree(ckpt, dest) and server.alive()
     log = server.log.read_text()
-    for expected in ("handshake timed out", "connection closed during handshake",
-                     "outstanding-request limit", "too large", "not msgpack", "unexpected message type"):
+    for expected in (
+        "handshake timed out",
+        "connection closed during handshake",
+        "outstanding-request limit",
+        "too large",
+        "not msgpack",
+        "unexpected message type",
+    ):
         assert expected in log, f"{expected!r} not logged:\n{log}"
     assert "Traceback" not in log
