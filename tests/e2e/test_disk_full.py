@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -74,16 +75,20 @@ def test_enospc_mid_pull_keeps_a_resumable_partial(
         if journal.exists() and journal.stat().st_size >= 41 + 8 * 2:
             break
         time.sleep(0.002)
-    assert proc.poll() is None, "pull finished before the disk could be filled"
-    # Take every free byte at once: the pull's next chunk write hits ENOSPC.
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    # Freeze the seeder so the pull cannot finish while the disk fills up.
+    server.proc.send_signal(signal.SIGSTOP)
     try:
-        free = shutil.disk_usage(small_fs).free
-        os.posix_fallocate(fd, 0, max(free, 4096))
-    except OSError:
-        pass  # tmpfs may stop a little short of "free"; what it took is enough
+        assert proc.poll() is None, "pull finished before the disk could be filled"
+        # Take every free byte at once: a later chunk write hits ENOSPC.
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, max(shutil.disk_usage(small_fs).free, 4096))
+        except OSError:
+            pass  # tmpfs may stop a little short of "free"; what it took is enough
+        finally:
+            os.close(fd)
     finally:
-        os.close(fd)
+        server.proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 10, err
     assert "free some space and run the same pull again" in err
