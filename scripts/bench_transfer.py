@@ -60,6 +60,11 @@ How time, CPU and memory are counted
   and any descendants, read after each pull; for sshd, the largest ``VmHWM`` seen
   while sampling the listener's descendants every 200 ms (per-connection
   processes are short-lived, so this is a sampled lower bound).
+* Machine-wide CPU busy and iowait shares during each timed copy come from
+  ``/proc/stat``; they tell a CPU-bound run (busy ~100% of both cores) from one
+  that waited on the disk or the host. On the small VM this was written on,
+  wall times varied by up to 2x between identical runs at constant CPU seconds,
+  so look at the min-max column and use a larger ``--repeat`` before concluding.
 * CPU s/GB = (client + server CPU seconds) / (checkpoint bytes / 1e9); MB/s uses
   1 MB = 1e6 bytes; RSS is in MiB.
 
@@ -447,6 +452,37 @@ def proc_status_kib(pid: int, key: str = "VmHWM") -> int:
     return 0
 
 
+class SystemCpu:
+    """Machine-wide CPU use over a block, from the first line of /proc/stat.
+
+    Tells a slow run that was CPU-bound (busy near 100% of all cores) from one that
+    waited on the disk (iowait) or on the hypervisor (steal, if the guest sees it).
+    """
+
+    def __enter__(self) -> SystemCpu:
+        self._t0 = self._read()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        d = [b - a for a, b in zip(self._t0, self._read(), strict=False)]
+        d += [0] * (8 - len(d))
+        total = sum(d[:8]) or 1
+        user, nice, system, idle, iowait, irq, softirq, steal = d[:8]
+        busy = user + nice + system + irq + softirq
+        self.result = {
+            "busy_cpu_seconds": busy / CLK_TCK,
+            "busy": busy / total,
+            "iowait": iowait / total,
+            "idle": idle / total,
+            "steal": steal / total,
+        }
+
+    @staticmethod
+    def _read() -> list[int]:
+        with open("/proc/stat") as f:
+            return [int(x) for x in f.readline().split()[1:]]
+
+
 def wait_no_children(root: int, timeout: float = 10.0) -> None:
     """Wait until ``root`` has reaped all its children (so their CPU is in cutime)."""
     deadline = time.monotonic() + timeout
@@ -610,6 +646,21 @@ class ToolResult:
 
         return statistics.median(pick(r) for r in self.runs) / (self.nbytes / GB)
 
+    def system_median(self, key: str) -> float:
+        """Median over the timed runs of a machine-wide CPU share (busy, iowait, steal)."""
+        values = [r.extra["system"][key] for r in self.runs if "system" in r.extra]
+        return statistics.median(values) if values else float("nan")
+
+    def other_share(self) -> float:
+        """Median share of the machine's CPU used by processes we did not measure."""
+        cpus = os.cpu_count() or 1
+        values = [
+            max(0.0, r.extra["system"]["busy_cpu_seconds"] - r.cpu_client - r.cpu_server)
+            / (r.wall * cpus)
+            for r in self.runs if "system" in r.extra
+        ]
+        return statistics.median(values) if values else float("nan")
+
     @property
     def rss_client_mib(self) -> float:
         return max(r.rss_client_kib for r in self.runs) / KIB
@@ -747,11 +798,12 @@ def bench_raw(ckpt: Path, scratch: Path, nbytes: int, repeat: int, fsync: bool,
                 port = read_line(recv.proc.stdout, 30).strip()
                 if not port.isdigit():
                     raise BenchError(f"raw receiver did not report a port (got {port!r})")
-                t0 = time.perf_counter()
-                send = run_measured([sys.executable, script, "_raw_send", port, ckpt, listing],
-                                    timeout)
-                got = recv.wait(timeout)
-                wall = time.perf_counter() - t0
+                with SystemCpu() as system:
+                    t0 = time.perf_counter()
+                    send = run_measured(
+                        [sys.executable, script, "_raw_send", port, ckpt, listing], timeout)
+                    got = recv.wait(timeout)
+                    wall = time.perf_counter() - t0
                 send.check("raw sender")
                 got.check("raw receiver")
             finally:
@@ -759,7 +811,8 @@ def bench_raw(ckpt: Path, scratch: Path, nbytes: int, repeat: int, fsync: bool,
                 if recv.proc.stdout is not None:
                     recv.proc.stdout.close()
             check_copy(dest, nbytes, label)
-            return Run(wall, got.cpu, send.cpu, got.maxrss_kib, send.maxrss_kib)
+            return Run(wall, got.cpu, send.cpu, got.maxrss_kib, send.maxrss_kib,
+                       {"system": system.result})
         finally:
             clear_dest_parent(dest.parent)
 
@@ -955,13 +1008,14 @@ def bench_ssh_tool(
         try:
             wait_no_children(sshd_pid)
             before = tree_cpu_seconds(sshd_pid)
-            with RssSampler(sshd_pid, include_root=False) as sampler:
+            with RssSampler(sshd_pid, include_root=False) as sampler, SystemCpu() as system:
                 r = run_measured(make_argv(dest), timeout)
-                wait_no_children(sshd_pid)
+            wait_no_children(sshd_pid)
             after = tree_cpu_seconds(sshd_pid)
             r.check(label)
             check_copy(dest, ckpt_bytes, label)
-            return Run(r.wall, r.cpu, after - before, r.maxrss_kib, sampler.peak_kib)
+            return Run(r.wall, r.cpu, after - before, r.maxrss_kib, sampler.peak_kib,
+                       {"system": system.result})
         finally:
             clear_dest_parent(dest.parent)
 
@@ -1118,10 +1172,11 @@ def bench_p2pckpt(
                             f"p2pckpt serve exited (status {serve.proc.returncode})\n"
                             f"{tail(serve.log_path.read_text(errors='replace'))}")
                     before = tree_cpu_seconds(spid)
-                    r = run_measured(
-                        [exe, "--home", home, "pull", CKPT_NAME, "--from",
-                         f"127.0.0.1:{port}", "-o", dest, "--streams", n, "--json"],
-                        timeout, env)
+                    with SystemCpu() as system:
+                        r = run_measured(
+                            [exe, "--home", home, "pull", CKPT_NAME, "--from",
+                             f"127.0.0.1:{port}", "-o", dest, "--streams", n, "--json"],
+                            timeout, env)
                     time.sleep(0.2)  # let the server finish its side of the session
                     after = tree_cpu_seconds(spid)
                     # VmHWM is a high-water mark: reading it now covers the whole pull.
@@ -1134,6 +1189,7 @@ def bench_p2pckpt(
                     extra["serve_rss_anon_kib"] = proc_status_kib(spid, "RssAnon")
                     extra["serve_rss_file_kib"] = proc_status_kib(spid, "RssFile")
                     extra["serve_processes"] = len(serve_pids)
+                    extra["system"] = system.result
                     bd, bt = obj.get("bytes_downloaded"), obj.get("bytes_total")
                     if isinstance(bd, int) and isinstance(bt, int) and bd < bt:
                         note = (f"pull {tag} downloaded {bd} of {bt} bytes (local reuse?); "
@@ -1234,11 +1290,12 @@ def render(
             f"MAC {s.get('mac_negotiated', '?')} compression "
             f"{s.get('compression_negotiated', '?')}; scp mode {s.get('scp_mode', '?')}; "
             f"{s.get('rsync_version', '?')}")
-    add(f"client peak RSS: {env_info['peak_rss_method']}")
+    add(f"client peak RSS: {env_info['peak_rss_method']}; machine CPU busy before start: "
+        f"{100 * env_info.get('busy_before_start', float('nan')):.0f}%")
     add(f"median of {repeat} timed run(s) after 1 warm-up; page cache warm; 1 MB = 1e6 bytes")
     add("")
-    head = (f"{'tool':<20}{'median s':>10}{'MB/s':>10}{'% raw':>8}{'CPU s/GB':>10}"
-            f"{'(cli+srv)':>14}{'RSS cli MiB':>13}{'RSS srv MiB':>13}")
+    head = (f"{'tool':<20}{'median s':>10}{'min-max s':>13}{'MB/s':>10}{'% raw':>8}{'CPU s/GB':>10}"
+            f"{'(cli+srv)':>14}{'RSS cli MiB':>13}{'RSS srv MiB':>13}{'busy/other/iow%':>17}")
     add(head)
     add("-" * len(head))
     raw = tools.get("raw")
@@ -1249,8 +1306,12 @@ def render(
             continue
         pct = f"{100 * t.mbps / raw.mbps:.0f}%" if raw is not None and raw.ok else "-"
         split = f"{t.cpu_per_gb('client'):.2f}+{t.cpu_per_gb('server'):.2f}"
-        add(f"{t.label:<20}{t.median_s:>10.3f}{t.mbps:>10.1f}{pct:>8}{t.cpu_per_gb():>10.2f}"
-            f"{split:>14}{t.rss_client_mib:>13.1f}{t.rss_server_mib:>13.1f}")
+        sysload = (f"{100 * t.system_median('busy'):.0f}/{100 * t.other_share():.0f}/"
+                   f"{100 * t.system_median('iowait'):.0f}")
+        walls = [r.wall for r in t.runs]
+        spread = f"{min(walls):.2f}-{max(walls):.2f}"
+        add(f"{t.label:<20}{t.median_s:>10.3f}{spread:>13}{t.mbps:>10.1f}{pct:>8}{t.cpu_per_gb():>10.2f}"
+            f"{split:>14}{t.rss_client_mib:>13.1f}{t.rss_server_mib:>13.1f}{sysload:>17}")
     if p2p is not None:
         add("")
         if p2p.publish:
@@ -1285,7 +1346,9 @@ def render(
     add("")
     add("counted: client CPU/RSS = wait4 of the client process and its reaped children; "
         "server CPU = /proc tree delta (utime+stime+cutime+cstime) of our sshd or "
-        "p2pckpt serve; server RSS = VmHWM (sshd: sampled over per-connection processes).")
+        "p2pckpt serve; server RSS = VmHWM (sshd: sampled over per-connection processes); "
+        "busy/other/iow% = machine-wide CPU busy share, share busy with processes not "
+        "measured here (noise), iowait share, during the timed copies (median, /proc/stat).")
     return "\n".join(lines)
 
 
@@ -1393,6 +1456,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     failed = False
     try:
+        with SystemCpu() as idle_check:
+            time.sleep(1.0)
+        env_info["busy_before_start"] = idle_check.result["busy"]
+        if idle_check.result["busy"] > 0.2:
+            log(f"WARNING: the machine is {100 * idle_check.result['busy']:.0f}% busy before "
+                "the benchmark starts; results will be noisy (see the 'other' column)")
         workdir, ours = choose_workdir(args.workdir, need)
         scratch = Path(tempfile.mkdtemp(prefix="run-", dir=workdir))
         ckpt = prepare_checkpoint(workdir, size)

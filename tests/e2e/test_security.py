@@ -7,13 +7,14 @@ socket, file and process is closed.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
 import struct
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import blake3
@@ -126,16 +127,18 @@ def raw_envelope(key: NodeKey, name: str, kind: str, files: list[tuple[str, byte
 
     Follows the canonical encoding documented in manifest.py, one chunk per file.
     """
-    entries = sorted(
-        ([path, len(data), [[0, len(data), chunk_hash(data)]]] for path, data in files),
-        key=lambda e: e[0],
-    )
-    body = msgpack.packb(
+    entries = [
+        [path, len(data), [[0, len(data), chunk_hash(data)]]] for path, data in sorted(files)
+    ]
+    body: bytes = msgpack.packb(
         ["p2pckpt-manifest", 1, name, 1, key.peer_id.key, int(time.time()), [], kind, entries],
         use_bin_type=True,
     )
     signature = key.sign(SIGN_CONTEXT + blake3.blake3(body).digest())
-    return msgpack.packb(["p2pckpt-signed-manifest", 1, body, signature], use_bin_type=True)
+    envelope: bytes = msgpack.packb(
+        ["p2pckpt-signed-manifest", 1, body, signature], use_bin_type=True
+    )
+    return envelope
 
 
 class EvilSeeder:
@@ -311,7 +314,7 @@ async def test_wire_carries_no_plaintext(pair: Pair, tmp_path: Path) -> None:
         "base=secret-base-model",
     )
     assert pub.returncode == 0, pub.stderr
-    root = bytes.fromhex(re.search(r'"root": "([0-9a-f]{64})"', pub.stdout).group(1))  # type: ignore[union-attr]
+    root = bytes.fromhex(json.loads(pub.stdout)["root"])
     server = pair.serve_a()
     proxy = CaptureProxy(server.port)
     dest = tmp_path / "got"
@@ -598,7 +601,7 @@ async def _stall(port: int, result: dict[str, float]) -> None:
 
 
 async def _after_handshake(
-    port: int, key: NodeKey, send: Callable[[SecureStream], object]
+    port: int, key: NodeKey, send: Callable[[SecureStream], Awaitable[None]]
 ) -> tuple[list[m.Message], str]:
     """Handshake as ``key``, misbehave, then read what comes back until the end."""
     with trio.fail_after(5):
@@ -606,7 +609,7 @@ async def _after_handshake(
     async with tcp:
         with trio.fail_after(10):
             secure = await open_secure(tcp, key, initiator=True)
-        await send(secure)  # type: ignore[misc]
+        await send(secure)
         reader = MessageReader(CLIENT_ACCEPTS)
         got: list[m.Message] = []
         with trio.fail_after(10):
@@ -625,7 +628,7 @@ async def test_server_survives_garbage(pair: Pair, tmp_path: Path) -> None:
     ckpt = make_checkpoint(tmp_path / "ckpt", {"model.safetensors": 3_000_000, "config.json": 99})
     pub = await arun(pair.a, "publish", str(ckpt), "--name", "llama-ft", "--json")
     assert pub.returncode == 0, pub.stderr
-    root = bytes.fromhex(re.search(r'"root": "([0-9a-f]{64})"', pub.stdout).group(1))  # type: ignore[union-attr]
+    root = bytes.fromhex(json.loads(pub.stdout)["root"])
     server = pair.serve_a()
     port = server.port
     b_home = Home.open(pair.b)

@@ -1,0 +1,175 @@
+"""Catalog (real SQLite) and staging (real files) behaviour."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from p2pckpt.errors import ChunkCorrupt, ManifestError, Rollback, StoreError
+from p2pckpt.identity.keys import NodeKey
+from p2pckpt.manifest.chunker import Chunk, chunk_hash
+from p2pckpt.manifest.manifest import FileEntry, Manifest, sign
+from p2pckpt.store.catalog import Catalog
+from p2pckpt.store.staging import Staging, staging_path
+
+KEY = NodeKey.generate()
+
+
+def _manifest(
+    name: str, version: int, files: dict[str, bytes], chunk: int = 1000
+) -> tuple[Manifest, bytes]:
+    entries = []
+    for path in sorted(files):
+        data = files[path]
+        chunks = tuple(
+            Chunk(off, len(data[off : off + chunk]), chunk_hash(data[off : off + chunk]))
+            for off in range(0, len(data), chunk)
+        )
+        entries.append(FileEntry(path, len(data), chunks))
+    kind = "dir" if len(files) > 1 or "/" in next(iter(files)) else "file"
+    return sign(
+        Manifest(name, version, KEY.peer_id, int(time.time()), {}, kind, tuple(entries)), KEY
+    )
+
+
+def test_latest_never_goes_backwards(tmp_path: Path) -> None:
+    """Once v5 of a publisher's name was seen, v3 offered as newest is a rollback."""
+    cat = Catalog(tmp_path / "c.db")
+    v5, _ = _manifest("m", 5, {"a": b"x"})
+    v3, _ = _manifest("m", 3, {"a": b"y"})
+    cat.note_seen(v5)
+    with pytest.raises(Rollback):
+        cat.check_not_rollback(v3, asked_latest=True)
+    cat.check_not_rollback(v3, asked_latest=False)  # an explicit @3 is the user's choice
+    cat.close()
+    reopened = Catalog(tmp_path / "c.db")
+    with pytest.raises(Rollback):
+        reopened.check_not_rollback(v3, asked_latest=True)
+    reopened.close()
+
+
+def test_same_version_other_content_is_refused(tmp_path: Path) -> None:
+    """Publishing different bytes under an existing name@version is an error."""
+    cat = Catalog(tmp_path / "c.db")
+    one, env1 = _manifest("m", 1, {"a": b"one"})
+    other, env2 = _manifest("m", 1, {"a": b"two"})
+    cat.add(one, env1, tmp_path, "published")
+    cat.add(one, env1, tmp_path, "published")  # idempotent
+    with pytest.raises(ManifestError):
+        cat.add(other, env2, tmp_path, "published")
+    found = cat.find("m", None)
+    assert found is not None and found.root == one.root
+    assert cat.next_version("m") == 2
+    cat.close()
+
+
+def _fill(staging: Staging, files: dict[str, bytes], chunk: int = 1000) -> None:
+    index = 0
+    for path in sorted(files):
+        data = files[path]
+        for off in range(0, len(data), chunk):
+            staging.write_chunk(index, data[off : off + chunk])
+            index += 1
+
+
+def test_staging_commit_moves_a_whole_tree(tmp_path: Path) -> None:
+    """A directory appears at DEST only on commit, complete, and staging is gone."""
+    files = {"a/b.bin": os.urandom(2500), "c.json": b"{}"}
+    manifest, env = _manifest("t", 1, files)
+    dest = tmp_path / "out"
+    st = Staging(dest, manifest, env)
+    assert st.open() == set()
+    _fill(st, files)
+    assert not dest.exists()
+    st.commit()
+    assert (dest / "a" / "b.bin").read_bytes() == files["a/b.bin"]
+    assert (dest / "c.json").read_bytes() == b"{}"
+    assert not staging_path(dest).exists()
+
+
+def test_corrupt_chunk_is_never_written(tmp_path: Path) -> None:
+    """A chunk whose hash does not match raises and is neither written nor journaled."""
+    files = {"m.bin": os.urandom(3000)}
+    manifest, env = _manifest("t", 1, files)
+    st = Staging(tmp_path / "m.bin", manifest, env)
+    st.open()
+    bad = bytearray(files["m.bin"][:1000])
+    bad[10] ^= 1
+    with pytest.raises(ChunkCorrupt):
+        st.write_chunk(0, bad)
+    assert 0 not in st.done
+    data = (staging_path(tmp_path / "m.bin") / "data" / "m.bin").read_bytes()
+    assert data[:1000] == bytes(1000)
+    st.close()
+
+
+def test_resume_rehashes_what_the_journal_claims(tmp_path: Path) -> None:
+    """On reopen, journaled chunks are re-hashed; a damaged one is fetched again."""
+    files = {"m.bin": os.urandom(4000)}
+    manifest, env = _manifest("t", 1, files)
+    dest = tmp_path / "m.bin"
+    st = Staging(dest, manifest, env)
+    st.open()
+    _fill(st, {"m.bin": files["m.bin"][:3000]})
+    st.close()
+    partial = staging_path(dest) / "data" / "m.bin"
+    with open(partial, "r+b") as f:
+        f.seek(1500)
+        f.write(b"\xff")
+    again = Staging(dest, manifest, env)
+    assert again.open() == {0, 2}
+    again.write_chunk(1, files["m.bin"][1000:2000])
+    again.write_chunk(3, files["m.bin"][3000:])
+    again.commit()
+    assert dest.read_bytes() == files["m.bin"]
+
+
+def test_a_new_version_resets_old_partial_state(tmp_path: Path) -> None:
+    """A partial copy of another manifest is discarded, not mixed in."""
+    dest = tmp_path / "m.bin"
+    old, env_old = _manifest("t", 1, {"m.bin": os.urandom(2000)})
+    st = Staging(dest, old, env_old)
+    st.open()
+    st.close()
+    new_files = {"m.bin": os.urandom(2000)}
+    new, env_new = _manifest("t", 2, new_files)
+    st2 = Staging(dest, new, env_new)
+    assert st2.open() == set()
+    _fill(st2, new_files)
+    st2.commit()
+    assert dest.read_bytes() == new_files["m.bin"]
+
+
+def test_one_writer_per_staging_set(tmp_path: Path) -> None:
+    """A second pull into the same DEST is refused while the first holds the lock."""
+    manifest, env = _manifest("t", 1, {"m.bin": b"abc"})
+    first = Staging(tmp_path / "m.bin", manifest, env)
+    first.open()
+    with pytest.raises(StoreError, match="another pull"):
+        Staging(tmp_path / "m.bin", manifest, env).open()
+    first.close()
+
+
+def test_staging_refuses_a_symlinked_tree(tmp_path: Path) -> None:
+    """A symlink planted inside the partial tree is not followed (O_NOFOLLOW)."""
+    files = {"d/m.bin": os.urandom(1000), "e.bin": b"e"}
+    manifest, env = _manifest("t", 1, files)
+    dest = tmp_path / "out"
+    st = Staging(dest, manifest, env)
+    st.open()
+    st.close()
+    data = staging_path(dest) / "data"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (data / "d" / "m.bin").unlink()
+    (data / "d").rmdir()
+    (data / "d").symlink_to(outside)
+    again = Staging(dest, manifest, env)
+    with pytest.raises(OSError):
+        again.open()
+        again.write_chunk(0, files["d/m.bin"])
+    again.close()
+    assert list(outside.iterdir()) == []
