@@ -452,6 +452,26 @@ def proc_status_kib(pid: int, key: str = "VmHWM") -> int:
     return 0
 
 
+def _all_process_cpu() -> dict[int, tuple[str, int]]:
+    """pid -> (comm, utime+stime ticks) for every process on the machine."""
+    out: dict[int, tuple[str, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fd = os.open(f"/proc/{entry}/stat", os.O_RDONLY)
+            try:
+                raw = os.read(fd, 4096)
+            finally:
+                os.close(fd)
+        except OSError:
+            continue
+        comm = raw[raw.index(b"(") + 1 : raw.rindex(b")")].decode(errors="replace")
+        fields = raw[raw.rindex(b")") + 2 :].split()
+        out[int(entry)] = (comm, int(fields[11]) + int(fields[12]))
+    return out
+
+
 class SystemCpu:
     """Machine-wide CPU use over a block, from the first line of /proc/stat.
 
@@ -460,6 +480,7 @@ class SystemCpu:
     """
 
     def __enter__(self) -> SystemCpu:
+        self._procs0 = _all_process_cpu()
         self._t0 = self._read()
         return self
 
@@ -469,13 +490,24 @@ class SystemCpu:
         total = sum(d[:8]) or 1
         user, nice, system, idle, iowait, irq, softirq, steal = d[:8]
         busy = user + nice + system + irq + softirq
-        self.result = {
+        self.result: dict[str, Any] = {
             "busy_cpu_seconds": busy / CLK_TCK,
             "busy": busy / total,
             "iowait": iowait / total,
             "idle": idle / total,
             "steal": steal / total,
         }
+        # Who used the CPU directly (utime+stime of processes alive at the end,
+        # kernel threads included; processes that exited during the block are missing).
+        procs1 = _all_process_cpu()
+        used = sorted(
+            ((ticks - self._procs0.get(pid, ("", 0))[1], f"{comm}[{pid}]")
+             for pid, (comm, ticks) in procs1.items()),
+            reverse=True,
+        )
+        self.result["top_processes"] = [
+            [name, round(ticks / CLK_TCK, 2)] for ticks, name in used[:6] if ticks > 0
+        ]
 
     @staticmethod
     def _read() -> list[int]:
@@ -1312,6 +1344,12 @@ def render(
         spread = f"{min(walls):.2f}-{max(walls):.2f}"
         add(f"{t.label:<20}{t.median_s:>10.3f}{spread:>13}{t.mbps:>10.1f}{pct:>8}{t.cpu_per_gb():>10.2f}"
             f"{split:>14}{t.rss_client_mib:>13.1f}{t.rss_server_mib:>13.1f}{sysload:>17}")
+    noisy = [f"{t.label} {100 * t.other_share():.0f}%" for t in rows
+             if t.ok and t.other_share() > 0.1]
+    if noisy:
+        add(f"WARNING: processes not measured here used a noticeable share of the machine's "
+            f"CPU during the timed copies ({', '.join(noisy)}); numbers are noisy, rerun on an "
+            "idle machine (--json lists the top processes per run)")
     if p2p is not None:
         add("")
         if p2p.publish:

@@ -81,13 +81,8 @@ def encode(msg: Message) -> bytes:
         case ChunkData(req_id, data):
             return chunk_header(req_id, len(data)) + bytes(data)
         case Error(code, message, req_id):
-            return _pack(_T_ERROR, [_clip(code, 64), _clip(message, 1000), req_id])
+            return _pack(_T_ERROR, [code, message, req_id])
     raise TypeError(f"not a message: {msg!r}")
-
-
-def _clip(text: str, max_bytes: int) -> str:
-    """Cut ``text`` to at most ``max_bytes`` of UTF-8, on a character boundary."""
-    return text.encode()[:max_bytes].decode(errors="ignore")
 
 
 def chunk_header(req_id: int, length: int) -> bytes:
@@ -171,7 +166,7 @@ def _decode(kind: int, body: bytes) -> Message:
             or not (doc[2] is None or _is_int(doc[2], (1 << 32) - 1))
         ):
             raise _bad("error")
-        return Error(doc[0][:64], doc[1][:1000], doc[2])
+        return Error(doc[0], doc[1], doc[2])
     raise _bad(f"type {kind}")  # pragma: no cover - filtered by accepts
 
 

@@ -86,11 +86,26 @@ class ChunkData:
     data: bytes | bytearray
 
 
+MAX_ERROR_CODE_BYTES = 64
+MAX_ERROR_MESSAGE_BYTES = 1000
+
+
+def clip_utf8(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` of UTF-8, on a character boundary."""
+    return text.encode(errors="replace")[:max_bytes].decode(errors="ignore")
+
+
 @dataclass(frozen=True, slots=True)
 class Error:
+    """An error answer; code and message are clipped so any Error fits its frame."""
+
     code: str
     message: str
     req_id: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "code", clip_utf8(self.code, MAX_ERROR_CODE_BYTES))
+        object.__setattr__(self, "message", clip_utf8(self.message, MAX_ERROR_MESSAGE_BYTES))
 
 
 Request = ListRequest | ManifestRequest | ChunkRequest
