@@ -26,7 +26,6 @@ import os
 import shutil
 import stat
 import threading
-import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Final
@@ -44,7 +43,7 @@ from p2pckpt.store import journal
 from p2pckpt.store.atomic import fsync_dir
 
 SUFFIX: Final = ".p2pckpt-partial"
-FSYNC_INTERVAL: Final = 2.0
+FSYNC_INTERVAL: Final = 1.0
 MAX_OPEN_FILES: Final = 128
 FREE_RESERVE: Final = 0.01
 _NOSPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
@@ -73,7 +72,6 @@ class Staging:
         self._fds: OrderedDict[str, int] = OrderedDict()
         self._dirty: set[int] = set()
         self._lock = threading.Lock()
-        self._last_sync = time.monotonic()
         self._lock_fd = -1
         self._journal_fd = -1
         self._data_fd = -1
@@ -225,19 +223,36 @@ class Staging:
                     os.write(self._journal_fd, journal.record(self.manifest.root, index))
                     self.done.add(index)
                 self._dirty.add(fd)
-                if time.monotonic() - self._last_sync > FSYNC_INTERVAL:
-                    self._sync_locked()
         except OSError as exc:
             if exc.errno in _NOSPACE:
                 raise _no_space(exc) from exc
             raise
+
+    def sync(self) -> None:
+        """Flush written chunks, then the journal (blocking; call it from a
+        flusher thread every FSYNC_INTERVAL so the final commit has little
+        left to write). Writers are not held up: the lock covers only the
+        bookkeeping, not the fdatasync calls."""
+        with self._lock:
+            dirty = list(self._dirty)
+            self._dirty.clear()
+            # Duplicates keep the files open while we sync outside the lock;
+            # the journal goes last so it never claims unflushed chunks.
+            dups = [os.dup(fd) for fd in dirty]
+            if self._journal_fd >= 0:
+                dups.append(os.dup(self._journal_fd))
+        try:
+            for fd in dups:
+                os.fdatasync(fd)
+        finally:
+            for fd in dups:
+                os.close(fd)
 
     def _sync_locked(self) -> None:
         for fd in self._dirty:
             os.fdatasync(fd)
         self._dirty.clear()
         os.fsync(self._journal_fd)
-        self._last_sync = time.monotonic()
 
     @property
     def complete(self) -> bool:

@@ -44,7 +44,7 @@ from p2pckpt.errors import (
 )
 from p2pckpt.home import Home
 from p2pckpt.manifest.manifest import Manifest, verify
-from p2pckpt.store.staging import Staging, check_free_space
+from p2pckpt.store.staging import FSYNC_INTERVAL, Staging, check_free_space
 from p2pckpt.wire import messages as m
 from p2pckpt.wire.codec import CLIENT_ACCEPTS, MessageReader, encode
 
@@ -293,8 +293,13 @@ async def pull(
                         nursery.start_soon(_open_extra, home, conn, conns)
                 todo = iter(missing)
                 async with trio.open_nursery() as nursery:
-                    for c in conns:
-                        nursery.start_soon(_stream_worker, c, staging, todo, sizes, on_chunk)
+                    nursery.start_soon(_flusher, staging)
+                    async with trio.open_nursery() as streams_nursery:
+                        for c in conns:
+                            streams_nursery.start_soon(
+                                _stream_worker, c, staging, todo, sizes, on_chunk
+                            )
+                    nursery.cancel_scope.cancel()
             if not staging.complete:
                 raise TransferError("transfer ended before every chunk arrived")
             await trio.to_thread.run_sync(staging.commit)
@@ -317,6 +322,13 @@ async def pull(
     finally:
         for c in conns:
             await c.aclose()
+
+
+async def _flusher(staging: Staging) -> None:
+    """Flush written chunks and the journal periodically, off the write path."""
+    while True:
+        await trio.sleep(FSYNC_INTERVAL)
+        await trio.to_thread.run_sync(staging.sync)
 
 
 async def _open_extra(home: Home, first: PeerConnection, conns: list[PeerConnection]) -> None:
