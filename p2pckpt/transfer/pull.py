@@ -45,6 +45,7 @@ from p2pckpt.errors import (
 from p2pckpt.home import Home
 from p2pckpt.manifest.manifest import Manifest, verify
 from p2pckpt.store.staging import FSYNC_INTERVAL, Staging, check_free_space
+from p2pckpt.transfer.buffers import BufferPool
 from p2pckpt.wire import messages as m
 from p2pckpt.wire.codec import CLIENT_ACCEPTS, MessageReader, encode
 
@@ -85,7 +86,8 @@ class PeerConnection:
     def __init__(self, secure: SecureStream, label: str) -> None:
         self.secure = secure
         self.label = label
-        self._reader = MessageReader(CLIENT_ACCEPTS)
+        self.buffers = BufferPool()
+        self._reader = MessageReader(CLIENT_ACCEPTS, self.buffers.get)
         self._pending: deque[m.Message] = deque()
 
     async def send(self, msg: m.Message) -> None:
@@ -199,6 +201,7 @@ async def _stream_worker(
     async def writer() -> None:
         async for index, data in write_recv:
             await trio.to_thread.run_sync(staging.write_chunk, index, data)
+            conn.buffers.put(data)
             on_chunk(sizes[index])
 
     async with trio.open_nursery() as nursery:

@@ -13,6 +13,7 @@ This is the only module that touches msgpack for wire messages.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any, Final
 
 import msgpack
@@ -177,10 +178,16 @@ class MessageReader:
     (declared sizes are capped before allocating).
     """
 
-    def __init__(self, accepts: frozenset[int]) -> None:
+    def __init__(
+        self, accepts: frozenset[int], alloc: Callable[[int], bytearray] = bytearray
+    ) -> None:
         self._accepts = accepts
+        self._alloc = alloc  # chunk bodies come from here (e.g. a buffer pool)
         self._buf = bytearray()
+        self._need = HEADER_SIZE
         self._kind = 0
+        self._req_id = 0
+        self._chunk_len = 0
         self._body: bytearray | None = None
         self._filled = 0
         self._failed = False
@@ -200,20 +207,28 @@ class MessageReader:
         n = len(view)
         while pos < n:
             if self._body is None:
-                need = HEADER_SIZE - len(self._buf)
-                take = min(need, n - pos)
+                take = min(self._need - len(self._buf), n - pos)
                 self._buf += view[pos : pos + take]
                 pos += take
-                if len(self._buf) < HEADER_SIZE:
+                if len(self._buf) < self._need:
                     break
-                kind, length = _HEADER.unpack(self._buf)
+                if self._need == HEADER_SIZE:
+                    kind, length = _HEADER.unpack(self._buf)
+                    if kind not in self._accepts:
+                        raise RemoteProtocolError(f"unexpected message type {kind}")
+                    if length > _CAPS[kind] or (kind == _T_CHUNK and length < _REQ_ID.size + 1):
+                        raise RemoteProtocolError(f"message of type {kind} too large ({length} B)")
+                    self._kind = kind
+                    if kind == _T_CHUNK:  # read the request id, then the raw bytes
+                        self._chunk_len = length - _REQ_ID.size
+                        self._need = CHUNK_HEADER_SIZE
+                        continue
+                    self._body = bytearray(length)
+                else:
+                    (self._req_id,) = _REQ_ID.unpack_from(self._buf, HEADER_SIZE)
+                    self._need = HEADER_SIZE
+                    self._body = self._alloc(self._chunk_len)
                 self._buf.clear()
-                if kind not in self._accepts:
-                    raise RemoteProtocolError(f"unexpected message type {kind}")
-                if length > _CAPS[kind] or (kind == _T_CHUNK and length < _REQ_ID.size + 1):
-                    raise RemoteProtocolError(f"message of type {kind} too large ({length} B)")
-                self._kind = kind
-                self._body = bytearray(length)
                 self._filled = 0
             body = self._body
             take = min(len(body) - self._filled, n - pos)
@@ -222,13 +237,8 @@ class MessageReader:
             pos += take
             if self._filled == len(body):
                 self._body = None
-                out.append(self._finish(self._kind, body))
+                if self._kind == _T_CHUNK:
+                    out.append(ChunkData(self._req_id, body))
+                else:
+                    out.append(_decode(self._kind, bytes(body)))
         return out
-
-    @staticmethod
-    def _finish(kind: int, body: bytearray) -> Message:
-        if kind == _T_CHUNK:
-            (req_id,) = _REQ_ID.unpack_from(body)
-            del body[: _REQ_ID.size]
-            return ChunkData(req_id, body)
-        return _decode(kind, bytes(body))
