@@ -20,6 +20,8 @@ from p2pckpt.channel.records import MAX_RECORD, RECEIVE_WINDOW, RecordDecoder, R
 from p2pckpt.errors import ChannelClosed, HandshakeFailed
 from p2pckpt.identity.keys import NodeKey
 from p2pckpt.identity.peer_id import PeerId
+from p2pckpt.wire.codec import MessageReader
+from p2pckpt.wire.messages import Message
 
 HANDSHAKE_TIMEOUT: Final = 10.0
 RECEIVE_BYTES: Final = 64 * 1024
@@ -85,6 +87,39 @@ class SecureStream:
             plain = self._decoder.commit(n)
             if len(plain):
                 return plain
+
+    async def receive_messages(self, reader: MessageReader) -> list[Message]:
+        """Receive until ``reader`` completes at least one message; chunk
+        bodies are decrypted in place. Empty list at a clean end of stream."""
+        if self._leftover:
+            data, self._leftover = self._leftover, b""
+            ready = reader.feed(self._decoder.feed(data))
+            if ready:
+                return ready
+        sock = getattr(self.transport, "socket", None)
+        while True:
+            window = self._decoder.window()
+            try:
+                if sock is not None:
+                    n = await sock.recv_into(window)
+                else:
+                    got = await self.transport.receive_some(len(window))
+                    n = len(got)
+                    window[:n] = got
+            except _BROKEN as exc:
+                raise ChannelClosed("connection lost") from exc
+            finally:
+                window.release()
+            if not n:
+                if self._decoder.buffered:
+                    raise ChannelClosed("connection closed mid-record (truncated)")
+                return []
+            try:
+                self._decoder.commit_to(n, reader)
+            finally:
+                ready = reader.drain()
+            if ready:
+                return ready
 
     async def aclose(self) -> None:
         await self.transport.aclose()

@@ -96,10 +96,10 @@ class PeerConnection:
     async def receive(self) -> m.Message:
         while not self._pending:
             with trio.fail_after(IDLE_TIMEOUT):
-                data = await self.secure.receive_some()
-            if not data:
+                ready = await self.secure.receive_messages(self._reader)
+            if not ready:
                 raise ChannelClosed(f"peer {self.label} closed the connection")
-            self._pending.extend(self._reader.feed(data))
+            self._pending.extend(ready)
         msg = self._pending.popleft()
         if isinstance(msg, m.Error) and msg.req_id is None:
             raise _remote_error(msg, self.label)

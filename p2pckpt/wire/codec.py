@@ -191,15 +191,50 @@ class MessageReader:
         self._body: bytearray | None = None
         self._filled = 0
         self._failed = False
+        self._ready: list[Message] = []
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        """Parse ``data``; returns every message completed so far."""
+        self.absorb(data)
+        return self.drain()
+
+    def absorb(self, data: bytes | bytearray | memoryview) -> None:
+        """Parse ``data``, keeping completed messages for ``drain``."""
         if self._failed:
             raise RemoteProtocolError("connection already failed")
         try:
-            return self._feed(memoryview(data))
+            self._ready.extend(self._feed(memoryview(data)))
         except RemoteProtocolError:
             self._failed = True
             raise
+
+    # The zero-copy path used by RecordDecoder.commit_to (a PlaintextSink).
+
+    def direct(self, size: int) -> memoryview | None:
+        """Space for exactly ``size`` more body bytes, if a chunk body is being
+        filled and has that much room; the decoder decrypts into it."""
+        body = self._body
+        if body is None or self._failed or len(body) - self._filled < size:
+            return None
+        return memoryview(body)[self._filled : self._filled + size]
+
+    def advanced(self, size: int) -> None:
+        """``size`` bytes were written into the space ``direct`` gave."""
+        assert self._body is not None
+        self._filled += size
+        if self._filled == len(self._body):
+            body, self._body = self._body, None
+            self._ready.append(self._complete(body))
+
+    def drain(self) -> list[Message]:
+        """Messages completed through ``direct``/``advanced`` or ``feed``."""
+        ready, self._ready = self._ready, []
+        return ready
+
+    def _complete(self, body: bytearray) -> Message:
+        if self._kind == _T_CHUNK:
+            return ChunkData(self._req_id, body)
+        return _decode(self._kind, bytes(body))
 
     def _feed(self, view: memoryview) -> list[Message]:
         out: list[Message] = []
@@ -237,8 +272,5 @@ class MessageReader:
             pos += take
             if self._filled == len(body):
                 self._body = None
-                if self._kind == _T_CHUNK:
-                    out.append(ChunkData(self._req_id, body))
-                else:
-                    out.append(_decode(self._kind, bytes(body)))
+                out.append(self._complete(body))
         return out
