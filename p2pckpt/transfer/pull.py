@@ -305,7 +305,15 @@ async def pull(
                     nursery.cancel_scope.cancel()
             if not staging.complete:
                 raise TransferError("transfer ended before every chunk arrived")
+            transferred = time.monotonic()
             await trio.to_thread.run_sync(staging.commit)
+            log.info(
+                "%s@%d: transfer %.2fs, commit (fsync + rename) %.2fs",
+                manifest.name,
+                manifest.version,
+                transferred - started,
+                time.monotonic() - transferred,
+            )
         finally:
             staging.close()
         home.catalog.add(manifest, envelope, dest, "pulled")
