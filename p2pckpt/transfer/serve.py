@@ -27,11 +27,19 @@ from typing import Final
 import trio
 
 from p2pckpt.channel.stream import SecureStream, open_secure
-from p2pckpt.errors import ManifestError, P2pckptError, RemoteProtocolError, TrustError
+from p2pckpt.errors import (
+    ConfigError,
+    ManifestError,
+    P2pckptError,
+    RemoteProtocolError,
+    TrustError,
+)
 from p2pckpt.home import Home
+from p2pckpt.identity.trust import TRUST_FILE, TrustStore
 from p2pckpt.manifest.chunker import Chunk, chunk_hash
 from p2pckpt.manifest.manifest import Manifest, validate_name
 from p2pckpt.manifest.paths import safe_display
+from p2pckpt.transfer.ratelimit import RateLimiter
 from p2pckpt.wire import messages as m
 from p2pckpt.wire.codec import (
     CHUNK_HEADER_SIZE,
@@ -105,6 +113,29 @@ class Server:
         self.home = home
         self._handshakes = trio.CapacityLimiter(MAX_HANDSHAKES)
         self._connections = 0
+        self._per_source = RateLimiter()
+        self._log_limit = RateLimiter(rate=1 / 60, burst=3)
+        self._trust_stamp = self._trust_file_stamp()
+
+    def _trust_file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = (self.home.path / TRUST_FILE).stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def _current_trust(self) -> TrustStore:
+        """The trust store, re-read when ``trust add/rm`` changed it on disk,
+        so a running server honours edits without a restart."""
+        stamp = self._trust_file_stamp()
+        if stamp != self._trust_stamp:
+            try:
+                self.home.trust = TrustStore.load(self.home.path)
+                self._trust_stamp = stamp
+                log.info("trust store reloaded")
+            except ConfigError as exc:
+                log.error("trust store not reloaded, keeping the old one: %s", exc)
+        return self.home.trust
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[list[trio.SocketListener]]
@@ -121,8 +152,15 @@ class Server:
             addr = f"{host}:{port}"
         except OSError:
             addr = "?"
-        if self._connections >= MAX_CONNECTIONS:
-            log.warning("connection from %s refused: %d connections open", addr, MAX_CONNECTIONS)
+        source = addr.rpartition(":")[0]
+        now = trio.current_time()
+        if self._connections >= MAX_CONNECTIONS or not self._per_source.allow(source, now):
+            if self._log_limit.allow(source, now):
+                log.warning(
+                    "dropping connections from %s (rate or connection limit; logged at most"
+                    " once a minute)",
+                    source,
+                )
             await transport.aclose()
             return
         self._connections += 1
@@ -147,9 +185,10 @@ class Server:
                 transport, self.home.key, initiator=False, receive_window=REQUEST_WINDOW
             )
         try:
-            self.home.trust.require(secure.peer, "pull")
+            self._current_trust().require(secure.peer, "pull")
         except TrustError as exc:
-            log.warning("refused %s from %s: %s", secure.peer.short, addr, exc)
+            if self._log_limit.allow(addr.rpartition(":")[0], trio.current_time()):
+                log.warning("refused %s from %s: %s", secure.peer.short, addr, exc)
             await secure.send_all(encode(m.Error(m.UNAUTHORIZED, "not authorized")))
             return
         log.info("peer %s connected from %s", secure.peer.short, addr)

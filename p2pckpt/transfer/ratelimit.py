@@ -1,0 +1,44 @@
+"""Per-source token buckets (pure; time is an argument).
+
+Used before any cryptography: a source that opens connections faster than
+``rate`` per second (after a ``burst``) is dropped without a handshake, so a
+flood costs us an accept and a close, not a Diffie-Hellman (R-10, R-53). The
+table is bounded: the least recently seen sources are forgotten first.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Final
+
+DEFAULT_RATE: Final = 20.0
+DEFAULT_BURST: Final = 32.0
+MAX_SOURCES: Final = 4096
+
+
+class RateLimiter:
+    """``allow(key, now)`` is True while ``key`` stays within its budget."""
+
+    def __init__(
+        self, rate: float = DEFAULT_RATE, burst: float = DEFAULT_BURST, max_keys: int = MAX_SOURCES
+    ) -> None:
+        if rate <= 0 or burst < 1 or max_keys < 1:
+            raise ValueError("rate > 0, burst >= 1, max_keys >= 1")
+        self._rate = rate
+        self._burst = burst
+        self._max_keys = max_keys
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def allow(self, key: str, now: float) -> bool:
+        tokens, last = self._buckets.pop(key, (self._burst, now))
+        tokens = min(self._burst, tokens + max(0.0, now - last) * self._rate)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        self._buckets[key] = (tokens, now)
+        while len(self._buckets) > self._max_keys:
+            self._buckets.popitem(last=False)
+        return allowed
+
+    def __len__(self) -> int:
+        return len(self._buckets)
