@@ -227,6 +227,75 @@ async def _stream_worker(
                     raise RemoteProtocolError(f"peer {conn.label} sent an unrequested response")
 
 
+async def _connect_any(home: Home, addrs: list[Addr]) -> PeerConnection:
+    """The first address that answers and proves a trusted identity."""
+    if not addrs:
+        raise PeerUnreachable("no peer to pull from: give --from HOST:PORT")
+    errors = []
+    for addr in addrs:
+        try:
+            return await connect(home, addr)
+        except (PeerUnreachable, HandshakeFailed, ChannelClosed) as exc:
+            errors.append(str(exc))
+    raise PeerUnreachable("; ".join(errors))
+
+
+def _result(
+    manifest: Manifest, dest: Path, downloaded: int, reused: int, streams: int, started: float
+) -> PullResult:
+    return PullResult(
+        name=manifest.name,
+        version=manifest.version,
+        dest=str(dest),
+        publisher=str(manifest.publisher),
+        root=manifest.root.hex(),
+        bytes_total=manifest.total_bytes,
+        bytes_downloaded=downloaded,
+        bytes_reused=reused,
+        chunks=manifest.chunk_count,
+        streams=streams,
+        seconds=time.monotonic() - started,
+    )
+
+
+async def _transfer(
+    home: Home,
+    staging: Staging,
+    conns: list[PeerConnection],
+    streams: int,
+    progress: Progress,
+) -> tuple[int, int]:
+    """Fetch every chunk the partial copy lacks; returns (downloaded, reused)."""
+    manifest = staging.manifest
+    sizes = [c.length for _, _, c in manifest.iter_chunks()]
+    done = await trio.to_thread.run_sync(staging.open)
+    reused = sum(sizes[i] for i in done)
+    check_free_space(staging.dest, manifest.total_bytes - reused)
+    progress.start(f"{manifest.name}@{manifest.version}", manifest.total_bytes, reused)
+    missing = [i for i in range(len(sizes)) if i not in done]
+    downloaded = 0
+
+    def on_chunk(n: int) -> None:
+        nonlocal downloaded
+        downloaded += n
+        progress.advance(n)
+
+    if missing:
+        async with trio.open_nursery() as nursery:
+            for _ in range(min(streams, len(missing)) - 1):
+                nursery.start_soon(_open_extra, home, conns[0], conns)
+        todo = iter(missing)  # shared: a faster stream simply takes more
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_flusher, staging)
+            async with trio.open_nursery() as workers:
+                for c in conns:
+                    workers.start_soon(_stream_worker, c, staging, todo, sizes, on_chunk)
+            nursery.cancel_scope.cancel()
+    if not staging.complete:
+        raise TransferError("transfer ended before every chunk arrived")
+    return downloaded, reused
+
+
 async def pull(
     home: Home,
     name: str,
@@ -237,74 +306,22 @@ async def pull(
     progress: Progress | None = None,
 ) -> PullResult:
     """Pull ``name`` (newest, or ``@version``) from the first reachable address."""
-    progress = progress or NoProgress()
     started = time.monotonic()
-    if not addrs:
-        raise PeerUnreachable("no peer to pull from: give --from HOST:PORT")
-    conn: PeerConnection | None = None
-    errors = []
-    for addr in addrs:
-        try:
-            conn = await connect(home, addr)
-            break
-        except (PeerUnreachable, HandshakeFailed, ChannelClosed) as exc:
-            errors.append(str(exc))
-    if conn is None:
-        raise PeerUnreachable("; ".join(errors))
-    conns = [conn]
+    conns = [await _connect_any(home, addrs)]
     try:
-        manifest, envelope = await fetch_manifest(home, conn, name, version)
+        manifest, envelope = await fetch_manifest(home, conns[0], name, version)
         dest = (dest or default_dest(manifest)).expanduser().absolute()
-        total = manifest.total_bytes
         if dest.exists() or dest.is_symlink():
             held = home.catalog.by_root(manifest.root)
             if held is not None and Path(held.location) == dest:
-                return PullResult(
-                    manifest.name,
-                    manifest.version,
-                    str(dest),
-                    str(manifest.publisher),
-                    manifest.root.hex(),
-                    total,
-                    0,
-                    total,
-                    manifest.chunk_count,
-                    0,
-                    time.monotonic() - started,
-                )
+                return _result(manifest, dest, 0, manifest.total_bytes, 0, started)
             raise DestinationExists(f"{dest} already exists; remove it or choose another -o")
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Staging(dest, manifest, envelope)
-        sizes = [c.length for _, _, c in manifest.iter_chunks()]
         try:
-            done = await trio.to_thread.run_sync(staging.open)
-            reused = sum(sizes[i] for i in done)
-            check_free_space(dest, total - reused)
-            progress.start(f"{manifest.name}@{manifest.version}", total, reused)
-            missing = [i for i in range(len(sizes)) if i not in done]
-            downloaded = 0
-
-            def on_chunk(n: int) -> None:
-                nonlocal downloaded
-                downloaded += n
-                progress.advance(n)
-
-            if missing:
-                extra = min(streams, len(missing)) - 1
-                async with trio.open_nursery() as nursery:
-                    for _ in range(max(0, extra)):
-                        nursery.start_soon(_open_extra, home, conn, conns)
-                todo = iter(missing)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_flusher, staging)
-                    async with trio.open_nursery() as streams_nursery:
-                        for c in conns:
-                            streams_nursery.start_soon(
-                                _stream_worker, c, staging, todo, sizes, on_chunk
-                            )
-                    nursery.cancel_scope.cancel()
-            if not staging.complete:
-                raise TransferError("transfer ended before every chunk arrived")
+            downloaded, reused = await _transfer(
+                home, staging, conns, streams, progress or NoProgress()
+            )
             transferred = time.monotonic()
             await trio.to_thread.run_sync(staging.commit)
             log.info(
@@ -317,19 +334,7 @@ async def pull(
         finally:
             staging.close()
         home.catalog.add(manifest, envelope, dest, "pulled")
-        return PullResult(
-            manifest.name,
-            manifest.version,
-            str(dest),
-            str(manifest.publisher),
-            manifest.root.hex(),
-            total,
-            downloaded,
-            reused,
-            manifest.chunk_count,
-            len(conns),
-            time.monotonic() - started,
-        )
+        return _result(manifest, dest, downloaded, reused, len(conns), started)
     finally:
         for c in conns:
             await c.aclose()
