@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from p2pckpt.errors import ConfigError, SourceChanged
+from p2pckpt.errors import ConfigError, ManifestError, SourceChanged
 from p2pckpt.home import Home
 from p2pckpt.manifest.chunker import hash_reader
 from p2pckpt.manifest.manifest import (
@@ -34,6 +34,8 @@ def parse_meta(pairs: list[str]) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--meta takes KEY=VALUE, got {pair!r}")
+        if key in meta:
+            raise ConfigError(f"--meta {key!r} given twice")
         if len(key) > MAX_META_KEY or len(value) > MAX_META_VALUE or not key.isprintable():
             raise ConfigError(f"--meta {key[:20]!r}: key ≤ 64, value ≤ 1024 characters")
         meta[key] = value
@@ -52,13 +54,17 @@ def publish(
     on_total: Callable[[int], None] | None = None,
 ) -> Manifest:
     """Hash ``path`` (a file or a directory) and publish it as ``name@version``."""
-    validate_name(name)
-    if version is None:
-        version = home.catalog.next_version(name)
-    if not 0 <= version <= MAX_VERSION:
-        raise ConfigError("a version is a whole number ≥ 0")
+    try:
+        validate_name(name)
+    except ManifestError as exc:
+        raise ConfigError(str(exc)) from None
+    if version is not None and not 0 <= version <= MAX_VERSION:
+        raise ConfigError(f"a version is a whole number from 0 to {MAX_VERSION}")
     root = path.expanduser().absolute()
-    kind, sources = walk(root)
+    try:
+        kind, sources = walk(root)
+    except ManifestError as exc:  # a link, special file or unportable name here
+        raise ConfigError(str(exc)) from None
     if on_total is not None:
         on_total(sum(s.size for s in sources))
     entries = []
@@ -73,12 +79,27 @@ def publish(
         if st.st_size != src.size or st.st_mtime_ns != src.mtime_ns:
             raise SourceChanged(f"{src.relpath!r} changed while publishing; try again")
         entries.append(FileEntry(src.relpath, src.size, tuple(chunks)))
+    meta = dict(meta or {})
+    # Publishing the same bytes and meta again is a no-op: with an explicit
+    # version, if that version holds them; without one, if the newest does.
+    existing = home.catalog.find(name, version, publisher=home.key.peer_id.key)
+    if existing is not None:
+        old = existing.manifest()
+        if old.kind == kind and old.files == tuple(entries) and dict(old.meta) == meta:
+            home.catalog.add(old, existing.envelope, root, "published")
+            return old
+        if version is not None:
+            raise ConfigError(
+                f"{name}@{version} is already published with other content; use a new --version"
+            )
+    if version is None:
+        version = home.catalog.next_version(name)
     manifest = Manifest(
         name=name,
         version=version,
         publisher=home.key.peer_id,
         created=int(time.time()),
-        meta=dict(meta or {}),
+        meta=meta,
         kind=kind,
         files=tuple(entries),
     )

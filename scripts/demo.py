@@ -26,9 +26,17 @@ CLI = [sys.executable, "-m", "p2pckpt"]
 
 
 def sh(*args: str, capture: bool = True) -> str:
-    print("$ p2pckpt " + " ".join(args[:1] + tuple(a if len(a) < 40 else a[:12] + "…" for a in args[1:])))
-    out = subprocess.run([*CLI, *args], check=True, text=True, timeout=600,
-                         stdout=subprocess.PIPE if capture else None)
+    print(
+        "$ p2pckpt "
+        + " ".join(args[:1] + tuple(a if len(a) < 40 else a[:12] + "…" for a in args[1:]))
+    )
+    out = subprocess.run(
+        [*CLI, *args],
+        check=True,
+        text=True,
+        timeout=600,
+        stdout=subprocess.PIPE if capture else None,
+    )
     return out.stdout or ""
 
 
@@ -76,13 +84,31 @@ def main() -> int:
         puller_id = sh("--home", str(puller), "init").strip()
         sh("--home", str(seeder), "trust", "add", puller_id, "--name", "workstation")
         sh("--home", str(puller), "trust", "add", seeder_id, "--name", "nas")
-        pub = json.loads(sh("--home", str(seeder), "publish", str(ckpt), "--name", "llama-ft",
-                            "--version", "1000", "--meta", "base=llama", "--json"))
-        print(f"  published {pub['bytes'] / 1e6:.0f} MB in {pub['chunks']} chunks, hashed at "
-              f"{pub['bytes'] / max(pub['seconds'], 1e-9) / 1e9:.2f} GB/s")
+        pub = json.loads(
+            sh(
+                "--home",
+                str(seeder),
+                "publish",
+                str(ckpt),
+                "--name",
+                "llama-ft",
+                "--version",
+                "1000",
+                "--meta",
+                "base=llama",
+                "--json",
+            )
+        )
+        print(
+            f"  published {pub['bytes'] / 1e6:.0f} MB in {pub['chunks']} chunks, hashed at "
+            f"{pub['bytes'] / max(pub['seconds'], 1e-9) / 1e9:.2f} GB/s"
+        )
         print("$ p2pckpt serve --listen 127.0.0.1:0 --no-mdns   (in the background)")
-        server = subprocess.Popen([*CLI, "--home", str(seeder), "serve", "--listen",
-                                   "127.0.0.1:0", "--no-mdns"], stdout=subprocess.PIPE, text=True)
+        server = subprocess.Popen(
+            [*CLI, "--home", str(seeder), "serve", "--listen", "127.0.0.1:0", "--no-mdns"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert server.stdout is not None
         line = server.stdout.readline()
         found = re.search(r":(\d+)$", line.strip())
@@ -93,12 +119,24 @@ def main() -> int:
         dest = work / "pulled" / "llama-ft"
         extra = ["--streams", str(args.streams)] if args.streams else []
         started = time.monotonic()
-        sh("--home", str(puller), "pull", "llama-ft", "--from", addr, "-o", str(dest), *extra,
-           capture=False)
+        sh(
+            "--home",
+            str(puller),
+            "pull",
+            "llama-ft",
+            "--from",
+            addr,
+            "-o",
+            str(dest),
+            *extra,
+            capture=False,
+        )
         elapsed = time.monotonic() - started
         same = tree_digest(ckpt) == tree_digest(dest)
-        print(f"verified: pulled tree {'matches' if same else 'DIFFERS FROM'} the original "
-              f"(sha256 over every file), {pub['bytes'] / elapsed / 1e6:.0f} MB/s end to end")
+        print(
+            f"verified: pulled tree {'matches' if same else 'DIFFERS FROM'} the original "
+            f"(sha256 over every file), {pub['bytes'] / elapsed / 1e6:.0f} MB/s end to end"
+        )
         sh("--home", str(puller), "ls", capture=False)
         return 0 if same else 1
     finally:

@@ -98,9 +98,12 @@ class Catalog:
             )
             if clash and clash[0].root != manifest.root:
                 raise ManifestError(
-                    f"{manifest.name}@{manifest.version} already exists with other content;"
-                    " publish a new version"
+                    f"{manifest.publisher.short} signed two different {manifest.name}"
+                    f"@{manifest.version}; refusing the second"
                 )
+            if clash and clash[0].origin == "published" and origin == "pulled":
+                self._bump_highest(manifest)
+                return  # the original stays the copy we serve from
             self._db.execute(
                 "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
@@ -149,12 +152,18 @@ class Catalog:
         rows = self._rows("WHERE root = ?", (root,))
         return rows[0] if rows else None
 
-    def find(self, name: str, version: int | None) -> Entry | None:
-        """The newest version of ``name`` (or exactly ``version``) held here."""
-        if version is None:
-            rows = self._rows("WHERE name = ? ORDER BY version DESC, added DESC LIMIT 1", (name,))
-        else:
-            rows = self._rows("WHERE name = ? AND version = ? LIMIT 1", (name, version))
+    def find(self, name: str, version: int | None, publisher: bytes | None = None) -> Entry | None:
+        """The newest version of ``name`` (or exactly ``version``) held here,
+        optionally only from ``publisher``."""
+        where = "WHERE name = ?"
+        args: tuple[object, ...] = (name,)
+        if version is not None:
+            where += " AND version = ?"
+            args += (version,)
+        if publisher is not None:
+            where += " AND publisher = ?"
+            args += (publisher,)
+        rows = self._rows(where + " ORDER BY version DESC, added DESC LIMIT 1", args)
         return rows[0] if rows else None
 
     def next_version(self, name: str) -> int:

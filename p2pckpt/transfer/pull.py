@@ -45,6 +45,7 @@ from p2pckpt.errors import (
 from p2pckpt.home import Home
 from p2pckpt.manifest.manifest import Manifest, verify
 from p2pckpt.store.staging import FSYNC_INTERVAL, Staging, check_free_space
+from p2pckpt.store.verify import compare
 from p2pckpt.transfer.buffers import BufferPool
 from p2pckpt.wire import messages as m
 from p2pckpt.wire.codec import CLIENT_ACCEPTS, MessageReader, encode
@@ -72,7 +73,7 @@ def parse_addr(text: str, allow_zero: bool = False) -> Addr:
 
 def _remote_error(err: m.Error, peer: str) -> P2pckptError:
     if err.code == m.UNAUTHORIZED:
-        return NotAuthorized(f"peer {peer} does not trust us (ask its owner to 'trust add' our ID)")
+        return NotAuthorized(f"peer {peer} refused us: {err.message}")
     if err.code == m.NOT_FOUND:
         return NotFound(f"peer {peer}: {err.message}")
     if err.code == m.SOURCE_CHANGED:
@@ -116,11 +117,18 @@ async def connect(home: Home, addr: Addr) -> PeerConnection:
     try:
         with trio.fail_after(CONNECT_TIMEOUT):
             tcp = await trio.open_tcp_stream(*addr)
-    except (OSError, trio.TooSlowError) as exc:
-        reason = getattr(exc, "strerror", None) or "timed out"
+    except trio.TooSlowError:
+        raise PeerUnreachable(f"cannot reach {label}: timed out") from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if "refused" in str(exc).lower():
+            reason = "connection refused (is 'p2pckpt serve' running there?)"
         raise PeerUnreachable(f"cannot reach {label}: {reason}") from None
     try:
-        secure = await open_secure(tcp, home.key, initiator=True)
+        try:
+            secure = await open_secure(tcp, home.key, initiator=True)
+        except HandshakeFailed as exc:
+            raise HandshakeFailed(f"{label}: {exc}") from exc
         home.trust.require(secure.peer)
     except BaseException:
         with trio.CancelScope(shield=True):
@@ -137,12 +145,18 @@ async def fetch_manifest(
     if not isinstance(reply, m.ManifestResponse):
         raise RemoteProtocolError("expected a manifest")
     manifest = verify(reply.envelope)
-    try:
-        home.trust.require(manifest.publisher, "publish")
-    except P2pckptError:
-        raise BadSignature(
-            f"{name} is signed by {manifest.publisher.short}, not a publisher we trust"
-        ) from None
+    if manifest.publisher != home.key.peer_id:  # our own signature is always ours
+        known = home.trust.get(manifest.publisher)
+        if known is None:
+            raise BadSignature(
+                f"{name} is signed by {manifest.publisher.short}, not a publisher we trust"
+            )
+        if "publish" not in known.roles:
+            raise BadSignature(
+                f"{name} is signed by {known.name or manifest.publisher.short}, which we trust"
+                f" but not with the 'publish' role (p2pckpt trust add {manifest.publisher}"
+                " --role publish ...)"
+            )
     if manifest.name != name or (version is not None and manifest.version != version):
         raise ManifestError(f"peer answered with {manifest.name}@{manifest.version}")
     home.catalog.check_not_rollback(manifest, asked_latest=version is None)
@@ -231,13 +245,15 @@ async def _connect_any(home: Home, addrs: list[Addr]) -> PeerConnection:
     """The first address that answers and proves a trusted identity."""
     if not addrs:
         raise PeerUnreachable("no peer to pull from: give --from HOST:PORT")
-    errors = []
+    errors: list[P2pckptError] = []
     for addr in addrs:
         try:
             return await connect(home, addr)
         except (PeerUnreachable, HandshakeFailed, ChannelClosed) as exc:
-            errors.append(str(exc))
-    raise PeerUnreachable("; ".join(errors))
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    raise PeerUnreachable("; ".join(str(e) for e in errors))
 
 
 def _result(
@@ -312,10 +328,16 @@ async def pull(
         manifest, envelope = await fetch_manifest(home, conns[0], name, version)
         dest = (dest or default_dest(manifest)).expanduser().absolute()
         if dest.exists() or dest.is_symlink():
-            held = home.catalog.by_root(manifest.root)
-            if held is not None and Path(held.location) == dest:
-                return _result(manifest, dest, 0, manifest.total_bytes, 0, started)
-            raise DestinationExists(f"{dest} already exists; remove it or choose another -o")
+            # Only a byte-for-byte match counts as "already there".
+            differs = await trio.to_thread.run_sync(compare, dest, manifest)
+            if differs:
+                raise DestinationExists(
+                    f"{dest} already exists and is not {manifest.name}@{manifest.version}"
+                    f" ({differs.summary()}); remove it or choose another -o"
+                )
+            log.info("%s already holds %s@%d, verified", dest, manifest.name, manifest.version)
+            home.catalog.add(manifest, envelope, dest, "pulled")
+            return _result(manifest, dest, 0, manifest.total_bytes, 0, started)
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Staging(dest, manifest, envelope)
         try:

@@ -17,6 +17,7 @@ keeps serving.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -30,6 +31,7 @@ from p2pckpt.channel.stream import SecureStream, open_secure
 from p2pckpt.errors import (
     ConfigError,
     ManifestError,
+    NotAuthorized,
     P2pckptError,
     RemoteProtocolError,
     TrustError,
@@ -141,7 +143,13 @@ class Server:
         self, host: str, port: int, *, task_status: trio.TaskStatus[list[trio.SocketListener]]
     ) -> None:
         """Listen and serve until cancelled; reports the listeners when ready."""
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+                + (" (is another serve running?)" if exc.errno == errno.EADDRINUSE else "")
+            ) from None
         task_status.started(listeners)
         await trio.serve_listeners(self.handle, listeners)
 
@@ -189,7 +197,13 @@ class Server:
         except TrustError as exc:
             if self._log_limit.allow(addr.rpartition(":")[0], trio.current_time()):
                 log.warning("refused %s from %s: %s", secure.peer.short, addr, exc)
-            await secure.send_all(encode(m.Error(m.UNAUTHORIZED, "not authorized")))
+            known = isinstance(exc, NotAuthorized)
+            reason = (
+                "we trust you, but not with the 'pull' role"
+                if known
+                else "we do not trust you (ask our owner to 'trust add' your ID)"
+            )
+            await secure.send_all(encode(m.Error(m.UNAUTHORIZED, reason)))
             return
         log.info("peer %s connected from %s", secure.peer.short, addr)
         requests_send, requests_recv = trio.open_memory_channel[m.Request](m.MAX_OUTSTANDING)

@@ -1,5 +1,5 @@
-"""Reading /proc: a server's process tree, its CPU ticks and memory high-water marks,
-and the machine-wide CPU shares (/proc/stat) during a copy."""
+"""Reading /proc: a server's process tree with its CPU ticks and memory high-water marks,
+and the machine-wide CPU shares during a copy."""
 
 from __future__ import annotations
 
@@ -75,11 +75,10 @@ def proc_status_kib(pid: int, key: str = "VmHWM") -> int:
 
 
 class RssSampler:
-    """The largest VmHWM over a process tree, sampled every SAMPLE_INTERVAL seconds."""
+    """The largest VmHWM of ``root``'s descendants, sampled every SAMPLE_INTERVAL seconds."""
 
-    def __init__(self, root: int, include_root: bool) -> None:
+    def __init__(self, root: int) -> None:
         self._root = root
-        self._include_root = include_root
         self._stop = threading.Event()
         self.peak_kib = 0
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -95,7 +94,7 @@ class RssSampler:
 
     def _sample(self) -> None:
         for pid in process_tree(self._root):
-            if pid != self._root or self._include_root:
+            if pid != self._root:
                 self.peak_kib = max(self.peak_kib, proc_status_kib(pid))
 
     def _loop(self) -> None:

@@ -1,11 +1,7 @@
-"""Child processes: run, time out, stop, and account a command's CPU and peak RSS.
+"""Child processes: run with a time-out, stop by pid, account CPU (``wait4``) and peak RSS.
 
-CPU is ``os.wait4``'s user+sys of the command and every descendant it reaped. Peak RSS
-is GNU time's ``%M`` when ``/usr/bin/time`` is GNU time (a ~2 MiB wrapper whose own CPU
-is negligible): ``wait4``'s ``ru_maxrss`` is only the fallback, because on Linux a
-child's peak starts at its parent's high-water mark. Measured commands lead their own
-process group, so a time-out kills the command too, not only the wrapper.
-"""
+Peak RSS is GNU time's ``%M``; ``wait4``'s ``ru_maxrss`` is only the fallback, because on
+Linux a child's peak starts at its parent's high-water mark."""
 
 from __future__ import annotations
 
@@ -63,26 +59,18 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
             proc.wait(timeout=5)
 
 
-class Reaper:
-    """Remembers every process we start and stops the leftovers, by pid, on exit."""
-
-    def __init__(self) -> None:
-        self._procs: list[subprocess.Popen[bytes]] = []
-        self._lock = threading.Lock()
-
-    def track(self, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
-        with self._lock:
-            self._procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        with self._lock:
-            procs, self._procs = self._procs, []
-        for proc in reversed(procs):
-            stop_process(proc)
+_started: list[subprocess.Popen[bytes]] = []
 
 
-REAPER = Reaper()
+def track(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    """Remember a started process, so that ``stop_all`` can stop it by pid on exit."""
+    _started.append(proc)
+    return proc
+
+
+def stop_all() -> None:
+    while _started:
+        stop_process(_started.pop())
 
 
 def _find_gnu_time() -> str | None:
@@ -135,7 +123,7 @@ class MeasuredProc:
         if GNU_TIME is not None:
             cmd = [GNU_TIME, "-f", "RUSAGE %e %U %S %M", "-o", self._rusage_path, "--", *cmd]
         self.t0 = time.perf_counter()
-        self.proc = REAPER.track(
+        self.proc = track(
             subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
@@ -177,16 +165,10 @@ class MeasuredProc:
                         maxrss = int(line.split()[4])
             self._out.seek(0)
             self._err.seek(0)
-            return ProcResult(
-                argv=self.args,
-                returncode=self.proc.returncode,
-                wall=wall,
-                cpu=rusage.ru_utime + rusage.ru_stime,
-                maxrss_kib=maxrss,
-                stdout=self._out.read().decode(errors="replace"),
-                stderr=self._err.read().decode(errors="replace"),
-                timed_out=timed_out.is_set(),
-            )
+            out, err = (f.read().decode(errors="replace") for f in (self._out, self._err))
+            cpu = rusage.ru_utime + rusage.ru_stime
+            rc = self.proc.returncode
+            return ProcResult(self.args, rc, wall, cpu, maxrss, out, err, timed_out.is_set())
         finally:
             self.close()
 

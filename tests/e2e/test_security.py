@@ -226,7 +226,7 @@ def test_untrusted_puller_is_refused(pair: Pair, tmp_path: Path) -> None:
     pulled = run(c, "pull", "secret-llama-ft", "--from", server.addr, "-o", str(dest), check=False)
     listed = run(c, "ls", "--peer", server.addr, "--json", check=False)
     for proc in (pulled, listed):
-        assert_refused(proc, 5, "does not trust us")
+        assert_refused(proc, 5, "we do not trust you")
         assert "secret-llama-ft" not in proc.stderr
     assert not dest.exists() and not staging_path(dest).exists()
     assert run_json(c, "ls") == []
@@ -473,13 +473,17 @@ async def test_untrusted_publisher_is_refused(pair: Pair, evil: EvilSeeder, tmp_
     await arun(pair.b, "trust", "add", str(puller_only.peer_id), "--role", "pull")
     stranger = new_key(tmp_path / "Q")
     before = tree(tmp_path, pair.b)
+    expected = {
+        puller_only: "which we trust but not with the 'publish' role",
+        stranger: "not a publisher we trust",
+    }
     for key in (puller_only, stranger):
         _, envelope, pieces = signed_file(key, "evil-ft", os.urandom(100_000))
         evil.offer(envelope, pieces)
         proc = await arun(
             pair.b, "pull", "evil-ft", "--from", evil.addr, "-o", str(tmp_path / "out" / "x")
         )
-        assert_refused(proc, 7, f"signed by {key.peer_id.short}, not a publisher we trust")
+        assert_refused(proc, 7, f"signed by {key.peer_id.short}, {expected[key]}")
         assert not [r for r in evil.requests if isinstance(r, m.ChunkRequest)]
     assert tree(tmp_path, pair.b) == before
     listed = await arun(pair.b, "ls", "--json")
