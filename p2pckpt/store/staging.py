@@ -2,31 +2,38 @@
 
 Layout, for ``-o DEST``::
 
-    PARENT/.DEST.p2pckpt-partial/     0700, created by us (O_EXCL-like mkdir)
+    PARENT/.DEST.p2pckpt-partial/     0700, created by us
         lock                          flock: one writer per staging set (R-48)
         manifest                      the signed envelope this partial belongs to
         journal                       see journal.py
         data/...                      the checkpoint tree, files created 0600
 
 Writes below ``data`` go through directory file descriptors with
-``O_NOFOLLOW`` and ``O_EXCL`` (R-38); manifest paths are validated before we
-get here. A chunk is written only after its hash matched (never an
-unverified byte), then journaled; the journal and files are fsynced in
-batches. ``commit`` fsyncs every file, sets normal modes, renames ``data``
-(or the single file) onto DEST and fsyncs the parent (R-44): DEST appears
-whole or not at all (R-43).
+``O_NOFOLLOW`` and ``O_EXCL`` (R-38); manifest paths were validated before
+we get here. Each chunk write opens its file afresh (cheap next to 4 MiB),
+so no file descriptor is shared between writer threads. A chunk is written
+only after its hash matched (never an unverified byte), then journaled; a
+flusher thread fsyncs files and journal every FSYNC_INTERVAL. An fsync error
+deletes the journal (R-45): the next run re-verifies from scratch rather
+than trust pages the kernel may have dropped.
+
+``commit`` fsyncs every file, deletes the journal, then renames ``data`` (or
+the single file) onto DEST without replacing anything and fsyncs the parent
+(R-44): DEST appears whole or not at all (R-43), and a crash at any point
+leaves either a resumable partial or a complete DEST with a harmless
+leftover that the next run removes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import os
 import shutil
 import stat
 import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Final
 
@@ -44,9 +51,10 @@ from p2pckpt.store.atomic import fsync_dir
 
 SUFFIX: Final = ".p2pckpt-partial"
 FSYNC_INTERVAL: Final = 1.0
-MAX_OPEN_FILES: Final = 128
 FREE_RESERVE: Final = 0.01
 _NOSPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
 
 
 def staging_path(dest: Path) -> Path:
@@ -60,6 +68,23 @@ def _no_space(exc: OSError) -> NoSpace:
     )
 
 
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename, failing with DestinationExists instead of replacing ``dst``."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # pragma: no cover - non-glibc fallback
+        if os.path.lexists(dst):
+            raise DestinationExists(f"{dst} appeared during the pull; not replacing it") from None
+        os.rename(src, dst)
+        return
+    if renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE):
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise DestinationExists(f"{dst} appeared during the pull; not replacing it")
+        raise OSError(err, os.strerror(err), str(dst))
+
+
 class Staging:
     """The resumable partial copy of one manifest at one destination."""
 
@@ -69,12 +94,11 @@ class Staging:
         self.path = staging_path(dest)
         self._envelope = envelope
         self._chunks = [(entry.path, chunk) for _, entry, chunk in manifest.iter_chunks()]
-        self._fds: OrderedDict[str, int] = OrderedDict()
-        self._dirty: set[int] = set()
+        self._dirty: set[str] = set()
         self._lock = threading.Lock()
         self._lock_fd = -1
         self._journal_fd = -1
-        self._data_fd = -1
+        self._failed = False
         self.done: set[int] = set()
 
     # -- opening and resuming -------------------------------------------------
@@ -95,48 +119,56 @@ class Staging:
         except BlockingIOError:
             raise StoreError(f"another pull is writing {self.dest}") from None
         claimed = self._load_journal()
-        if claimed is None:
+        if claimed is None or not (self.path / "data").is_dir():
             self._reset()
             claimed = set()
-        self._data_fd = os.open(self.path / "data", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         self.done = self._reverify(claimed)
         self._write_journal_fresh()
         return self.done
 
-    def _load_journal(self) -> set[int] | None:
+    def belongs_here(self) -> bool:
+        """True if a partial copy of exactly this manifest exists (no lock taken)."""
         try:
-            with open(self.path / "manifest", "rb") as f:
-                if f.read() != self._envelope:
-                    return None
+            return (self.path / "manifest").read_bytes() == self._envelope
+        except OSError:
+            return False
+
+    def discard(self) -> None:
+        """Remove the staging directory (ours: it holds our manifest)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            fsync_dir(self.path.parent)
+
+    def _load_journal(self) -> set[int] | None:
+        if not self.belongs_here():
+            return None
+        try:
             with open(self.path / "journal", "rb") as f:
                 return journal.parse(f.read(), self.manifest.root, len(self._chunks))
-        except (FileNotFoundError, ResumeStateInvalid):
+        except (OSError, ResumeStateInvalid):
             return None
 
     def _reset(self) -> None:
-        """Start over: drop any partial state for another version."""
+        """Start over: drop any partial state (another version, or damaged)."""
         shutil.rmtree(self.path / "data", ignore_errors=True)
         for name in ("journal", "manifest"):
             (self.path / name).unlink(missing_ok=True)
         os.mkdir(self.path / "data", 0o700)
-        fd = os.open(
-            self.path / "manifest", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
-        )
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        fd = os.open(self.path / "manifest", flags, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(self._envelope)
             os.fsync(f.fileno())
-        self._prepare_files()
-
-    def _prepare_files(self) -> None:
-        """Create every file at its declared size (sizes were preflighted)."""
         for entry in self.manifest.files:
             fd = self._open_file(entry.path, create=True)
             try:
-                os.ftruncate(fd, entry.size)
+                os.ftruncate(fd, entry.size)  # sizes were preflighted
             except OSError as exc:
                 if exc.errno in _NOSPACE:
                     raise _no_space(exc) from exc
                 raise
+            finally:
+                os.close(fd)
 
     def _reverify(self, claimed: set[int]) -> set[int]:
         """Re-hash every chunk the journal claims; keep only those that match."""
@@ -144,10 +176,15 @@ class Staging:
         for index in sorted(claimed):
             path, chunk = self._chunks[index]
             try:
-                fd = self._fd(path)
+                fd = self._open_file(path, create=False)
+            except OSError:
+                continue
+            try:
                 data = os.pread(fd, chunk.length, chunk.offset)
             except OSError:
                 continue
+            finally:
+                os.close(fd)
             if len(data) == chunk.length and chunk_hash(data) == chunk.digest:
                 good.add(index)
         return good
@@ -191,20 +228,6 @@ class Staging:
             raise StoreError(f"unexpected file type in {self.path}")
         return fd
 
-    def _fd(self, relpath: str) -> int:
-        with self._lock:
-            fd = self._fds.get(relpath)
-            if fd is not None:
-                self._fds.move_to_end(relpath)
-                return fd
-            fd = self._open_file(relpath, create=False)
-            self._fds[relpath] = fd
-            if len(self._fds) > MAX_OPEN_FILES:
-                _, old_fd = self._fds.popitem(last=False)
-                os.fsync(old_fd)
-                os.close(old_fd)
-            return fd
-
     # -- writing (called from worker threads) -----------------------------------
 
     def write_chunk(self, index: int, data: bytes | bytearray | memoryview) -> None:
@@ -213,46 +236,59 @@ class Staging:
         if len(data) != chunk.length or chunk_hash(data) != chunk.digest:
             raise ChunkCorrupt(index)
         try:
-            fd = self._fd(path)
-            view = memoryview(data)
-            written = 0
-            while written < chunk.length:
-                written += os.pwrite(fd, view[written:], chunk.offset + written)
+            fd = self._open_file(path, create=False)
+            try:
+                view = memoryview(data)
+                written = 0
+                while written < chunk.length:
+                    written += os.pwrite(fd, view[written:], chunk.offset + written)
+            finally:
+                os.close(fd)
             with self._lock:
+                if self._failed:
+                    raise StoreError("the partial copy could not be flushed to disk")
                 if index not in self.done:
                     os.write(self._journal_fd, journal.record(self.manifest.root, index))
                     self.done.add(index)
-                self._dirty.add(fd)
+                self._dirty.add(path)
         except OSError as exc:
             if exc.errno in _NOSPACE:
                 raise _no_space(exc) from exc
             raise
 
     def sync(self) -> None:
-        """Flush written chunks, then the journal (blocking; call it from a
-        flusher thread every FSYNC_INTERVAL so the final commit has little
-        left to write). Writers are not held up: the lock covers only the
-        bookkeeping, not the fdatasync calls."""
-        with self._lock:
-            dirty = list(self._dirty)
-            self._dirty.clear()
-            # Duplicates keep the files open while we sync outside the lock;
-            # the journal goes last so it never claims unflushed chunks.
-            dups = [os.dup(fd) for fd in dirty]
-            if self._journal_fd >= 0:
-                dups.append(os.dup(self._journal_fd))
-        try:
-            for fd in dups:
-                os.fdatasync(fd)
-        finally:
-            for fd in dups:
-                os.close(fd)
+        """Flush written files, then the journal (blocking; the flusher calls
+        it every FSYNC_INTERVAL so the final commit has little left to write).
 
-    def _sync_locked(self) -> None:
-        for fd in self._dirty:
-            os.fdatasync(fd)
-        self._dirty.clear()
-        os.fsync(self._journal_fd)
+        The journal is only a hint — every claim is re-hashed on resume — so
+        the order matters for efficiency, not correctness. Any fsync error is
+        final for this partial copy (R-45): the journal is deleted.
+        """
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+            journal_fd = os.dup(self._journal_fd) if self._journal_fd >= 0 else -1
+        try:
+            for path in sorted(dirty):
+                fd = self._open_file(path, create=False)
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            if journal_fd >= 0:
+                os.fsync(journal_fd)
+        except OSError:
+            self._invalidate()
+            raise
+        finally:
+            if journal_fd >= 0:
+                os.close(journal_fd)
+
+    def _invalidate(self) -> None:
+        with self._lock:
+            self._failed = True
+        with contextlib.suppress(OSError):
+            (self.path / "journal").unlink()
+            fsync_dir(self.path)
 
     @property
     def complete(self) -> bool:
@@ -262,53 +298,53 @@ class Staging:
 
     def commit(self) -> None:
         """Make the verified copy durable and move it onto DEST atomically."""
-        if not self.complete:
+        if not self.complete or self._failed:
             raise StoreError("commit of an incomplete copy")
         umask = os.umask(0)
         os.umask(umask)
-        with self._lock:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
-            self._dirty.clear()
-        for entry in self.manifest.files:
-            fd = self._open_file(entry.path, create=False)
-            try:
-                if os.fstat(fd).st_size != entry.size:
-                    raise StoreError(f"partial file {entry.path!r} has the wrong size")
-                os.fchmod(fd, 0o644 & ~umask)
-                os.fsync(fd)  # R-45: an fsync error fails this commit; never retried
-            finally:
-                os.close(fd)
-        data = self.path / "data"
-        for dirpath, _dirs, _files in os.walk(data, topdown=False):
-            os.chmod(dirpath, 0o755 & ~umask)
-            fsync_dir(Path(dirpath))
+        try:
+            for entry in self.manifest.files:
+                fd = self._open_file(entry.path, create=False)
+                try:
+                    if os.fstat(fd).st_size != entry.size:
+                        raise StoreError(f"partial file {entry.path!r} has the wrong size")
+                    os.fchmod(fd, 0o644 & ~umask)
+                    os.fsync(fd)  # R-45: an error fails this commit; never retried
+                finally:
+                    os.close(fd)
+            data = self.path / "data"
+            for dirpath, _dirs, _files in os.walk(data, topdown=False):
+                os.chmod(dirpath, 0o755 & ~umask)
+                fsync_dir(Path(dirpath))
+        except OSError:
+            self._invalidate()
+            raise
+        # From here the data is durable. Drop the journal first, so a crash
+        # after the rename cannot leave a journal pointing at moved files.
+        self._close_journal()
+        (self.path / "journal").unlink(missing_ok=True)
+        fsync_dir(self.path)
         src = data / self.manifest.files[0].path if self.manifest.kind == "file" else data
-        if os.path.lexists(self.dest):
-            raise DestinationExists(f"{self.dest} appeared during the pull; not replacing it")
-        os.rename(src, self.dest)
+        rename_noreplace(src, self.dest)
         fsync_dir(self.dest.parent)
         self.close()
-        shutil.rmtree(self.path, ignore_errors=True)
-        fsync_dir(self.dest.parent)
+        self.discard()
+
+    def _close_journal(self) -> None:
+        with self._lock:
+            if self._journal_fd >= 0:
+                os.close(self._journal_fd)
+                self._journal_fd = -1
 
     def close(self) -> None:
         """Flush what is written (resumable later) and release the lock."""
-        with self._lock:
-            try:
-                if self._journal_fd >= 0:
-                    self._sync_locked()
-            except OSError:
-                pass  # best effort: the journal is advisory and re-verified
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
-            for attr in ("_journal_fd", "_data_fd", "_lock_fd"):
-                fd = getattr(self, attr)
-                if fd >= 0:
-                    os.close(fd)
-                    setattr(self, attr, -1)
+        if not self._failed and self._journal_fd >= 0:
+            with contextlib.suppress(OSError):
+                self.sync()
+        self._close_journal()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
 
 
 def check_free_space(dest: Path, needed: int) -> None:

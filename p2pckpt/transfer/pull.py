@@ -44,6 +44,7 @@ from p2pckpt.errors import (
 )
 from p2pckpt.home import Home
 from p2pckpt.manifest.manifest import Manifest, verify
+from p2pckpt.manifest.paths import safe_display
 from p2pckpt.store.staging import FSYNC_INTERVAL, Staging, check_free_space
 from p2pckpt.store.verify import compare
 from p2pckpt.transfer.buffers import BufferPool
@@ -72,13 +73,14 @@ def parse_addr(text: str, allow_zero: bool = False) -> Addr:
 
 
 def _remote_error(err: m.Error, peer: str) -> P2pckptError:
+    text = safe_display(err.message)  # peer-controlled: never raw to a terminal (R-41)
     if err.code == m.UNAUTHORIZED:
-        return NotAuthorized(f"peer {peer} refused us: {err.message}")
+        return NotAuthorized(f"peer {peer} refused us: {text}")
     if err.code == m.NOT_FOUND:
-        return NotFound(f"peer {peer}: {err.message}")
+        return NotFound(f"peer {peer}: {text}")
     if err.code == m.SOURCE_CHANGED:
-        return SourceChanged(f"peer {peer}: {err.message}")
-    return RemoteError(err.code, err.message)
+        return SourceChanged(f"peer {peer}: {text}")
+    return RemoteError(safe_display(err.code), text)
 
 
 class PeerConnection:
@@ -96,8 +98,13 @@ class PeerConnection:
 
     async def receive(self) -> m.Message:
         while not self._pending:
-            with trio.fail_after(IDLE_TIMEOUT):
+            with trio.move_on_after(IDLE_TIMEOUT) as idle:
                 ready = await self.secure.receive_messages(self._reader)
+            if idle.cancelled_caught:
+                raise TransferError(
+                    f"peer {self.label} sent nothing for {IDLE_TIMEOUT:.0f}s; the partial copy"
+                    " is kept: run the same pull again to resume"
+                )
             if not ready:
                 raise ChannelClosed(f"peer {self.label} closed the connection")
             self._pending.extend(ready)
@@ -160,6 +167,12 @@ async def fetch_manifest(
     if manifest.name != name or (version is not None and manifest.version != version):
         raise ManifestError(f"peer answered with {manifest.name}@{manifest.version}")
     home.catalog.check_not_rollback(manifest, asked_latest=version is None)
+    same = home.catalog.find(manifest.name, manifest.version, manifest.publisher.key)
+    if same is not None and same.root != manifest.root:
+        raise ManifestError(
+            f"{manifest.publisher.short} signed two different {manifest.name}"
+            f"@{manifest.version}; refusing this one"
+        )
     home.catalog.note_seen(manifest)
     return manifest, reply.envelope
 
@@ -284,6 +297,8 @@ async def _transfer(
     """Fetch every chunk the partial copy lacks; returns (downloaded, reused)."""
     manifest = staging.manifest
     sizes = [c.length for _, _, c in manifest.iter_chunks()]
+    if not staging.belongs_here():  # nothing to resume: preflight before creating files
+        check_free_space(staging.dest, manifest.total_bytes)
     done = await trio.to_thread.run_sync(staging.open)
     reused = sum(sizes[i] for i in done)
     check_free_space(staging.dest, manifest.total_bytes - reused)
@@ -336,6 +351,9 @@ async def pull(
                     f" ({differs.summary()}); remove it or choose another -o"
                 )
             log.info("%s already holds %s@%d, verified", dest, manifest.name, manifest.version)
+            leftover = Staging(dest, manifest, envelope)
+            if leftover.belongs_here():  # a crash between rename and cleanup
+                leftover.discard()
             home.catalog.add(manifest, envelope, dest, "pulled")
             return _result(manifest, dest, 0, manifest.total_bytes, 0, started)
         dest.parent.mkdir(parents=True, exist_ok=True)
