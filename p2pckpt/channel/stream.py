@@ -16,7 +16,13 @@ import trio
 
 from p2pckpt.channel.handshake import ChannelHandshake
 from p2pckpt.channel.noise import CipherState
-from p2pckpt.channel.records import MAX_RECORD, RECEIVE_WINDOW, RecordDecoder, RecordEncoder
+from p2pckpt.channel.records import (
+    MAX_PLAINTEXT,
+    MAX_RECORD,
+    RECEIVE_WINDOW,
+    RecordDecoder,
+    RecordEncoder,
+)
 from p2pckpt.errors import ChannelClosed, HandshakeFailed
 from p2pckpt.identity.keys import NodeKey
 from p2pckpt.identity.peer_id import PeerId
@@ -25,6 +31,7 @@ from p2pckpt.wire.messages import Message
 
 HANDSHAKE_TIMEOUT: Final = 10.0
 RECEIVE_BYTES: Final = 64 * 1024
+SEND_SLICE: Final = 16 * MAX_PLAINTEXT  # whole records, about 1 MiB
 _LEN = struct.Struct(">H")
 
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -50,12 +57,17 @@ class SecureStream:
         self._send_lock = trio.Lock()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt and send ``data`` in slices, so the record buffer stays small."""
+        view = memoryview(data)
         async with self._send_lock:
-            records = self._encoder.encode(data)
             try:
-                await self.transport.send_all(records)
+                for start in range(0, max(len(view), 1), SEND_SLICE):
+                    records = self._encoder.encode(view[start : start + SEND_SLICE])
+                    await self.transport.send_all(records)
             except _BROKEN as exc:
                 raise ChannelClosed("connection lost while sending") from exc
+            finally:
+                view.release()
 
     async def receive_some(self) -> memoryview:
         """Decrypted bytes, valid until the next call; empty at a clean end of

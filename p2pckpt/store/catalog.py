@@ -148,6 +148,14 @@ class Catalog:
     def all(self) -> list[Entry]:
         return self._rows("ORDER BY name, version")
 
+    def summaries(self) -> list[Entry]:
+        """Every version without its envelope (cheap: for listings)."""
+        cur = self._db.execute(
+            "SELECT root, name, version, publisher, x'', location, origin,"
+            " total_bytes, file_count, added FROM versions ORDER BY name, version"
+        )
+        return [Entry(*row) for row in cur.fetchall()]
+
     def by_root(self, root: bytes) -> Entry | None:
         rows = self._rows("WHERE root = ?", (root,))
         return rows[0] if rows else None

@@ -2,17 +2,22 @@
 
 Per connection (one nursery)::
 
-    handshake (≤ HANDSHAKE_TIMEOUT, at most MAX_HANDSHAKES at once)
-    trust check: the peer needs the "pull" role, else one Error and close
-    reader   : decrypt, parse, queue requests (more than MAX_OUTSTANDING
-               queued = protocol violation, connection closed)
-    preparer : for each request, read + re-hash the chunk in a worker thread
-               (a file changed after publishing is caught here, R-31)
-    sender   : encrypt and send prepared responses, in order
+    admission : per-source rate and pre-auth caps, before any crypto (R-10)
+    handshake : slot wait + Noise, one HANDSHAKE_TIMEOUT from accept (R-09)
+    trust     : the peer needs the "pull" role, else one Error and close
+    reader    : decrypt, parse, queue requests (more than MAX_OUTSTANDING
+                queued = protocol violation, connection closed)
+    preparer  : take a buffer from the server-wide budget, read + re-hash
+                the chunk in a worker thread (a file changed after
+                publishing is caught here, R-31)
+    sender    : encrypt and send prepared responses in order, give the
+                buffer back
 
-Limits (R-50): concurrent handshakes, connections, outstanding requests,
-idle time. Any error ends that one connection and is logged; the listener
-keeps serving.
+Limits (R-50): pre-auth connections per source and in total, handshakes in
+flight, authenticated connections per peer and in total, outstanding
+requests, chunk buffers for the whole server (memory stays bounded however
+many peers pull), send and idle timeouts. Any error ends that one
+connection and is logged; nothing a peer does ends the server.
 """
 
 from __future__ import annotations
@@ -21,15 +26,17 @@ import errno
 import logging
 import os
 import stat
-from dataclasses import dataclass, field
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import trio
 
-from p2pckpt.channel.stream import SecureStream, open_secure
+from p2pckpt.channel.stream import HANDSHAKE_TIMEOUT, SecureStream, open_secure
 from p2pckpt.errors import (
     ConfigError,
+    HandshakeFailed,
     ManifestError,
     NotAuthorized,
     P2pckptError,
@@ -37,9 +44,10 @@ from p2pckpt.errors import (
     TrustError,
 )
 from p2pckpt.home import Home
+from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.identity.trust import TRUST_FILE, TrustStore
 from p2pckpt.manifest.chunker import Chunk, chunk_hash
-from p2pckpt.manifest.manifest import Manifest, validate_name
+from p2pckpt.manifest.manifest import Manifest, validate_name, verify
 from p2pckpt.manifest.paths import safe_display
 from p2pckpt.transfer.ratelimit import RateLimiter
 from p2pckpt.wire import messages as m
@@ -53,59 +61,88 @@ from p2pckpt.wire.codec import (
 
 log = logging.getLogger("p2pckpt.serve")
 
+MAX_PREAUTH: Final = 64
+MAX_PREAUTH_PER_SOURCE: Final = 8
 MAX_HANDSHAKES: Final = 32
-MAX_CONNECTIONS: Final = 256
+MAX_CONNECTIONS: Final = 128
+MAX_CONNECTIONS_PER_PEER: Final = 16
+MAX_CHUNK_BUFFERS: Final = 16
 IDLE_TIMEOUT: Final = 300.0
+SEND_TIMEOUT: Final = 60.0
 PREPARED_QUEUE: Final = 2
-BUFFERS_PER_CONNECTION: Final = 3
 REQUEST_WINDOW: Final = 64 * 1024
-MAX_VERSIONS_PER_CONNECTION: Final = 8
-
-
-@dataclass
-class _Served:
-    """A version being served on one connection: its chunks and file paths."""
-
-    manifest: Manifest
-    location: Path
-    chunks: list[tuple[str, Chunk]] = field(default_factory=list)
-
-    @classmethod
-    def load(cls, manifest: Manifest, location: Path) -> _Served:
-        return cls(manifest, location, [(f.path, c) for _, f, c in manifest.iter_chunks()])
-
-    def file_path(self, relpath: str) -> Path:
-        return self.location if self.manifest.kind == "file" else self.location / relpath
-
-
-_Prepared = tuple[bytes | memoryview, bytearray]
+VERSION_CACHE: Final = 16
 
 
 class _SourceChanged(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class _Served:
+    """A version being served: its manifest, chunk table and file location."""
+
+    manifest: Manifest
+    location: Path
+    chunks: tuple[tuple[str, Chunk], ...]
+
+    @classmethod
+    def load(cls, envelope: bytes, location: str) -> _Served:
+        """Decode a catalog entry (worker thread: big manifests take a while)."""
+        manifest = verify(envelope)
+        chunks = tuple((f.path, c) for _, f, c in manifest.iter_chunks())
+        return cls(manifest, Path(location), chunks)
+
+    def file_path(self, relpath: str) -> Path:
+        return self.location if self.manifest.kind == "file" else self.location / relpath
+
+
 def _read_chunk(path: Path, chunk: Chunk, req_id: int, buf: bytearray) -> memoryview:
     """Read one chunk from the original file into ``buf`` and check its hash
-    (worker thread). Returns the framed message: header and chunk bytes."""
+    (worker thread). Returns the framed message: header and chunk bytes. No
+    view of ``buf`` outlives a failure, so the buffer can be reused."""
     size = CHUNK_HEADER_SIZE + chunk.length
     if len(buf) < size:
         buf.extend(bytes(size - len(buf)))
     buf[:CHUNK_HEADER_SIZE] = chunk_header(req_id, chunk.length)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:  # O_NONBLOCK: a FIFO swapped in for a published file cannot hang us
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
-        raise _SourceChanged(f"cannot open {path}: {exc.strerror}") from exc
+        raise _SourceChanged(f"cannot open {path}: {exc.strerror}") from None
+    body = memoryview(buf)[CHUNK_HEADER_SIZE:size]
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise _SourceChanged(f"{path} is no longer a regular file")
-        body = memoryview(buf)[CHUNK_HEADER_SIZE:size]
         got = os.preadv(fd, [body], chunk.offset)
+        good = got == chunk.length and chunk_hash(body) == chunk.digest
     finally:
+        body.release()
         os.close(fd)
-    if got != chunk.length or chunk_hash(body) != chunk.digest:
+    if not good:
         raise _SourceChanged(f"{path} changed after it was published")
     return memoryview(buf)[:size]
+
+
+class _BufferBudget:
+    """Chunk buffers shared by every connection: at most ``count`` exist, so
+    server memory is bounded whatever the number of peers (R-50, R-52)."""
+
+    def __init__(self, count: int) -> None:
+        self._slots = trio.Semaphore(count)
+        self._free: list[bytearray] = []
+
+    async def acquire(self) -> bytearray:
+        await self._slots.acquire()
+        return self._free.pop() if self._free else bytearray()
+
+    def release(self, buf: bytearray | None) -> None:
+        """Give a slot back; ``buf`` is reused unless None (possibly still in use)."""
+        if buf is not None:
+            self._free.append(buf)
+        self._slots.release()
+
+
+_Prepared = tuple[bytes | memoryview, bytearray | None]
 
 
 class Server:
@@ -114,10 +151,15 @@ class Server:
     def __init__(self, home: Home) -> None:
         self.home = home
         self._handshakes = trio.CapacityLimiter(MAX_HANDSHAKES)
-        self._connections = 0
+        self._preauth: Counter[str] = Counter()
+        self._peers: Counter[PeerId] = Counter()
         self._per_source = RateLimiter()
         self._log_limit = RateLimiter(rate=1 / 60, burst=3)
+        self._buffers = _BufferBudget(MAX_CHUNK_BUFFERS)
+        self._versions: OrderedDict[bytes, _Served] = OrderedDict()
         self._trust_stamp = self._trust_file_stamp()
+
+    # -- configuration that may change while serving ---------------------------
 
     def _trust_file_stamp(self) -> tuple[int, int] | None:
         try:
@@ -139,6 +181,23 @@ class Server:
                 log.error("trust store not reloaded, keeping the old one: %s", exc)
         return self.home.trust
 
+    async def _served(self, root: bytes) -> _Served | None:
+        """A version's chunk table, from a small server-wide cache."""
+        held = self._versions.get(root)
+        if held is not None:
+            self._versions.move_to_end(root)
+            return held
+        entry = self.home.catalog.by_root(root)
+        if entry is None:
+            return None
+        held = await trio.to_thread.run_sync(_Served.load, entry.envelope, entry.location)
+        self._versions[root] = held
+        while len(self._versions) > VERSION_CACHE:
+            self._versions.popitem(last=False)
+        return held
+
+    # -- listening and connections ---------------------------------------------
+
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[list[trio.SocketListener]]
     ) -> None:
@@ -153,69 +212,93 @@ class Server:
         task_status.started(listeners)
         await trio.serve_listeners(self.handle, listeners)
 
+    def _admit(self, source: str) -> bool:
+        now = trio.current_time()
+        if (
+            self._per_source.allow(source, now)
+            and self._preauth[source] < MAX_PREAUTH_PER_SOURCE
+            and sum(self._preauth.values()) < MAX_PREAUTH
+        ):
+            return True
+        if self._log_limit.allow(source, now):
+            log.warning(
+                "dropping connections from %s (rate or pre-auth limit; logged at most"
+                " once a minute)",
+                source,
+            )
+        return False
+
     async def handle(self, transport: trio.SocketStream) -> None:
         """One connection; never raises (errors end only this connection)."""
         try:
             host, port = transport.socket.getpeername()[:2]
-            addr = f"{host}:{port}"
         except OSError:
-            addr = "?"
-        source = addr.rpartition(":")[0]
-        now = trio.current_time()
-        if self._connections >= MAX_CONNECTIONS or not self._per_source.allow(source, now):
-            if self._log_limit.allow(source, now):
-                log.warning(
-                    "dropping connections from %s (rate or connection limit; logged at most"
-                    " once a minute)",
-                    source,
-                )
-            await transport.aclose()
-            return
-        self._connections += 1
+            host, port = "?", 0
+        addr = f"{host}:{port}"
         try:
-            await self._handle(transport, addr)
+            if self._admit(host):
+                await self._handle(transport, host, addr)
         except* P2pckptError as group:
             log.info("connection from %s ended: %s", addr, _first(group))
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
             log.info("connection from %s lost: %s", addr, _first(group))
         except* trio.TooSlowError:
-            log.info("connection from %s idle for %ds; closed", addr, IDLE_TIMEOUT)
+            log.info("connection from %s timed out; closed", addr)
+        except* Exception as group:  # a bug must end one connection, not the server
+            log.error("connection from %s failed: %r", addr, _first(group))
         finally:
-            self._connections -= 1
             with trio.CancelScope(shield=True):
                 await transport.aclose()
 
-    async def _handle(self, transport: trio.SocketStream, addr: str) -> None:
-        async with self._handshakes:
-            # Requests are small: a small receive window keeps memory per
-            # connection down to the chunk buffers.
-            secure = await open_secure(
-                transport, self.home.key, initiator=False, receive_window=REQUEST_WINDOW
-            )
+    async def _handle(self, transport: trio.SocketStream, source: str, addr: str) -> None:
+        self._preauth[source] += 1
         try:
-            self._current_trust().require(secure.peer, "pull")
+            # One deadline from accept to an authenticated peer, including the
+            # wait for a handshake slot (slowloris, R-09).
+            with trio.move_on_after(HANDSHAKE_TIMEOUT) as deadline:
+                async with self._handshakes:
+                    secure = await open_secure(
+                        transport, self.home.key, initiator=False, receive_window=REQUEST_WINDOW
+                    )
+            if deadline.cancelled_caught:
+                raise HandshakeFailed("handshake timed out")
+        finally:
+            self._preauth[source] -= 1
+            if not self._preauth[source]:
+                del self._preauth[source]
+        peer = secure.peer
+        try:
+            self._current_trust().require(peer, "pull")
         except TrustError as exc:
-            if self._log_limit.allow(addr.rpartition(":")[0], trio.current_time()):
-                log.warning("refused %s from %s: %s", secure.peer.short, addr, exc)
-            known = isinstance(exc, NotAuthorized)
+            if self._log_limit.allow(source, trio.current_time()):
+                log.warning("refused %s from %s: %s", peer.short, addr, exc)
             reason = (
                 "we trust you, but not with the 'pull' role"
-                if known
+                if isinstance(exc, NotAuthorized)
                 else "we do not trust you (ask our owner to 'trust add' your ID)"
             )
             await secure.send_all(encode(m.Error(m.UNAUTHORIZED, reason)))
             return
-        log.info("peer %s connected from %s", secure.peer.short, addr)
+        if sum(self._peers.values()) >= MAX_CONNECTIONS or (
+            self._peers[peer] >= MAX_CONNECTIONS_PER_PEER
+        ):
+            await secure.send_all(encode(m.Error(m.TOO_MANY_REQUESTS, "too many connections")))
+            return
+        self._peers[peer] += 1
+        try:
+            log.info("peer %s connected from %s", peer.short, addr)
+            await self._converse(secure)
+        finally:
+            self._peers[peer] -= 1
+            if not self._peers[peer]:
+                del self._peers[peer]
+
+    async def _converse(self, secure: SecureStream) -> None:
         requests_send, requests_recv = trio.open_memory_channel[m.Request](m.MAX_OUTSTANDING)
         prepared_send, prepared_recv = trio.open_memory_channel[_Prepared](PREPARED_QUEUE)
-        # Chunk buffers circulate preparer -> sender -> pool, so a connection
-        # holds at most BUFFERS_PER_CONNECTION chunks in memory.
-        pool_send, pool_recv = trio.open_memory_channel[bytearray](BUFFERS_PER_CONNECTION)
-        for _ in range(BUFFERS_PER_CONNECTION):
-            pool_send.send_nowait(bytearray())
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._sender, secure, prepared_recv, pool_send)
-            nursery.start_soon(self._preparer, requests_recv, prepared_send, pool_recv)
+            nursery.start_soon(self._sender, secure, prepared_recv)
+            nursery.start_soon(self._preparer, requests_recv, prepared_send)
             await self._reader(secure, requests_send)
             nursery.cancel_scope.cancel()
 
@@ -244,26 +327,29 @@ class Server:
         self,
         requests: trio.MemoryReceiveChannel[m.Request],
         prepared: trio.MemorySendChannel[_Prepared],
-        pool: trio.MemoryReceiveChannel[bytearray],
     ) -> None:
-        served: dict[bytes, _Served] = {}
         async with prepared:
             async for req in requests:
-                buf = await pool.receive()
+                if not isinstance(req, m.ChunkRequest):
+                    await prepared.send((await self._answer(req), None))
+                    continue
+                buf = await self._buffers.acquire()
                 try:
-                    payload = await self._respond(req, served, buf)
+                    payload = await self._chunk(req, buf)
                 except BaseException:
-                    await prepared.send((b"", buf))
+                    self._buffers.release(None)  # the buffer may still be in use
                     raise
-                await prepared.send((payload, buf))
+                if isinstance(payload, bytes):  # an Error: the buffer was not used
+                    self._buffers.release(buf)
+                    await prepared.send((payload, None))
+                else:
+                    await prepared.send((payload, buf))
 
-    async def _respond(
-        self, req: m.Request, served: dict[bytes, _Served], buf: bytearray
-    ) -> bytes | memoryview:
+    async def _answer(self, req: m.Request) -> bytes:
         catalog = self.home.catalog
         match req:
             case m.ListRequest():
-                entries = catalog.all()[-m.MAX_LIST_ENTRIES :]
+                entries = catalog.summaries()[-m.MAX_LIST_ENTRIES :]
                 return encode(
                     m.ListResponse(
                         tuple(
@@ -284,48 +370,45 @@ class Server:
                     what = name if version is None else f"{name}@{version}"
                     return encode(m.Error(m.NOT_FOUND, f"no checkpoint {what}"))
                 return encode(m.ManifestResponse(entry.envelope))
-            case m.ChunkRequest(req_id, root, index):
-                held = served.get(root)
-                if held is None:
-                    entry = catalog.by_root(root)
-                    if entry is None:
-                        return encode(m.Error(m.NOT_FOUND, "unknown version", req_id))
-                    held = _Served.load(entry.manifest(), Path(entry.location))
-                    if len(served) >= MAX_VERSIONS_PER_CONNECTION:
-                        served.pop(next(iter(served)))
-                    served[root] = held
-                if index >= len(held.chunks):
-                    return encode(m.Error(m.BAD_REQUEST, "no such chunk", req_id))
-                relpath, chunk = held.chunks[index]
-                try:
-                    return await trio.to_thread.run_sync(
-                        _read_chunk, held.file_path(relpath), chunk, req_id, buf
-                    )
-                except _SourceChanged as exc:
-                    what = f"{held.manifest.name}@{held.manifest.version}"
-                    log.error("refusing %s: %s", what, safe_display(str(exc)))
-                    return encode(
-                        m.Error(
-                            m.SOURCE_CHANGED,
-                            f"the seeder's copy of {what} changed after publishing",
-                            req_id,
-                        )
-                    )
-        raise AssertionError("unreachable")  # pragma: no cover
+        raise RemoteProtocolError(f"unexpected request {type(req).__name__}")
+
+    async def _chunk(self, req: m.ChunkRequest, buf: bytearray) -> bytes | memoryview:
+        held = await self._served(req.root)
+        if held is None:
+            return encode(m.Error(m.NOT_FOUND, "unknown version", req.req_id))
+        if req.index >= len(held.chunks):
+            return encode(m.Error(m.BAD_REQUEST, "no such chunk", req.req_id))
+        relpath, chunk = held.chunks[req.index]
+        try:
+            return await trio.to_thread.run_sync(
+                _read_chunk, held.file_path(relpath), chunk, req.req_id, buf
+            )
+        except _SourceChanged as exc:
+            what = f"{held.manifest.name}@{held.manifest.version}"
+            log.error("refusing %s: %s", what, safe_display(str(exc)))
+            return encode(
+                m.Error(
+                    m.SOURCE_CHANGED,
+                    f"the seeder's copy of {what} changed after publishing",
+                    req.req_id,
+                )
+            )
 
     async def _sender(
-        self,
-        secure: SecureStream,
-        prepared: trio.MemoryReceiveChannel[_Prepared],
-        pool: trio.MemorySendChannel[bytearray],
+        self, secure: SecureStream, prepared: trio.MemoryReceiveChannel[_Prepared]
     ) -> None:
         async for payload, buf in prepared:
-            if payload:
-                with trio.fail_after(IDLE_TIMEOUT):
+            try:
+                with trio.fail_after(SEND_TIMEOUT):  # a peer that stops reading is dropped
                     await secure.send_all(payload)
+            except BaseException:
+                if buf is not None:
+                    self._buffers.release(None)
+                raise
             if isinstance(payload, memoryview):
                 payload.release()
-            pool.send_nowait(buf)
+            if buf is not None:
+                self._buffers.release(buf)
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
