@@ -16,7 +16,7 @@ import platformdirs
 
 from p2pckpt.errors import ConfigError
 from p2pckpt.identity.keys import KEY_FILE, NodeKey
-from p2pckpt.identity.trust import TrustStore
+from p2pckpt.identity.trust import TRUST_FILE, TrustStore
 from p2pckpt.store.catalog import CATALOG_FILE, Catalog
 
 
@@ -37,11 +37,22 @@ class Home:
     catalog: Catalog
 
     @classmethod
-    def init(cls, path: Path) -> tuple[Home, bool]:
-        """Create key, trust store and catalog if missing; returns (home, created)."""
+    def init(cls, path: Path, force: bool = False) -> tuple[Home, bool]:
+        """Create key, trust store and catalog if missing; returns (home, created).
+
+        A home that has state but lost its key is not re-keyed silently: a
+        new key is a new peer ID, and every peer would stop trusting us.
+        """
         path = path.expanduser().absolute()
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         created = not (path / KEY_FILE).exists()
+        state = [n for n in (TRUST_FILE, CATALOG_FILE) if (path / n).exists()]
+        if created and state and not force:
+            raise ConfigError(
+                f"{path} has {' and '.join(state)} but no {KEY_FILE}: a new key would give this"
+                " node a new peer ID that its peers do not trust. Restore the key, or run"
+                " 'p2pckpt init --force' to make a new one"
+            )
         if created:
             os.chmod(path, 0o700)
             NodeKey.generate().save(path)
@@ -53,7 +64,9 @@ class Home:
         try:
             st = path.stat()
         except FileNotFoundError:
-            raise ConfigError(f"no node home at {path}: run 'p2pckpt init' first") from None
+            raise ConfigError(
+                f"no node home at {path}: run 'p2pckpt --home {path} init' first"
+            ) from None
         if not stat.S_ISDIR(st.st_mode):
             raise ConfigError(f"{path} is not a directory")
         if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):

@@ -35,11 +35,12 @@ def _parse_ref(ref: str) -> tuple[str, int | None]:
 
 
 @command()
-def init() -> None:
+@click.option("--force", is_flag=True, help="Make a new key even if this home has state.")
+def init(force: bool) -> None:
     """Create this node's key, trust store and catalog (idempotent)."""
     from p2pckpt.home import Home
 
-    home, created = Home.init(home_path())
+    home, created = Home.init(home_path(), force=force)
     click.echo(f"{'created' if created else 'already initialised'}: {home.path}", err=True)
     click.echo(str(home.key.peer_id))
 
@@ -73,10 +74,14 @@ def trust_add(peer_id: str, name: str, roles: tuple[str, ...]) -> None:
     home = open_home()
     pid = PeerId.parse(peer_id)
     if pid == home.key.peer_id:
-        fail("that is this node's own ID")
-    peer = home.trust.add(pid, name, roles or ROLES)
+        fail("that is this node's own ID (a node always trusts itself)")
+    old = home.trust.get(pid)
+    peer = home.trust.add(pid, name or (old.name if old else ""), roles or ROLES)
     home.save_trust()
-    click.echo(f"trusted {peer.peer_id} ({peer.name or '-'}): {', '.join(sorted(peer.roles))}")
+    verb = "trusted" if old is None else "updated"
+    if old is not None and old.roles != peer.roles:
+        verb += f" (roles were {', '.join(sorted(old.roles))})"
+    click.echo(f"{verb} {peer.peer_id} ({peer.name or '-'}): {', '.join(sorted(peer.roles))}")
 
 
 @command(trust, name="ls")
@@ -84,6 +89,8 @@ def trust_add(peer_id: str, name: str, roles: tuple[str, ...]) -> None:
 def trust_ls(as_json: bool) -> None:
     """List trusted peers."""
     peers = list(open_home().trust)
+    if not peers and not as_json:
+        click.echo("no trusted peers (add one with 'p2pckpt trust add PEER_ID')", err=True)
     if as_json:
         emit_json([{"id": str(p.peer_id), "name": p.name, "roles": sorted(p.roles)} for p in peers])
         return
@@ -92,14 +99,14 @@ def trust_ls(as_json: bool) -> None:
 
 
 @command(trust, name="rm")
-@click.argument("peer_id")
-def trust_rm(peer_id: str) -> None:
-    """Stop trusting PEER_ID."""
-    from p2pckpt.identity.peer_id import PeerId
-
+@click.argument("peer", metavar="PEER_ID|NAME")
+def trust_rm(peer: str) -> None:
+    """Stop trusting a peer (by ID or by its --name)."""
     home = open_home()
-    home.trust.remove(PeerId.parse(peer_id))
+    pid = home.trust.resolve(peer)
+    home.trust.remove(pid)
     home.save_trust()
+    click.echo(f"removed {pid}")
 
 
 def _progress_bar(enabled: bool) -> Any:
@@ -188,56 +195,79 @@ def publish(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def ls(peer: str | None, as_json: bool) -> None:
     """List versions held locally, or offered by a peer."""
+    from p2pckpt.identity.peer_id import PeerId
+    from p2pckpt.manifest.paths import safe_display
+
     home = open_home()
-    rows: list[dict[str, Any]]
+
+    def who(key: bytes) -> str:
+        pid = PeerId(key)
+        if pid == home.key.peer_id:
+            return "self"
+        known = home.trust.get(pid)
+        return known.name if known is not None and known.name else pid.short
+
+    rows: list[dict[str, Any]] = []
     if peer is None:
-        rows = [
-            {
-                "name": e.name,
-                "version": e.version,
-                "publisher": _peer_str(e.publisher),
-                "bytes": e.total_bytes,
-                "files": e.file_count,
-                "origin": e.origin,
-                "location": e.location,
-            }
-            for e in home.catalog.all()
-        ]
+        for e in home.catalog.all():
+            rows.append(
+                {
+                    "name": e.name,
+                    "version": e.version,
+                    "publisher": str(PeerId(e.publisher)),
+                    "publisher_name": who(e.publisher),
+                    "bytes": e.total_bytes,
+                    "files": e.file_count,
+                    "origin": e.origin,
+                    "location": e.location,
+                    "meta": dict(e.manifest().meta),
+                }
+            )
     else:
         import trio
 
         from p2pckpt.transfer.pull import list_remote, parse_addr
 
-        versions = trio.run(list_remote, home, parse_addr(peer))
-        rows = [
-            {
-                "name": v.name,
-                "version": v.version,
-                "publisher": _peer_str(v.publisher),
-                "bytes": v.total_bytes,
-                "files": v.file_count,
-            }
-            for v in versions
-        ]
+        for v in trio.run(list_remote, home, parse_addr(peer)):
+            rows.append(
+                {
+                    "name": v.name,
+                    "version": v.version,
+                    "publisher": str(PeerId(v.publisher)),
+                    "publisher_name": who(v.publisher),
+                    "bytes": v.total_bytes,
+                    "files": v.file_count,
+                }
+            )
     if as_json:
         emit_json(rows)
         return
     if not rows:
         click.echo("no checkpoints", err=True)
-    for r in rows:
-        from p2pckpt.manifest.paths import safe_display
-
-        click.echo(
-            f"{safe_display(r['name'])}@{r['version']}  {r['bytes'] / 1e6:10.1f} MB"
-            f"  {r['files']:5d} file(s)  publisher {r['publisher'][:5]}"
-            + (f"  {r['origin']}: {safe_display(r['location'])}" if "origin" in r else "")
+        return
+    refs = [f"{safe_display(r['name'])}@{r['version']}" for r in rows]
+    width = max(len(ref) for ref in refs)
+    for ref, r in zip(refs, rows, strict=True):
+        line = (
+            f"{ref:<{width}}  {_human(r['bytes']):>9}  {r['files']:>6} file(s)"
+            f"  by {safe_display(r['publisher_name'])}"
         )
+        if "origin" in r:
+            line += f"  {r['origin']}: {safe_display(r['location'])}"
+            if r["meta"]:
+                meta = sorted(r["meta"].items())
+                line += "  " + " ".join(safe_display(f"{k}={v}") for k, v in meta)
+        click.echo(line)
 
 
-def _peer_str(key: bytes) -> str:
-    from p2pckpt.identity.peer_id import PeerId
-
-    return str(PeerId(key))
+def _human(n: int) -> str:
+    """Bytes for people: 1 decimal, powers of 1000 (as disk vendors and rates)."""
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
 
 
 @command()
@@ -264,6 +294,17 @@ def serve(listen: str, no_mdns: bool) -> None:
                 addr = lst.socket.getsockname()
                 click.echo(f"listening on {addr[0]}:{addr[1]}")
             sys.stdout.flush()
+            held = len(home.catalog.summaries())
+            trusted = sum(1 for p in home.trust if "pull" in p.roles)
+            click.echo(
+                f"peer ID {home.key.peer_id}; serving {held} version(s) to"
+                f" {trusted} peer(s) with the pull role",
+                err=True,
+            )
+            if not trusted:
+                click.echo(
+                    "warning: no peer may pull from us yet: 'p2pckpt trust add PEER_ID'", err=True
+                )
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     logging.getLogger("p2pckpt.serve").info("shutting down")
@@ -289,7 +330,14 @@ class _RichProgress:
 @command()
 @click.argument("ref", metavar="NAME[@VERSION]")
 @click.option("--from", "sources", multiple=True, metavar="HOST:PORT", help="Peer to pull from.")
-@click.option("-o", "--output", "dest", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "-o",
+    "--output",
+    "dest",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where to put it (default: ./FILE for a one-file checkpoint, ./NAME for a directory).",
+)
 @click.option("--streams", type=click.IntRange(1, 16), default=None, help="Parallel connections.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 def pull(
@@ -303,6 +351,15 @@ def pull(
     from p2pckpt.transfer import pull as pulling
 
     name, version = _parse_ref(ref)
+    from p2pckpt.errors import ManifestError
+    from p2pckpt.manifest.manifest import validate_name
+
+    try:
+        validate_name(name)
+    except ManifestError as exc:
+        raise ConfigError(str(exc)) from None
+    if dest is not None and not str(dest).strip():
+        raise ConfigError("-o needs a path")
     home = open_home()
     addrs = [pulling.parse_addr(s) for s in sources]
     if not addrs:

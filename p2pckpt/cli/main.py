@@ -98,7 +98,7 @@ def _run() -> None:
     try:
         cli.main(standalone_mode=False)
     except BaseExceptionGroup as group:
-        ours = group.subgroup(lambda e: isinstance(e, P2pckptError | KeyboardInterrupt))
+        ours = group.subgroup(lambda e: isinstance(e, P2pckptError | KeyboardInterrupt | OSError))
         if ours is None:
             raise
         leaf: BaseException = ours

@@ -42,7 +42,9 @@ class NodeKey:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
-            raise ConfigError(f"no node key in {home}: run 'p2pckpt init' first") from None
+            raise ConfigError(
+                f"no node key in {home}: run 'p2pckpt --home {home} init' first"
+            ) from None
         with os.fdopen(fd, "rb") as f:
             st = os.fstat(f.fileno())
             if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):

@@ -65,6 +65,13 @@ class TrustStore:
         self._peers[peer_id] = peer
         return peer
 
+    def resolve(self, text: str) -> PeerId:
+        """A peer ID, or the name of a trusted peer."""
+        named = [p.peer_id for p in self._peers.values() if p.name and p.name == text]
+        if len(named) == 1:
+            return named[0]
+        return PeerId.parse(text)
+
     def remove(self, peer_id: PeerId) -> None:
         if self._peers.pop(peer_id, None) is None:
             raise ConfigError(f"peer {peer_id.short} is not in the trust store")

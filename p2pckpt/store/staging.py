@@ -30,6 +30,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import logging
 import os
 import shutil
 import stat
@@ -48,6 +49,8 @@ from p2pckpt.manifest.chunker import chunk_hash
 from p2pckpt.manifest.manifest import Manifest
 from p2pckpt.store import journal
 from p2pckpt.store.atomic import fsync_dir
+
+log = logging.getLogger("p2pckpt.staging")
 
 SUFFIX: Final = ".p2pckpt-partial"
 FSYNC_INTERVAL: Final = 1.0
@@ -150,6 +153,11 @@ class Staging:
 
     def _reset(self) -> None:
         """Start over: drop any partial state (another version, or damaged)."""
+        if (self.path / "data").exists():
+            log.warning(
+                "discarding the partial copy in %s: it belongs to another version or is damaged",
+                self.path,
+            )
         shutil.rmtree(self.path / "data", ignore_errors=True)
         for name in ("journal", "manifest"):
             (self.path / name).unlink(missing_ok=True)

@@ -67,8 +67,10 @@ def parse_addr(text: str, allow_zero: bool = False) -> Addr:
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
     low = 0 if allow_zero else 1
-    if not sep or not host or not port.isdigit() or not low <= int(port) < 65536:
+    if not sep or not host or not port.isdigit():
         raise ConfigError(f"bad address {text!r}: use HOST:PORT")
+    if not low <= int(port) < 65536:
+        raise ConfigError(f"bad address {text!r}: the port must be {low}..65535")
     return host, int(port)
 
 
@@ -127,9 +129,12 @@ async def connect(home: Home, addr: Addr) -> PeerConnection:
     except trio.TooSlowError:
         raise PeerUnreachable(f"cannot reach {label}: timed out") from None
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        if "refused" in str(exc).lower():
+        # trio reports "all attempts failed" with the real errors in __cause__.
+        causes = getattr(exc.__cause__, "exceptions", None) or [exc]
+        if any(isinstance(c, ConnectionRefusedError) for c in causes):
             reason = "connection refused (is 'p2pckpt serve' running there?)"
+        else:
+            reason = "; ".join(getattr(c, "strerror", None) or str(c) for c in causes)
         raise PeerUnreachable(f"cannot reach {label}: {reason}") from None
     try:
         try:
