@@ -8,12 +8,25 @@ table is bounded: the least recently seen sources are forgotten first.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict
 from typing import Final
 
 DEFAULT_RATE: Final = 20.0
 DEFAULT_BURST: Final = 32.0
 MAX_SOURCES: Final = 4096
+
+
+def source_key(host: str) -> str:
+    """The unit a limit applies to: an IPv4 address, or an IPv6 /64 (one host
+    can own a whole /64, so per-address limits would be no limit)."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else str(ip)
 
 
 class RateLimiter:

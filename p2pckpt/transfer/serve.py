@@ -49,7 +49,7 @@ from p2pckpt.identity.trust import TRUST_FILE, TrustStore
 from p2pckpt.manifest.chunker import Chunk, chunk_hash
 from p2pckpt.manifest.manifest import Manifest, validate_name, verify
 from p2pckpt.manifest.paths import safe_display
-from p2pckpt.transfer.ratelimit import RateLimiter
+from p2pckpt.transfer.ratelimit import RateLimiter, source_key
 from p2pckpt.wire import messages as m
 from p2pckpt.wire.codec import (
     CHUNK_HEADER_SIZE,
@@ -236,8 +236,9 @@ class Server:
             host, port = "?", 0
         addr = f"{host}:{port}"
         try:
-            if self._admit(host):
-                await self._handle(transport, host, addr)
+            source = source_key(host)
+            if self._admit(source):
+                await self._handle(transport, source, addr)
         except* P2pckptError as group:
             log.info("connection from %s ended: %s", addr, _first(group))
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:

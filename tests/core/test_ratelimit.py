@@ -50,3 +50,14 @@ def test_bad_parameters() -> None:
     """Nonsense limits are refused."""
     with pytest.raises(ValueError):
         RateLimiter(rate=0)
+
+
+def test_source_key_groups_ipv6_by_64() -> None:
+    """IPv6 sources share a budget per /64; IPv4 (also v4-mapped) per address."""
+    from p2pckpt.transfer.ratelimit import source_key
+
+    assert source_key("2001:db8:1:2::1") == source_key("2001:db8:1:2:ffff::9")
+    assert source_key("2001:db8:1:2::1") != source_key("2001:db8:1:3::1")
+    assert source_key("::ffff:10.0.0.1") == source_key("10.0.0.1") == "10.0.0.1"
+    assert source_key("fe80::1%eth0") == source_key("fe80::2%eth1")
+    assert source_key("not-an-ip") == "not-an-ip"
