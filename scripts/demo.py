@@ -103,10 +103,11 @@ def main() -> int:
             f"  published {pub['bytes'] / 1e6:.0f} MB in {pub['chunks']} chunks, hashed at "
             f"{pub['bytes'] / max(pub['seconds'], 1e-9) / 1e9:.2f} GB/s"
         )
-        print("$ p2pckpt serve --listen 127.0.0.1:0 --no-mdns   (in the background)")
+        print("$ p2pckpt serve --listen 127.0.0.1:0 --no-mdns   (background; log: seeder.log)")
         server = subprocess.Popen(
             [*CLI, "--home", str(seeder), "serve", "--listen", "127.0.0.1:0", "--no-mdns"],
             stdout=subprocess.PIPE,
+            stderr=open(work / "seeder.log", "w"),  # noqa: SIM115 - lives as long as the server
             text=True,
         )
         assert server.stdout is not None
