@@ -10,7 +10,8 @@
     ├── ManifestError ── UnsafePath, BadSignature, Rollback
     ├── TransferError ── ChunkCorrupt, SourceChanged, NotFound, NoSpace,
     │                    DestinationExists, PeerUnreachable, RemoteError
-    └── StoreError ── ResumeStateInvalid
+    ├── StoreError ── ResumeStateInvalid
+    └── DiscoveryError                             mDNS could not start (no usable interface)
 
 Every error that reaches the CLI maps to one line on stderr and an exit code
 (``EXIT_CODE``); messages never contain key material.
@@ -157,3 +158,9 @@ class StoreError(P2pckptError):
 
 class ResumeStateInvalid(StoreError):
     """A resume journal is torn, garbled or for another manifest."""
+
+
+class DiscoveryError(P2pckptError):
+    """LAN discovery could not start: no such interface, or no multicast socket."""
+
+    exit_code = 4

@@ -138,7 +138,7 @@ def main() -> int:
             f"verified: pulled tree {'matches' if same else 'DIFFERS FROM'} the original "
             f"(sha256 over every file), {pub['bytes'] / elapsed / 1e6:.0f} MB/s end to end"
         )
-        sh("--home", str(puller), "ls", capture=False)
+        sh("--home", str(puller), "ls", "--local", capture=False)
         return 0 if same else 1
     finally:
         if server is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +24,21 @@ def command(group: click.Group = cli, **kwargs: Any) -> Callable[[F], F]:
         return group.command(**kwargs)(home_option(fn))  # type: ignore[return-value]
 
     return wrap
+
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Config file (default: HOME/config.toml).",
+)
+
+
+def _config(home: Any, config_path: Path | None, **flags: Any) -> Any:
+    from p2pckpt.config import load
+
+    return load(home.path, config_path).with_flags(**flags)
 
 
 def _parse_ref(ref: str) -> tuple[str, int | None]:
@@ -191,10 +207,14 @@ def publish(
 
 
 @command(name="ls")
-@click.option("--peer", default=None, metavar="HOST:PORT", help="List what a peer offers.")
+@click.option(
+    "--peer", "peers", multiple=True, metavar="ADDR", help="Only this peer (HOST:PORT, ID or name)."
+)
+@click.option("--local", is_flag=True, help="Only what this node holds; ask no peer.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def ls(peer: str | None, as_json: bool) -> None:
-    """List versions held locally, or offered by a peer."""
+@config_option
+def ls(peers: tuple[str, ...], local: bool, as_json: bool, config_path: Path | None) -> None:
+    """List versions held here and offered by reachable trusted peers."""
     from p2pckpt.identity.peer_id import PeerId
     from p2pckpt.manifest.paths import safe_display
 
@@ -208,7 +228,7 @@ def ls(peer: str | None, as_json: bool) -> None:
         return known.name if known is not None and known.name else pid.short
 
     rows: list[dict[str, Any]] = []
-    if peer is None:
+    if not peers:
         for e in home.catalog.all():
             rows.append(
                 {
@@ -218,25 +238,25 @@ def ls(peer: str | None, as_json: bool) -> None:
                     "publisher_name": who(e.publisher),
                     "bytes": e.total_bytes,
                     "files": e.file_count,
+                    "where": "local",
                     "origin": e.origin,
                     "location": e.location,
                     "meta": dict(e.manifest().meta),
                 }
             )
-    else:
-        import trio
-
-        from p2pckpt.transfer.pull import list_remote, parse_addr
-
-        for v in trio.run(list_remote, home, parse_addr(peer)):
+    if not local:
+        for conn_peer, route, version in _remote_versions(home, _config(home, config_path), peers):
             rows.append(
                 {
-                    "name": v.name,
-                    "version": v.version,
-                    "publisher": str(PeerId(v.publisher)),
-                    "publisher_name": who(v.publisher),
-                    "bytes": v.total_bytes,
-                    "files": v.file_count,
+                    "name": version.name,
+                    "version": version.version,
+                    "publisher": str(PeerId(version.publisher)),
+                    "publisher_name": who(version.publisher),
+                    "bytes": version.total_bytes,
+                    "files": version.file_count,
+                    "where": str(conn_peer),
+                    "where_name": who(conn_peer.key),
+                    "route": route,
                 }
             )
     if as_json:
@@ -252,12 +272,49 @@ def ls(peer: str | None, as_json: bool) -> None:
             f"{ref:<{width}}  {_human(r['bytes']):>9}  {r['files']:>6} file(s)"
             f"  by {safe_display(r['publisher_name'])}"
         )
-        if "origin" in r:
+        if r["where"] == "local":
             line += f"  {r['origin']}: {safe_display(r['location'])}"
             if r["meta"]:
                 meta = sorted(r["meta"].items())
                 line += "  " + " ".join(safe_display(f"{k}={v}") for k, v in meta)
+        else:
+            line += f"  offered by {safe_display(r['where_name'])} ({r['route']})"
         click.echo(line)
+
+
+def _remote_versions(home: Any, cfg: Any, peers: tuple[str, ...]) -> list[tuple[Any, str, Any]]:
+    """(peer, route, VersionInfo) for every version the given (or found) peers offer.
+
+    With explicit peers, failures are errors; when discovering, an unreachable
+    peer is only reported on stderr, since local versions are still worth listing.
+    """
+    import trio
+
+    from p2pckpt.discovery.finder import open_finder, parse_target
+    from p2pckpt.errors import P2pckptError
+    from p2pckpt.transfer.pull import list_remote
+
+    targets = [parse_target(p, home) for p in peers] or None
+
+    async def run() -> list[tuple[Any, str, Any]]:
+        need_mdns = targets is None or any(not isinstance(t, tuple) for t in targets)
+        async with open_finder(home, cfg, use_mdns=need_mdns) as finder:
+            try:
+                conns = await finder.connect_all(targets)
+            except P2pckptError as exc:
+                if targets is not None:
+                    raise
+                click.echo(f"(no peers listed: {exc})", err=True)
+                return []
+        out: list[tuple[Any, str, Any]] = []
+        for conn in conns:
+            try:
+                out += [(conn.peer, conn.route, v) for v in await list_remote(conn)]
+            finally:
+                await conn.aclose()
+        return out
+
+    return trio.run(run)
 
 
 def _human(n: int) -> str:
@@ -271,20 +328,30 @@ def _human(n: int) -> str:
 
 
 @command()
-@click.option("--listen", default="0.0.0.0:7450", show_default=True, metavar="HOST:PORT")
+@click.option("--listen", default=None, metavar="HOST:PORT", help="Default 0.0.0.0:7450.")
 @click.option("--no-mdns", is_flag=True, help="Do not announce on the LAN (mDNS).")
-def serve(listen: str, no_mdns: bool) -> None:
+@click.option("--relay", default=None, metavar="HOST:PORT", help="Be reachable through a relay.")
+@config_option
+def serve(listen: str | None, no_mdns: bool, relay: str | None, config_path: Path | None) -> None:
     """Serve this node's checkpoints in the foreground until SIGTERM/Ctrl-C."""
     import signal
 
     import trio
 
-    from p2pckpt.transfer.pull import parse_addr
+    from p2pckpt.config import parse_addr
     from p2pckpt.transfer.serve import Server
 
     home = open_home()
-    host, port = parse_addr(listen, allow_zero=True)
+    cfg = _config(
+        home,
+        config_path,
+        listen=listen,
+        mdns=False if no_mdns else None,
+        relay=parse_addr(relay) if relay else None,
+    )
+    host, port = parse_addr(cfg.listen, allow_zero=True)
     logging.getLogger("p2pckpt").setLevel(min(logging.getLogger().level, logging.INFO))
+    log = logging.getLogger("p2pckpt.serve")
 
     async def run() -> None:
         server = Server(home)
@@ -294,11 +361,32 @@ def serve(listen: str, no_mdns: bool) -> None:
                 addr = lst.socket.getsockname()
                 click.echo(f"listening on {addr[0]}:{addr[1]}")
             sys.stdout.flush()
+            bound_port = listeners[0].socket.getsockname()[1]
+            if cfg.mdns:
+                from p2pckpt.discovery.mdns import announce
+
+                await nursery.start(
+                    partial(announce, interfaces=list(cfg.interfaces) or None),
+                    home.key.peer_id,
+                    bound_port,
+                    home.catalog.epoch,
+                )
+            if cfg.relay is not None:
+                from p2pckpt.relay.client import register
+
+                relay_addr = cfg.relay
+                nursery.start_soon(
+                    register, relay_addr, home.key, partial(server.handle, via="relay")
+                )
             held = len(home.catalog.summaries())
             trusted = sum(1 for p in home.trust if "pull" in p.roles)
             click.echo(
                 f"peer ID {home.key.peer_id}; serving {held} version(s) to"
-                f" {trusted} peer(s) with the pull role",
+                f" {trusted} peer(s) with the pull role"
+                + (" (announced on the LAN)" if cfg.mdns else "")
+                + (
+                    f" (reachable through relay {cfg.relay[0]}:{cfg.relay[1]})" if cfg.relay else ""
+                ),
                 err=True,
             )
             if not trusted:
@@ -307,7 +395,7 @@ def serve(listen: str, no_mdns: bool) -> None:
                 )
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
-                    logging.getLogger("p2pckpt.serve").info("shutting down")
+                    log.info("shutting down")
                     nursery.cancel_scope.cancel()
                     break
 
@@ -329,7 +417,13 @@ class _RichProgress:
 
 @command()
 @click.argument("ref", metavar="NAME[@VERSION]")
-@click.option("--from", "sources", multiple=True, metavar="HOST:PORT", help="Peer to pull from.")
+@click.option(
+    "--from",
+    "sources",
+    multiple=True,
+    metavar="ADDR",
+    help="HOST:PORT, peer ID or trusted peer name (repeatable; default: find peers).",
+)
 @click.option(
     "-o",
     "--output",
@@ -340,8 +434,14 @@ class _RichProgress:
 )
 @click.option("--streams", type=click.IntRange(1, 16), default=None, help="Parallel connections.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
+@config_option
 def pull(
-    ref: str, sources: tuple[str, ...], dest: Path | None, streams: int | None, as_json: bool
+    ref: str,
+    sources: tuple[str, ...],
+    dest: Path | None,
+    streams: int | None,
+    as_json: bool,
+    config_path: Path | None,
 ) -> None:
     """Pull NAME (newest) or NAME@VERSION; exits 0 only once every byte is verified."""
     import dataclasses
@@ -360,25 +460,27 @@ def pull(
         raise ConfigError(str(exc)) from None
     if dest is not None and not str(dest).strip():
         raise ConfigError("-o needs a path")
+    from p2pckpt.discovery.finder import open_finder, parse_target
+
     home = open_home()
-    addrs = [pulling.parse_addr(s) for s in sources]
-    if not addrs:
-        raise ConfigError("give at least one --from HOST:PORT (discovery is not built yet)")
+    cfg = _config(home, config_path)
+    targets = [parse_target(s, home) for s in sources] or None
     bar = _progress_bar(sys.stderr.isatty())
     progress = _RichProgress(bar) if bar is not None else None
+
+    async def run() -> pulling.PullResult:
+        # mDNS is only needed to resolve peer IDs or to discover peers.
+        need_mdns = targets is None or any(not isinstance(t, tuple) for t in targets)
+        async with open_finder(home, cfg, use_mdns=need_mdns) as finder:
+            conns = await finder.connect_all(targets)
+        return await pulling.pull(
+            home, conns, name, version, dest, streams or pulling.DEFAULT_STREAMS, progress
+        )
+
     if bar is not None:
         bar.start()
     try:
-        result = trio.run(
-            pulling.pull,
-            home,
-            name,
-            version,
-            addrs,
-            dest,
-            streams or pulling.DEFAULT_STREAMS,
-            progress,
-        )
+        result = trio.run(run)
     finally:
         if bar is not None:
             bar.stop()

@@ -70,7 +70,7 @@ def cli(verbose: int) -> None:
 
 def main() -> None:
     """Entry point: run the CLI, turning errors into messages and exit codes."""
-    from p2pckpt.cli import commands  # noqa: F401  (registers the commands)
+    from p2pckpt.cli import commands, relay_cmd  # noqa: F401  (registers the commands)
 
     try:
         _run()

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import msgpack
 
@@ -123,7 +123,7 @@ class Pong:
     pass
 
 
-Message = (
+Message: TypeAlias = (
     Register
     | Challenge
     | Proof
@@ -156,7 +156,9 @@ TERMINAL: Final[frozenset[type[Any]]] = frozenset({Connect, Accept, Connected})
 
 # What each role may receive; anything else is a protocol violation.
 RELAY_FIRST: Final[frozenset[type[Any]]] = frozenset({Register, Connect, Accept})
-RELAY_ACCEPTS: Final[frozenset[type[Any]]] = frozenset({Register, Proof, Connect, Accept, Ping, Pong})
+RELAY_ACCEPTS: Final[frozenset[type[Any]]] = frozenset(
+    {Register, Proof, Connect, Accept, Ping, Pong}
+)
 NODE_ACCEPTS: Final[frozenset[type[Any]]] = frozenset(
     {Challenge, Registered, Refused, Incoming, Ping, Pong}
 )
@@ -174,15 +176,13 @@ def _is_bytes(value: object, low: int, high: int) -> bool:
 
 def _is_reason(value: object) -> bool:
     return (
-        type(value) is str
-        and len(value) <= MAX_REASON
-        and value.isascii()
-        and value.isprintable()
+        type(value) is str and len(value) <= MAX_REASON and value.isascii() and value.isprintable()
     )
 
 
 def _check(msg: Message) -> list[Any]:
     """The wire fields of ``msg``, after checking them (both directions)."""
+    fields: list[Any]
     match msg:
         case Register(key) | Connect(key):
             ok, fields = _is_bytes(key, KEY_SIZE, KEY_SIZE), [key]
@@ -248,7 +248,7 @@ class FrameReader:
     """
 
     def __init__(self, accepts: frozenset[type[Any]]) -> None:
-        self._accepts = accepts
+        self.accepts = accepts  # what this role may ever receive
         self._buf = bytearray()
         self._finished = False
         self._failed = False
@@ -276,7 +276,7 @@ class FrameReader:
                     break
                 msg = decode(bytes(self._buf[_LEN.size : _LEN.size + length]))
                 del self._buf[: _LEN.size + length]
-                if type(msg) not in self._accepts:
+                if type(msg) not in self.accepts:
                     raise RemoteProtocolError(f"unexpected relay {type(msg).__name__}")
                 out.append(msg)
                 self._finished = type(msg) in TERMINAL

@@ -39,6 +39,11 @@ CREATE TABLE IF NOT EXISTS highest (
     version   INTEGER NOT NULL,
     PRIMARY KEY (publisher, name)
 );
+CREATE TABLE IF NOT EXISTS state (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO state VALUES ('epoch', 0);
 PRAGMA user_version = 1;
 """
 _SELECT = (
@@ -120,6 +125,15 @@ class Catalog:
                 ),
             )
             self._bump_highest(manifest)
+            self._bump_epoch()
+
+    def _bump_epoch(self) -> None:
+        self._db.execute("UPDATE state SET value = value + 1 WHERE key = 'epoch'")
+
+    def epoch(self) -> int:
+        """A number that changes whenever the set of versions held changes
+        (announced over mDNS so peers know when to look again)."""
+        return int(self._db.execute("SELECT value FROM state WHERE key = 'epoch'").fetchone()[0])
 
     def _bump_highest(self, manifest: Manifest) -> None:
         self._db.execute(
@@ -182,3 +196,4 @@ class Catalog:
     def remove(self, root: bytes) -> None:
         with self._db:
             self._db.execute("DELETE FROM versions WHERE root = ?", (root,))
+            self._bump_epoch()

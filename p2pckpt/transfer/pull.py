@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,31 +24,21 @@ from typing import Final, Protocol
 
 import trio
 
-from p2pckpt.channel.stream import SecureStream, open_secure
 from p2pckpt.errors import (
     BadSignature,
-    ChannelClosed,
-    ConfigError,
     DestinationExists,
-    HandshakeFailed,
     ManifestError,
-    NotAuthorized,
     NotFound,
     P2pckptError,
-    PeerUnreachable,
-    RemoteError,
     RemoteProtocolError,
-    SourceChanged,
     TransferError,
 )
 from p2pckpt.home import Home
 from p2pckpt.manifest.manifest import Manifest, verify
-from p2pckpt.manifest.paths import safe_display
 from p2pckpt.store.staging import FSYNC_INTERVAL, Staging, check_free_space
 from p2pckpt.store.verify import compare
-from p2pckpt.transfer.buffers import BufferPool
+from p2pckpt.transfer.peer import PeerConnection, remote_error
 from p2pckpt.wire import messages as m
-from p2pckpt.wire.codec import CLIENT_ACCEPTS, MessageReader, encode
 
 log = logging.getLogger("p2pckpt.pull")
 
@@ -58,95 +47,6 @@ IDLE_TIMEOUT: Final = 60.0
 PIPELINE: Final = 6
 WRITE_QUEUE: Final = 3
 DEFAULT_STREAMS: Final = 2
-
-Addr = tuple[str, int]
-
-
-def parse_addr(text: str, allow_zero: bool = False) -> Addr:
-    """``HOST:PORT`` (IPv6 as ``[::1]:PORT``); port 0 only for listening."""
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    low = 0 if allow_zero else 1
-    if not sep or not host or not port.isdigit():
-        raise ConfigError(f"bad address {text!r}: use HOST:PORT")
-    if not low <= int(port) < 65536:
-        raise ConfigError(f"bad address {text!r}: the port must be {low}..65535")
-    return host, int(port)
-
-
-def _remote_error(err: m.Error, peer: str) -> P2pckptError:
-    text = safe_display(err.message)  # peer-controlled: never raw to a terminal (R-41)
-    if err.code == m.UNAUTHORIZED:
-        return NotAuthorized(f"peer {peer} refused us: {text}")
-    if err.code == m.NOT_FOUND:
-        return NotFound(f"peer {peer}: {text}")
-    if err.code == m.SOURCE_CHANGED:
-        return SourceChanged(f"peer {peer}: {text}")
-    return RemoteError(safe_display(err.code), text)
-
-
-class PeerConnection:
-    """Requests and responses over one secure stream (client side)."""
-
-    def __init__(self, secure: SecureStream, label: str) -> None:
-        self.secure = secure
-        self.label = label
-        self.buffers = BufferPool()
-        self._reader = MessageReader(CLIENT_ACCEPTS, self.buffers.get)
-        self._pending: deque[m.Message] = deque()
-
-    async def send(self, msg: m.Message) -> None:
-        await self.secure.send_all(encode(msg))
-
-    async def receive(self) -> m.Message:
-        while not self._pending:
-            with trio.move_on_after(IDLE_TIMEOUT) as idle:
-                ready = await self.secure.receive_messages(self._reader)
-            if idle.cancelled_caught:
-                raise TransferError(
-                    f"peer {self.label} sent nothing for {IDLE_TIMEOUT:.0f}s; the partial copy"
-                    " is kept: run the same pull again to resume"
-                )
-            if not ready:
-                raise ChannelClosed(f"peer {self.label} closed the connection")
-            self._pending.extend(ready)
-        msg = self._pending.popleft()
-        if isinstance(msg, m.Error) and msg.req_id is None:
-            raise _remote_error(msg, self.label)
-        return msg
-
-    async def aclose(self) -> None:
-        with trio.CancelScope(shield=True):
-            await self.secure.aclose()
-
-
-async def connect(home: Home, addr: Addr) -> PeerConnection:
-    """Dial, handshake, and require the peer to be in our trust store."""
-    label = f"{addr[0]}:{addr[1]}"
-    try:
-        with trio.fail_after(CONNECT_TIMEOUT):
-            tcp = await trio.open_tcp_stream(*addr)
-    except trio.TooSlowError:
-        raise PeerUnreachable(f"cannot reach {label}: timed out") from None
-    except OSError as exc:
-        # trio reports "all attempts failed" with the real errors in __cause__.
-        causes = getattr(exc.__cause__, "exceptions", None) or [exc]
-        if any(isinstance(c, ConnectionRefusedError) for c in causes):
-            reason = "connection refused (is 'p2pckpt serve' running there?)"
-        else:
-            reason = "; ".join(getattr(c, "strerror", None) or str(c) for c in causes)
-        raise PeerUnreachable(f"cannot reach {label}: {reason}") from None
-    try:
-        try:
-            secure = await open_secure(tcp, home.key, initiator=True)
-        except HandshakeFailed as exc:
-            raise HandshakeFailed(f"{label}: {exc}") from exc
-        home.trust.require(secure.peer)
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            await tcp.aclose()
-        raise
-    return PeerConnection(secure, f"{secure.peer.short}@{label}")
 
 
 async def fetch_manifest(
@@ -195,6 +95,7 @@ class PullResult:
     chunks: int
     streams: int
     seconds: float
+    peers: list[dict[str, str]]
 
 
 class Progress(Protocol):
@@ -254,28 +155,46 @@ async def _stream_worker(
                     assert isinstance(msg.data, bytearray)
                     await write_send.send((msg.req_id, msg.data))
                 elif isinstance(msg, m.Error) and msg.req_id in inflight:
-                    raise _remote_error(msg, conn.label)
+                    raise remote_error(msg, conn.label)
                 else:
                     raise RemoteProtocolError(f"peer {conn.label} sent an unrequested response")
 
 
-async def _connect_any(home: Home, addrs: list[Addr]) -> PeerConnection:
-    """The first address that answers and proves a trusted identity."""
-    if not addrs:
-        raise PeerUnreachable("no peer to pull from: give --from HOST:PORT")
+async def choose_source(
+    home: Home, conns: list[PeerConnection], name: str, version: int | None
+) -> tuple[PeerConnection, Manifest, bytes]:
+    """Ask every connected peer for ``name``; keep the newest version signed by
+    a publisher we trust (the first peer wins a tie). Peers that fail or do
+    not have it are skipped; if none qualifies, the most telling error is raised."""
+    offers: list[tuple[PeerConnection, Manifest, bytes]] = []
     errors: list[P2pckptError] = []
-    for addr in addrs:
+
+    async def ask(conn: PeerConnection) -> None:
         try:
-            return await connect(home, addr)
-        except (PeerUnreachable, HandshakeFailed, ChannelClosed) as exc:
+            offers.append((conn, *await fetch_manifest(home, conn, name, version)))
+        except P2pckptError as exc:
+            log.info("%s: %s", conn.label, exc)
             errors.append(exc)
-    if len(errors) == 1:
-        raise errors[0]
-    raise PeerUnreachable("; ".join(str(e) for e in errors))
+
+    async with trio.open_nursery() as nursery:
+        for conn in conns:
+            nursery.start_soon(ask, conn)
+    if not offers:
+        # A refusal that says something (signature, rollback, trust) beats "not found".
+        errors.sort(key=lambda e: isinstance(e, NotFound))
+        raise errors[0] if errors else NotFound(f"no peer offers {name}")
+    order = {id(c): i for i, c in enumerate(conns)}
+    offers.sort(key=lambda o: (-o[1].version, order[id(o[0])]))
+    return offers[0]
 
 
 def _result(
-    manifest: Manifest, dest: Path, downloaded: int, reused: int, streams: int, started: float
+    manifest: Manifest,
+    dest: Path,
+    downloaded: int,
+    reused: int,
+    conns: list[PeerConnection],
+    started: float,
 ) -> PullResult:
     return PullResult(
         name=manifest.name,
@@ -287,8 +206,9 @@ def _result(
         bytes_downloaded=downloaded,
         bytes_reused=reused,
         chunks=manifest.chunk_count,
-        streams=streams,
+        streams=len(conns),
         seconds=time.monotonic() - started,
+        peers=[{"id": str(c.peer), "route": c.route, "via": c.label} for c in conns],
     )
 
 
@@ -319,7 +239,7 @@ async def _transfer(
     if missing:
         async with trio.open_nursery() as nursery:
             for _ in range(min(streams, len(missing)) - 1):
-                nursery.start_soon(_open_extra, home, conns[0], conns)
+                nursery.start_soon(_open_extra, conns[0], conns)
         todo = iter(missing)  # shared: a faster stream simply takes more
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_flusher, staging)
@@ -334,18 +254,25 @@ async def _transfer(
 
 async def pull(
     home: Home,
+    conns: list[PeerConnection],
     name: str,
     version: int | None,
-    addrs: list[Addr],
     dest: Path | None = None,
     streams: int = DEFAULT_STREAMS,
     progress: Progress | None = None,
 ) -> PullResult:
-    """Pull ``name`` (newest, or ``@version``) from the first reachable address."""
+    """Pull ``name`` (newest, or ``@version``) from the best of ``conns``.
+
+    Takes ownership of the connections: all are closed on return.
+    """
     started = time.monotonic()
-    conns = [await _connect_any(home, addrs)]
+    used: list[PeerConnection] = []
     try:
-        manifest, envelope = await fetch_manifest(home, conns[0], name, version)
+        conn, manifest, envelope = await choose_source(home, conns, name, version)
+        used = [conn]
+        for other in conns:
+            if other is not conn:
+                await other.aclose()
         dest = (dest or default_dest(manifest)).expanduser().absolute()
         if dest.exists() or dest.is_symlink():
             # Only a byte-for-byte match counts as "already there".
@@ -360,12 +287,12 @@ async def pull(
             if leftover.belongs_here():  # a crash between rename and cleanup
                 leftover.discard()
             home.catalog.add(manifest, envelope, dest, "pulled")
-            return _result(manifest, dest, 0, manifest.total_bytes, 0, started)
+            return _result(manifest, dest, 0, manifest.total_bytes, used, started)
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Staging(dest, manifest, envelope)
         try:
             downloaded, reused = await _transfer(
-                home, staging, conns, streams, progress or NoProgress()
+                home, staging, used, streams, progress or NoProgress()
             )
             transferred = time.monotonic()
             await trio.to_thread.run_sync(staging.commit)
@@ -379,9 +306,9 @@ async def pull(
         finally:
             staging.close()
         home.catalog.add(manifest, envelope, dest, "pulled")
-        return _result(manifest, dest, downloaded, reused, len(conns), started)
+        return _result(manifest, dest, downloaded, reused, used, started)
     finally:
-        for c in conns:
+        for c in conns + used[1:]:
             await c.aclose()
 
 
@@ -392,27 +319,20 @@ async def _flusher(staging: Staging) -> None:
         await trio.to_thread.run_sync(staging.sync)
 
 
-async def _open_extra(home: Home, first: PeerConnection, conns: list[PeerConnection]) -> None:
-    """Open one more stream to the same peer; a failure just means fewer streams."""
-    host, port = first.secure.transport.socket.getpeername()[:2]  # type: ignore[attr-defined]
+async def _open_extra(first: PeerConnection, conns: list[PeerConnection]) -> None:
+    """Open one more stream to the same peer, the same way; a failure just
+    means fewer streams."""
     try:
-        conn = await connect(home, (host, port))
+        conn = await first.redial()
     except P2pckptError as exc:
         log.info("extra stream to %s failed: %s", first.label, exc)
-        return
-    if conn.secure.peer != first.secure.peer:
-        await conn.aclose()
         return
     conns.append(conn)
 
 
-async def list_remote(home: Home, addr: Addr) -> list[m.VersionInfo]:
-    conn = await connect(home, addr)
-    try:
-        await conn.send(m.ListRequest())
-        reply = await conn.receive()
-        if not isinstance(reply, m.ListResponse):
-            raise RemoteProtocolError("expected a version list")
-        return list(reply.versions)
-    finally:
-        await conn.aclose()
+async def list_remote(conn: PeerConnection) -> list[m.VersionInfo]:
+    """What one peer offers."""
+    reply = await conn.request(m.ListRequest())
+    if not isinstance(reply, m.ListResponse):
+        raise RemoteProtocolError("expected a version list")
+    return list(reply.versions)

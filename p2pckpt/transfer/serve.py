@@ -22,6 +22,7 @@ connection and is logged; nothing a peer does ends the server.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -228,12 +229,14 @@ class Server:
             )
         return False
 
-    async def handle(self, transport: trio.SocketStream) -> None:
-        """One connection; never raises (errors end only this connection)."""
-        try:
-            host, port = transport.socket.getpeername()[:2]
-        except OSError:
-            host, port = "?", 0
+    async def handle(self, transport: trio.abc.Stream, via: str | None = None) -> None:
+        """One connection (accepted, or spliced by a relay: ``via``); never
+        raises (errors end only this connection)."""
+        sock = getattr(transport, "socket", None)
+        host, port = via or "?", 0
+        if via is None and sock is not None:
+            with contextlib.suppress(OSError):
+                host, port = sock.getpeername()[:2]
         addr = f"{host}:{port}"
         try:
             source = source_key(host)
@@ -251,7 +254,7 @@ class Server:
             with trio.CancelScope(shield=True):
                 await transport.aclose()
 
-    async def _handle(self, transport: trio.SocketStream, source: str, addr: str) -> None:
+    async def _handle(self, transport: trio.abc.Stream, source: str, addr: str) -> None:
         self._preauth[source] += 1
         try:
             # One deadline from accept to an authenticated peer, including the

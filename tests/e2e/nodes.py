@@ -23,11 +23,15 @@ TIMEOUT = 120.0
 
 
 def run(
-    home: Path, *args: str, check: bool = True, timeout: float = TIMEOUT
+    home: Path,
+    *args: str,
+    check: bool = True,
+    timeout: float = TIMEOUT,
+    prefix: list[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run one CLI command to completion."""
+    """Run one CLI command to completion (``prefix``: e.g. ip netns exec NS)."""
     proc = subprocess.run(
-        [*CLI, "--home", str(home), *args],
+        [*(prefix or []), *CLI, "--home", str(home), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -48,10 +52,11 @@ class Server:
     port: int
     log: Path
     log_file: Any
+    host: str = "127.0.0.1"
 
     @property
     def addr(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def stop(self) -> str:
         if self.proc.poll() is None:
@@ -70,11 +75,20 @@ class Server:
         return self.proc.poll() is None
 
 
-def start_server(home: Path, log: Path) -> Server:
-    """Start ``serve`` on an ephemeral loopback port and wait for its banner."""
+def start_server(
+    home: Path,
+    log: Path,
+    *,
+    listen: str = "127.0.0.1:0",
+    extra: tuple[str, ...] = ("--no-mdns",),
+    prefix: list[str] | None = None,
+    command: tuple[str, ...] = ("serve",),
+    banner: str = r"listening on [0-9.]+:(\d+)",
+) -> Server:
+    """Start ``serve`` (or another long-running command) and wait for its banner."""
     err = open(log, "w")  # noqa: SIM115 - owned by the process' lifetime
     proc = subprocess.Popen(
-        [*CLI, "--home", str(home), "-v", "serve", "--listen", "127.0.0.1:0", "--no-mdns"],
+        [*(prefix or []), *CLI, "--home", str(home), "-v", *command, "--listen", listen, *extra],
         stdout=subprocess.PIPE,
         stderr=err,
         text=True,
@@ -89,9 +103,9 @@ def start_server(home: Path, log: Path) -> Server:
         line = proc.stdout.readline()
         if not line:
             break
-        found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        found = re.search(banner, line)
         if found:
-            return Server(proc, int(found.group(1)), log, err)
+            return Server(proc, int(found.group(1)), log, err, listen.rpartition(":")[0])
     proc.kill()
     proc.wait(10)
     proc.stdout.close()
@@ -120,10 +134,17 @@ class Pair:
             s.stop()
 
 
+def no_mdns(home: Path) -> None:
+    """Tests in the root namespace must not multicast onto the host's LAN."""
+    (home / "config.toml").write_text("[discovery]\nmdns = false\n")
+
+
 def make_pair(root: Path) -> Pair:
     a, b = root / "A", root / "B"
     a_id = run(a, "init").stdout.strip()
     b_id = run(b, "init").stdout.strip()
+    no_mdns(a)
+    no_mdns(b)
     run(a, "trust", "add", b_id, "--name", "b")
     run(b, "trust", "add", a_id, "--name", "a")
     return Pair(root, a, b, a_id, b_id)

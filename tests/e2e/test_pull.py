@@ -49,7 +49,7 @@ def test_directory_pull_matches_byte_for_byte(pair: Pair, tmp_path: Path) -> Non
     assert doc["bytes_total"] == total == doc["bytes_downloaded"]
     assert doc["bytes_reused"] == 0 and doc["dest"] == str(dest)
     assert not [p for p in dest.parent.iterdir() if p.name.startswith(".")]
-    listed = run_json(pair.b, "ls")
+    listed = run_json(pair.b, "ls", "--local")
     assert [(r["name"], r["version"], r["origin"]) for r in listed] == [("llama-ft", 7, "pulled")]
 
 

@@ -40,7 +40,16 @@ from p2pckpt.wire.codec import (
     chunk_header,
     encode,
 )
-from tests.e2e.nodes import CLI, Pair, Server, make_checkpoint, run, run_json, same_tree
+from tests.e2e.nodes import (
+    CLI,
+    Pair,
+    Server,
+    make_checkpoint,
+    no_mdns,
+    run,
+    run_json,
+    same_tree,
+)
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 HEADER = struct.Struct(">BI")  # wire frame header: type, body length
@@ -221,6 +230,7 @@ def test_untrusted_puller_is_refused(pair: Pair, tmp_path: Path) -> None:
     server = pair.serve_a()
     c = tmp_path / "C"
     c_id = run(c, "init").stdout.strip()
+    no_mdns(c)
     run(c, "trust", "add", pair.a_id, "--name", "a")  # so the refusal is A's, not C's
     dest = tmp_path / "c-out"
     pulled = run(c, "pull", "secret-llama-ft", "--from", server.addr, "-o", str(dest), check=False)
@@ -229,7 +239,7 @@ def test_untrusted_puller_is_refused(pair: Pair, tmp_path: Path) -> None:
         assert_refused(proc, 5, "we do not trust you")
         assert "secret-llama-ft" not in proc.stderr
     assert not dest.exists() and not staging_path(dest).exists()
-    assert run_json(c, "ls") == []
+    assert run_json(c, "ls", "--local") == []
     log = wait_for_log(server, rf"refused {c_id[:5]} from 127\.0\.0\.1:\d+: .*not trusted", 2)
     assert "secret-llama-ft" not in log
     assert server.alive()
@@ -250,7 +260,7 @@ def test_puller_refuses_untrusted_seeder(pair: Pair, tmp_path: Path) -> None:
         assert_refused(proc, 5, f"peer {pair.a_id[:5]} is not trusted")
     assert not dest.exists()
     assert tree(tmp_path, pair.a, pair.b) == before
-    assert run_json(pair.b, "ls") == []
+    assert run_json(pair.b, "ls", "--local") == []
     assert server.alive()
 
 
@@ -486,7 +496,7 @@ async def test_untrusted_publisher_is_refused(pair: Pair, evil: EvilSeeder, tmp_
         assert_refused(proc, 7, f"signed by {key.peer_id.short}, {expected[key]}")
         assert not [r for r in evil.requests if isinstance(r, m.ChunkRequest)]
     assert tree(tmp_path, pair.b) == before
-    listed = await arun(pair.b, "ls", "--json")
+    listed = await arun(pair.b, "ls", "--local", "--json")
     assert listed.stdout.strip() == "[]"
 
 

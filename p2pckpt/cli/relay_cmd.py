@@ -1,0 +1,49 @@
+"""``p2pckpt relay``: run a relay in the foreground until SIGTERM/Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from p2pckpt.cli.commands import command
+from p2pckpt.errors import ConfigError
+
+
+@command()
+@click.option("--listen", default="0.0.0.0:7451", show_default=True, metavar="HOST:PORT")
+@click.option("--bandwidth", type=int, default=None, help="per-session cap, bytes/s")
+def relay(listen: str, bandwidth: int | None) -> None:
+    """Relay end-to-end encrypted sessions to nodes that cannot be dialled directly.
+
+    The relay needs no home or key: it only pipes ciphertext between nodes
+    that proved their keys and clients that ask for them.
+    """
+    import signal
+
+    import trio
+
+    from p2pckpt.config import parse_addr
+    from p2pckpt.relay.server import RelayServer
+
+    host, port = parse_addr(listen, allow_zero=True)
+    if bandwidth is not None and bandwidth < 1:
+        raise ConfigError("--bandwidth must be a positive number of bytes per second")
+    logging.getLogger("p2pckpt").setLevel(min(logging.getLogger().level, logging.INFO))
+
+    async def run() -> None:
+        server = RelayServer(bandwidth=bandwidth)
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(server.serve, host, port)
+            for lst in listeners:
+                addr = lst.socket.getsockname()
+                click.echo(f"relay listening on {addr[0]}:{addr[1]}")
+            sys.stdout.flush()
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    logging.getLogger("p2pckpt.relay").info("shutting down")
+                    nursery.cancel_scope.cancel()
+                    break
+
+    trio.run(run)

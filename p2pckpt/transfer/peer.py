@@ -1,0 +1,166 @@
+"""A client-side connection to one peer: dial (directly or through a relay),
+run the handshake, check the peer is who we meant and that we trust it,
+then exchange requests and responses.
+
+A connection remembers how it was made (``route``: "direct" or "relay") and
+can ``redial`` the same way, which is how a pull opens more streams.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import trio
+
+from p2pckpt.channel.stream import SecureStream, open_secure
+from p2pckpt.config import Addr
+from p2pckpt.errors import (
+    ChannelClosed,
+    HandshakeFailed,
+    NotAuthorized,
+    NotFound,
+    P2pckptError,
+    PeerUnreachable,
+    RemoteError,
+    SourceChanged,
+    TransferError,
+)
+from p2pckpt.home import Home
+from p2pckpt.identity.peer_id import PeerId
+from p2pckpt.manifest.paths import safe_display
+from p2pckpt.transfer.buffers import BufferPool
+from p2pckpt.wire import messages as m
+from p2pckpt.wire.codec import CLIENT_ACCEPTS, MessageReader, encode
+
+CONNECT_TIMEOUT: Final = 10.0
+IDLE_TIMEOUT: Final = 60.0
+
+
+def remote_error(err: m.Error, peer: str) -> P2pckptError:
+    """The local error for a peer's Error message (its text escaped, R-41)."""
+    text = safe_display(err.message)
+    if err.code == m.UNAUTHORIZED:
+        return NotAuthorized(f"peer {peer} refused us: {text}")
+    if err.code == m.NOT_FOUND:
+        return NotFound(f"peer {peer}: {text}")
+    if err.code == m.SOURCE_CHANGED:
+        return SourceChanged(f"peer {peer}: {text}")
+    return RemoteError(safe_display(err.code), text)
+
+
+class PeerConnection:
+    """Requests and responses over one secure stream (client side)."""
+
+    def __init__(
+        self,
+        secure: SecureStream,
+        label: str,
+        route: str,
+        redial: Callable[[], Awaitable[PeerConnection]],
+    ) -> None:
+        self.secure = secure
+        self.peer = secure.peer
+        self.label = label
+        self.route = route
+        self.redial = redial
+        self.buffers = BufferPool()
+        self._reader = MessageReader(CLIENT_ACCEPTS, self.buffers.get)
+        self._pending: deque[m.Message] = deque()
+
+    async def send(self, msg: m.Message) -> None:
+        await self.secure.send_all(encode(msg))
+
+    async def receive(self) -> m.Message:
+        while not self._pending:
+            with trio.move_on_after(IDLE_TIMEOUT) as idle:
+                ready = await self.secure.receive_messages(self._reader)
+            if idle.cancelled_caught:
+                raise TransferError(
+                    f"peer {self.label} sent nothing for {IDLE_TIMEOUT:.0f}s; the partial copy"
+                    " is kept: run the same pull again to resume"
+                )
+            if not ready:
+                raise ChannelClosed(f"peer {self.label} closed the connection")
+            self._pending.extend(ready)
+        msg = self._pending.popleft()
+        if isinstance(msg, m.Error) and msg.req_id is None:
+            raise remote_error(msg, self.label)
+        return msg
+
+    async def request(self, msg: m.Message) -> m.Message:
+        await self.send(msg)
+        return await self.receive()
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self.secure.aclose()
+
+
+async def over_stream(
+    home: Home,
+    stream: trio.abc.Stream,
+    label: str,
+    route: str,
+    expect: PeerId | None,
+    redial: Callable[[], Awaitable[PeerConnection]],
+) -> PeerConnection:
+    """Handshake over ``stream``; the peer must be ``expect`` (if given) and trusted.
+
+    Discovery and relays only suggest where a peer is: this check is what
+    makes a spoofed mDNS record or a lying relay harmless (R-13, R-16).
+    """
+    try:
+        try:
+            secure = await open_secure(stream, home.key, initiator=True)
+        except HandshakeFailed as exc:
+            raise HandshakeFailed(f"{label}: {exc}") from exc
+        if expect is not None and secure.peer != expect:
+            raise HandshakeFailed(
+                f"{label} answered as {secure.peer.short}, not the expected {expect.short}"
+            )
+        if secure.peer != home.key.peer_id:
+            home.trust.require(secure.peer)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+        raise
+    return PeerConnection(secure, f"{secure.peer.short}@{label}", route, redial)
+
+
+async def connect_direct(home: Home, addr: Addr, expect: PeerId | None = None) -> PeerConnection:
+    """Dial ``HOST:PORT`` over TCP."""
+    label = f"{addr[0]}:{addr[1]}"
+    try:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            tcp = await trio.open_tcp_stream(*addr)
+    except trio.TooSlowError:
+        raise PeerUnreachable(f"cannot reach {label}: timed out") from None
+    except OSError as exc:
+        # trio reports "all attempts failed" with the real errors in __cause__.
+        causes = getattr(exc.__cause__, "exceptions", None) or [exc]
+        if any(isinstance(c, ConnectionRefusedError) for c in causes):
+            reason = "connection refused (is 'p2pckpt serve' running there?)"
+        else:
+            reason = "; ".join(getattr(c, "strerror", None) or str(c) for c in causes)
+        raise PeerUnreachable(f"cannot reach {label}: {reason}") from None
+
+    async def again() -> PeerConnection:
+        return await connect_direct(home, addr, expect or conn.peer)
+
+    conn = await over_stream(home, tcp, label, "direct", expect, again)
+    return conn
+
+
+async def connect_relay(home: Home, relay: Addr, peer: PeerId) -> PeerConnection:
+    """Reach ``peer`` through a relay; the Noise session runs end to end."""
+    from p2pckpt.relay.client import dial  # only nodes that use a relay load it
+
+    label = f"relay {relay[0]}:{relay[1]}"
+    stream = await dial(relay, peer, timeout=CONNECT_TIMEOUT)
+
+    async def again() -> PeerConnection:
+        return await connect_relay(home, relay, peer)
+
+    return await over_stream(home, stream, label, "relay", peer, again)

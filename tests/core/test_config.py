@@ -1,0 +1,74 @@
+"""Config parsing: defaults, layering, and unknown keys as errors."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from p2pckpt.config import Config, load, parse
+from p2pckpt.errors import ConfigError
+from p2pckpt.identity.keys import NodeKey
+
+PEER = str(NodeKey.generate().peer_id)
+
+
+def test_defaults_when_absent(tmp_path: Path) -> None:
+    """No config file means the defaults."""
+    assert load(tmp_path) == Config()
+
+
+def test_full_file(tmp_path: Path) -> None:
+    """Every section parses into typed values."""
+    (tmp_path / "config.toml").write_text(
+        f"""
+[serve]
+listen = "127.0.0.1:0"
+[discovery]
+mdns = false
+interfaces = ["eth0", "10.0.0.1"]
+[relay]
+addr = "relay.lan:7451"
+[[peer]]
+id = "{PEER}"
+addr = ["10.0.0.5:7450", "[fd00::5]:7450"]
+name = "nas"
+"""
+    )
+    cfg = load(tmp_path)
+    assert cfg.listen == "127.0.0.1:0" and cfg.mdns is False
+    assert cfg.interfaces == ("eth0", "10.0.0.1") and cfg.relay == ("relay.lan", 7451)
+    assert cfg.static_addrs(cfg.peers[0].peer) == [("10.0.0.5", 7450), ("fd00::5", 7450)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[serve]\nlistne = '0.0.0.0:1'",  # typo
+        "[nonsense]\nx = 1",
+        "[discovery]\nmdns = 'yes'",
+        "[relay]\naddr = 'nohost'",
+        "[[peer]]\naddr = '1.2.3.4:5'",  # no id
+        f"[[peer]]\nid = '{PEER}'",  # no addr
+        "[[peer]]\nid = 'NOT-AN-ID'\naddr = '1.2.3.4:5'",
+        "serve = 3",
+    ],
+)
+def test_bad_files_are_errors(text: str) -> None:
+    """Typos, wrong types and bad values are ConfigErrors, never ignored."""
+    with pytest.raises(ConfigError):
+        parse(tomllib.loads(text))
+
+
+def test_flags_override_file() -> None:
+    """A flag given on the command line wins; an absent one (None) does not."""
+    cfg = Config(listen="1.2.3.4:5").with_flags(listen=None, mdns=False)
+    assert cfg.listen == "1.2.3.4:5" and cfg.mdns is False
+
+
+def test_not_toml_is_a_clear_error(tmp_path: Path) -> None:
+    """A broken file names itself in the error."""
+    (tmp_path / "config.toml").write_text("[serve\n")
+    with pytest.raises(ConfigError, match=r"config\.toml"):
+        load(tmp_path)
