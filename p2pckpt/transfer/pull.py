@@ -208,7 +208,12 @@ def _result(
         chunks=manifest.chunk_count,
         streams=len(conns),
         seconds=time.monotonic() - started,
-        peers=[{"id": str(c.peer), "route": c.route, "via": c.label} for c in conns],
+        peers=list(
+            {
+                (c.peer, c.route): {"id": str(c.peer), "route": c.route, "via": c.label}
+                for c in conns
+            }.values()
+        ),
     )
 
 
