@@ -63,15 +63,16 @@ REFUSE_TIMEOUT: Final = 5.0  # a refusal is best effort; do not hold a slot for 
 SESSION_IDLE_TIMEOUT: Final = 900.0  # spliced, no byte either way; above app timeouts
 OUTBOX: Final = MAX_PENDING_PER_NODE + 8  # every Incoming fits; a Ping flood does not
 RECEIVE_BYTES: Final = 4096  # control reads: a few frames plus the first pipe bytes
-# A 1 MiB splice pipe needs a quarter of the CPU of the 64 KiB default (fewer
-# syscalls and wakeups). Past the per-user pipe quota (fs.pipe-user-pages-soft,
-# root is exempt) the kernel hands out tiny pipes: those sessions copy instead.
+# A 1 MiB splice pipe halves the relay's CPU per byte against the 64 KiB default
+# (fewer syscalls and wakeups; 4 MiB measured no better). Past the per-user pipe
+# quota (fs.pipe-user-pages-soft; root is exempt) the kernel hands out tiny
+# pipes: those sessions copy instead.
 PIPE_SIZE: Final = 1 << 20
 MIN_PIPE_SIZE: Final = 64 * 1024
 BUFFER_SIZE: Final = 256 * 1024  # copy fallback, one per direction
 BURST_SECONDS: Final = 0.1  # a bandwidth-capped session may run this far ahead
 _SPLICE_FLAGS: Final = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
-HAVE_SPLICE: Final = hasattr(os, "splice")
+HAVE_SPLICE: Final = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
 
 
 class FrameStream:
