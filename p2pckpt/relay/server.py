@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
-import os
 import secrets
 import socket
 from collections import Counter, deque
@@ -43,6 +41,7 @@ from p2pckpt.errors import RemoteProtocolError as Bad
 from p2pckpt.identity.keys import verify_signature
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.relay import protocol as p
+from p2pckpt.relay.splice import HAVE_SPLICE, Budget, CapReached, move_copy, move_splice
 from p2pckpt.transfer.ratelimit import RateLimiter, source_key
 
 log = logging.getLogger("p2pckpt.relay")
@@ -63,16 +62,6 @@ REFUSE_TIMEOUT: Final = 5.0  # a refusal is best effort; do not hold a slot for 
 SESSION_IDLE_TIMEOUT: Final = 900.0  # spliced, no byte either way; above app timeouts
 OUTBOX: Final = MAX_PENDING_PER_NODE + 8  # every Incoming fits; a Ping flood does not
 RECEIVE_BYTES: Final = 4096  # control reads: a few frames plus the first pipe bytes
-# A 1 MiB splice pipe halves the relay's CPU per byte against the 64 KiB default
-# (fewer syscalls and wakeups; 4 MiB measured no better). Past the per-user pipe
-# quota (fs.pipe-user-pages-soft; root is exempt) the kernel hands out tiny
-# pipes: those sessions copy instead.
-PIPE_SIZE: Final = 1 << 20
-MIN_PIPE_SIZE: Final = 64 * 1024
-BUFFER_SIZE: Final = 256 * 1024  # copy fallback, one per direction
-BURST_SECONDS: Final = 0.1  # a bandwidth-capped session may run this far ahead
-_SPLICE_FLAGS: Final = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
-HAVE_SPLICE: Final = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
 
 
 class FrameStream:
@@ -108,37 +97,6 @@ class FrameStream:
         if not self.detached:
             with trio.CancelScope(shield=True):
                 await self.stream.aclose()
-
-
-class _CapReached(Exception):
-    pass
-
-
-class _Budget:
-    """One session's bandwidth (a debt clock shared by both directions) and byte cap."""
-
-    def __init__(self, rate: int | None, cap: int | None) -> None:
-        self._rate = rate
-        self._cap = cap
-        self._paid_until = 0.0
-        self.moved = 0
-
-    def allowance(self, want: int) -> int:
-        if self._cap is not None:
-            if self.moved >= self._cap:
-                raise _CapReached
-            want = min(want, self._cap - self.moved)
-        if self._rate is not None:
-            want = min(want, max(4096, int(self._rate * BURST_SECONDS)))
-        return want
-
-    async def spend(self, n: int) -> None:
-        self.moved += n
-        if self._rate is not None:
-            now = trio.current_time()
-            self._paid_until = max(self._paid_until, now) + n / self._rate
-            if self._paid_until - now > BURST_SECONDS:
-                await trio.sleep_until(self._paid_until - BURST_SECONDS)
 
 
 @dataclass(eq=False)
@@ -243,7 +201,7 @@ class RelayServer:
                 await _refuse(conn, "relay full")  # the explicit answer of R-17
             else:
                 await self._dispatch(conn, source)
-        except* _CapReached:
+        except* CapReached:
             log.info("a session from %s reached its byte cap; closed", source)
         except* (P2pckptError, trio.TooSlowError) as group:
             self._note(source, logging.INFO, "connection from %s ended: %r", source, _first(group))
@@ -397,7 +355,7 @@ class RelayServer:
     async def _splice(
         self, a: trio.SocketStream, b: trio.SocketStream, to_b: bytes, to_a: bytes
     ) -> None:
-        budget = _Budget(self.bandwidth, self.session_bytes)
+        budget = Budget(self.bandwidth, self.session_bytes)
         with trio.CancelScope(deadline=trio.current_time() + SESSION_IDLE_TIMEOUT) as idle:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump, a, b, to_b, budget, idle)
@@ -410,70 +368,20 @@ class RelayServer:
         src: trio.SocketStream,
         dst: trio.SocketStream,
         first: bytes,
-        budget: _Budget,
+        budget: Budget,
         idle: trio.CancelScope,
     ) -> None:
         """One direction: ``first``, then everything from ``src``; then half-close."""
         if first:
             await budget.spend(len(first))
             await dst.send_all(first)
-        if not (self.use_splice and await _move_splice(src.socket, dst.socket, budget, idle)):
-            await _move_copy(src, dst, budget, idle)
+        spliced = self.use_splice and await move_splice(
+            src.socket, dst.socket, budget, idle, SESSION_IDLE_TIMEOUT
+        )
+        if not spliced:
+            await move_copy(src, dst, budget, idle, SESSION_IDLE_TIMEOUT)
         with contextlib.suppress(OSError):
             dst.socket.shutdown(socket.SHUT_WR)
-
-
-async def _move_splice(
-    src: trio.socket.SocketType,
-    dst: trio.socket.SocketType,
-    budget: _Budget,
-    idle: trio.CancelScope,
-) -> bool:
-    """socket → pipe → socket inside the kernel, waiting on trio's I/O manager.
-    Returns False, having moved nothing, if the kernel gives only a tiny pipe."""
-    rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        with contextlib.suppress(OSError):  # refused past the per-user pipe quota
-            fcntl.fcntl(wfd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        if fcntl.fcntl(wfd, fcntl.F_GETPIPE_SZ) < MIN_PIPE_SIZE:
-            return False
-        sfd, dfd = src.fileno(), dst.fileno()
-        while True:
-            try:
-                n = os.splice(sfd, wfd, budget.allowance(PIPE_SIZE), flags=_SPLICE_FLAGS)
-            except BlockingIOError:  # the pipe is always drained, so the socket is empty
-                await trio.lowlevel.wait_readable(src)
-                continue
-            if not n:
-                return True
-            left, waited = n, False
-            while left:
-                try:
-                    left -= os.splice(rfd, dfd, left, flags=_SPLICE_FLAGS)
-                except BlockingIOError:
-                    await trio.lowlevel.wait_writable(dst)
-                    waited = True
-            idle.deadline = trio.current_time() + SESSION_IDLE_TIMEOUT
-            await budget.spend(n)
-            if not waited:  # stay cancellable and fair when data never runs out
-                await trio.lowlevel.checkpoint()
-    finally:
-        os.close(rfd)
-        os.close(wfd)
-
-
-async def _move_copy(
-    src: trio.SocketStream, dst: trio.SocketStream, budget: _Budget, idle: trio.CancelScope
-) -> None:
-    """The portable path: one reused buffer, no per-read allocation."""
-    view = memoryview(bytearray(BUFFER_SIZE))
-    while True:
-        n = await src.socket.recv_into(view[: budget.allowance(BUFFER_SIZE)])
-        if not n:
-            return
-        await dst.send_all(view[:n])
-        idle.deadline = trio.current_time() + SESSION_IDLE_TIMEOUT
-        await budget.spend(n)
 
 
 async def _refuse(conn: FrameStream, reason: str) -> None:

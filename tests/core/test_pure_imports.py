@@ -16,6 +16,10 @@ PURE_MODULES = [
     "p2pckpt.manifest.paths",
     "p2pckpt.store.journal",
     "p2pckpt.identity.peer_id",
+    "p2pckpt.relay.protocol",
+    "p2pckpt.discovery.txt",
+    "p2pckpt.transfer.ratelimit",
+    "p2pckpt.config",
 ]
 
 # Prints the trio modules loaded after importing the module named in argv[1].
