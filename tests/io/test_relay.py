@@ -20,6 +20,7 @@ from p2pckpt.identity.keys import NodeKey
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.relay import protocol as p
 from p2pckpt.relay import server as relay_server
+from p2pckpt.relay import splice as relay_splice
 from p2pckpt.relay.client import PrefixedStream, dial, open_relayed, register
 from p2pckpt.relay.server import FrameStream, RelayServer
 
@@ -465,7 +466,7 @@ async def test_tiny_pipes_fall_back_to_copying(
     nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Past the pipe quota (simulated) a session copies instead, and loses nothing."""
-    monkeypatch.setattr(relay_server, "MIN_PIPE_SIZE", 1 << 40)
+    monkeypatch.setattr(relay_splice, "MIN_PIPE_SIZE", 1 << 40)
     addr = await start_relay(nursery, RelayServer())
     node = NodeKey.generate()
     payload = os.urandom(3 << 20)
