@@ -13,6 +13,7 @@ import os
 import shutil
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,13 +46,13 @@ class ModeResult:
     runs: list[Run] = field(default_factory=list)
 
     def median(self, key: str) -> float:
-        pick = {
+        picks: dict[str, Callable[[Run], float]] = {
             "wall": lambda r: r.wall,
             "seeder": lambda r: r.cpu_server,
             "puller": lambda r: r.cpu_client,
             "relay": lambda r: float(r.extra["relay_cpu"]),
-        }[key]
-        return statistics.median(pick(r) for r in self.runs)
+        }
+        return statistics.median(picks[key](r) for r in self.runs)
 
     @property
     def mbps(self) -> float:
@@ -72,7 +73,10 @@ class ModeResult:
         cpus = os.cpu_count() or 1
         rows = [(r, r.extra["system"]) for r in self.runs]
         ours = [r.cpu_client + r.cpu_server + float(r.extra["relay_cpu"]) for r, _ in rows]
-        other = [max(0.0, s["busy_cpu_seconds"] - c) / (r.wall * cpus) for (r, s), c in zip(rows, ours, strict=True)]
+        other = [
+            max(0.0, s["busy_cpu_seconds"] - c) / (r.wall * cpus)
+            for (r, s), c in zip(rows, ours, strict=True)
+        ]
         med = statistics.median
         return med(s["busy"] for _, s in rows), med(other), med(s["iowait"] for _, s in rows)
 
@@ -165,7 +169,9 @@ class Rig:
             except (BenchError, ValueError) as exc:
                 last = str(exc)
             time.sleep(0.5)
-        raise BenchError(f"seeder not reachable through the relay in {REGISTER_TIMEOUT:.0f} s: {last}")
+        raise BenchError(
+            f"seeder not reachable through the relay in {REGISTER_TIMEOUT:.0f} s: {last}"
+        )
 
     def check_alive(self) -> None:
         for what, daemon in (("serve", self.seeder), ("relay", self.relay)):
@@ -188,7 +194,9 @@ class Rig:
             self.per_run_rss = reset_peak_rss(spid) & reset_peak_rss(rpid) & self.per_run_rss
             cpu0 = tree_cpu_seconds(spid), tree_cpu_seconds(rpid)
             with SystemCpu() as system:
-                r = run_measured([*argv, "--streams", streams, "--json"], self.job.timeout, self.env)
+                r = run_measured(
+                    [*argv, "--streams", streams, "--json"], self.job.timeout, self.env
+                )
             time.sleep(0.2)  # let serve and relay finish their side of the session
             cpu1 = tree_cpu_seconds(spid), tree_cpu_seconds(rpid)
             rss = proc_status_kib(spid), proc_status_kib(rpid)

@@ -17,6 +17,8 @@ ETH_P_ALL = 0x0003
 def main() -> None:
     out = open(sys.argv[1], "wb")  # noqa: SIM115 - closed at exit
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    # Root may exceed rmem_max: a deep queue so a fast transfer loses no frame.
+    sock.setsockopt(socket.SOL_SOCKET, 33, 256 << 20)  # SO_RCVBUFFORCE
     sock.settimeout(0.2)
     stop = False
 
@@ -29,7 +31,7 @@ def main() -> None:
     deadline = time.monotonic() + 120
     while not stop and time.monotonic() < deadline:
         try:
-            out.write(sock.recv(65536))
+            out.write(sock.recv(1 << 18))  # offloaded segments exceed 64 KiB
         except TimeoutError:
             continue
     out.close()
