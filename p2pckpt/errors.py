@@ -164,3 +164,12 @@ class DiscoveryError(P2pckptError):
     """LAN discovery could not start: no such interface, or no multicast socket."""
 
     exit_code = 4
+
+
+def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first leaf of an exception group (nurseries group errors), for a
+    one-line log or message."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

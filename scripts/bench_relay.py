@@ -23,7 +23,13 @@ How time, CPU and memory are counted
 * Seeder and relay CPU: ``utime+stime+cutime+cstime`` deltas from ``/proc`` around each
   pull; their peak RSS is ``VmHWM``, reset before every pull through ``clear_refs`` (so it
   is the peak of that pull; if the kernel refuses, it is cumulative and the report says so).
-* CPU s/GB = median CPU s / (bytes / 1e9); 1 MB = 1e6 bytes; RSS in MiB.
+* CPU s/GB = median CPU s / (bytes / 1e9); 1 MB = 1e6 bytes; RSS in MiB. The puller's
+  sys share is shown in brackets: it exposes the VM artifact below.
+* Prefault: on a VM with virtio-balloon free page reporting, page cache freed by deleting
+  the last copy goes back to the host ~2 s later, and the next pull's ``write``-s into
+  those pages stall on host faults (~2 s sys per GiB, landing on whichever route pulls
+  next). So right before each pull a child touches and frees 1.25 x ``--size`` of memory
+  (untimed; ``--no-prefault`` to skip, at most half of MemAvailable).
 * busy/other/iow%: machine-wide CPU busy share, the share used by processes not measured
   here (noise), iowait share, during the timed pulls (median, ``/proc/stat``).
 
@@ -84,6 +90,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=Path(sys.executable).parent / "p2pckpt",
         help="p2pckpt console script (default: next to sys.executable)",
     )
+    add("--no-prefault", action="store_true", help="do not touch memory before each pull")
     add("--json", action="store_true", help="print one JSON object on stdout (table to stderr)")
     args = p.parse_args(argv)
     if args.repeat < 1:
@@ -91,6 +98,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     if not 1 <= args.streams <= 16:
         p.error("--streams must be 1..16")
     return args
+
+
+def mem_available() -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 0
 
 
 def ratio_target(res: dict[str, ModeResult]) -> dict[str, Any]:
@@ -117,7 +132,7 @@ def render(
     ]
     head = (
         f"{'route':<8}{'median s':>10}{'min-max s':>13}{'MB/s':>9}{'CPU s/GB seed':>15}"
-        f"{'pull':>7}{'relay':>7}{'RSS MiB seed':>14}{'pull':>7}{'relay':>7}"
+        f"{'pull(sys)':>12}{'relay':>7}{'RSS MiB seed':>14}{'pull':>7}{'relay':>7}"
         f"{'busy/other/iow%':>17}"
     )
     lines += [head, "-" * len(head)]
@@ -126,9 +141,11 @@ def render(
         walls = [r.wall for r in m.runs]
         rss = m.peak_rss_mib()
         busy, other, iowait = m.system()
+        puller = f"{m.cpu_per_gb('puller'):.2f}({m.cpu_per_gb('puller_sys'):.2f})"
         lines.append(
             f"{mode:<8}{m.median('wall'):>10.3f}{f'{min(walls):.2f}-{max(walls):.2f}':>13}"
-            f"{m.mbps:>9.1f}{m.cpu_per_gb('seeder'):>15.2f}{m.cpu_per_gb('puller'):>7.2f}"
+            f"{m.mbps:>9.1f}{m.cpu_per_gb('seeder'):>15.2f}"
+            f"{puller:>12}"
             f"{m.cpu_per_gb('relay'):>7.2f}{rss['seeder']:>14.1f}{rss['puller']:>7.1f}"
             f"{rss['relay']:>7.1f}"
             f"{f'{100 * busy:.0f}/{100 * other:.0f}/{100 * iowait:.0f}':>17}"
@@ -144,6 +161,8 @@ def render(
             f"publish: {pub['wall_seconds']:.2f} s, hashing "
             f"{pub.get('hash_gb_per_s', float('nan')):.2f} GB/s"
         )
+    pre = f"{human_bytes(rig.prefault_bytes)} touched and freed" if rig.prefault_bytes else "off"
+    lines.append(f"prefault before each pull: {pre}")
     if not rig.per_run_rss:
         lines.append("note: VmHWM could not be reset; seeder/relay RSS are cumulative peaks")
     lines += [
@@ -184,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = checkpoint.checkpoint_files(ckpt)
         nbytes = sum(s for _, s in files)
         rig = Rig(Job(ckpt, nbytes, scratch, args.repeat, timeout), args.p2pckpt_bin)
+        if not args.no_prefault:
+            rig.prefault_bytes = min(nbytes * 5 // 4, mem_available() // 2) // MIB * MIB
         rig.start()
         res = bench_interleaved(rig, args.streams, args.repeat)
         target = ratio_target(res)

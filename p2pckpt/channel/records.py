@@ -67,6 +67,23 @@ class PlaintextSink(Protocol):
     def absorb(self, data: memoryview) -> None: ...
 
 
+class _Scratch:
+    """A sink that decrypts every record into one contiguous buffer."""
+
+    def __init__(self, buf: bytearray) -> None:
+        self.view = memoryview(buf)
+        self.filled = 0
+
+    def direct(self, size: int) -> memoryview:
+        return self.view[self.filled : self.filled + size]
+
+    def advanced(self, size: int) -> None:
+        self.filled += size
+
+    def absorb(self, data: memoryview) -> None:  # pragma: no cover - direct() never declines
+        raise LocalProtocolError("scratch sink takes records in place")
+
+
 class RecordDecoder:
     """Reassembles and decrypts incoming records; fails closed.
 
@@ -129,29 +146,9 @@ class RecordDecoder:
 
     def commit(self, n: int) -> memoryview:
         """Account for ``n`` bytes received into ``window()``; decrypt what is whole."""
-        if n < 0 or self._end + n > len(self._buf):
-            raise LocalProtocolError("commit beyond the receive window")
-        self._end += n
-        buf, src = self._buf, memoryview(self._buf)
-        dst = memoryview(self._out)
-        pos, end, written = self._start, self._end, 0
-        try:
-            while end - pos >= _LEN.size:
-                (length,) = _LEN.unpack_from(buf, pos)
-                if length < TAG_SIZE:
-                    raise RemoteProtocolError("record shorter than its tag")
-                stop = pos + _LEN.size + length
-                if stop > end:
-                    break
-                written += self._cipher.decrypt_into(
-                    b"", src[pos + _LEN.size : stop], dst[written : written + length - TAG_SIZE]
-                )
-                pos = stop
-        except (AuthenticationFailed, RemoteProtocolError):
-            self._failed = True
-            raise
-        self._start = pos
-        return dst[:written]
+        sink = _Scratch(self._out)
+        self.commit_to(n, sink)
+        return sink.view[: sink.filled]
 
     def feed(self, data: bytes | bytearray | memoryview) -> memoryview:
         """Decrypt every complete record in ``data`` plus what was buffered.

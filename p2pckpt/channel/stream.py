@@ -69,32 +69,37 @@ class SecureStream:
             finally:
                 view.release()
 
+    async def _fill(self) -> int:
+        """Receive into the decoder's window (``recv_into`` when the transport
+        is a socket); the byte count, 0 at a clean end of stream."""
+        sock = getattr(self.transport, "socket", None)
+        window = self._decoder.window()
+        try:
+            if sock is not None:
+                n: int = await sock.recv_into(window)
+            else:
+                got = await self.transport.receive_some(len(window))
+                n = len(got)
+                window[:n] = got
+        except _BROKEN as exc:
+            raise ChannelClosed("connection lost") from exc
+        finally:
+            window.release()
+        if not n and self._decoder.buffered:
+            raise ChannelClosed("connection closed mid-record (truncated)")
+        return n
+
     async def receive_some(self) -> memoryview:
         """Decrypted bytes, valid until the next call; empty at a clean end of
-        stream between records. Receives straight into the decoder's buffer
-        when the transport is a socket."""
+        stream between records."""
         if self._leftover:
             data, self._leftover = self._leftover, b""
             plain = self._decoder.feed(data)
             if len(plain):
                 return plain
-        sock = getattr(self.transport, "socket", None)
         while True:
-            window = self._decoder.window()
-            try:
-                if sock is not None:
-                    n = await sock.recv_into(window)
-                else:
-                    got = await self.transport.receive_some(len(window))
-                    n = len(got)
-                    window[:n] = got
-            except _BROKEN as exc:
-                raise ChannelClosed("connection lost") from exc
-            finally:
-                window.release()
+            n = await self._fill()
             if not n:
-                if self._decoder.buffered:
-                    raise ChannelClosed("connection closed mid-record (truncated)")
                 return memoryview(b"")
             plain = self._decoder.commit(n)
             if len(plain):
@@ -108,23 +113,9 @@ class SecureStream:
             ready = reader.feed(self._decoder.feed(data))
             if ready:
                 return ready
-        sock = getattr(self.transport, "socket", None)
         while True:
-            window = self._decoder.window()
-            try:
-                if sock is not None:
-                    n = await sock.recv_into(window)
-                else:
-                    got = await self.transport.receive_some(len(window))
-                    n = len(got)
-                    window[:n] = got
-            except _BROKEN as exc:
-                raise ChannelClosed("connection lost") from exc
-            finally:
-                window.release()
+            n = await self._fill()
             if not n:
-                if self._decoder.buffered:
-                    raise ChannelClosed("connection closed mid-record (truncated)")
                 return []
             try:
                 self._decoder.commit_to(n, reader)

@@ -36,7 +36,13 @@ from typing import Final
 
 import trio
 
-from p2pckpt.errors import AuthenticationFailed, ChannelClosed, ConfigError, P2pckptError
+from p2pckpt.errors import (
+    AuthenticationFailed,
+    ChannelClosed,
+    ConfigError,
+    P2pckptError,
+    first_leaf,
+)
 from p2pckpt.errors import RemoteProtocolError as Bad
 from p2pckpt.identity.keys import verify_signature
 from p2pckpt.identity.peer_id import PeerId
@@ -204,12 +210,14 @@ class RelayServer:
         except* CapReached:
             log.info("a session from %s reached its byte cap; closed", source)
         except* (P2pckptError, trio.TooSlowError) as group:
-            self._note(source, logging.INFO, "connection from %s ended: %r", source, _first(group))
+            self._note(
+                source, logging.INFO, "connection from %s ended: %r", source, first_leaf(group)
+            )
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
-            log.debug("connection from %s lost: %r", source, _first(group))
+            log.debug("connection from %s lost: %r", source, first_leaf(group))
         except* Exception as group:  # a bug must end one connection, not the relay
             self._note(
-                source, logging.ERROR, "connection from %s failed: %r", source, _first(group)
+                source, logging.ERROR, "connection from %s failed: %r", source, first_leaf(group)
             )
         finally:
             self._per_source[source] -= 1
@@ -387,11 +395,3 @@ class RelayServer:
 async def _refuse(conn: FrameStream, reason: str) -> None:
     with trio.move_on_after(REFUSE_TIMEOUT):
         await conn.send(p.Refused(reason))
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first leaf of an exception group, for a one-line log."""
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc

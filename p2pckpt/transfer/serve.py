@@ -43,6 +43,7 @@ from p2pckpt.errors import (
     P2pckptError,
     RemoteProtocolError,
     TrustError,
+    first_leaf,
 )
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
@@ -243,13 +244,13 @@ class Server:
             if self._admit(source):
                 await self._handle(transport, source, addr)
         except* P2pckptError as group:
-            log.info("connection from %s ended: %s", addr, _first(group))
+            log.info("connection from %s ended: %s", addr, first_leaf(group))
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
-            log.info("connection from %s lost: %s", addr, _first(group))
+            log.info("connection from %s lost: %s", addr, first_leaf(group))
         except* trio.TooSlowError:
             log.info("connection from %s timed out; closed", addr)
         except* Exception as group:  # a bug must end one connection, not the server
-            log.error("connection from %s failed: %r", addr, _first(group))
+            log.error("connection from %s failed: %r", addr, first_leaf(group))
         finally:
             with trio.CancelScope(shield=True):
                 await transport.aclose()
@@ -413,11 +414,3 @@ class Server:
                 payload.release()
             if buf is not None:
                 self._buffers.release(buf)
-
-
-def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first leaf of an exception group, for a one-line log."""
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc

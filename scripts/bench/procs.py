@@ -99,6 +99,7 @@ class ProcResult:
     stdout: str
     stderr: str
     timed_out: bool = False
+    cpu_sys: float = 0.0  # the sys part of ``cpu``
 
     def check(self, what: str) -> ProcResult:
         if self.timed_out:
@@ -168,7 +169,10 @@ class MeasuredProc:
             out, err = (f.read().decode(errors="replace") for f in (self._out, self._err))
             cpu = rusage.ru_utime + rusage.ru_stime
             rc = self.proc.returncode
-            return ProcResult(self.args, rc, wall, cpu, maxrss, out, err, timed_out.is_set())
+            sys_cpu = rusage.ru_stime
+            return ProcResult(
+                self.args, rc, wall, cpu, maxrss, out, err, timed_out.is_set(), sys_cpu
+            )
         finally:
             self.close()
 
