@@ -24,12 +24,15 @@ How time, CPU and memory are counted
   pull; their peak RSS is ``VmHWM``, reset before every pull through ``clear_refs`` (so it
   is the peak of that pull; if the kernel refuses, it is cumulative and the report says so).
 * CPU s/GB = median CPU s / (bytes / 1e9); 1 MB = 1e6 bytes; RSS in MiB. The puller's
-  sys share is shown in brackets: it exposes the VM artifact below.
-* Prefault: on a VM with virtio-balloon free page reporting, page cache freed by deleting
-  the last copy goes back to the host ~2 s later, and the next pull's ``write``-s into
-  those pages stall on host faults (~2 s sys per GiB, landing on whichever route pulls
-  next). So right before each pull a child touches and frees 1.25 x ``--size`` of memory
-  (untimed; ``--no-prefault`` to skip, at most half of MemAvailable).
+  sys share is shown in brackets.
+* ``--settle`` (default 3 s): an untimed pause between removing one copy and the next
+  pull. On a VM with virtio-balloon free page reporting, page cache freed by the removal
+  is (most likely) returned to the host ~2 s later, and a pull writing into those pages
+  stalls on host faults (~1.5-2 s sys per GiB in the puller's ``write``; perf shows
+  ``copy_folio_from_iter_atomic``).
+  Without a pause, whether a pull is hit depends on its set-up time, so one route could
+  be hit more often than the other; with it every pull is hit alike. This adds the same
+  seconds to both routes, pulling the ratio towards 1: ``--settle 0`` on bare metal.
 * busy/other/iow%: machine-wide CPU busy share, the share used by processes not measured
   here (noise), iowait share, during the timed pulls (median, ``/proc/stat``).
 
@@ -61,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench package be
 from bench import BenchError, checkpoint, log, procs
 from bench.relay import MODES, ModeResult, Rig, bench_interleaved
 from bench.results import Job
-from bench.units import GIB, MB, MIB, human_bytes
+from bench.units import GB, GIB, MB, MIB, human_bytes
 from bench_transfer import choose_workdir, idle_share, parse_size
 
 TARGET_RATIO = 0.70
@@ -90,22 +93,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=Path(sys.executable).parent / "p2pckpt",
         help="p2pckpt console script (default: next to sys.executable)",
     )
-    add("--no-prefault", action="store_true", help="do not touch memory before each pull")
+    add("--settle", type=float, default=3.0, help="untimed pause before each pull (default 3 s)")
     add("--json", action="store_true", help="print one JSON object on stdout (table to stderr)")
     args = p.parse_args(argv)
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
+    if args.settle < 0:
+        p.error("--settle must be >= 0")
     if not 1 <= args.streams <= 16:
         p.error("--streams must be 1..16")
     return args
-
-
-def mem_available() -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def ratio_target(res: dict[str, ModeResult]) -> dict[str, Any]:
@@ -126,7 +123,8 @@ def render(
         f"machine: {env['cpus']} CPUs, kernel {env['kernel']}, python {env['python']}; "
         f"CPU busy before start {100 * env['busy_before_start']:.0f}%",
         f"pull --streams {info['config']['streams']}; median of {repeat} interleaved timed "
-        "round(s) (direct, relayed) after 1 warm-up each; page cache warm; 1 MB = 1e6 bytes",
+        f"round(s) (direct, relayed) after 1 warm-up each, {info['config']['settle']:g} s "
+        "settle before each; page cache warm; 1 MB = 1e6 bytes",
         f"relay 127.0.0.1:{rig.relay_port}, seeder 127.0.0.1:{rig.seed_port} (peer {rig.peer_a})",
         "",
     ]
@@ -155,14 +153,20 @@ def render(
     noisy = [f"{m} {100 * res[m].system()[1]:.0f}%" for m in MODES if res[m].system()[1] > 0.1]
     if noisy:
         lines.append(f"WARNING: processes not measured here were busy ({', '.join(noisy)})")
+    slow = {
+        m: [round(r.extra["puller_sys"] / (nbytes / GB), 2) for r in res[m].runs] for m in MODES
+    }
+    if any(v > 1.0 for vs in slow.values() for v in vs):
+        lines.append(
+            f"note: puller sys s/GB per run {slow}; > 1.0 is the VM page-cache artifact "
+            "(see --settle in the docstring)"
+        )
     pub = rig.publish
     if pub:
         lines.append(
             f"publish: {pub['wall_seconds']:.2f} s, hashing "
             f"{pub.get('hash_gb_per_s', float('nan')):.2f} GB/s"
         )
-    pre = f"{human_bytes(rig.prefault_bytes)} touched and freed" if rig.prefault_bytes else "off"
-    lines.append(f"prefault before each pull: {pre}")
     if not rig.per_run_rss:
         lines.append("note: VmHWM could not be reset; seeder/relay RSS are cumulative peaks")
     lines += [
@@ -203,15 +207,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = checkpoint.checkpoint_files(ckpt)
         nbytes = sum(s for _, s in files)
         rig = Rig(Job(ckpt, nbytes, scratch, args.repeat, timeout), args.p2pckpt_bin)
-        if not args.no_prefault:
-            rig.prefault_bytes = min(nbytes * 5 // 4, mem_available() // 2) // MIB * MIB
+        rig.settle = args.settle
         rig.start()
         res = bench_interleaved(rig, args.streams, args.repeat)
         target = ratio_target(res)
         info: dict[str, Any] = {
             "checkpoint": {"path": str(ckpt), "files": len(files), "bytes": nbytes},
             "environment": env_info,
-            "config": {"size": size, "repeat": args.repeat, "streams": args.streams},
+            "config": {"size": size, "repeat": args.repeat, "streams": args.streams}
+            | {"settle": args.settle},
         }
         print(render(info, res, target, rig), file=sys.stderr if args.json else sys.stdout)
         if args.json:

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,14 +27,6 @@ from .units import GB, KIB, MB
 
 MODES = ("direct", "relay")
 REGISTER_TIMEOUT = 30.0  # serve's background registration with the relay
-# Touch N bytes of anonymous memory, then exit: see ``prefault``.
-PREFAULT_CODE = """
-import mmap, sys
-n, step = int(sys.argv[1]), 1 << 20
-m, zero = mmap.mmap(-1, n), bytes(step)
-for off in range(0, n - step + 1, step):
-    m[off : off + step] = zero
-"""
 B_CONFIG = '[discovery]\nmdns = false\n[relay]\naddr = "127.0.0.1:{port}"\n'
 
 
@@ -46,20 +37,6 @@ def reset_peak_rss(pid: int) -> bool:
     except OSError:
         return False
     return True
-
-
-def prefault(nbytes: int) -> float:
-    """Touch and free ``nbytes`` in a child just before a pull; returns the seconds it took.
-
-    On a VM with free page reporting (virtio-balloon), the page cache freed by deleting
-    the last copy is handed back to the host about 2 s later, and the next write that
-    reuses those pages stalls on host page faults (seen as ~2 s sys/GiB in the puller's
-    ``write``). Recycling host-backed pages right before the pull keeps that VM artifact
-    out of the comparison; on bare metal this costs a second and changes nothing.
-    """
-    t0 = time.perf_counter()
-    run([sys.executable, "-c", PREFAULT_CODE, nbytes], "prefault helper", 120.0)
-    return time.perf_counter() - t0
 
 
 @dataclass
@@ -133,7 +110,7 @@ class Rig:
     peer_a: str = ""
     publish: dict[str, Any] = field(default_factory=dict)
     per_run_rss: bool = True  # False if VmHWM could not be reset: then it is cumulative
-    prefault_bytes: int = 0  # touched and freed before each pull (0: off)
+    settle: float = 0.0  # seconds to wait (untimed) between clearing and the next pull
 
     @property
     def homes(self) -> Path:
@@ -218,7 +195,7 @@ class Rig:
         src = f"127.0.0.1:{self.seed_port}" if mode == "direct" else self.peer_a
         argv = [self.exe, "--home", home, "pull", CKPT_NAME, "--from", src, "-o", dest]
         try:
-            pre = prefault(self.prefault_bytes) if self.prefault_bytes else 0.0
+            time.sleep(self.settle)
             self.per_run_rss = reset_peak_rss(spid) & reset_peak_rss(rpid) & self.per_run_rss
             cpu0 = tree_cpu_seconds(spid), tree_cpu_seconds(rpid)
             with SystemCpu() as system:
@@ -241,7 +218,7 @@ class Rig:
             shutil.rmtree(home, ignore_errors=True)
         extra: dict[str, Any] = {"relay_cpu": cpu1[1] - cpu0[1], "relay_rss_kib": rss[1]}
         extra.update(system=system.result, route=routes[0], pull_seconds=obj.get("seconds"))
-        extra.update(puller_sys=r.cpu_sys, prefault_seconds=pre)
+        extra["puller_sys"] = r.cpu_sys
         return Run(r.wall, r.cpu, cpu1[0] - cpu0[0], r.maxrss_kib, rss[0], extra)
 
     def stop(self) -> None:
@@ -261,8 +238,7 @@ def bench_interleaved(rig: Rig, streams: int, repeat: int) -> dict[str, ModeResu
             log(
                 f"{mode:>6} {what}: {r.wall:.3f} s, {rig.job.nbytes / MB / r.wall:.1f} MB/s, cpu "
                 f"seeder {r.cpu_server:.2f} puller {r.cpu_client:.2f} (sys "
-                f"{r.extra['puller_sys']:.2f}) relay {r.extra['relay_cpu']:.2f} s; prefault "
-                f"{r.extra['prefault_seconds']:.1f} s"
+                f"{r.extra['puller_sys']:.2f}) relay {r.extra['relay_cpu']:.2f} s"
             )
             if i:
                 results[mode].runs.append(r)
