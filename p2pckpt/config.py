@@ -17,6 +17,26 @@ the file is data, never code. Example::
     [[peer]]                     # static peers: where to find a peer ID
     id = "ABCDE-FGHIJ-..."
     addr = ["10.0.0.5:7450"]
+
+    [[watch]]                    # daemon: publish what appears here, once complete
+    path = "/srv/ckpt/llama-ft"  # each child (a directory or a file) is one version
+    name = "llama-ft"
+    complete = "stable"          # "stable" (no change for stable_seconds), "marker", "index"
+    stable_seconds = 30
+    marker = "COMPLETE"          # with complete = "marker": this file inside a directory
+    keep = 0                     # newest published versions to keep in the catalog (0: all)
+
+    [[follow]]                   # daemon: pull new versions of a name as they appear
+    name = "llama-ft"
+    dir = "/srv/models"          # versions in DIR/NAME/<version>, DIR/NAME/current -> newest
+    keep = 3                     # newest versions kept on disk (never `current`)
+    hook = ["/usr/local/bin/reload-server"]   # argv (no shell); env has P2PCKPT_NAME etc.
+
+    [limits]
+    bandwidth = 0                # bytes/s for serving, 0 = unlimited
+
+    [metrics]
+    listen = "127.0.0.1:9450"    # Prometheus endpoint; absent = off
 """
 
 from __future__ import annotations
@@ -53,6 +73,27 @@ class StaticPeer:
     addrs: tuple[Addr, ...]
 
 
+COMPLETE_RULES = ("stable", "marker", "index")
+
+
+@dataclass(frozen=True)
+class WatchSpec:
+    path: Path
+    name: str
+    complete: str = "stable"
+    stable_seconds: float = 30.0
+    marker: str = "COMPLETE"
+    keep: int = 0
+
+
+@dataclass(frozen=True)
+class FollowSpec:
+    name: str
+    dir: Path
+    keep: int = 3
+    hook: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class Config:
     listen: str = DEFAULT_LISTEN
@@ -60,6 +101,10 @@ class Config:
     interfaces: tuple[str, ...] = ()
     relay: Addr | None = None
     peers: tuple[StaticPeer, ...] = field(default=())
+    watch: tuple[WatchSpec, ...] = ()
+    follow: tuple[FollowSpec, ...] = ()
+    bandwidth: int = 0
+    metrics: Addr | None = None
 
     def static_addrs(self, peer: PeerId) -> list[Addr]:
         return [a for p in self.peers if p.peer == peer for a in p.addrs]
@@ -74,7 +119,12 @@ _SCHEMA: dict[str, set[str]] = {
     "discovery": {"mdns", "interfaces"},
     "relay": {"addr"},
     "peer": {"id", "addr", "name"},
+    "watch": {"path", "name", "complete", "stable_seconds", "marker", "keep"},
+    "follow": {"name", "dir", "keep", "hook"},
+    "limits": {"bandwidth"},
+    "metrics": {"listen"},
 }
+_ARRAYS = {"peer", "watch", "follow"}
 
 
 def _table(doc: dict[str, Any], name: str) -> dict[str, Any]:
@@ -85,6 +135,73 @@ def _table(doc: dict[str, Any], name: str) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown key(s) in [{name}]: {', '.join(sorted(unknown))}")
     return value
+
+
+def _entries(doc: dict[str, Any], name: str, limit: int = MAX_STATIC_PEERS) -> list[dict[str, Any]]:
+    """The tables of an array of tables ``[[name]]``, each checked for unknown keys."""
+    entries = doc.get(name, [])
+    if not isinstance(entries, list) or len(entries) > limit:
+        raise ConfigError(f"[[{name}]] must be a list of at most {limit} tables")
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise ConfigError(f"each [[{name}]] must be a table")
+        unknown = set(entry) - _SCHEMA[name]
+        if unknown:
+            raise ConfigError(f"unknown key(s) in [[{name}]]: {', '.join(sorted(unknown))}")
+    return entries
+
+
+def _int(value: object, what: str, low: int = 0) -> int:
+    if type(value) is not int or value < low:
+        raise ConfigError(f"{what} must be a whole number ≥ {low}")
+    return value
+
+
+def _checkpoint_name(value: object, what: str) -> str:
+    from p2pckpt.manifest.manifest import NAME_RE
+
+    text = _str(value, what)
+    if not NAME_RE.fullmatch(text):
+        raise ConfigError(f"{what} {text!r}: use letters, digits, '.', '_' or '-'")
+    return text
+
+
+def _watch(entry: dict[str, Any]) -> WatchSpec:
+    if "path" not in entry or "name" not in entry:
+        raise ConfigError("[[watch]] needs path and name")
+    complete = _str(entry.get("complete", "stable"), "watch.complete")
+    if complete not in COMPLETE_RULES:
+        raise ConfigError(f"watch.complete must be one of {', '.join(COMPLETE_RULES)}")
+    seconds = entry.get("stable_seconds", 30)
+    if type(seconds) not in (int, float) or not 0 < seconds <= 86400:
+        raise ConfigError("watch.stable_seconds must be a number of seconds, 0 < s <= 86400")
+    marker = _str(entry.get("marker", "COMPLETE"), "watch.marker")
+    if not marker or "/" in marker or marker in (".", ".."):
+        raise ConfigError("watch.marker must be a plain file name")
+    return WatchSpec(
+        path=Path(_str(entry["path"], "watch.path")),
+        name=_checkpoint_name(entry["name"], "watch.name"),
+        complete=complete,
+        stable_seconds=float(seconds),
+        marker=marker,
+        keep=_int(entry.get("keep", 0), "watch.keep"),
+    )
+
+
+def _follow(entry: dict[str, Any]) -> FollowSpec:
+    if "name" not in entry or "dir" not in entry:
+        raise ConfigError("[[follow]] needs name and dir")
+    hook = entry.get("hook", [])
+    if isinstance(hook, str):
+        hook = [hook]
+    if not isinstance(hook, list) or not all(isinstance(h, str) and h for h in hook):
+        raise ConfigError("follow.hook must be a command as a list of strings (no shell)")
+    return FollowSpec(
+        name=_checkpoint_name(entry["name"], "follow.name"),
+        dir=Path(_str(entry["dir"], "follow.dir")),
+        keep=_int(entry.get("keep", 3), "follow.keep", low=1),
+        hook=tuple(hook),
+    )
 
 
 def _str(value: object, what: str) -> str:
@@ -99,6 +216,7 @@ def parse(doc: dict[str, Any]) -> Config:
     if unknown:
         raise ConfigError(f"unknown section(s): {', '.join(sorted(unknown))}")
     serve, disc, relay = _table(doc, "serve"), _table(doc, "discovery"), _table(doc, "relay")
+    limits, metrics = _table(doc, "limits"), _table(doc, "metrics")
     cfg = Config()
     if "listen" in serve:
         parse_addr(_str(serve["listen"], "serve.listen"), allow_zero=True)
@@ -114,16 +232,20 @@ def parse(doc: dict[str, Any]) -> Config:
         cfg = replace(cfg, interfaces=tuple(ifaces))
     if "addr" in relay:
         cfg = replace(cfg, relay=parse_addr(_str(relay["addr"], "relay.addr")))
-    peers = doc.get("peer", [])
-    if not isinstance(peers, list) or len(peers) > MAX_STATIC_PEERS:
-        raise ConfigError(f"[[peer]] must be a list of at most {MAX_STATIC_PEERS} tables")
+    if "bandwidth" in limits:
+        cfg = replace(cfg, bandwidth=_int(limits["bandwidth"], "limits.bandwidth"))
+    if "listen" in metrics:
+        cfg = replace(cfg, metrics=parse_addr(_str(metrics["listen"], "metrics.listen")))
+    cfg = replace(
+        cfg,
+        watch=tuple(_watch(e) for e in _entries(doc, "watch")),
+        follow=tuple(_follow(e) for e in _entries(doc, "follow")),
+    )
+    names = [f.name for f in cfg.follow]
+    if len(names) != len(set(names)):
+        raise ConfigError("a name is followed at most once")
     static = []
-    for entry in peers:
-        if not isinstance(entry, dict):
-            raise ConfigError("each [[peer]] must be a table")
-        unknown = set(entry) - _SCHEMA["peer"]
-        if unknown:
-            raise ConfigError(f"unknown key(s) in [[peer]]: {', '.join(sorted(unknown))}")
+    for entry in _entries(doc, "peer"):
         if "id" not in entry:
             raise ConfigError("[[peer]] needs an id")
         addrs = entry.get("addr", [])

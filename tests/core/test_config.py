@@ -72,3 +72,60 @@ def test_not_toml_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text("[serve\n")
     with pytest.raises(ConfigError, match=r"config\.toml"):
         load(tmp_path)
+
+
+def test_watch_and_follow_sections() -> None:
+    """Daemon sections parse into typed specs with defaults."""
+    cfg = parse(
+        tomllib.loads(
+            """
+[[watch]]
+path = "/srv/ckpt/llama-ft"
+name = "llama-ft"
+complete = "marker"
+[[follow]]
+name = "llama-ft"
+dir = "/srv/models"
+hook = ["/usr/bin/reload", "--graceful"]
+[limits]
+bandwidth = 100000000
+[metrics]
+listen = "127.0.0.1:9450"
+"""
+        )
+    )
+    (w,) = cfg.watch
+    (f,) = cfg.follow
+    assert (w.name, w.complete, w.stable_seconds, w.marker) == (
+        "llama-ft",
+        "marker",
+        30.0,
+        "COMPLETE",
+    )
+    assert (f.name, str(f.dir), f.keep, f.hook) == (
+        "llama-ft",
+        "/srv/models",
+        3,
+        ("/usr/bin/reload", "--graceful"),
+    )
+    assert cfg.bandwidth == 100_000_000 and cfg.metrics == ("127.0.0.1", 9450)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[[watch]]\npath = '/x'",  # no name
+        "[[watch]]\npath = '/x'\nname = 'a'\ncomplete = 'soon'",
+        "[[watch]]\npath = '/x'\nname = 'a'\nstable_seconds = -1",
+        "[[watch]]\npath = '/x'\nname = 'bad name'",
+        "[[follow]]\nname = 'a'\ndir = '/m'\nhook = 'rm -rf /'\nkeep = 0",
+        "[[follow]]\nname = 'a'\ndir = '/m'\nhook = [1]",
+        "[[follow]]\nname = 'a'\ndir = '/m'\n[[follow]]\nname = 'a'\ndir = '/n'",
+        "[limits]\nbandwidth = -5",
+        "[[follow]]\nname = 'a'\ndir = '/m'\nkepp = 3",
+    ],
+)
+def test_bad_daemon_sections(text: str) -> None:
+    """Every daemon key is checked; the error names it."""
+    with pytest.raises(ConfigError):
+        parse(tomllib.loads(text))

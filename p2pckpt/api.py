@@ -1,0 +1,91 @@
+"""The Python API: publish and pull from a training script, no daemon needed.
+
+    import p2pckpt
+
+    for step in range(0, total_steps, 1000):
+        ...train...
+        torch.save(model.state_dict(), f"ckpt/step-{step}.pt")
+        p2pckpt.publish(f"ckpt/step-{step}.pt", name="llama-ft", version=step,
+                        meta={"loss": f"{loss:.4f}"})
+
+    result = p2pckpt.pull("llama-ft", dest="./llama-ft")      # newest, found by itself
+
+Both use the node home of ``home=`` (default: ``$P2PCKPT_HOME`` or the user
+data dir) and raise ``p2pckpt.errors.P2pckptError`` subclasses on failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from p2pckpt.errors import P2pckptError, first_leaf
+from p2pckpt.home import Home, default_home
+from p2pckpt.manifest.manifest import Manifest
+from p2pckpt.transfer.pull import DEFAULT_STREAMS, PullResult
+
+
+def _home(home: str | Path | None) -> Home:
+    return Home.open(Path(home) if home is not None else default_home())
+
+
+def publish(
+    path: str | Path,
+    *,
+    name: str,
+    version: int | None = None,
+    meta: Mapping[str, str] | None = None,
+    home: str | Path | None = None,
+) -> Manifest:
+    """Hash ``path`` (a file or a directory) in place and publish it as
+    ``name@version`` (default: newest + 1). Republishing identical bytes is a
+    no-op. Blocking; hashing runs at disk speed."""
+    from p2pckpt.publish import publish as do_publish
+
+    opened = _home(home)
+    try:
+        return do_publish(opened, Path(path), name, version, dict(meta or {}))
+    finally:
+        opened.catalog.close()
+
+
+def pull(
+    name: str,
+    dest: str | Path | None = None,
+    *,
+    version: int | None = None,
+    sources: Sequence[str] = (),
+    streams: int = DEFAULT_STREAMS,
+    home: str | Path | None = None,
+    config: str | Path | None = None,
+) -> PullResult:
+    """Pull ``name`` (newest, or ``version``) into ``dest``; returns once every
+    byte is verified. ``sources``: ``HOST:PORT``, peer IDs or trusted names;
+    empty means find trusted peers (mDNS, static peers, relay). Blocking."""
+    import trio
+
+    from p2pckpt.config import load
+    from p2pckpt.discovery.finder import open_finder, parse_target
+    from p2pckpt.transfer.pull import pull as do_pull
+
+    opened = _home(home)
+    cfg = load(opened.path, Path(config) if config is not None else None)
+    targets = [parse_target(s, opened) for s in sources] or None
+
+    async def run() -> PullResult:
+        need_mdns = targets is None or any(not isinstance(t, tuple) for t in targets)
+        async with open_finder(opened, cfg, use_mdns=need_mdns) as finder:
+            conns = await finder.connect_all(targets)
+        return await do_pull(
+            opened, conns, name, version, Path(dest) if dest is not None else None, streams
+        )
+
+    try:
+        return trio.run(run)
+    except BaseExceptionGroup as group:
+        leaf = first_leaf(group)
+        if isinstance(leaf, P2pckptError):
+            raise leaf from group
+        raise
+    finally:
+        opened.catalog.close()
