@@ -11,7 +11,8 @@
     ├── TransferError ── ChunkCorrupt, SourceChanged, NotFound, NoSpace,
     │                    DestinationExists, PeerUnreachable, RemoteError
     ├── StoreError ── ResumeStateInvalid
-    └── DiscoveryError                             mDNS could not start (no usable interface)
+    ├── DiscoveryError                             mDNS could not start (no usable interface)
+    └── DaemonNotRunning                           nothing answers on HOME/run/control.sock
 
 Every error that reaches the CLI maps to one line on stderr and an exit code
 (``EXIT_CODE``); messages never contain key material.
@@ -164,6 +165,12 @@ class DiscoveryError(P2pckptError):
     """LAN discovery could not start: no such interface, or no multicast socket."""
 
     exit_code = 4
+
+
+class DaemonNotRunning(P2pckptError):
+    """No daemon listens on this home's control socket (``p2pckpt status`` and friends)."""
+
+    exit_code = 11
 
 
 def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -70,7 +70,12 @@ def cli(verbose: int) -> None:
 
 def main() -> None:
     """Entry point: run the CLI, turning errors into messages and exit codes."""
-    from p2pckpt.cli import commands, relay_cmd  # noqa: F401  (registers the commands)
+    from p2pckpt.cli import (  # noqa: F401  (registers the commands)
+        commands,
+        daemon_cmd,
+        relay_cmd,
+        status_cmd,
+    )
 
     try:
         _run()

@@ -1,0 +1,154 @@
+"""The daemon: everything a node does unattended, under one root nursery.
+
+Task tree::
+
+    run_daemon
+    ├── Server.serve            listeners on cfg.listen (R-50 limits inside)
+    ├── announce                mDNS, if enabled: peer ID, port, catalog epoch
+    ├── register                relay registration, if a relay is configured
+    ├── serve_control           HOME/run/control.sock: `p2pckpt status`
+    ├── watch_folder (each)     publish completed checkpoints ([[watch]])
+    └── follow (each)           pull new versions, flip `current`, hook ([[follow]])
+
+Each service reports readiness through ``task_status``; ``run_daemon`` is
+ready when all are. SIGTERM/SIGINT cancel the root scope: pulls stop between
+chunks with their journals flushed (the staging close path), the control
+socket is removed, and mDNS says goodbye — bounded to a few seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import trio
+
+from p2pckpt.config import Config, parse_addr
+from p2pckpt.discovery.finder import open_finder
+from p2pckpt.home import Home
+from p2pckpt.transfer.pull import Progress
+from p2pckpt.transfer.serve import Server
+
+log = logging.getLogger("p2pckpt.daemon")
+
+
+@dataclass
+class Transfer:
+    name: str
+    total: int = 0
+    done: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def as_status(self) -> dict[str, Any]:
+        name, _, version = self.name.partition("@")
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        return {
+            "name": name,
+            "version": int(version) if version.isdigit() else None,
+            "direction": "pull",
+            "bytes_done": self.done,
+            "bytes_total": self.total,
+            "rate": self.done / elapsed,
+            "peers": [],
+        }
+
+
+class _Tracked(Progress):
+    """A Progress that the status command can read."""
+
+    def __init__(self, transfers: dict[str, Transfer], name: str) -> None:
+        self._transfers = transfers
+        self._name = name
+
+    def start(self, name: str, total: int, done: int) -> None:
+        self._transfers[self._name] = Transfer(name, total, done)
+
+    def advance(self, n: int) -> None:
+        if self._name in self._transfers:
+            self._transfers[self._name].done += n
+
+
+@dataclass
+class DaemonState:
+    home: Home
+    started: float = field(default_factory=time.time)
+    transfers: dict[str, Transfer] = field(default_factory=dict)
+
+    def progress(self, name: str) -> Progress:
+        return _Tracked(self.transfers, name)
+
+    def status(self) -> dict[str, Any]:
+        self.transfers = {
+            k: t for k, t in self.transfers.items() if t.total == 0 or t.done < t.total
+        }
+        return {
+            "peer_id": str(self.home.key.peer_id),
+            "started": self.started,
+            "versions": [
+                {
+                    "name": e.name,
+                    "version": e.version,
+                    "bytes": e.total_bytes,
+                    "origin": e.origin,
+                    "location": e.location,
+                }
+                for e in self.home.catalog.summaries()
+            ],
+            "transfers": [t.as_status() for t in self.transfers.values()],
+            "peers": [
+                {"id": str(p.peer_id), "name": p.name, "route": "", "addr": "", "seen": 0.0}
+                for p in self.home.trust
+            ],
+        }
+
+
+async def run_daemon(
+    home: Home, cfg: Config, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run every configured service until cancelled; reports the listen addresses."""
+    from p2pckpt.daemon.control import serve_control
+
+    state = DaemonState(home)
+    server = Server(home)
+    host, port = parse_addr(cfg.listen, allow_zero=True)
+
+    async def status(_request: dict[str, Any]) -> Any:
+        return state.status()
+
+    async with contextlib.AsyncExitStack() as stack:
+        # Followers share one finder (and its mDNS browser) for the daemon's life.
+        finder = await stack.enter_async_context(open_finder(home, cfg)) if cfg.follow else None
+        nursery = await stack.enter_async_context(trio.open_nursery())
+        listeners = await nursery.start(server.serve, host, port)
+        addrs = ["{}:{}".format(*lst.socket.getsockname()[:2]) for lst in listeners]
+        bound_port = listeners[0].socket.getsockname()[1]
+        await nursery.start(serve_control, home.path, {"status": status})
+        if cfg.mdns:
+            from p2pckpt.discovery.mdns import announce
+
+            await nursery.start(
+                partial(announce, interfaces=list(cfg.interfaces) or None),
+                home.key.peer_id,
+                bound_port,
+                home.catalog.epoch,
+            )
+        if cfg.relay is not None:
+            from p2pckpt.relay.client import register
+
+            nursery.start_soon(register, cfg.relay, home.key, partial(server.handle, via="relay"))
+        if cfg.watch:
+            from p2pckpt.daemon.watch import watch_folder
+
+            for spec in cfg.watch:
+                await nursery.start(partial(watch_folder, home, spec))
+        if finder is not None:
+            from p2pckpt.daemon.follow import follow
+
+            for fspec in cfg.follow:
+                await nursery.start(follow, home, finder, fspec, state.progress)
+        log.info("daemon ready listen=%s peer=%s", ",".join(addrs), home.key.peer_id)
+        task_status.started(addrs)

@@ -1,0 +1,176 @@
+"""Following a name: pull each new version, flip ``current``, run the hook.
+
+Layout under a followed directory::
+
+    DIR/NAME/<version>/...   one directory per version (a file checkpoint
+                             keeps its file name inside it)
+    DIR/NAME/current         symlink to "<version>", replaced atomically
+                             (symlink to a temporary name, rename over it,
+                             fsync the directory): loaders see the old or the
+                             new version, never a mix (R-44)
+
+A check asks every reachable trusted peer for the newest version (signed by
+a trusted publisher; rollback refused as in any pull) and pulls it if it is
+newer than ``current``. Checks run when mDNS says a peer's catalog epoch
+changed, and at least every POLL_SECONDS otherwise. A failed check or hook
+is logged and retried at the next trigger; nothing here ends the daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from p2pckpt.config import FollowSpec
+from p2pckpt.discovery.finder import Finder
+from p2pckpt.errors import P2pckptError, first_leaf
+from p2pckpt.home import Home
+from p2pckpt.store.atomic import fsync_dir
+from p2pckpt.transfer.pull import Progress, PullResult, choose_source, pull
+
+log = logging.getLogger("p2pckpt.follow")
+
+POLL_SECONDS: Final = 2.0  # without mDNS, how often peers are asked
+MDNS_POLL_SECONDS: Final = 30.0  # with mDNS, epoch changes wake us; this is the fallback
+HOOK_TIMEOUT: Final = 300.0
+CURRENT: Final = "current"
+
+
+def current_version(root: Path) -> int | None:
+    """The version ``root/current`` points to, if any."""
+    try:
+        target = os.readlink(root / CURRENT)
+    except OSError:
+        return None
+    return int(target) if target.isdigit() else None
+
+
+def repoint(root: Path, version: int) -> None:
+    """Atomically make ``root/current`` point to ``version``."""
+    tmp = root / f".{CURRENT}.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.symlink(str(version), tmp)
+    os.replace(tmp, root / CURRENT)
+    fsync_dir(root)
+
+
+def retain(root: Path, keep: int, protect: set[int]) -> list[int]:
+    """Delete all but the newest ``keep`` version directories, never one in
+    ``protect`` (``current``, or being pulled). Returns what was deleted."""
+    versions = sorted((int(p.name) for p in root.iterdir() if p.name.isdigit()), reverse=True)
+    doomed = [v for v in versions[keep:] if v not in protect]
+    for v in doomed:
+        shutil.rmtree(root / str(v), ignore_errors=True)
+    if doomed:
+        fsync_dir(root)
+    return doomed
+
+
+async def run_hook(spec: FollowSpec, result: PullResult, path: Path) -> None:
+    """Run the configured command with the new version in its environment."""
+    if not spec.hook:
+        return
+    env = {
+        **os.environ,
+        "P2PCKPT_NAME": result.name,
+        "P2PCKPT_VERSION": str(result.version),
+        "P2PCKPT_PATH": str(path),
+        "P2PCKPT_PUBLISHER": result.publisher,
+    }
+    try:
+        with trio.fail_after(HOOK_TIMEOUT):
+            done = await trio.run_process(list(spec.hook), env=env, check=False)
+    except (OSError, trio.TooSlowError) as exc:
+        log.error("hook failed name=%s version=%d error=%s", result.name, result.version, exc)
+        return
+    level = logging.INFO if done.returncode == 0 else logging.ERROR
+    log.log(
+        level,
+        "hook exited name=%s version=%d code=%d",
+        result.name,
+        result.version,
+        done.returncode,
+    )
+
+
+async def check_once(
+    home: Home, finder: Finder, spec: FollowSpec, progress: Callable[[str], Progress]
+) -> PullResult | None:
+    """Pull the newest version of ``spec.name`` if it is newer than ``current``."""
+    root = spec.dir / spec.name
+    have = current_version(root)
+    conns = await finder.connect_all(None)
+    try:
+        conn, manifest, _ = await choose_source(home, conns, spec.name, None)
+    except BaseException:
+        for c in conns:
+            await c.aclose()
+        raise
+    if have is not None and manifest.version <= have:
+        for c in conns:
+            await c.aclose()
+        return None
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / str(manifest.version)
+    dest = target / manifest.files[0].path if manifest.kind == "file" else target
+    if manifest.kind == "file":
+        target.mkdir(exist_ok=True)
+    log.info(
+        "pulling name=%s version=%d from=%s route=%s",
+        spec.name,
+        manifest.version,
+        conn.peer.short,
+        conn.route,
+    )
+    # The pull takes the chosen peer first; it re-asks it for the same version.
+    others = [c for c in conns if c is not conn]
+    for c in others:
+        await c.aclose()
+    result = await pull(
+        home,
+        [conn],
+        spec.name,
+        manifest.version,
+        dest,
+        progress=progress(f"{spec.name}@{manifest.version}"),
+    )
+    repoint(root, manifest.version)
+    log.info("current name=%s version=%d path=%s", spec.name, manifest.version, target)
+    await run_hook(spec, result, target)
+    deleted = await trio.to_thread.run_sync(retain, root, spec.keep, {manifest.version})
+    if deleted:
+        log.info("retention name=%s deleted=%s", spec.name, ",".join(map(str, deleted)))
+    return result
+
+
+async def follow(
+    home: Home,
+    finder: Finder,
+    spec: FollowSpec,
+    progress: Callable[[str], Progress],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Follow ``spec.name`` until cancelled."""
+    task_status.started()
+    wait = MDNS_POLL_SECONDS if finder.browser is not None else POLL_SECONDS
+    while True:
+        try:
+            await check_once(home, finder, spec, progress)
+        except* P2pckptError as group:
+            log.info("follow name=%s: %s", spec.name, first_leaf(group))
+        except* OSError as group:
+            log.error("follow name=%s: %s", spec.name, first_leaf(group))
+        with trio.move_on_after(wait):
+            if finder.browser is not None:
+                await finder.browser.changed()
+            else:
+                await trio.sleep_forever()
