@@ -73,6 +73,7 @@ def main() -> None:
     from p2pckpt.cli import (  # noqa: F401  (registers the commands)
         commands,
         daemon_cmd,
+        push_cmd,
         relay_cmd,
         status_cmd,
     )

@@ -28,10 +28,13 @@ from typing import Any
 import trio
 
 from p2pckpt.config import Config, parse_addr
-from p2pckpt.discovery.finder import open_finder
+from p2pckpt.discovery.finder import Finder, open_finder
+from p2pckpt.errors import P2pckptError
 from p2pckpt.home import Home
+from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.transfer.pull import Progress
 from p2pckpt.transfer.serve import Server
+from p2pckpt.wire import messages as m
 
 log = logging.getLogger("p2pckpt.daemon")
 
@@ -113,7 +116,36 @@ async def run_daemon(
     from p2pckpt.daemon.control import serve_control
 
     state = DaemonState(home)
-    server = Server(home)
+    finder_box: list[Finder] = []
+
+    async def on_push(
+        peer: PeerId, addr: tuple[str, int] | None, req: m.PushRequest
+    ) -> m.PushResult:
+        """Pull what a pusher (checked for the push role) asks for, into the
+        follow directory of that name; report the verified result."""
+        from p2pckpt.daemon.follow import install
+        from p2pckpt.transfer.peer import connect_direct
+
+        spec = next((f for f in cfg.follow if f.name == req.name), None)
+        if spec is None:
+            return m.PushResult(False, f"this node does not follow {req.name}")
+        log.info("push name=%s version=%d from=%s", req.name, req.version, peer.short)
+        try:
+            if addr is not None:
+                conn = await connect_direct(home, addr, expect=peer)
+            elif finder_box:
+                conn = await finder_box[0].connect(peer)
+            else:
+                return m.PushResult(False, "cannot reach the pusher")
+            result = await install(
+                home, spec, conn, req.version, state.progress, expect_root=req.root
+            )
+        except P2pckptError as exc:
+            log.warning("push name=%s version=%d failed: %s", req.name, req.version, exc)
+            return m.PushResult(False, str(exc))
+        return m.PushResult(True, f"verified {req.name}@{req.version}", result.bytes_total)
+
+    server = Server(home, on_push=on_push)
     host, port = parse_addr(cfg.listen, allow_zero=True)
 
     async def status(_request: dict[str, Any]) -> Any:
@@ -122,6 +154,8 @@ async def run_daemon(
     async with contextlib.AsyncExitStack() as stack:
         # Followers share one finder (and its mDNS browser) for the daemon's life.
         finder = await stack.enter_async_context(open_finder(home, cfg)) if cfg.follow else None
+        if finder is not None:
+            finder_box.append(finder)
         nursery = await stack.enter_async_context(trio.open_nursery())
         listeners = await nursery.start(server.serve, host, port)
         addrs = ["{}:{}".format(*lst.socket.getsockname()[:2]) for lst in listeners]

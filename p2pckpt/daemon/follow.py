@@ -30,10 +30,11 @@ import trio
 
 from p2pckpt.config import FollowSpec
 from p2pckpt.discovery.finder import Finder
-from p2pckpt.errors import P2pckptError, first_leaf
+from p2pckpt.errors import ManifestError, P2pckptError, first_leaf
 from p2pckpt.home import Home
 from p2pckpt.store.atomic import fsync_dir
-from p2pckpt.transfer.pull import Progress, PullResult, choose_source, pull
+from p2pckpt.transfer.peer import PeerConnection
+from p2pckpt.transfer.pull import Progress, PullResult, choose_source, fetch_manifest, pull
 
 log = logging.getLogger("p2pckpt.follow")
 
@@ -105,47 +106,63 @@ async def check_once(
     home: Home, finder: Finder, spec: FollowSpec, progress: Callable[[str], Progress]
 ) -> PullResult | None:
     """Pull the newest version of ``spec.name`` if it is newer than ``current``."""
-    root = spec.dir / spec.name
-    have = current_version(root)
+    have = current_version(spec.dir / spec.name)
     conns = await finder.connect_all(None)
+    chosen: PeerConnection | None = None
     try:
-        conn, manifest, _ = await choose_source(home, conns, spec.name, None)
-    except BaseException:
+        chosen, manifest, _ = await choose_source(home, conns, spec.name, None)
+    finally:
         for c in conns:
-            await c.aclose()
-        raise
+            if c is not chosen:
+                await c.aclose()
     if have is not None and manifest.version <= have:
-        for c in conns:
-            await c.aclose()
+        await chosen.aclose()
         return None
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / str(manifest.version)
+    return await install(home, spec, chosen, manifest.version, progress)
+
+
+async def install(
+    home: Home,
+    spec: FollowSpec,
+    conn: PeerConnection,
+    version: int,
+    progress: Callable[[str], Progress],
+    expect_root: bytes | None = None,
+) -> PullResult:
+    """Pull ``version`` from ``conn`` into ``DIR/NAME/<version>`` (a one-file
+    checkpoint keeps its file name inside it); if it is the newest, point
+    ``current`` at it and run the hook; then apply retention. Takes ownership
+    of ``conn``."""
+    root = spec.dir / spec.name
+    target = root / str(version)
+    try:
+        manifest, _ = await fetch_manifest(home, conn, spec.name, version)
+        if expect_root is not None and manifest.root != expect_root:
+            raise ManifestError(f"{spec.name}@{version} differs from the version asked for")
+    except BaseException:
+        await conn.aclose()
+        raise
+    # A one-file checkpoint lands inside its version directory; a directory
+    # checkpoint *is* the version directory (renamed into place whole).
+    (target if manifest.kind == "file" else root).mkdir(parents=True, exist_ok=True)
     dest = target / manifest.files[0].path if manifest.kind == "file" else target
-    if manifest.kind == "file":
-        target.mkdir(exist_ok=True)
     log.info(
         "pulling name=%s version=%d from=%s route=%s",
         spec.name,
-        manifest.version,
+        version,
         conn.peer.short,
         conn.route,
     )
-    # The pull takes the chosen peer first; it re-asks it for the same version.
-    others = [c for c in conns if c is not conn]
-    for c in others:
-        await c.aclose()
     result = await pull(
-        home,
-        [conn],
-        spec.name,
-        manifest.version,
-        dest,
-        progress=progress(f"{spec.name}@{manifest.version}"),
+        home, [conn], spec.name, version, dest, progress=progress(f"{spec.name}@{version}")
     )
-    repoint(root, manifest.version)
-    log.info("current name=%s version=%d path=%s", spec.name, manifest.version, target)
-    await run_hook(spec, result, target)
-    deleted = await trio.to_thread.run_sync(retain, root, spec.keep, {manifest.version})
+    have = current_version(root)
+    if have is None or version > have:
+        repoint(root, version)
+        log.info("current name=%s version=%d path=%s", spec.name, version, target)
+        await run_hook(spec, result, target)
+    protect = {version} | ({have} if have is not None else set())
+    deleted = await trio.to_thread.run_sync(retain, root, spec.keep, protect)
     if deleted:
         log.info("retention name=%s deleted=%s", spec.name, ",".join(map(str, deleted)))
     return result

@@ -72,14 +72,14 @@ class PeerConnection:
     async def send(self, msg: m.Message) -> None:
         await self.secure.send_all(encode(msg))
 
-    async def receive(self) -> m.Message:
+    async def receive(self, idle_timeout: float = IDLE_TIMEOUT) -> m.Message:
         while not self._pending:
-            with trio.move_on_after(IDLE_TIMEOUT) as idle:
+            with trio.move_on_after(idle_timeout) as idle:
                 ready = await self.secure.receive_messages(self._reader)
             if idle.cancelled_caught:
                 raise TransferError(
-                    f"peer {self.label} sent nothing for {IDLE_TIMEOUT:.0f}s; the partial copy"
-                    " is kept: run the same pull again to resume"
+                    f"peer {self.label} sent nothing for {idle_timeout:.0f}s; a partial copy"
+                    " is kept: run the same command again to resume"
                 )
             if not ready:
                 raise ChannelClosed(f"peer {self.label} closed the connection")

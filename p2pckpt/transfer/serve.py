@@ -28,6 +28,7 @@ import logging
 import os
 import stat
 from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -125,6 +126,12 @@ def _read_chunk(path: Path, chunk: Chunk, req_id: int, buf: bytearray) -> memory
     return memoryview(buf)[:size]
 
 
+class _Busy:
+    """Whether a connection is working on a long request (a push)."""
+
+    working = False
+
+
 class _BufferBudget:
     """Chunk buffers shared by every connection: at most ``count`` exist, so
     server memory is bounded whatever the number of peers (R-50, R-52)."""
@@ -145,13 +152,16 @@ class _BufferBudget:
 
 
 _Prepared = tuple[bytes | memoryview, bytearray | None]
+# (pusher, the address its connection came from or None if relayed, request)
+PushHandler = Callable[[PeerId, tuple[str, int] | None, m.PushRequest], Awaitable[m.PushResult]]
 
 
 class Server:
     """Serves one home's catalog to trusted peers."""
 
-    def __init__(self, home: Home) -> None:
+    def __init__(self, home: Home, on_push: PushHandler | None = None) -> None:
         self.home = home
+        self.on_push = on_push
         self._handshakes = trio.CapacityLimiter(MAX_HANDSHAKES)
         self._preauth: Counter[str] = Counter()
         self._peers: Counter[PeerId] = Counter()
@@ -242,7 +252,8 @@ class Server:
         try:
             source = source_key(host)
             if self._admit(source):
-                await self._handle(transport, source, addr)
+                direct = via is None and sock is not None and host != "?"
+                await self._handle(transport, source, addr, host if direct else None)
         except* P2pckptError as group:
             log.info("connection from %s ended: %s", addr, first_leaf(group))
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
@@ -255,7 +266,9 @@ class Server:
             with trio.CancelScope(shield=True):
                 await transport.aclose()
 
-    async def _handle(self, transport: trio.abc.Stream, source: str, addr: str) -> None:
+    async def _handle(
+        self, transport: trio.abc.Stream, source: str, addr: str, peer_host: str | None
+    ) -> None:
         self._preauth[source] += 1
         try:
             # One deadline from accept to an authenticated peer, including the
@@ -292,29 +305,37 @@ class Server:
         self._peers[peer] += 1
         try:
             log.info("peer %s connected from %s", peer.short, addr)
-            await self._converse(secure)
+            hint = (peer_host, 0) if peer_host is not None else None
+            await self._converse(secure, peer, hint)
         finally:
             self._peers[peer] -= 1
             if not self._peers[peer]:
                 del self._peers[peer]
 
-    async def _converse(self, secure: SecureStream) -> None:
+    async def _converse(
+        self, secure: SecureStream, peer: PeerId, hint: tuple[str, int] | None
+    ) -> None:
         requests_send, requests_recv = trio.open_memory_channel[m.Request](m.MAX_OUTSTANDING)
         prepared_send, prepared_recv = trio.open_memory_channel[_Prepared](PREPARED_QUEUE)
+        busy = _Busy()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._sender, secure, prepared_recv)
-            nursery.start_soon(self._preparer, requests_recv, prepared_send)
-            await self._reader(secure, requests_send)
+            nursery.start_soon(self._preparer, requests_recv, prepared_send, peer, hint, busy)
+            await self._reader(secure, requests_send, busy)
             nursery.cancel_scope.cancel()
 
     async def _reader(
-        self, secure: SecureStream, requests: trio.MemorySendChannel[m.Request]
+        self, secure: SecureStream, requests: trio.MemorySendChannel[m.Request], busy: _Busy
     ) -> None:
         reader = MessageReader(SERVER_ACCEPTS)
         async with requests:
             while True:
-                with trio.fail_after(IDLE_TIMEOUT):
+                with trio.move_on_after(IDLE_TIMEOUT) as idle:
                     data = await secure.receive_some()
+                if idle.cancelled_caught:
+                    if busy.working:  # a long push is running for this peer: not idle
+                        continue
+                    raise trio.TooSlowError
                 if not data:
                     return  # the peer is done; nobody is left to answer
                 for msg in reader.feed(data):
@@ -332,9 +353,19 @@ class Server:
         self,
         requests: trio.MemoryReceiveChannel[m.Request],
         prepared: trio.MemorySendChannel[_Prepared],
+        peer: PeerId,
+        hint: tuple[str, int] | None,
+        busy: _Busy,
     ) -> None:
         async with prepared:
             async for req in requests:
+                if isinstance(req, m.PushRequest):
+                    busy.working = True
+                    try:
+                        await prepared.send((await self._push(peer, hint, req), None))
+                    finally:
+                        busy.working = False
+                    continue
                 if not isinstance(req, m.ChunkRequest):
                     await prepared.send((await self._answer(req), None))
                     continue
@@ -349,6 +380,25 @@ class Server:
                     await prepared.send((payload, None))
                 else:
                     await prepared.send((payload, buf))
+
+    async def _push(self, peer: PeerId, hint: tuple[str, int] | None, req: m.PushRequest) -> bytes:
+        """A peer with the push role asks us to pull a version back from it."""
+        if self.on_push is None:
+            return encode(
+                m.Error(m.BAD_REQUEST, "this node takes no pushes (run 'p2pckpt daemon')")
+            )
+        try:
+            self._current_trust().require(peer, "push")
+        except TrustError:
+            log.warning(
+                "refused push of %s@%d from %s: no push role",
+                safe_display(req.name),
+                req.version,
+                peer.short,
+            )
+            return encode(m.Error(m.UNAUTHORIZED, "you do not have the 'push' role here"))
+        target = (hint[0], req.port) if hint is not None else None
+        return encode(await self.on_push(peer, target, req))
 
     async def _answer(self, req: m.Request) -> bytes:
         catalog = self.home.catalog

@@ -31,6 +31,8 @@ from p2pckpt.wire.messages import (
     ManifestRequest,
     ManifestResponse,
     Message,
+    PushRequest,
+    PushResult,
     VersionInfo,
 )
 
@@ -40,6 +42,7 @@ _REQ_ID = struct.Struct(">I")
 CHUNK_HEADER_SIZE: Final = HEADER_SIZE + _REQ_ID.size
 
 _T_LIST_REQ, _T_LIST_RESP, _T_MAN_REQ, _T_MAN_RESP, _T_CHUNK_REQ, _T_CHUNK, _T_ERROR = range(1, 8)
+_T_PUSH_REQ, _T_PUSH_RESULT = 8, 9
 
 _CONTROL_CAP = 4096
 _CAPS: Final = {
@@ -50,9 +53,11 @@ _CAPS: Final = {
     _T_CHUNK_REQ: _CONTROL_CAP,
     _T_CHUNK: _REQ_ID.size + MAX_CHUNK,
     _T_ERROR: _CONTROL_CAP,
+    _T_PUSH_REQ: _CONTROL_CAP,
+    _T_PUSH_RESULT: _CONTROL_CAP,
 }
-SERVER_ACCEPTS: Final = frozenset({_T_LIST_REQ, _T_MAN_REQ, _T_CHUNK_REQ})
-CLIENT_ACCEPTS: Final = frozenset({_T_LIST_RESP, _T_MAN_RESP, _T_CHUNK, _T_ERROR})
+SERVER_ACCEPTS: Final = frozenset({_T_LIST_REQ, _T_MAN_REQ, _T_CHUNK_REQ, _T_PUSH_REQ})
+CLIENT_ACCEPTS: Final = frozenset({_T_LIST_RESP, _T_MAN_RESP, _T_CHUNK, _T_ERROR, _T_PUSH_RESULT})
 
 
 def _pack(kind: int, body: list[Any]) -> bytes:
@@ -81,6 +86,10 @@ def encode(msg: Message) -> bytes:
             return _pack(_T_CHUNK_REQ, [req_id, root, index])
         case ChunkData(req_id, data):
             return chunk_header(req_id, len(data)) + bytes(data)
+        case PushRequest(name, version, root, port):
+            return _pack(_T_PUSH_REQ, [name, version, root, port])
+        case PushResult(ok, message, total):
+            return _pack(_T_PUSH_RESULT, [ok, message[:1000], total])
         case Error(code, message, req_id):
             return _pack(_T_ERROR, [code, message, req_id])
     raise TypeError(f"not a message: {msg!r}")
@@ -159,6 +168,28 @@ def _decode(kind: int, body: bytes) -> Message:
         ):
             raise _bad("chunk request")
         return ChunkRequest(doc[0], doc[1], doc[2])
+    if kind == _T_PUSH_REQ:
+        if (
+            len(doc) != 4
+            or not isinstance(doc[0], str)
+            or len(doc[0]) > 128
+            or not _is_int(doc[1], MAX_VERSION)
+            or not isinstance(doc[2], bytes)
+            or len(doc[2]) != 32
+            or not _is_int(doc[3], 65535)
+            or doc[3] == 0
+        ):
+            raise _bad("push request")
+        return PushRequest(doc[0], doc[1], doc[2], doc[3])
+    if kind == _T_PUSH_RESULT:
+        if (
+            len(doc) != 3
+            or type(doc[0]) is not bool
+            or not isinstance(doc[1], str)
+            or not _is_int(doc[2], 1 << 62)
+        ):
+            raise _bad("push result")
+        return PushResult(doc[0], doc[1][:1000], doc[2])
     if kind == _T_ERROR:
         if (
             len(doc) != 3

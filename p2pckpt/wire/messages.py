@@ -8,6 +8,7 @@ that turns them into bytes. The conversation is request/response, client
     ManifestRequest        -> ManifestResponse | Error
     ChunkRequest (pipelined, at most MAX_OUTSTANDING per connection)
                            -> ChunkData | Error(req_id)
+    PushRequest            -> PushResult | Error   (needs the "push" role)
 
 An ``Error`` without ``req_id`` ends the connection.
 """
@@ -81,6 +82,28 @@ class ChunkRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class PushRequest:
+    """Ask the server (a daemon) to pull ``name@version`` (``root``) back from
+    us, listening on ``port`` at the address this connection comes from."""
+
+    name: str
+    version: int
+    root: bytes
+    port: int
+
+    def __post_init__(self) -> None:
+        _check(len(self.root) == 32, "root is 32 bytes")
+        _check(0 < self.port < 65536, "port out of range")
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    ok: bool
+    message: str
+    bytes_total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ChunkData:
     req_id: int
     data: bytes | bytearray
@@ -108,6 +131,6 @@ class Error:
         object.__setattr__(self, "message", clip_utf8(self.message, MAX_ERROR_MESSAGE_BYTES))
 
 
-Request = ListRequest | ManifestRequest | ChunkRequest
-Response = ListResponse | ManifestResponse | ChunkData | Error
+Request = ListRequest | ManifestRequest | ChunkRequest | PushRequest
+Response = ListResponse | ManifestResponse | ChunkData | Error | PushResult
 Message = Request | Response

@@ -110,3 +110,55 @@ hook = ["{hook}"]
     follower.proc.wait(10)
     assert time.monotonic() - started < 5 and follower.proc.returncode == 0
     assert not (b / "run" / "control.sock").exists()
+
+
+def test_push_to_two_daemons_one_refuses(nodes, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """push waits for each target's verified result; a target without the push
+    role for us refuses; the exit code is non-zero unless all verified."""
+    a, b, a_id, _b_id, servers = nodes
+    c = tmp_path / "C"
+    c_id = run(c, "init").stdout.strip()
+    run(a, "trust", "add", c_id, "--role", "pull")
+    run(c, "trust", "add", a_id, "--role", "pull", "--role", "publish")  # no push role
+    # (B trusts A with every role, push included.)
+    for home in (b, c):
+        (home / "d.toml").write_text(
+            f"""
+[serve]
+listen = "127.0.0.1:0"
+[discovery]
+mdns = false
+[[follow]]
+name = "llama-ft"
+dir = "{home / "models"}"
+"""
+        )
+    db = _daemon(b, tmp_path / "b.log", b / "d.toml")
+    dc = _daemon(c, tmp_path / "c.log", c / "d.toml")
+    servers += [db, dc]
+    ck = make_checkpoint(tmp_path / "ck", {"model.safetensors": 3 << 20, "config.json": 100})
+    run(a, "publish", str(ck), "--name", "llama-ft", "--version", "42")
+    proc = run(
+        a,
+        "push",
+        "llama-ft",
+        "--to",
+        db.addr,
+        "--to",
+        dc.addr,
+        "--listen",
+        "127.0.0.1:0",
+        "--json",
+        check=False,
+    )
+    assert proc.returncode == 12, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["targets"][db.addr]["ok"] is True
+    assert doc["targets"][dc.addr]["ok"] is False
+    assert "push" in doc["targets"][dc.addr]["message"]
+    assert same_tree(ck, b / "models" / "llama-ft" / "current")
+    assert not (c / "models" / "llama-ft").exists()
+    assert "refused push" in dc.log.read_text()
+    # Pushing again to B alone: already there, verified, exit 0.
+    again = run(a, "push", "llama-ft@42", "--to", db.addr, "--listen", "127.0.0.1:0")
+    assert again.returncode == 0 and "ok: verified llama-ft@42" in again.stdout

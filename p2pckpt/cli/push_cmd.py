@@ -1,0 +1,112 @@
+"""``p2pckpt push``: have other daemons pull a version from us, and wait.
+
+The command serves the version itself for as long as it runs (a temporary
+seeder on ``--listen``), asks each target to pull it back (the target must
+grant us the push role, follow the name, and we must let it pull), and
+prints each target's verified result. Exit 0 only if every target verified.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from p2pckpt.cli.commands import _config, _parse_ref, command, config_option
+from p2pckpt.cli.main import emit_json, open_home
+
+PUSH_TIMEOUT = 24 * 3600.0  # a target may be pulling a very large checkpoint
+
+
+@command()
+@click.argument("ref", metavar="NAME[@VERSION]")
+@click.option(
+    "--to",
+    "targets",
+    multiple=True,
+    required=True,
+    metavar="ADDR",
+    help="Target daemon: HOST:PORT, peer ID or trusted name (repeatable).",
+)
+@click.option(
+    "--listen",
+    default="0.0.0.0:0",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where the targets pull from (this command serves while it runs).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object at the end.")
+@config_option
+def push(
+    ref: str, targets: tuple[str, ...], listen: str, as_json: bool, config_path: Path | None
+) -> None:
+    """Ask daemons to pull NAME[@VERSION] from this node; wait until verified."""
+    import trio
+
+    from p2pckpt.config import parse_addr
+    from p2pckpt.discovery.finder import open_finder, parse_target
+    from p2pckpt.errors import NotFound, P2pckptError, TransferError
+    from p2pckpt.manifest.paths import safe_display
+    from p2pckpt.transfer.serve import Server
+    from p2pckpt.wire import messages as m
+
+    home = open_home()
+    cfg = _config(home, config_path)
+    name, version = _parse_ref(ref)
+    entry = home.catalog.find(name, version)
+    if entry is None:
+        raise NotFound(f"this node holds no {ref}: publish or pull it first")
+    parsed = [(t, parse_target(t, home)) for t in targets]
+    host, port = parse_addr(listen, allow_zero=True)
+    results: dict[str, dict[str, Any]] = {}
+
+    async def run() -> None:
+        server = Server(home)
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(server.serve, host, port)
+            bound = listeners[0].socket.getsockname()[1]
+            need_mdns = any(not isinstance(t, tuple) for _, t in parsed)
+            async with open_finder(home, cfg, use_mdns=need_mdns) as finder:
+
+                async def one(label: str, target: Any) -> None:
+                    try:
+                        conn = await finder.connect_target(target)
+                        try:
+                            await conn.send(
+                                m.PushRequest(entry.name, entry.version, entry.root, bound)
+                            )
+                            reply = await conn.receive(idle_timeout=PUSH_TIMEOUT)
+                        finally:
+                            await conn.aclose()
+                        if not isinstance(reply, m.PushResult):
+                            raise TransferError("unexpected answer to a push")
+                        results[label] = {
+                            "ok": reply.ok,
+                            "message": reply.message,
+                            "bytes": reply.bytes_total,
+                        }
+                    except P2pckptError as exc:
+                        results[label] = {"ok": False, "message": str(exc), "bytes": 0}
+                    mark = "ok" if results[label]["ok"] else "FAILED"
+                    if not as_json:
+                        click.echo(
+                            f"{safe_display(label)}: {mark}: "
+                            f"{safe_display(results[label]['message'])}"
+                        )
+
+                async with trio.open_nursery() as pushes:
+                    for label, target in parsed:
+                        pushes.start_soon(one, label, target)
+            nursery.cancel_scope.cancel()
+
+    trio.run(run)
+    ok = all(r["ok"] for r in results.values())
+    if as_json:
+        emit_json({"name": entry.name, "version": entry.version, "ok": ok, "targets": results})
+    if not ok:
+        click.echo(
+            f"p2pckpt: error: not every target verified {entry.name}@{entry.version}", err=True
+        )
+        sys.exit(12)
