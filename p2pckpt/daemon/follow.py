@@ -156,6 +156,14 @@ async def install(
     result = await pull(
         home, [conn], spec.name, version, dest, progress=progress(f"{spec.name}@{version}")
     )
+    log.info(
+        "pulled name=%s version=%d downloaded=%d reused=%d seconds=%.2f",
+        spec.name,
+        version,
+        result.bytes_downloaded,
+        result.bytes_reused,
+        result.seconds,
+    )
     have = current_version(root)
     if have is None or version > have:
         repoint(root, version)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -162,3 +163,78 @@ dir = "{home / "models"}"
     # Pushing again to B alone: already there, verified, exit 0.
     again = run(a, "push", "llama-ft@42", "--to", db.addr, "--listen", "127.0.0.1:0")
     assert again.returncode == 0 and "ok: verified llama-ft@42" in again.stdout
+
+
+def test_example_config_starts_a_daemon(tmp_path: Path) -> None:
+    """deploy/config.example.toml, with paths and addresses overridden, runs a
+    daemon that answers `status` and stops cleanly on SIGTERM."""
+    home = tmp_path / "home"
+    run(home, "init")
+    watched = tmp_path / "ckpt"
+    watched.mkdir()
+    example = (Path(__file__).parents[2] / "deploy" / "config.example.toml").read_text()
+    text = (
+        example.replace("/srv/ckpt/llama-ft", str(watched))
+        .replace('listen = "0.0.0.0:7450"', 'listen = "127.0.0.1:0"')
+        .replace("mdns = true", "mdns = false")  # never multicast from the test host
+    )
+    assert str(watched) in text and 'listen = "127.0.0.1:0"' in text
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(text)
+    daemon = _daemon(home, tmp_path / "d.log", cfg)
+    try:
+        status = json.loads(run(home, "status", "--json").stdout)
+        assert status["versions"] == [] and status["peer_id"]
+        (watched / "step-7.pt").write_bytes(os.urandom(10_000))
+        daemon.proc.send_signal(signal.SIGTERM)
+        daemon.proc.wait(10)
+        assert daemon.proc.returncode == 0
+    finally:
+        daemon.stop()
+    stopped = run(home, "status", check=False)
+    assert stopped.returncode == 11 and "no daemon running" in stopped.stderr
+
+
+def test_daemon_killed_mid_pull_resumes_after_restart(nodes, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """kill -9 during a follow pull; the restarted daemon completes it from the
+    journal (re-fetching only what was not journaled) and flips current."""
+    a, b, a_id, _b_id, servers = nodes
+    ck = make_checkpoint(tmp_path / "ck", {"model.safetensors": 160 << 20})
+    run(a, "publish", str(ck), "--name", "big", "--version", "5")
+    seeder = start_server(a, tmp_path / "a.log")
+    servers.append(seeder)
+    models = tmp_path / "models"
+    cfg = tmp_path / "b.toml"
+    cfg.write_text(
+        f"""
+[serve]
+listen = "127.0.0.1:0"
+[discovery]
+mdns = false
+[[peer]]
+id = "{a_id}"
+addr = "{seeder.addr}"
+[[follow]]
+name = "big"
+dir = "{models}"
+"""
+    )
+    journal = models / "big" / ".5.p2pckpt-partial" / "journal"
+    first = _daemon(b, tmp_path / "b1.log", cfg)
+    _wait(lambda: journal.exists() and journal.stat().st_size >= 41 + 8 * 5, 30, "journal")
+    first.proc.kill()
+    first.proc.wait(10)
+    first.stop()
+    assert not (models / "big" / "current").exists()
+    journaled = (journal.stat().st_size - 41) // 8
+    second = _daemon(b, tmp_path / "b2.log", cfg)
+    servers.append(second)
+    current = models / "big" / "current"
+    _wait(lambda: current.is_symlink(), 60, "current after restart")
+    assert same_tree(ck, current)
+    log = (tmp_path / "b2.log").read_text()
+    found = re.search(r"pulled name=big version=5 downloaded=(\d+) reused=(\d+)", log)
+    assert found, log
+    downloaded, reused = int(found.group(1)), int(found.group(2))
+    assert journaled >= 5 and reused >= journaled * (4 << 20)
+    assert downloaded + reused == 160 << 20
