@@ -1,0 +1,325 @@
+"""Watch a folder and publish each child once it is complete (``[[watch]]``).
+
+Theory of operation. Every child of ``spec.path`` (a file, or a directory
+tree) is a candidate checkpoint with a state ``(snap, quiet_since, due)``:
+its last :class:`Snapshot`, since when nothing was seen changing, and when
+to look again. Two kinds of evidence reset ``quiet_since``: an inotify event
+inside the child (immediate but only a hint: events can be lost) and a
+snapshot that differs from the previous one (the ground truth). Events cause
+no I/O; they only move ``due`` to a moment after the burst, so a writer
+issuing thousands of writes costs a few snapshots, not thousands. One loop
+sleeps until the earliest ``due`` (or an event that makes something due
+earlier), snapshots due children in a worker thread, asks
+``completion.is_complete`` and publishes complete children one at a time,
+hashing in a worker thread.
+
+Events come from inotify (``daemon/inotify.py``: no thread, no polling).
+Without it (not Linux, no instance left) the folder is rescanned every
+POLL_SECONDS; with it, a re-check every BACKSTOP_SECONDS covers events lost
+to a queue overflow or to a directory created just before its watch.
+
+A child is published once: children already in the catalog (origin
+"published", location == the child's path) are skipped, at start and right
+before each publish. Nothing here ends the watcher: a publish that fails
+because the child changed or vanished is retried after it settles again
+(with back-off); one refused for good (same version, other content; a link
+inside) waits until the child changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Final
+
+import trio
+
+from p2pckpt.config import WatchSpec
+from p2pckpt.daemon import inotify
+from p2pckpt.daemon.completion import (
+    Snapshot,
+    is_candidate_name,
+    is_complete,
+    settle_seconds,
+    version_from_name,
+)
+from p2pckpt.daemon.inotify import Inotify
+from p2pckpt.daemon.snapshot import gather
+from p2pckpt.errors import ConfigError, ManifestError, SourceChanged
+from p2pckpt.home import Home
+from p2pckpt.manifest.manifest import Manifest
+from p2pckpt.publish import publish
+from p2pckpt.store.catalog import CATALOG_FILE, Catalog
+
+log = logging.getLogger("p2pckpt.watch")
+
+DEBOUNCE: Final = 0.2  # seconds after an event before looking (coalesces bursts)
+POLL_SECONDS: Final = 5.0  # without inotify: how often the folder is rescanned
+BACKSTOP_SECONDS: Final = 60.0  # with inotify: re-check of children waiting for an event
+MAX_BACKOFF: Final = 300.0
+
+
+class _Stopped(Exception):
+    """Raised inside an abandoned publish thread to stop its hashing."""
+
+
+async def _publish_in_thread(home: Home, path: Path, name: str, version: int | None) -> Manifest:
+    """``publish`` in a worker thread with its own catalog connection (SQLite
+    connections belong to the thread that opened them). Cancelling returns at
+    once; the abandoned thread stops hashing at its next chunk."""
+    stop = threading.Event()
+
+    def on_bytes(_n: int) -> None:
+        if stop.is_set():
+            raise _Stopped
+
+    def work() -> Manifest:
+        catalog = Catalog(home.path / CATALOG_FILE)
+        try:
+            return publish(replace(home, catalog=catalog), path, name, version, on_bytes=on_bytes)
+        finally:
+            catalog.close()
+
+    try:
+        return await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+    finally:
+        stop.set()
+
+
+@dataclass
+class _Candidate:
+    path: Path
+    quiet_since: float
+    due: float
+    snap: Snapshot | None = None
+    failed: Snapshot | None = None  # publishing exactly this state was refused for good
+    failures: int = 0
+    told: str = ""  # the problem last logged, so each is logged once
+
+
+def _order(name: str) -> tuple[bool, int, str]:
+    """Publish in step order, so the newest ends up last (and "latest")."""
+    version = version_from_name(name)
+    return version is None, version or 0, name
+
+
+class _Watcher:
+    """The state of one watched folder; see the module docstring."""
+
+    def __init__(
+        self,
+        home: Home,
+        spec: WatchSpec,
+        on_published: Callable[[Manifest], Awaitable[None]] | None,
+    ) -> None:
+        self.home, self.spec, self.on_published = home, spec, on_published
+        self.root = spec.path.expanduser().absolute()
+        self.settle = settle_seconds(spec)
+        self.baseline = max(DEBOUNCE, self.settle / 10)  # after an event: snapshot again this soon
+        self.cands: dict[str, _Candidate] = {}
+        self.done: set[str] = set()
+        self.notify: Inotify | None = None
+        self.root_wd: int | None = None
+        self.watches: dict[int, tuple[str, Path]] = {}  # wd -> (child, directory)
+        self.rescan_at = self.deadline = -math.inf
+        self.wake = trio.Event()
+
+    @property
+    def backstop(self) -> float:
+        return BACKSTOP_SECONDS if self.root_wd is not None else POLL_SECONDS
+
+    def _published(self) -> set[str]:
+        return {e.location for e in self.home.catalog.summaries() if e.origin == "published"}
+
+    async def _rescan(self) -> None:
+        """List the folder: new children become candidates, published ones are skipped."""
+        now = trio.current_time()
+        if self.notify is not None and self.root_wd is None:
+            self.root_wd = self.notify.add(self.root)  # before listing: nothing slips between
+        self.rescan_at = math.inf if self.root_wd is not None else now + POLL_SECONDS
+        try:
+            names = await trio.to_thread.run_sync(os.listdir, self.root, abandon_on_cancel=True)
+        except OSError as exc:
+            log.warning("cannot list watched folder %s: %s", self.root, exc)
+            return
+        published = self._published()
+        for name in names:
+            if name in self.done or name in self.cands or not is_candidate_name(name, self.spec):
+                continue
+            if str(self.root / name) in published:
+                self.done.add(name)
+            else:
+                self.cands[name] = _Candidate(self.root / name, now, now)
+
+    def _watch(self, child: str, path: Path) -> None:
+        if self.notify is None or child in self.done or not is_candidate_name(child, self.spec):
+            return
+        wd = self.notify.add(path)  # the same wd again for a path already watched
+        if wd is not None:
+            self.watches[wd] = (child, path)
+
+    def _unwatch(self, child: str) -> None:
+        for wd in [wd for wd, (c, _) in self.watches.items() if c == child]:
+            del self.watches[wd]
+            if self.notify is not None:
+                self.notify.remove(wd)
+
+    def _touch(self, child: str, now: float) -> None:
+        """Something changed in ``child``: it is not quiet; look again after the burst."""
+        if child in self.done or not is_candidate_name(child, self.spec):
+            return
+        cand = self.cands.setdefault(child, _Candidate(self.root / child, now, now))
+        cand.quiet_since, cand.due = now, now + self.baseline
+        if cand.due < self.deadline:
+            self.wake.set()
+
+    def _on_event(self, wd: int, mask: int, name: str, now: float) -> None:
+        if mask & inotify.IN_Q_OVERFLOW:  # events were lost: assume everything changed
+            self.rescan_at = now
+            for child in list(self.cands):
+                self._touch(child, now)
+            self.wake.set()
+        elif wd == self.root_wd and mask & inotify.SELF_GONE:
+            log.warning(
+                "watched folder %s went away; looking every %.0f s", self.root, POLL_SECONDS
+            )
+            self.root_wd, self.rescan_at = None, now + POLL_SECONDS
+        elif wd == self.root_wd:
+            if mask & inotify.IN_ISDIR and mask & (inotify.IN_CREATE | inotify.IN_MOVED_TO):
+                self._watch(name, self.root / name)
+            sibling = f".{self.spec.marker}"  # FILE.COMPLETE appearing: look at FILE
+            if self.spec.complete == "marker" and name.endswith(sibling):
+                name = name.removesuffix(sibling)
+            self._touch(name, now)
+        elif wd in self.watches:
+            child, where = self.watches[wd]
+            if mask & inotify.IN_IGNORED:
+                del self.watches[wd]
+            elif mask & inotify.IN_ISDIR and mask & (inotify.IN_CREATE | inotify.IN_MOVED_TO):
+                self._watch(child, where / name)
+            self._touch(child, now)
+
+    async def _read_events(self, notify: Inotify) -> None:
+        while True:
+            events = await notify.read()
+            now = trio.current_time()
+            for wd, mask, name in events:
+                self._on_event(wd, mask, name, now)
+
+    async def _check(self, name: str) -> None:
+        """Snapshot one due child and publish it if its rule says complete."""
+        cand = self.cands[name]
+        start = trio.current_time()
+        try:
+            snap = await trio.to_thread.run_sync(
+                gather, cand.path, self.spec, abandon_on_cancel=True
+            )
+        except OSError as exc:
+            log.warning("cannot read path=%s: %s", cand.path, exc)
+            cand.due = trio.current_time() + self.backstop
+            return
+        now = trio.current_time()
+        if snap is None:  # gone, or became something we do not publish
+            del self.cands[name]
+            self._unwatch(name)
+            return
+        if snap.kind == "dir":
+            for rel in ["", *snap.dirs]:
+                self._watch(name, cand.path / rel)
+        if snap.problem and snap.problem != cand.told:
+            log.warning("not publishing path=%s while %s", cand.path, snap.problem)
+        cand.told = snap.problem
+        touched = cand.quiet_since > start  # an event came during the snapshot
+        before, cand.snap = cand.snap, snap
+        if snap != before:
+            cand.quiet_since = max(cand.quiet_since, now)
+        rule = self.spec.complete
+        if touched:
+            return  # _touch already scheduled the next look
+        if snap == cand.failed:
+            cand.due = now + self.backstop
+        elif is_complete(rule, snap, before, start - cand.quiet_since, self.spec):
+            await self._publish(name, cand, snap)
+        elif is_complete(rule, snap, snap, math.inf, self.spec):  # only time is missing
+            cand.due = max(cand.quiet_since + self.settle, now + DEBOUNCE)
+        else:  # waiting for a marker, a shard, a rename: events will say when
+            cand.due = now + self.backstop
+
+    async def _publish(self, name: str, cand: _Candidate, snap: Snapshot) -> None:
+        if str(cand.path) not in self._published():  # else published meanwhile, e.g. by hand
+            version = version_from_name(name)
+            try:
+                manifest = await _publish_in_thread(self.home, cand.path, self.spec.name, version)
+            except (ConfigError, ManifestError) as exc:
+                log.error("not publishing path=%s until it changes: %s", cand.path, exc)
+                cand.failed, cand.due = snap, trio.current_time() + self.backstop
+                return
+            except Exception as exc:  # changed or vanished while hashing, catalog busy, a bug
+                now = trio.current_time()
+                cand.failures += 1
+                delay = min(MAX_BACKOFF, max(self.settle, 1.0) * 2 ** min(cand.failures - 1, 8))
+                cand.quiet_since, cand.due = now, now + delay
+                expected = isinstance(exc, OSError | SourceChanged)
+                msg = "publish failed path=%s, retry in %.0f s: %s"
+                log.warning(msg, cand.path, delay, exc, exc_info=not expected)
+                return
+            log.info(
+                "published name=%s version=%d path=%s", manifest.name, manifest.version, cand.path
+            )
+            if self.on_published is not None:
+                await self.on_published(manifest)
+        self.done.add(name)
+        self.cands.pop(name, None)
+        self._unwatch(name)
+
+    async def run(self, task_status: trio.TaskStatus[None]) -> None:
+        if not self.root.is_dir():
+            raise ConfigError(f"watch path {self.root} is not a directory")
+        self.notify = Inotify.open()
+        try:
+            await self._rescan()
+            task_status.started()
+            async with trio.open_nursery() as nursery:
+                if self.notify is not None:
+                    nursery.start_soon(self._read_events, self.notify)
+                while True:
+                    if trio.current_time() >= self.rescan_at:
+                        await self._rescan()
+                    now = trio.current_time()
+                    for name in sorted(
+                        (n for n, c in self.cands.items() if c.due <= now), key=_order
+                    ):
+                        if name in self.cands:
+                            await self._check(name)
+                    self.wake = trio.Event()
+                    self.deadline = min([c.due for c in self.cands.values()] + [self.rescan_at])
+                    with trio.move_on_at(self.deadline):
+                        await self.wake.wait()
+        finally:
+            if self.notify is not None:
+                self.notify.close()
+
+
+async def watch_folder(
+    home: Home,
+    spec: WatchSpec,
+    *,
+    on_published: Callable[[Manifest], Awaitable[None]] | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Publish each complete child of ``spec.path`` as ``spec.name``, the
+    version taken from the step in its name or counting up; runs until
+    cancelled (safe at any moment: an interrupted publish records nothing).
+
+    Ready (``task_status.started()``) once the inotify watch is in place and
+    the folder is listed: a child created after that is never missed.
+    Publishing happens afterwards, one child at a time, so a terabyte found
+    at start does not hold up the daemon. Raises ConfigError if ``spec.path``
+    is not a directory; ``on_published`` errors propagate.
+    """
+    await _Watcher(home, spec, on_published).run(task_status)
