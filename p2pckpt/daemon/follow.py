@@ -171,6 +171,8 @@ async def install(
         await run_hook(spec, result, target)
     protect = {version} | ({have} if have is not None else set())
     deleted = await trio.to_thread.run_sync(retain, root, spec.keep, protect)
+    for gone in deleted:
+        home.catalog.forget_location(root / str(gone))
     if deleted:
         log.info("retention name=%s deleted=%s", spec.name, ",".join(map(str, deleted)))
     return result

@@ -193,6 +193,20 @@ class Catalog:
         top = row.fetchone()[0]
         return 1 if top is None else int(top) + 1
 
+    def forget_location(self, location: Path) -> int:
+        """Drop pulled versions stored at or under ``location`` (deleted by
+        retention), so we never offer bytes we no longer have."""
+        prefix = str(location).rstrip("/") + "/"
+        with self._db:
+            cur = self._db.execute(
+                "DELETE FROM versions WHERE origin = 'pulled'"
+                " AND (location = ? OR substr(location, 1, ?) = ?)",
+                (str(location), len(prefix), prefix),
+            )
+            if cur.rowcount:
+                self._bump_epoch()
+            return int(cur.rowcount)
+
     def remove(self, root: bytes) -> None:
         with self._db:
             self._db.execute("DELETE FROM versions WHERE root = ?", (root,))

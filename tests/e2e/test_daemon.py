@@ -104,6 +104,8 @@ hook = ["{hook}"]
         "path": str(models / "llama-ft" / "300"),
     }
     assert sorted(p.name for p in (models / "llama-ft").iterdir()) == ["200", "300", "current"]
+    held = json.loads(run(b, "ls", "--local", "--json").stdout)
+    assert sorted(r["version"] for r in held) == [200, 300]  # retention forgot version 100
     status = json.loads(run(b, "status", "--json").stdout)
     assert status["peer_id"] and any(v["version"] == 300 for v in status["versions"])
     follower.proc.send_signal(signal.SIGTERM)

@@ -173,3 +173,19 @@ def test_staging_refuses_a_symlinked_tree(tmp_path: Path) -> None:
         again.write_chunk(0, files["d/m.bin"])
     again.close()
     assert list(outside.iterdir()) == []
+
+
+def test_forget_location_drops_only_pulled_rows_under_it(tmp_path: Path) -> None:
+    """Retention's catalog cleanup removes pulled versions under a path, nothing else."""
+    cat = Catalog(tmp_path / "c.db")
+    one, env1 = _manifest("m", 1, {"a": b"1"})
+    two, env2 = _manifest("m", 2, {"a": b"2"})
+    mine, env3 = _manifest("p", 1, {"a": b"3"})
+    cat.add(one, env1, tmp_path / "models" / "m" / "1", "pulled")
+    cat.add(two, env2, tmp_path / "models" / "m" / "10", "pulled")
+    cat.add(mine, env3, tmp_path / "models" / "m" / "1" / "x", "published")
+    epoch = cat.epoch()
+    assert cat.forget_location(tmp_path / "models" / "m" / "1") == 1
+    assert sorted((e.name, e.version) for e in cat.all()) == [("m", 2), ("p", 1)]
+    assert cat.epoch() > epoch
+    cat.close()
