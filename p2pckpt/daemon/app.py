@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -29,7 +30,7 @@ import trio
 
 from p2pckpt.config import Config, parse_addr
 from p2pckpt.discovery.finder import Finder, open_finder
-from p2pckpt.errors import P2pckptError
+from p2pckpt.errors import ConfigError, P2pckptError
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.transfer.pull import Progress
@@ -61,11 +62,14 @@ class Transfer:
 
 
 class _Tracked(Progress):
-    """A Progress that the status command can read."""
+    """A Progress that the status command (and metrics) can read."""
 
-    def __init__(self, transfers: dict[str, Transfer], name: str) -> None:
+    def __init__(
+        self, transfers: dict[str, Transfer], name: str, on_bytes: Callable[[int], None] | None
+    ) -> None:
         self._transfers = transfers
         self._name = name
+        self._on_bytes = on_bytes
 
     def start(self, name: str, total: int, done: int) -> None:
         self._transfers[self._name] = Transfer(name, total, done)
@@ -73,6 +77,8 @@ class _Tracked(Progress):
     def advance(self, n: int) -> None:
         if self._name in self._transfers:
             self._transfers[self._name].done += n
+        if self._on_bytes is not None:
+            self._on_bytes(n)
 
 
 @dataclass
@@ -80,9 +86,14 @@ class DaemonState:
     home: Home
     started: float = field(default_factory=time.time)
     transfers: dict[str, Transfer] = field(default_factory=dict)
+    on_pulled: Callable[[int], None] | None = None
+    on_corrupt: Callable[[], None] | None = None
 
     def progress(self, name: str) -> Progress:
-        return _Tracked(self.transfers, name)
+        return _Tracked(self.transfers, name, self.on_pulled)
+
+    def active(self) -> int:
+        return sum(1 for t in self.transfers.values() if t.total == 0 or t.done < t.total)
 
     def status(self) -> dict[str, Any]:
         self.transfers = {
@@ -147,6 +158,19 @@ async def run_daemon(
 
     server = Server(home, on_push=on_push)
     host, port = parse_addr(cfg.listen, allow_zero=True)
+    if cfg.metrics is not None:
+        from p2pckpt.daemon.metrics import Metrics
+
+        metrics = Metrics(lambda: server.connected_peers, state.active)
+        server.on_served = metrics.bytes_served.inc
+        state.on_pulled = metrics.bytes_pulled.inc
+        state.on_corrupt = metrics.chunks_failed.inc
+        try:
+            metrics.serve(*cfg.metrics)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {cfg.metrics[0]}:{cfg.metrics[1]}: {exc.strerror}"
+            ) from None
 
     async def status(_request: dict[str, Any]) -> Any:
         return state.status()
@@ -183,6 +207,12 @@ async def run_daemon(
             from p2pckpt.daemon.follow import follow
 
             for fspec in cfg.follow:
-                await nursery.start(follow, home, finder, fspec, state.progress)
+                await nursery.start(
+                    partial(follow, on_corrupt=state.on_corrupt),
+                    home,
+                    finder,
+                    fspec,
+                    state.progress,
+                )
         log.info("daemon ready listen=%s peer=%s", ",".join(addrs), home.key.peer_id)
         task_status.started(addrs)

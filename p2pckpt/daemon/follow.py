@@ -30,7 +30,7 @@ import trio
 
 from p2pckpt.config import FollowSpec
 from p2pckpt.discovery.finder import Finder
-from p2pckpt.errors import ManifestError, P2pckptError, first_leaf
+from p2pckpt.errors import ChunkCorrupt, ManifestError, P2pckptError, first_leaf
 from p2pckpt.home import Home
 from p2pckpt.store.atomic import fsync_dir
 from p2pckpt.transfer.peer import PeerConnection
@@ -184,6 +184,7 @@ async def follow(
     spec: FollowSpec,
     progress: Callable[[str], Progress],
     *,
+    on_corrupt: Callable[[], None] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Follow ``spec.name`` until cancelled."""
@@ -192,6 +193,10 @@ async def follow(
     while True:
         try:
             await check_once(home, finder, spec, progress)
+        except* ChunkCorrupt as group:
+            log.error("follow name=%s: %s", spec.name, first_leaf(group))
+            if on_corrupt is not None:
+                on_corrupt()
         except* P2pckptError as group:
             log.info("follow name=%s: %s", spec.name, first_leaf(group))
         except* OSError as group:

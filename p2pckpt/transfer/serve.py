@@ -162,6 +162,7 @@ class Server:
     def __init__(self, home: Home, on_push: PushHandler | None = None) -> None:
         self.home = home
         self.on_push = on_push
+        self.on_served: Callable[[int], None] | None = None  # chunk bytes sent (metrics)
         self._handshakes = trio.CapacityLimiter(MAX_HANDSHAKES)
         self._preauth: Counter[str] = Counter()
         self._peers: Counter[PeerId] = Counter()
@@ -209,6 +210,10 @@ class Server:
         return held
 
     # -- listening and connections ---------------------------------------------
+
+    @property
+    def connected_peers(self) -> int:
+        return len(self._peers)
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[list[trio.SocketListener]]
@@ -461,6 +466,8 @@ class Server:
                     self._buffers.release(None)
                 raise
             if isinstance(payload, memoryview):
+                if self.on_served is not None:
+                    self.on_served(len(payload))
                 payload.release()
             if buf is not None:
                 self._buffers.release(buf)

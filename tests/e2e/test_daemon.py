@@ -6,7 +6,9 @@ import json
 import os
 import re
 import signal
+import socket
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,9 @@ def test_follower_pulls_new_versions_flips_current_and_runs_hook(nodes, tmp_path
         f' "$P2PCKPT_VERSION" "$P2PCKPT_PATH" >> {hook_out}\n'
     )
     hook.chmod(0o755)
+    with socket.socket() as probe:  # a free loopback port for the metrics endpoint
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
     cfg = tmp_path / "b.toml"
     cfg.write_text(
         f"""
@@ -76,6 +81,8 @@ name = "llama-ft"
 dir = "{models}"
 keep = 2
 hook = ["{hook}"]
+[metrics]
+listen = "127.0.0.1:{metrics_port}"
 """
     )
     follower = _daemon(b, tmp_path / "b.log", cfg)
@@ -108,6 +115,12 @@ hook = ["{hook}"]
     assert sorted(r["version"] for r in held) == [200, 300]  # retention forgot version 100
     status = json.loads(run(b, "status", "--json").stdout)
     assert status["peer_id"] and any(v["version"] == 300 for v in status["versions"])
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        scraped = r.read().decode()
+    pulled = re.search(r"^p2pckpt_bytes_pulled_total (\S+)$", scraped, re.M)
+    assert pulled and float(pulled.group(1)) >= 3 * (2 << 20)
+    assert "p2pckpt_chunks_failed_verification_total 0.0" in scraped
+    assert re.search(r"^p2pckpt_peers ", scraped, re.M)
     follower.proc.send_signal(signal.SIGTERM)
     started = time.monotonic()
     follower.proc.wait(10)
