@@ -156,7 +156,7 @@ async def run_daemon(
             return m.PushResult(False, str(exc))
         return m.PushResult(True, f"verified {req.name}@{req.version}", result.bytes_total)
 
-    server = Server(home, on_push=on_push)
+    server = Server(home, on_push=on_push, bandwidth=cfg.bandwidth)
     host, port = parse_addr(cfg.listen, allow_zero=True)
     if cfg.metrics is not None:
         from p2pckpt.daemon.metrics import Metrics

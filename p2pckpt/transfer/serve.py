@@ -53,6 +53,7 @@ from p2pckpt.manifest.chunker import Chunk, chunk_hash
 from p2pckpt.manifest.manifest import Manifest, validate_name, verify
 from p2pckpt.manifest.paths import safe_display
 from p2pckpt.transfer.ratelimit import RateLimiter, source_key
+from p2pckpt.transfer.throttle import Throttle
 from p2pckpt.wire import messages as m
 from p2pckpt.wire.codec import (
     CHUNK_HEADER_SIZE,
@@ -159,9 +160,10 @@ PushHandler = Callable[[PeerId, tuple[str, int] | None, m.PushRequest], Awaitabl
 class Server:
     """Serves one home's catalog to trusted peers."""
 
-    def __init__(self, home: Home, on_push: PushHandler | None = None) -> None:
+    def __init__(self, home: Home, on_push: PushHandler | None = None, bandwidth: int = 0) -> None:
         self.home = home
         self.on_push = on_push
+        self._throttle = Throttle(bandwidth) if bandwidth > 0 else None
         self.on_served: Callable[[int], None] | None = None  # chunk bytes sent (metrics)
         self._handshakes = trio.CapacityLimiter(MAX_HANDSHAKES)
         self._preauth: Counter[str] = Counter()
@@ -459,6 +461,8 @@ class Server:
     ) -> None:
         async for payload, buf in prepared:
             try:
+                if self._throttle is not None and isinstance(payload, memoryview):
+                    await self._throttle.take(len(payload))
                 with trio.fail_after(SEND_TIMEOUT):  # a peer that stops reading is dropped
                     await secure.send_all(payload)
             except BaseException:

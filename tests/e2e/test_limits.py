@@ -60,3 +60,19 @@ def test_connection_flood_is_dropped_before_any_handshake(pair: Pair, tmp_path: 
     assert proc.returncode == 0, proc.stderr
     assert server.alive()
     assert "dropping connections from 127.0.0.1" in server.log.read_text()
+
+
+def test_serving_bandwidth_limit_applies(pair: Pair, tmp_path: Path) -> None:
+    """[limits] bandwidth caps what serve sends (a lower bound on the time taken)."""
+    f = tmp_path / "m.bin"
+    f.write_bytes(os.urandom(12 << 20))
+    run(pair.a, "publish", str(f), "--name", "m")
+    (pair.a / "config.toml").write_text(
+        "[discovery]\nmdns = false\n[limits]\nbandwidth = 4000000\n"
+    )
+    server = pair.serve_a()
+    started = time.monotonic()
+    run(pair.b, "pull", "m", "--from", server.addr, "-o", str(tmp_path / "got"))
+    # 12.6 MB at 4 MB/s, minus the 0.25 s burst allowance.
+    assert time.monotonic() - started >= (12 << 20) / 4_000_000 - 0.3
+    assert (tmp_path / "got").read_bytes() == f.read_bytes()
