@@ -15,8 +15,9 @@ hashing in a worker thread.
 
 Events come from inotify (``daemon/inotify.py``: no thread, no polling).
 Without it (not Linux, no instance left) the folder is rescanned every
-POLL_SECONDS; with it, a re-check every BACKSTOP_SECONDS covers events lost
-to a queue overflow or to a directory created just before its watch.
+POLL_SECONDS; with it, a rescan and re-check every BACKSTOP_SECONDS cover
+events lost to a queue overflow, to a directory created just before its
+watch, or never sent (writes from another host to a network mount).
 
 A child is published once: children already in the catalog (origin
 "published", location == the child's path) are skipped, at start and right
@@ -127,6 +128,7 @@ class _Watcher:
         self.root_wd: int | None = None
         self.watches: dict[int, tuple[str, Path]] = {}  # wd -> (child, directory)
         self.rescan_at = self.deadline = -math.inf
+        self.unlisted = False
         self.wake = trio.Event()
 
     @property
@@ -141,12 +143,15 @@ class _Watcher:
         now = trio.current_time()
         if self.notify is not None and self.root_wd is None:
             self.root_wd = self.notify.add(self.root)  # before listing: nothing slips between
-        self.rescan_at = math.inf if self.root_wd is not None else now + POLL_SECONDS
+        self.rescan_at = now + self.backstop  # also finds children no event told of (NFS)
         try:
             names = await trio.to_thread.run_sync(os.listdir, self.root, abandon_on_cancel=True)
         except OSError as exc:
-            log.warning("cannot list watched folder %s: %s", self.root, exc)
+            if not self.unlisted:  # said once until it is back (an unmounted share)
+                log.warning("cannot list watched folder %s: %s", self.root, exc)
+            self.unlisted = True
             return
+        self.unlisted = False
         published = self._published()
         for name in names:
             if name in self.done or name in self.cands or not is_candidate_name(name, self.spec):

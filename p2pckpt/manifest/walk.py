@@ -38,7 +38,12 @@ def walk(root: Path) -> tuple[str, list[SourceFile]]:
     if not stat.S_ISDIR(st.st_mode):
         raise UnsafePath(f"{root} is not a regular file or directory")
     files: list[SourceFile] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+
+    def unreadable(exc: OSError) -> None:
+        # A subdirectory we cannot list must fail the publish, not vanish from it.
+        raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable, followlinks=False):
         dirnames.sort()
         for name in sorted(filenames) + [d for d in dirnames if os.path.islink(Path(dirpath, d))]:
             full = Path(dirpath, name)

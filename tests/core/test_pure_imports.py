@@ -20,6 +20,7 @@ PURE_MODULES = [
     "p2pckpt.discovery.txt",
     "p2pckpt.transfer.ratelimit",
     "p2pckpt.config",
+    "p2pckpt.daemon.completion",
 ]
 
 # Prints the trio modules loaded after importing the module named in argv[1].

@@ -189,3 +189,28 @@ def test_forget_location_drops_only_pulled_rows_under_it(tmp_path: Path) -> None
     assert sorted((e.name, e.version) for e in cat.all()) == [("m", 2), ("p", 1)]
     assert cat.epoch() > epoch
     cat.close()
+
+
+def test_publish_refuses_an_unreadable_subdirectory(tmp_path: Path) -> None:
+    """A tree with a subdirectory we cannot list is an error, not a smaller checkpoint."""
+    from p2pckpt.errors import ConfigError
+    from p2pckpt.manifest.walk import walk
+
+    root = tmp_path / "ck"
+    (root / "shards").mkdir(parents=True)
+    (root / "config.json").write_text("{}")
+    (root / "shards" / "a.bin").write_bytes(b"x")
+    real_scandir = os.scandir
+
+    def failing(path: object = ".") -> object:
+        if str(path).endswith("shards"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)  # type: ignore[arg-type]
+
+    import unittest.mock
+
+    with (
+        unittest.mock.patch("os.scandir", failing),
+        pytest.raises(ConfigError, match="cannot read"),
+    ):
+        walk(root)
