@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -339,6 +338,7 @@ def serve(listen: str | None, no_mdns: bool, relay: str | None, config_path: Pat
     import trio
 
     from p2pckpt.config import parse_addr
+    from p2pckpt.daemon.app import start_reachability
     from p2pckpt.transfer.serve import Server
 
     home = open_home()
@@ -361,23 +361,7 @@ def serve(listen: str | None, no_mdns: bool, relay: str | None, config_path: Pat
                 addr = lst.socket.getsockname()
                 click.echo(f"listening on {addr[0]}:{addr[1]}")
             sys.stdout.flush()
-            bound_port = listeners[0].socket.getsockname()[1]
-            if cfg.mdns:
-                from p2pckpt.discovery.mdns import announce
-
-                await nursery.start(
-                    partial(announce, interfaces=list(cfg.interfaces) or None),
-                    home.key.peer_id,
-                    bound_port,
-                    home.catalog.epoch,
-                )
-            if cfg.relay is not None:
-                from p2pckpt.relay.client import register
-
-                relay_addr = cfg.relay
-                nursery.start_soon(
-                    register, relay_addr, home.key, partial(server.handle, via="relay")
-                )
+            await start_reachability(nursery, home, cfg, server, listeners)
             held = len(home.catalog.summaries())
             trusted = sum(1 for p in home.trust if "pull" in p.roles)
             click.echo(

@@ -120,6 +120,30 @@ class DaemonState:
         }
 
 
+async def start_reachability(
+    nursery: trio.Nursery,
+    home: Home,
+    cfg: Config,
+    server: Server,
+    listeners: list[trio.SocketListener],
+) -> None:
+    """Make a serving node findable: mDNS announcement (if enabled) and relay
+    registration (if configured). Shared by ``serve`` and the daemon."""
+    if cfg.mdns:
+        from p2pckpt.discovery.mdns import announce
+
+        await nursery.start(
+            partial(announce, interfaces=list(cfg.interfaces) or None),
+            home.key.peer_id,
+            listeners[0].socket.getsockname()[1],
+            home.catalog.epoch,
+        )
+    if cfg.relay is not None:
+        from p2pckpt.relay.client import register
+
+        nursery.start_soon(register, cfg.relay, home.key, partial(server.handle, via="relay"))
+
+
 async def run_daemon(
     home: Home, cfg: Config, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -183,21 +207,8 @@ async def run_daemon(
         nursery = await stack.enter_async_context(trio.open_nursery())
         listeners = await nursery.start(server.serve, host, port)
         addrs = ["{}:{}".format(*lst.socket.getsockname()[:2]) for lst in listeners]
-        bound_port = listeners[0].socket.getsockname()[1]
         await nursery.start(serve_control, home.path, {"status": status})
-        if cfg.mdns:
-            from p2pckpt.discovery.mdns import announce
-
-            await nursery.start(
-                partial(announce, interfaces=list(cfg.interfaces) or None),
-                home.key.peer_id,
-                bound_port,
-                home.catalog.epoch,
-            )
-        if cfg.relay is not None:
-            from p2pckpt.relay.client import register
-
-            nursery.start_soon(register, cfg.relay, home.key, partial(server.handle, via="relay"))
+        await start_reachability(nursery, home, cfg, server, listeners)
         if cfg.watch:
             from p2pckpt.daemon.watch import watch_folder
 
