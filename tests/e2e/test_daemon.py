@@ -253,3 +253,43 @@ dir = "{models}"
     downloaded, reused = int(found.group(1)), int(found.group(2))
     assert journaled >= 5 and reused >= journaled * (4 << 20)
     assert downloaded + reused == 160 << 20
+
+
+def test_daemon_does_not_publish_a_file_still_being_written(tmp_path: Path) -> None:
+    """A checkpoint growing over several seconds appears in the daemon's catalog
+    only after it stops changing, whole, with the step from its name."""
+    home = tmp_path / "home"
+    run(home, "init")
+    watched = tmp_path / "ckpt"
+    watched.mkdir()
+    cfg = tmp_path / "d.toml"
+    cfg.write_text(
+        f"""
+[serve]
+listen = "127.0.0.1:0"
+[discovery]
+mdns = false
+[[watch]]
+path = "{watched}"
+name = "llama-ft"
+stable_seconds = 1.5
+"""
+    )
+    daemon = _daemon(home, tmp_path / "d.log", cfg)
+    try:
+        target = watched / "llama-ft-step1200.safetensors"
+        block = os.urandom(1 << 20)
+        with open(target, "wb") as f:
+            for _ in range(8):  # ~4 s of writing, in bursts
+                f.write(block)
+                f.flush()
+                listed = json.loads(run(home, "ls", "--local", "--json").stdout)
+                assert listed == [], "published while the writer was still writing"
+                time.sleep(0.5)  # the writer's pace, not synchronisation
+        _wait(
+            lambda: json.loads(run(home, "ls", "--local", "--json").stdout) != [], 20, "publication"
+        )
+        (entry,) = json.loads(run(home, "ls", "--local", "--json").stdout)
+        assert (entry["name"], entry["version"], entry["bytes"]) == ("llama-ft", 1200, 8 << 20)
+    finally:
+        daemon.stop()
