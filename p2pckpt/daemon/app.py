@@ -173,7 +173,13 @@ async def run_daemon(
             else:
                 return m.PushResult(False, "cannot reach the pusher")
             result = await install(
-                home, spec, conn, req.version, state.progress, expect_root=req.root
+                home,
+                spec,
+                conn,
+                req.version,
+                state.progress,
+                expect_root=req.root,
+                serving=server.serving,
             )
         except P2pckptError as exc:
             log.warning("push name=%s version=%d failed: %s", req.name, req.version, exc)
@@ -219,7 +225,7 @@ async def run_daemon(
 
             for fspec in cfg.follow:
                 await nursery.start(
-                    partial(follow, on_corrupt=state.on_corrupt),
+                    partial(follow, on_corrupt=state.on_corrupt, serving=server.serving),
                     home,
                     finder,
                     fspec,

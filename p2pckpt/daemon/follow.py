@@ -103,7 +103,11 @@ async def run_hook(spec: FollowSpec, result: PullResult, path: Path) -> None:
 
 
 async def check_once(
-    home: Home, finder: Finder, spec: FollowSpec, progress: Callable[[str], Progress]
+    home: Home,
+    finder: Finder,
+    spec: FollowSpec,
+    progress: Callable[[str], Progress],
+    serving: Callable[[], set[bytes]] | None = None,
 ) -> PullResult | None:
     """Pull the newest version of ``spec.name`` if it is newer than ``current``."""
     have = current_version(spec.dir / spec.name)
@@ -118,7 +122,7 @@ async def check_once(
     if have is not None and manifest.version <= have:
         await chosen.aclose()
         return None
-    return await install(home, spec, chosen, manifest.version, progress)
+    return await install(home, spec, chosen, manifest.version, progress, serving=serving)
 
 
 async def install(
@@ -128,6 +132,7 @@ async def install(
     version: int,
     progress: Callable[[str], Progress],
     expect_root: bytes | None = None,
+    serving: Callable[[], set[bytes]] | None = None,
 ) -> PullResult:
     """Pull ``version`` from ``conn`` into ``DIR/NAME/<version>`` (a one-file
     checkpoint keeps its file name inside it); if it is the newest, point
@@ -170,6 +175,13 @@ async def install(
         log.info("current name=%s version=%d path=%s", spec.name, version, target)
         await run_hook(spec, result, target)
     protect = {version} | ({have} if have is not None else set())
+    busy = serving() if serving is not None else set()
+    if busy:  # never delete a version a peer is reading from us right now
+        protect |= {
+            int(p.name)
+            for p in root.iterdir()
+            if p.name.isdigit() and home.catalog.roots_under(p) & busy
+        }
     deleted = await trio.to_thread.run_sync(retain, root, spec.keep, protect)
     for gone in deleted:
         home.catalog.forget_location(root / str(gone))
@@ -185,6 +197,7 @@ async def follow(
     progress: Callable[[str], Progress],
     *,
     on_corrupt: Callable[[], None] | None = None,
+    serving: Callable[[], set[bytes]] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Follow ``spec.name`` until cancelled."""
@@ -192,7 +205,7 @@ async def follow(
     wait = MDNS_POLL_SECONDS if finder.browser is not None else POLL_SECONDS
     while True:
         try:
-            await check_once(home, finder, spec, progress)
+            await check_once(home, finder, spec, progress, serving)
         except* ChunkCorrupt as group:
             log.error("follow name=%s: %s", spec.name, first_leaf(group))
             if on_corrupt is not None:

@@ -193,6 +193,15 @@ class Catalog:
         top = row.fetchone()[0]
         return 1 if top is None else int(top) + 1
 
+    def roots_under(self, location: Path) -> set[bytes]:
+        """Roots of versions stored at or under ``location``."""
+        prefix = str(location).rstrip("/") + "/"
+        cur = self._db.execute(
+            "SELECT root FROM versions WHERE location = ? OR substr(location, 1, ?) = ?",
+            (str(location), len(prefix), prefix),
+        )
+        return {row[0] for row in cur.fetchall()}
+
     def forget_location(self, location: Path) -> int:
         """Drop pulled versions stored at or under ``location`` (deleted by
         retention), so we never offer bytes we no longer have."""

@@ -128,9 +128,12 @@ def _read_chunk(path: Path, chunk: Chunk, req_id: int, buf: bytearray) -> memory
 
 
 class _Busy:
-    """Whether a connection is working on a long request (a push)."""
+    """What one connection is doing: a long request (a push) in progress, and
+    the versions it has been reading (so retention spares them)."""
 
-    working = False
+    def __init__(self) -> None:
+        self.working = False
+        self.roots: set[bytes] = set()
 
 
 class _BufferBudget:
@@ -168,6 +171,7 @@ class Server:
         self._handshakes = trio.CapacityLimiter(MAX_HANDSHAKES)
         self._preauth: Counter[str] = Counter()
         self._peers: Counter[PeerId] = Counter()
+        self._serving: Counter[bytes] = Counter()
         self._per_source = RateLimiter()
         self._log_limit = RateLimiter(rate=1 / 60, burst=3)
         self._buffers = _BufferBudget(MAX_CHUNK_BUFFERS)
@@ -325,11 +329,20 @@ class Server:
         requests_send, requests_recv = trio.open_memory_channel[m.Request](m.MAX_OUTSTANDING)
         prepared_send, prepared_recv = trio.open_memory_channel[_Prepared](PREPARED_QUEUE)
         busy = _Busy()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._sender, secure, prepared_recv)
-            nursery.start_soon(self._preparer, requests_recv, prepared_send, peer, hint, busy)
-            await self._reader(secure, requests_send, busy)
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._sender, secure, prepared_recv)
+                nursery.start_soon(self._preparer, requests_recv, prepared_send, peer, hint, busy)
+                await self._reader(secure, requests_send, busy)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._serving.subtract(busy.roots)
+            self._serving += Counter()  # drop the zero counts
+
+    def serving(self) -> set[bytes]:
+        """Roots of versions some connection is reading now (or has read and
+        may read again before it closes): not to be deleted under it."""
+        return set(self._serving)
 
     async def _reader(
         self, secure: SecureStream, requests: trio.MemorySendChannel[m.Request], busy: _Busy
@@ -378,6 +391,9 @@ class Server:
                     continue
                 buf = await self._buffers.acquire()
                 try:
+                    if req.root not in busy.roots:
+                        busy.roots.add(req.root)
+                        self._serving[req.root] += 1
                     payload = await self._chunk(req, buf)
                 except BaseException:
                     self._buffers.release(None)  # the buffer may still be in use
