@@ -26,7 +26,6 @@ are rate-limited per source (R-53).
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import secrets
 import socket
@@ -48,6 +47,7 @@ from p2pckpt.identity.keys import verify_signature
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.relay import protocol as p
 from p2pckpt.relay.splice import HAVE_SPLICE, Budget, CapReached, move_copy, move_splice
+from p2pckpt.transfer.listen import open_listeners
 from p2pckpt.transfer.ratelimit import RateLimiter, source_key
 
 log = logging.getLogger("p2pckpt.relay")
@@ -172,13 +172,7 @@ class RelayServer:
         self, host: str, port: int, *, task_status: trio.TaskStatus[list[trio.SocketListener]]
     ) -> None:
         """Listen and relay until cancelled; reports the listeners when ready."""
-        try:
-            listeners = await trio.open_tcp_listeners(port, host=host)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-                + (" (is another relay running?)" if exc.errno == errno.EADDRINUSE else "")
-            ) from None
+        listeners = await open_listeners(host, port, "relay")
         task_status.started(listeners)
         await trio.serve_listeners(self.handle, listeners)  # backs off on EMFILE (R-51)
 

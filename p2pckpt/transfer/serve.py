@@ -23,7 +23,6 @@ connection and is logged; nothing a peer does ends the server.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import stat
@@ -52,6 +51,7 @@ from p2pckpt.identity.trust import TRUST_FILE, TrustStore
 from p2pckpt.manifest.chunker import Chunk, chunk_hash
 from p2pckpt.manifest.manifest import Manifest, validate_name, verify
 from p2pckpt.manifest.paths import safe_display
+from p2pckpt.transfer.listen import open_listeners
 from p2pckpt.transfer.ratelimit import RateLimiter, source_key
 from p2pckpt.transfer.throttle import Throttle
 from p2pckpt.wire import messages as m
@@ -225,13 +225,7 @@ class Server:
         self, host: str, port: int, *, task_status: trio.TaskStatus[list[trio.SocketListener]]
     ) -> None:
         """Listen and serve until cancelled; reports the listeners when ready."""
-        try:
-            listeners = await trio.open_tcp_listeners(port, host=host)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-                + (" (is another serve running?)" if exc.errno == errno.EADDRINUSE else "")
-            ) from None
+        listeners = await open_listeners(host, port, "serve")
         task_status.started(listeners)
         await trio.serve_listeners(self.handle, listeners)
 
