@@ -42,8 +42,6 @@ from p2pckpt.wire import messages as m
 
 log = logging.getLogger("p2pckpt.pull")
 
-CONNECT_TIMEOUT: Final = 10.0
-IDLE_TIMEOUT: Final = 60.0
 PIPELINE: Final = 6
 WRITE_QUEUE: Final = 3
 DEFAULT_STREAMS: Final = 2
