@@ -27,6 +27,9 @@ from p2pckpt.wire.messages import (
     ManifestRequest,
     ManifestResponse,
     Message,
+    PushProgress,
+    PushRequest,
+    PushResult,
     VersionInfo,
 )
 
@@ -78,9 +81,28 @@ errors = st.builds(
     req_id=st.none() | req_ids,
 )
 
-requests: st.SearchStrategy[Message] = st.one_of(list_requests, manifest_requests, chunk_requests)
+push_requests = st.builds(
+    PushRequest,
+    name=st.text(max_size=128),
+    version=st.integers(0, MAX_VERSION),
+    root=digests,
+    port=st.integers(1, 65535),
+)
+push_progresses = st.builds(
+    PushProgress, done=st.integers(0, 1 << 62), total=st.integers(0, 1 << 62)
+)
+push_results = st.builds(
+    PushResult,
+    ok=st.booleans(),
+    message=st.text(max_size=200),
+    bytes_total=st.integers(0, 1 << 62),
+)
+
+requests: st.SearchStrategy[Message] = st.one_of(
+    list_requests, manifest_requests, chunk_requests, push_requests
+)
 responses: st.SearchStrategy[Message] = st.one_of(
-    list_responses, manifest_responses, chunk_datas, errors
+    list_responses, manifest_responses, chunk_datas, errors, push_progresses, push_results
 )
 
 # --- manifests ------------------------------------------------------------------

@@ -3,21 +3,51 @@
 The command serves the version itself for as long as it runs (a temporary
 seeder on ``--listen``), asks each target to pull it back (the target must
 grant us the push role, follow the name, and we must let it pull), and
-prints each target's verified result. Exit 0 only if every target verified.
+prints each target's verified result. While targets pull, each one's
+progress is shown: a bar per target on a terminal, else a line per target
+at most every PROGRESS_LINE_EVERY seconds. Exit 0 only if every target
+verified.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from p2pckpt.cli.commands import _config, _parse_ref, command, config_option
+from p2pckpt.cli.commands import _config, _parse_ref, _progress_bar, command, config_option
 from p2pckpt.cli.main import emit_json, open_home
 
 PUSH_TIMEOUT = 24 * 3600.0  # a target may be pulling a very large checkpoint
+PROGRESS_LINE_EVERY = 5.0
+
+
+class _TargetProgress:
+    """One target's progress, as a rich bar or as occasional plain lines."""
+
+    def __init__(self, label: str, bar: Any, quiet: bool) -> None:
+        self._label = label
+        self._bar = bar
+        self._quiet = quiet
+        self._task: Any = None
+        self._last_line = 0.0
+
+    def update(self, done: int, total: int) -> None:
+        if self._bar is not None:
+            if self._task is None:
+                self._task = self._bar.add_task(self._label, total=total)
+            self._bar.update(self._task, completed=done, total=total)
+        elif not self._quiet and time.monotonic() - self._last_line >= PROGRESS_LINE_EVERY:
+            self._last_line = time.monotonic()
+            pct = 100 * done // total if total else 100
+            click.echo(
+                f"{self._label}: pulling {done / 1e6:.1f} of {total / 1e6:.1f} MB ({pct}%)",
+                err=True,
+            )
 
 
 @command()
@@ -61,9 +91,10 @@ def push(
     parsed = [(t, parse_target(t, home)) for t in targets]
     host, port = parse_addr(listen, allow_zero=True)
     results: dict[str, dict[str, Any]] = {}
+    bar = _progress_bar(sys.stderr.isatty() and not as_json)
 
     async def run() -> None:
-        server = Server(home)
+        server = Server(home, bandwidth=cfg.bandwidth)
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(server.serve, host, port)
             bound = listeners[0].socket.getsockname()[1]
@@ -77,7 +108,12 @@ def push(
                             await conn.send(
                                 m.PushRequest(entry.name, entry.version, entry.root, bound)
                             )
-                            reply = await conn.receive(idle_timeout=PUSH_TIMEOUT)
+                            shown = _TargetProgress(safe_display(label), bar, quiet=as_json)
+                            while isinstance(
+                                reply := await conn.receive(idle_timeout=PUSH_TIMEOUT),
+                                m.PushProgress,
+                            ):
+                                shown.update(reply.done, reply.total)
                         finally:
                             await conn.aclose()
                         if not isinstance(reply, m.PushResult):
@@ -96,9 +132,10 @@ def push(
                             f"{safe_display(results[label]['message'])}"
                         )
 
-                async with trio.open_nursery() as pushes:
-                    for label, target in parsed:
-                        pushes.start_soon(one, label, target)
+                with bar if bar is not None else contextlib.nullcontext():
+                    async with trio.open_nursery() as pushes:
+                        for label, target in parsed:
+                            pushes.start_soon(one, label, target)
             nursery.cancel_scope.cancel()
 
     trio.run(run)

@@ -81,6 +81,25 @@ class _Tracked(Progress):
             self._on_bytes(n)
 
 
+class _Reporting(Progress):
+    """Also tells a pusher how far its push has got."""
+
+    def __init__(self, inner: Progress, report: Callable[[int, int], None]) -> None:
+        self._inner = inner
+        self._report = report
+        self._done = self._total = 0
+
+    def start(self, name: str, total: int, done: int) -> None:
+        self._inner.start(name, total, done)
+        self._total, self._done = total, done
+        self._report(done, total)
+
+    def advance(self, n: int) -> None:
+        self._inner.advance(n)
+        self._done += n
+        self._report(self._done, self._total)
+
+
 @dataclass
 class DaemonState:
     home: Home
@@ -154,7 +173,10 @@ async def run_daemon(
     finder_box: list[Finder] = []
 
     async def on_push(
-        peer: PeerId, addr: tuple[str, int] | None, req: m.PushRequest
+        peer: PeerId,
+        addr: tuple[str, int] | None,
+        req: m.PushRequest,
+        report: Callable[[int, int], None],
     ) -> m.PushResult:
         """Pull what a pusher (checked for the push role) asks for, into the
         follow directory of that name; report the verified result."""
@@ -177,7 +199,7 @@ async def run_daemon(
                 spec,
                 conn,
                 req.version,
-                state.progress,
+                lambda name: _Reporting(state.progress(name), report),
                 expect_root=req.root,
                 serving=server.serving,
             )

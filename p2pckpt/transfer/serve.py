@@ -156,8 +156,12 @@ class _BufferBudget:
 
 
 _Prepared = tuple[bytes | memoryview, bytearray | None]
-# (pusher, the address its connection came from or None if relayed, request)
-PushHandler = Callable[[PeerId, tuple[str, int] | None, m.PushRequest], Awaitable[m.PushResult]]
+# (pusher, the address its connection came from or None if relayed, request,
+#  report(bytes done, bytes total) for progress)
+PushHandler = Callable[
+    [PeerId, tuple[str, int] | None, m.PushRequest, Callable[[int, int], None]],
+    Awaitable[m.PushResult],
+]
 
 
 class Server:
@@ -376,7 +380,7 @@ class Server:
                 if isinstance(req, m.PushRequest):
                     busy.working = True
                     try:
-                        await prepared.send((await self._push(peer, hint, req), None))
+                        await self._push(peer, hint, req, prepared)
                     finally:
                         busy.working = False
                     continue
@@ -398,12 +402,20 @@ class Server:
                 else:
                     await prepared.send((payload, buf))
 
-    async def _push(self, peer: PeerId, hint: tuple[str, int] | None, req: m.PushRequest) -> bytes:
-        """A peer with the push role asks us to pull a version back from it."""
+    async def _push(
+        self,
+        peer: PeerId,
+        hint: tuple[str, int] | None,
+        req: m.PushRequest,
+        out: trio.MemorySendChannel[_Prepared],
+    ) -> None:
+        """A peer with the push role asks us to pull a version back from it:
+        PushProgress about every PUSH_PROGRESS_INTERVAL while we do, then the
+        PushResult (or one Error)."""
         if self.on_push is None:
-            return encode(
-                m.Error(m.BAD_REQUEST, "this node takes no pushes (run 'p2pckpt daemon')")
-            )
+            error = m.Error(m.BAD_REQUEST, "this node takes no pushes (run 'p2pckpt daemon')")
+            await out.send((encode(error), None))
+            return
         try:
             self._current_trust().require(peer, "push")
         except TrustError:
@@ -413,9 +425,28 @@ class Server:
                 req.version,
                 peer.short,
             )
-            return encode(m.Error(m.UNAUTHORIZED, "you do not have the 'push' role here"))
+            error = m.Error(m.UNAUTHORIZED, "you do not have the 'push' role here")
+            await out.send((encode(error), None))
+            return
         target = (hint[0], req.port) if hint is not None else None
-        return encode(await self.on_push(peer, target, req))
+        latest: list[int] = []
+
+        def report(done: int, total: int) -> None:
+            latest[:] = [done, total]
+
+        async def ticker() -> None:
+            sent: list[int] = []
+            while True:
+                await trio.sleep(m.PUSH_PROGRESS_INTERVAL)
+                if latest != sent:
+                    sent = list(latest)
+                    await out.send((encode(m.PushProgress(*sent)), None))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            result = await self.on_push(peer, target, req, report)
+            nursery.cancel_scope.cancel()
+        await out.send((encode(result), None))
 
     async def _answer(self, req: m.Request) -> bytes:
         catalog = self.home.catalog

@@ -31,6 +31,7 @@ from p2pckpt.wire.messages import (
     ManifestRequest,
     ManifestResponse,
     Message,
+    PushProgress,
     PushRequest,
     PushResult,
     VersionInfo,
@@ -42,7 +43,7 @@ _REQ_ID = struct.Struct(">I")
 CHUNK_HEADER_SIZE: Final = HEADER_SIZE + _REQ_ID.size
 
 _T_LIST_REQ, _T_LIST_RESP, _T_MAN_REQ, _T_MAN_RESP, _T_CHUNK_REQ, _T_CHUNK, _T_ERROR = range(1, 8)
-_T_PUSH_REQ, _T_PUSH_RESULT = 8, 9
+_T_PUSH_REQ, _T_PUSH_RESULT, _T_PUSH_PROGRESS = 8, 9, 10
 
 _CONTROL_CAP = 4096
 _CAPS: Final = {
@@ -55,9 +56,12 @@ _CAPS: Final = {
     _T_ERROR: _CONTROL_CAP,
     _T_PUSH_REQ: _CONTROL_CAP,
     _T_PUSH_RESULT: _CONTROL_CAP,
+    _T_PUSH_PROGRESS: _CONTROL_CAP,
 }
 SERVER_ACCEPTS: Final = frozenset({_T_LIST_REQ, _T_MAN_REQ, _T_CHUNK_REQ, _T_PUSH_REQ})
-CLIENT_ACCEPTS: Final = frozenset({_T_LIST_RESP, _T_MAN_RESP, _T_CHUNK, _T_ERROR, _T_PUSH_RESULT})
+CLIENT_ACCEPTS: Final = frozenset(
+    {_T_LIST_RESP, _T_MAN_RESP, _T_CHUNK, _T_ERROR, _T_PUSH_PROGRESS, _T_PUSH_RESULT}
+)
 
 
 def _pack(kind: int, body: list[Any]) -> bytes:
@@ -88,6 +92,8 @@ def encode(msg: Message) -> bytes:
             return chunk_header(req_id, len(data)) + bytes(data)
         case PushRequest(name, version, root, port):
             return _pack(_T_PUSH_REQ, [name, version, root, port])
+        case PushProgress(done, total):
+            return _pack(_T_PUSH_PROGRESS, [done, total])
         case PushResult(ok, message, total):
             return _pack(_T_PUSH_RESULT, [ok, message[:1000], total])
         case Error(code, message, req_id):
@@ -190,6 +196,10 @@ def _decode(kind: int, body: bytes) -> Message:
         ):
             raise _bad("push result")
         return PushResult(doc[0], doc[1][:1000], doc[2])
+    if kind == _T_PUSH_PROGRESS:
+        if len(doc) != 2 or not _is_int(doc[0], 1 << 62) or not _is_int(doc[1], 1 << 62):
+            raise _bad("push progress")
+        return PushProgress(doc[0], doc[1])
     if kind == _T_ERROR:
         if (
             len(doc) != 3

@@ -8,7 +8,9 @@ that turns them into bytes. The conversation is request/response, client
     ManifestRequest        -> ManifestResponse | Error
     ChunkRequest (pipelined, at most MAX_OUTSTANDING per connection)
                            -> ChunkData | Error(req_id)
-    PushRequest            -> PushResult | Error   (needs the "push" role)
+    PushRequest            -> PushProgress* then PushResult | Error
+                              (needs the "push" role; progress about every
+                              PUSH_PROGRESS_INTERVAL while the target pulls)
 
 An ``Error`` without ``req_id`` ends the connection.
 """
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from p2pckpt.errors import LocalProtocolError
 
 MAX_OUTSTANDING = 64
+PUSH_PROGRESS_INTERVAL = 0.5
 MAX_LIST_ENTRIES = 4096
 
 # Error codes (stable strings, mapped to exit codes by the CLI).
@@ -104,6 +107,14 @@ class PushResult:
 
 
 @dataclass(frozen=True, slots=True)
+class PushProgress:
+    """How far the target of a push has got (bytes of the whole version)."""
+
+    done: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
 class ChunkData:
     req_id: int
     data: bytes | bytearray
@@ -132,5 +143,5 @@ class Error:
 
 
 Request = ListRequest | ManifestRequest | ChunkRequest | PushRequest
-Response = ListResponse | ManifestResponse | ChunkData | Error | PushResult
+Response = ListResponse | ManifestResponse | ChunkData | Error | PushProgress | PushResult
 Message = Request | Response

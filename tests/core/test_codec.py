@@ -32,6 +32,9 @@ from p2pckpt.wire.messages import (
     ManifestRequest,
     ManifestResponse,
     Message,
+    PushProgress,
+    PushRequest,
+    PushResult,
     VersionInfo,
 )
 from tests import strategies as s
@@ -48,6 +51,9 @@ T_MAN_RESP = encode(ManifestResponse(b""))[0]
 T_CHUNK_REQ = encode(ChunkRequest(0, ROOT, 0))[0]
 T_CHUNK = chunk_header(0, 1)[0]
 T_ERROR = encode(Error("c", "m"))[0]
+T_PUSH_REQ = encode(PushRequest("x", 0, ROOT, 1))[0]
+T_PUSH_RESULT = encode(PushResult(True, ""))[0]
+T_PUSH_PROGRESS = encode(PushProgress(0, 0))[0]
 
 
 def frame(kind: int, body: Any) -> bytes:
@@ -62,7 +68,7 @@ def raw_frame(kind: int, data: bytes) -> bytes:
 
 def accepts_for(msg: Message) -> frozenset[int]:
     """The reader of the role that receives ``msg``."""
-    if isinstance(msg, ListRequest | ManifestRequest | ChunkRequest):
+    if isinstance(msg, ListRequest | ManifestRequest | ChunkRequest | PushRequest):
         return SERVER_ACCEPTS
     return CLIENT_ACCEPTS
 
@@ -106,6 +112,9 @@ SAMPLES: list[Message] = [
     ChunkData(7, b"chunk bytes"),
     Error("not_found", "no checkpoint llama-7b"),
     Error("bad_request", "no such chunk", 9),
+    PushRequest("llama-7b", 4, ROOT, 7000),
+    PushProgress(1 << 30, 1 << 34),
+    PushResult(True, "verified llama-7b@4", 1 << 34),
 ]
 
 
@@ -236,7 +245,7 @@ def test_client_rejects_request_types(msg: Message) -> None:
         MessageReader(CLIENT_ACCEPTS).feed(encode(msg))
 
 
-@pytest.mark.parametrize("kind", [0, 8, 255])
+@pytest.mark.parametrize("kind", [0, 11, 255])
 @pytest.mark.parametrize("accepts", [SERVER_ACCEPTS, CLIENT_ACCEPTS], ids=["server", "client"])
 def test_unknown_type_rejected(kind: int, accepts: frozenset[int]) -> None:
     """A type byte outside the protocol is refused by both roles."""
@@ -319,6 +328,11 @@ BAD_REQUESTS = {
     "man-req-bool-version": (T_MAN_REQ, ["llama", True]),
     "man-req-version-too-big": (T_MAN_REQ, ["llama", 1 << 63]),
     "man-req-extra": (T_MAN_REQ, ["llama", None, None]),
+    "push-port-zero": (T_PUSH_REQ, ["llama", 1, ROOT, 0]),
+    "push-port-too-big": (T_PUSH_REQ, ["llama", 1, ROOT, 65536]),
+    "push-root-31": (T_PUSH_REQ, ["llama", 1, b"r" * 31, 7000]),
+    "push-name-too-long": (T_PUSH_REQ, ["x" * 129, 1, ROOT, 7000]),
+    "push-short": (T_PUSH_REQ, ["llama", 1, ROOT]),
 }
 
 
@@ -344,6 +358,12 @@ BAD_RESPONSES = {
     "error-negative-req-id": (T_ERROR, ["internal", "m", -1]),
     "error-bool-req-id": (T_ERROR, ["internal", "m", False]),
     "error-short": (T_ERROR, ["internal", "m"]),
+    "push-result-int-ok": (T_PUSH_RESULT, [1, "m", 0]),
+    "push-result-negative": (T_PUSH_RESULT, [True, "m", -1]),
+    "push-progress-negative": (T_PUSH_PROGRESS, [-1, 10]),
+    "push-progress-float": (T_PUSH_PROGRESS, [1.0, 10]),
+    "push-progress-extra": (T_PUSH_PROGRESS, [1, 10, 0]),
+    "push-progress-huge": (T_PUSH_PROGRESS, [1, 1 << 63]),
 }
 
 

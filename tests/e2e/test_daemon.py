@@ -180,6 +180,41 @@ dir = "{home / "models"}"
     assert again.returncode == 0 and "ok: verified llama-ft@42" in again.stdout
 
 
+def test_push_shows_progress_per_target(nodes, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """While a target pulls, push prints that target's progress (plain lines
+    when not on a terminal), fed by PushProgress frames from the target."""
+    a, b, _a_id, _b_id, servers = nodes
+    (b / "d.toml").write_text(
+        f"""
+[serve]
+listen = "127.0.0.1:0"
+[discovery]
+mdns = false
+[[follow]]
+name = "slow"
+dir = "{b / "models"}"
+"""
+    )
+    # The pusher serves at 4 MB/s, so 8 MiB takes about two seconds.
+    (a / "config.toml").write_text("[discovery]\nmdns = false\n[limits]\nbandwidth = 4000000\n")
+    db = _daemon(b, tmp_path / "b.log", b / "d.toml")
+    servers.append(db)
+    ck = make_checkpoint(tmp_path / "ck", {"model.safetensors": 8 << 20})
+    run(a, "publish", str(ck), "--name", "slow", "--version", "1")
+    proc = run(a, "push", "slow", "--to", db.addr, "--listen", "127.0.0.1:0")
+    lines = re.findall(
+        rf"^{re.escape(db.addr)}: pulling ([0-9.]+) of ([0-9.]+) MB \((\d+)%\)$",
+        proc.stderr,
+        re.M,
+    )
+    assert lines, proc.stderr
+    done, total, pct = lines[0]
+    assert float(done) <= float(total)
+    assert float(total) == round((8 << 20) / 1e6, 1) and int(pct) < 100
+    assert f"{db.addr}: ok: verified slow@1" in proc.stdout
+    assert same_tree(ck, b / "models" / "slow" / "current")
+
+
 def test_example_config_starts_a_daemon(tmp_path: Path) -> None:
     """deploy/config.example.toml, with paths and addresses overridden, runs a
     daemon that answers `status` and stops cleanly on SIGTERM."""
