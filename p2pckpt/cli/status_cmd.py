@@ -115,6 +115,8 @@ def _peer_line(p: Mapping[str, Any], now: float) -> str:
     when = f"seen {_duration(now - seen)} ago" if seen is not None else "never seen"
     addr = _str(p, "addr", "")
     route = _str(p, "route", "-") + (f" {addr}" if addr else "")
+    if p.get("inbound") is True:
+        route += " (it connected to us)"
     return f"  {_who(p, {})}  {route}  {when}"
 
 

@@ -30,6 +30,7 @@ import trio
 
 from p2pckpt.config import Config, parse_addr
 from p2pckpt.discovery.finder import Finder, open_finder
+from p2pckpt.discovery.sightings import Sightings
 from p2pckpt.errors import ConfigError, P2pckptError
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
@@ -103,7 +104,10 @@ class _Reporting(Progress):
 @dataclass
 class DaemonState:
     home: Home
+    cfg: Config
     started: float = field(default_factory=time.time)
+    sightings: Sightings = field(default_factory=Sightings)
+    finder: Finder | None = None
     transfers: dict[str, Transfer] = field(default_factory=dict)
     on_pulled: Callable[[int], None] | None = None
     on_corrupt: Callable[[], None] | None = None
@@ -132,11 +136,29 @@ class DaemonState:
                 for e in self.home.catalog.summaries()
             ],
             "transfers": [t.as_status() for t in self.transfers.values()],
-            "peers": [
-                {"id": str(p.peer_id), "name": p.name, "route": "", "addr": "", "seen": 0.0}
-                for p in self.home.trust
-            ],
+            "peers": [self._peer(p.peer_id, p.name) for p in self.home.trust],
         }
+
+    def _peer(self, peer: PeerId, name: str | None) -> dict[str, Any]:
+        """The path to a trusted peer: how we last talked (either way), else
+        where the LAN says it is, else its static address."""
+        doc: dict[str, Any] = {"id": str(peer), "name": name, "route": "", "addr": ""}
+        seen = self.sightings.get(peer)
+        if seen is not None:
+            return doc | {
+                "route": seen.route,
+                "addr": seen.addr,
+                "inbound": seen.inbound,
+                "seen": seen.seen,
+            }
+        browser = self.finder.browser if self.finder is not None else None
+        heard = browser.peers().get(peer) if browser is not None else None
+        if heard is not None and heard.addrs:
+            return doc | {"route": "mdns", "addr": "{}:{}".format(*heard.addrs[0])}
+        static = self.cfg.static_addrs(peer)
+        if static:
+            return doc | {"route": "static", "addr": "{}:{}".format(*static[0])}
+        return doc
 
 
 async def start_reachability(
@@ -169,8 +191,7 @@ async def run_daemon(
     """Run every configured service until cancelled; reports the listen addresses."""
     from p2pckpt.daemon.control import serve_control
 
-    state = DaemonState(home)
-    finder_box: list[Finder] = []
+    state = DaemonState(home, cfg)
 
     async def on_push(
         peer: PeerId,
@@ -190,8 +211,9 @@ async def run_daemon(
         try:
             if addr is not None:
                 conn = await connect_direct(home, addr, expect=peer)
-            elif finder_box:
-                conn = await finder_box[0].connect(peer)
+                state.sightings.saw(peer, conn.route, conn.addr, inbound=False)
+            elif state.finder is not None:
+                conn = await state.finder.connect(peer)
             else:
                 return m.PushResult(False, "cannot reach the pusher")
             result = await install(
@@ -209,6 +231,7 @@ async def run_daemon(
         return m.PushResult(True, f"verified {req.name}@{req.version}", result.bytes_total)
 
     server = Server(home, on_push=on_push, bandwidth=cfg.bandwidth)
+    server.sightings = state.sightings
     host, port = parse_addr(cfg.listen, allow_zero=True)
     if cfg.metrics is not None:
         from p2pckpt.daemon.metrics import Metrics
@@ -231,7 +254,8 @@ async def run_daemon(
         # Followers share one finder (and its mDNS browser) for the daemon's life.
         finder = await stack.enter_async_context(open_finder(home, cfg)) if cfg.follow else None
         if finder is not None:
-            finder_box.append(finder)
+            finder.sightings = state.sightings
+            state.finder = finder
         nursery = await stack.enter_async_context(trio.open_nursery())
         listeners = await nursery.start(server.serve, host, port)
         addrs = ["{}:{}".format(*lst.socket.getsockname()[:2]) for lst in listeners]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from p2pckpt.config import Addr, Config, parse_addr
+from p2pckpt.discovery.sightings import Sightings
 from p2pckpt.errors import ConfigError, P2pckptError, PeerUnreachable
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
@@ -59,6 +60,11 @@ class Finder:
         self.home = home
         self.config = config
         self.browser = browser
+        self.sightings = Sightings()
+
+    def _made(self, conn: PeerConnection) -> PeerConnection:
+        self.sightings.saw(conn.peer, conn.route, conn.addr, inbound=False)
+        return conn
 
     async def direct_routes(self, peer: PeerId, wait: float = MDNS_WAIT) -> list[Addr]:
         """Static addresses first, then what mDNS has heard (waiting briefly)."""
@@ -76,12 +82,12 @@ class Finder:
         errors: list[str] = []
         for addr in await self.direct_routes(peer):
             try:
-                return await connect_direct(self.home, addr, expect=peer)
+                return self._made(await connect_direct(self.home, addr, expect=peer))
             except P2pckptError as exc:
                 errors.append(str(exc))
         if self.config.relay is not None:
             try:
-                return await connect_relay(self.home, self.config.relay, peer)
+                return self._made(await connect_relay(self.home, self.config.relay, peer))
             except P2pckptError as exc:
                 errors.append(str(exc))
         if not errors:
@@ -94,7 +100,7 @@ class Finder:
     async def connect_target(self, target: Target) -> PeerConnection:
         if isinstance(target, PeerId):
             return await self.connect(target)
-        return await connect_direct(self.home, target)
+        return self._made(await connect_direct(self.home, target))
 
     async def _settle(self) -> None:
         """Give mDNS up to MDNS_WAIT to hear from trusted peers (less if all did)."""

@@ -59,11 +59,13 @@ class PeerConnection:
         label: str,
         route: str,
         redial: Callable[[], Awaitable[PeerConnection]],
+        addr: str = "",
     ) -> None:
         self.secure = secure
         self.peer = secure.peer
         self.label = label
         self.route = route
+        self.addr = addr  # HOST:PORT dialled: the peer's, or the relay's
         self.redial = redial
         self.buffers = BufferPool()
         self._reader = MessageReader(CLIENT_ACCEPTS, self.buffers.get)
@@ -105,6 +107,7 @@ async def over_stream(
     route: str,
     expect: PeerId | None,
     redial: Callable[[], Awaitable[PeerConnection]],
+    addr: str,
 ) -> PeerConnection:
     """Handshake over ``stream``; the peer must be ``expect`` (if given) and trusted.
 
@@ -126,7 +129,7 @@ async def over_stream(
         with trio.CancelScope(shield=True):
             await stream.aclose()
         raise
-    return PeerConnection(secure, f"{secure.peer.short}@{label}", route, redial)
+    return PeerConnection(secure, f"{secure.peer.short}@{label}", route, redial, addr)
 
 
 async def connect_direct(home: Home, addr: Addr, expect: PeerId | None = None) -> PeerConnection:
@@ -149,7 +152,7 @@ async def connect_direct(home: Home, addr: Addr, expect: PeerId | None = None) -
     async def again() -> PeerConnection:
         return await connect_direct(home, addr, expect or conn.peer)
 
-    conn = await over_stream(home, tcp, label, "direct", expect, again)
+    conn = await over_stream(home, tcp, label, "direct", expect, again, label)
     return conn
 
 
@@ -163,4 +166,4 @@ async def connect_relay(home: Home, relay: Addr, peer: PeerId) -> PeerConnection
     async def again() -> PeerConnection:
         return await connect_relay(home, relay, peer)
 
-    return await over_stream(home, stream, label, "relay", peer, again)
+    return await over_stream(home, stream, label, "relay", peer, again, f"{relay[0]}:{relay[1]}")

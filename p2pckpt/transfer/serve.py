@@ -35,6 +35,7 @@ from typing import Final
 import trio
 
 from p2pckpt.channel.stream import HANDSHAKE_TIMEOUT, SecureStream, open_secure
+from p2pckpt.discovery.sightings import Sightings
 from p2pckpt.errors import (
     ConfigError,
     HandshakeFailed,
@@ -172,6 +173,7 @@ class Server:
         self.on_push = on_push
         self._throttle = Throttle(bandwidth) if bandwidth > 0 else None
         self.on_served: Callable[[int], None] | None = None  # chunk bytes sent (metrics)
+        self.sightings: Sightings | None = None  # who connected, how (status)
         self._handshakes = trio.CapacityLimiter(MAX_HANDSHAKES)
         self._preauth: Counter[str] = Counter()
         self._peers: Counter[PeerId] = Counter()
@@ -312,6 +314,9 @@ class Server:
             await secure.send_all(encode(m.Error(m.TOO_MANY_REQUESTS, "too many connections")))
             return
         self._peers[peer] += 1
+        if self.sightings is not None:
+            route = "direct" if peer_host is not None else "relay"
+            self.sightings.saw(peer, route, addr if peer_host else "", inbound=True)
         try:
             log.info("peer %s connected from %s", peer.short, addr)
             hint = (peer_host, 0) if peer_host is not None else None

@@ -18,6 +18,7 @@ PURE_MODULES = [
     "p2pckpt.identity.peer_id",
     "p2pckpt.relay.protocol",
     "p2pckpt.discovery.txt",
+    "p2pckpt.discovery.sightings",
     "p2pckpt.transfer.ratelimit",
     "p2pckpt.config",
     "p2pckpt.daemon.completion",

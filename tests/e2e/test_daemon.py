@@ -115,6 +115,11 @@ listen = "127.0.0.1:{metrics_port}"
     assert sorted(r["version"] for r in held) == [200, 300]  # retention forgot version 100
     status = json.loads(run(b, "status", "--json").stdout)
     assert status["peer_id"] and any(v["version"] == 300 for v in status["versions"])
+    (nas,) = status["peers"]
+    assert nas["id"] == a_id and nas["name"] == "nas"
+    assert (nas["route"], nas["addr"], nas["inbound"]) == ("direct", seeder.addr, False)
+    assert time.time() - 30 < nas["seen"] <= time.time()
+    assert f"direct {seeder.addr}  seen " in run(b, "status").stdout
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
         scraped = r.read().decode()
     pulled = re.search(r"^p2pckpt_bytes_pulled_total (\S+)$", scraped, re.M)
@@ -212,6 +217,10 @@ dir = "{b / "models"}"
     assert float(done) <= float(total)
     assert float(total) == round((8 << 20) / 1e6, 1) and int(pct) < 100
     assert f"{db.addr}: ok: verified slow@1" in proc.stdout
+    # B last talked to A when it dialled back A's push listener, directly.
+    (pusher,) = json.loads(run(b, "status", "--json").stdout)["peers"]
+    assert pusher["route"] == "direct" and pusher["inbound"] is False
+    assert pusher["addr"].startswith("127.0.0.1:") and pusher["addr"] != db.addr
     assert same_tree(ck, b / "models" / "slow" / "current")
 
 
