@@ -24,7 +24,7 @@ the file is data, never code. Example::
     complete = "stable"          # "stable" (no change for stable_seconds), "marker", "index"
     stable_seconds = 30
     marker = "COMPLETE"          # with complete = "marker": this file inside a directory
-    keep = 0                     # newest published versions to keep in the catalog (0: all)
+    keep = 0                     # newest published versions offered (0: all); files stay
 
     [[follow]]                   # daemon: pull new versions of a name as they appear
     name = "llama-ft"

@@ -265,7 +265,7 @@ async def run_daemon(
             from p2pckpt.daemon.watch import watch_folder
 
             for spec in cfg.watch:
-                await nursery.start(partial(watch_folder, home, spec))
+                await nursery.start(partial(watch_folder, home, spec, serving=server.serving))
         if finder is not None:
             from p2pckpt.daemon.follow import follow
 

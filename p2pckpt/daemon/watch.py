@@ -20,8 +20,11 @@ events lost to a queue overflow, to a directory created just before its
 watch, or never sent (writes from another host to a network mount).
 
 A child is published once: children already in the catalog (origin
-"published", location == the child's path) are skipped, at start and right
-before each publish. Nothing here ends the watcher: a publish that fails
+"published", location == the child's path), or retired from it by
+retention, are skipped, at start and right before each publish. Retention
+(``keep = K``) retires all but the newest K published versions from this
+folder after each publish, sparing any a peer is reading; their files stay.
+Nothing here ends the watcher: a publish that fails
 because the child changed or vanished is retried after it settles again
 (with back-off); one refused for good (same version, other content; a link
 inside) waits until the child changes.
@@ -117,8 +120,10 @@ class _Watcher:
         home: Home,
         spec: WatchSpec,
         on_published: Callable[[Manifest], Awaitable[None]] | None,
+        serving: Callable[[], set[bytes]] | None,
     ) -> None:
         self.home, self.spec, self.on_published = home, spec, on_published
+        self.serving = serving
         self.root = spec.path.expanduser().absolute()
         self.settle = settle_seconds(spec)
         self.baseline = max(DEBOUNCE, self.settle / 10)  # after an event: snapshot again this soon
@@ -136,7 +141,36 @@ class _Watcher:
         return BACKSTOP_SECONDS if self.root_wd is not None else POLL_SECONDS
 
     def _published(self) -> set[str]:
-        return {e.location for e in self.home.catalog.summaries() if e.origin == "published"}
+        """Locations never to publish again: in the catalog, or retired from it."""
+        held = {e.location for e in self.home.catalog.summaries() if e.origin == "published"}
+        return held | self.home.catalog.retired_locations()
+
+    def _retain(self) -> None:
+        """Retire all but the newest ``keep`` versions published from this folder."""
+        if self.spec.keep <= 0:
+            return
+        mine = sorted(
+            (
+                e
+                for e in self.home.catalog.summaries()
+                if e.origin == "published"
+                and e.name == self.spec.name
+                and Path(e.location).parent == self.root
+            ),
+            key=lambda e: e.version,
+            reverse=True,
+        )
+        busy = self.serving() if self.serving is not None else set()
+        for entry in mine[self.spec.keep :]:
+            if entry.root in busy:
+                continue  # a peer is reading it: retire it after a later publish
+            self.home.catalog.retire(entry.root)
+            log.info(
+                "retired name=%s version=%d path=%s (files left in place)",
+                entry.name,
+                entry.version,
+                entry.location,
+            )
 
     async def _rescan(self) -> None:
         """List the folder: new children become candidates, published ones are skipped."""
@@ -276,6 +310,7 @@ class _Watcher:
             log.info(
                 "published name=%s version=%d path=%s", manifest.name, manifest.version, cand.path
             )
+            self._retain()
             if self.on_published is not None:
                 await self.on_published(manifest)
         self.done.add(name)
@@ -288,6 +323,7 @@ class _Watcher:
         self.notify = Inotify.open()
         try:
             await self._rescan()
+            self._retain()  # keep may have been lowered since the last run
             task_status.started()
             async with trio.open_nursery() as nursery:
                 if self.notify is not None:
@@ -315,6 +351,7 @@ async def watch_folder(
     spec: WatchSpec,
     *,
     on_published: Callable[[Manifest], Awaitable[None]] | None = None,
+    serving: Callable[[], set[bytes]] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Publish each complete child of ``spec.path`` as ``spec.name``, the
@@ -325,6 +362,7 @@ async def watch_folder(
     the folder is listed: a child created after that is never missed.
     Publishing happens afterwards, one child at a time, so a terabyte found
     at start does not hold up the daemon. Raises ConfigError if ``spec.path``
-    is not a directory; ``on_published`` errors propagate.
+    is not a directory; ``on_published`` errors propagate. ``serving`` gives
+    the roots peers are reading, which retention spares.
     """
-    await _Watcher(home, spec, on_published).run(task_status)
+    await _Watcher(home, spec, on_published, serving).run(task_status)

@@ -4,7 +4,9 @@ One SQLite file (WAL) per home. A row is a verified, signed manifest plus the
 local root of its bytes: the original file or directory for a published
 version (served in place, no second copy), the destination for a pulled one.
 ``highest`` remembers the newest version ever accepted per (publisher, name),
-so "latest" never goes backwards (rollback protection).
+so "latest" never goes backwards (rollback protection). ``retired`` lists
+published locations taken out of the catalog by retention (``[[watch]]
+keep``), so a watcher never publishes them again.
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ CREATE TABLE IF NOT EXISTS highest (
     name      TEXT NOT NULL,
     version   INTEGER NOT NULL,
     PRIMARY KEY (publisher, name)
+);
+CREATE TABLE IF NOT EXISTS retired (
+    location TEXT PRIMARY KEY,
+    name     TEXT NOT NULL,
+    version  INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS state (
     key   TEXT PRIMARY KEY,
@@ -189,7 +196,13 @@ class Catalog:
         return rows[0] if rows else None
 
     def next_version(self, name: str) -> int:
-        row = self._db.execute("SELECT max(version) FROM versions WHERE name = ?", (name,))
+        """One past the newest version of ``name`` ever held or seen (a number
+        is never reused, even after retention dropped its version)."""
+        row = self._db.execute(
+            "SELECT max(v) FROM (SELECT max(version) AS v FROM versions WHERE name = ?"
+            " UNION ALL SELECT max(version) FROM highest WHERE name = ?)",
+            (name, name),
+        )
         top = row.fetchone()[0]
         return 1 if top is None else int(top) + 1
 
@@ -215,6 +228,21 @@ class Catalog:
             if cur.rowcount:
                 self._bump_epoch()
             return int(cur.rowcount)
+
+    def retire(self, root: bytes) -> None:
+        """Stop offering a published version and remember its location, so
+        it is not published again; its files are left where they are."""
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO retired SELECT location, name, version FROM versions"
+                " WHERE root = ? AND origin = 'published'",
+                (root,),
+            )
+            if self._db.execute("DELETE FROM versions WHERE root = ?", (root,)).rowcount:
+                self._bump_epoch()
+
+    def retired_locations(self) -> set[str]:
+        return {row[0] for row in self._db.execute("SELECT location FROM retired")}
 
     def remove(self, root: bytes) -> None:
         with self._db:

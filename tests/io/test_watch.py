@@ -58,12 +58,13 @@ def folder(tmp_path: Path) -> Path:
 
 @asynccontextmanager
 async def watching(
-    home: Home, spec: WatchSpec
+    home: Home, spec: WatchSpec, serving: set[bytes] | None = None
 ) -> AsyncIterator[trio.MemoryReceiveChannel[Manifest]]:
     """Run a watcher; yields the channel its publications arrive on."""
     send, receive = trio.open_memory_channel[Manifest](64)
+    busy = (lambda: serving) if serving is not None else None
     async with trio.open_nursery() as nursery:
-        await nursery.start(partial(watch_folder, home, spec, on_published=send.send))
+        await nursery.start(partial(watch_folder, home, spec, on_published=send.send, serving=busy))
         yield receive
         nursery.cancel_scope.cancel()
 
@@ -252,3 +253,37 @@ async def test_watching_a_missing_folder_is_a_config_error(home: Home, tmp_path:
     spec = WatchSpec(tmp_path / "nope", "m")
     with pytest.raises(ConfigError, match="not a directory"):
         await watch_folder(home, spec)
+
+
+async def test_keep_retires_old_versions_but_spares_one_being_served(
+    home: Home, folder: Path
+) -> None:
+    """keep = 2: after each publish only the newest two published versions of
+    this folder stay in the catalog, except one a peer is reading; retired
+    children keep their files and are not published again after a restart;
+    a version number is never reused."""
+    spec = WatchSpec(folder, "m", complete="stable", stable_seconds=0.3, keep=2)
+    busy: set[bytes] = set()
+    with trio.fail_after(LIMIT):
+        async with watching(home, spec, serving=busy) as published:
+            roots = {}
+            for step in (10, 20):
+                (folder / f"step-{step}.pt").write_bytes(os.urandom(5000))
+                roots[step] = (await published.receive()).root
+            busy.add(roots[10])  # a peer is reading step 10
+            (folder / "step-30.pt").write_bytes(os.urandom(5000))
+            await published.receive()
+            held = sorted(e.version for e in home.catalog.summaries())
+            assert held == [10, 20, 30]  # 10 spared while served
+            busy.clear()
+            (folder / "step-40.pt").write_bytes(os.urandom(5000))
+            await published.receive()
+            assert sorted(e.version for e in home.catalog.summaries()) == [30, 40]
+        assert all((folder / f"step-{s}.pt").exists() for s in (10, 20, 30, 40))
+        # Restarted: nothing is republished, and an unnumbered child counts on
+        # from the highest version ever published, not from the ones left.
+        async with watching(home, spec) as published:
+            (folder / "extra.pt").write_bytes(os.urandom(5000))
+            assert (await published.receive()).version == 41
+            nothing_yet(published)
+    assert sorted(e.version for e in home.catalog.summaries()) == [40, 41]
