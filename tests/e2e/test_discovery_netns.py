@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +55,20 @@ class Nodes:
             listen=listen,
             extra=extra,
             prefix=["ip", "netns", "exec", ns],
+        )
+        self.servers.append(server)
+        return server
+
+    def daemon(self, who: str, listen: str, config: Path) -> Server:
+        ns = getattr(self.net, who)
+        server = start_server(
+            self.home[who],
+            self.root / f"{who}-daemon-{len(self.servers)}.log",
+            listen=listen,
+            extra=(),
+            prefix=["ip", "netns", "exec", ns],
+            command=("daemon", "--config", str(config)),
+            banner=r"daemon listening on [0-9.]+:(\d+)",
         )
         self.servers.append(server)
         return server
@@ -198,3 +213,35 @@ def test_spoofed_mdns_record_gets_a_refused_handshake(nodes: Nodes, tmp_path: Pa
     assert proc.returncode != 0
     assert "not the expected" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_follower_hears_new_versions_by_mdns_epoch(nodes: Nodes, tmp_path: Path) -> None:
+    """A following daemon with no addresses configured learns of each new
+    version from the catalog epoch in A's mDNS announcement and has it
+    installed within 5 s; its own fallback poll (30 s) is far too slow to
+    explain that, so the epoch is what woke it."""
+    from p2pckpt.daemon.follow import MDNS_POLL_SECONDS
+
+    assert MDNS_POLL_SECONDS >= 10
+    models = tmp_path / "models"
+    cfg = tmp_path / "b.toml"
+    cfg.write_text(f'[discovery]\nmdns = true\n[[follow]]\nname = "{NAME}"\ndir = "{models}"\n')
+    nodes.serve("a", "10.231.0.1:7450")
+    follower = nodes.daemon("b", "10.231.0.2:0", cfg)
+    # The follower's first check finds nothing to pull (A holds nothing yet).
+    deadline = time.monotonic() + 15
+    while f"follow name={NAME}" not in follower.log.read_text():
+        assert time.monotonic() < deadline, follower.log.read_text()
+        time.sleep(0.05)
+    current = models / NAME / "current"
+    for version in (1, 2):
+        ckpt = make_checkpoint(tmp_path / f"ck{version}", {"w.bin": 3 << 20}, seed=version)
+        published = time.monotonic()
+        nodes.run("a", "publish", str(ckpt), "--name", NAME, "--version", str(version))
+        while not (current.is_symlink() and os.readlink(current) == str(version)):
+            assert time.monotonic() - published < 5, follower.log.read_text()
+            time.sleep(0.05)
+        assert same_tree(ckpt, current)
+    (peer,) = json.loads(nodes.run("b", "status", "--json").stdout)["peers"]
+    where = (peer["id"], peer["route"], peer["addr"])
+    assert where == (nodes.ids["a"], "direct", "10.231.0.1:7450")
