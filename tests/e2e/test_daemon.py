@@ -94,8 +94,8 @@ listen = "127.0.0.1:{metrics_port}"
             tmp_path / f"ck{version}", {"model.safetensors": 2 << 20}, seed=version
         )
         ckpts.append(ck)
-        published = time.monotonic()
         run(a, "publish", str(ck), "--name", "llama-ft", "--version", str(version))
+        published = time.monotonic()  # the version exists from here on
         _wait(
             lambda v=version: os.path.islink(current) and os.readlink(current) == str(v),
             15,

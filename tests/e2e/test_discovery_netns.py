@@ -236,8 +236,8 @@ def test_follower_hears_new_versions_by_mdns_epoch(nodes: Nodes, tmp_path: Path)
     current = models / NAME / "current"
     for version in (1, 2):
         ckpt = make_checkpoint(tmp_path / f"ck{version}", {"w.bin": 3 << 20}, seed=version)
-        published = time.monotonic()
         nodes.run("a", "publish", str(ckpt), "--name", NAME, "--version", str(version))
+        published = time.monotonic()  # the version exists from here on
         while not (current.is_symlink() and os.readlink(current) == str(version)):
             assert time.monotonic() - published < 5, follower.log.read_text()
             time.sleep(0.05)
