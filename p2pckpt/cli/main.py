@@ -59,13 +59,20 @@ def emit_json(doc: object) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @home_option
 @click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar="P2PCKPT_LOG_FORMAT",
+    help="Log lines on stderr: text, or one JSON object per line.",
+)
 @click.version_option(package_name="p2pckpt")
-def cli(verbose: int) -> None:
+def cli(verbose: int, log_format: str) -> None:
     """Peer-to-peer, end-to-end encrypted transfer of AI model checkpoints."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    from p2pckpt.logs import setup
+
+    setup(logging.WARNING - 10 * min(verbose, 2), log_format)
 
 
 def main() -> None:

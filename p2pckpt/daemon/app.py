@@ -226,7 +226,7 @@ async def run_daemon(
                 serving=server.serving,
             )
         except P2pckptError as exc:
-            log.warning("push name=%s version=%d failed: %s", req.name, req.version, exc)
+            log.warning('push failed name=%s version=%d error="%s"', req.name, req.version, exc)
             return m.PushResult(False, str(exc))
         return m.PushResult(True, f"verified {req.name}@{req.version}", result.bytes_total)
 

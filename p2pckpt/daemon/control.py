@@ -174,7 +174,7 @@ async def _bind(path: Path, home: Path) -> tuple[trio.socket.SocketType, tuple[i
     if _socket_exists(path):
         if await _answers(path):
             raise _already_running(home)
-        log.info("removing stale control socket %s", safe_display(str(path)))
+        log.info('removing stale control socket path="%s"', safe_display(str(path)))
         _unlink(path)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -231,7 +231,7 @@ async def _answer(stream: trio.SocketStream, handlers: Mapping[str, Handler]) ->
     except P2pckptError as exc:
         return _reply(False, exc)
     except Exception:
-        log.exception("control command %r failed", cmd)
+        log.exception("control command failed command=%s", cmd)
         return _reply(False, f"internal error in {cmd!r} (see the daemon log)")
 
 
@@ -241,7 +241,7 @@ async def _client(
     """Check who is calling, then answer one request within the limits."""
     uid = peer_uid(stream.socket)
     if not uid_allowed(uid):
-        log.warning("control: refused a connection from uid %d", uid)
+        log.warning("refused control connection uid=%d", uid)
         return
     try:
         slots.acquire_nowait()
@@ -284,14 +284,14 @@ async def serve_control(
                 try:
                     await _client(stream, handlers, slots)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                    log.debug("control client went away: %s", exc)
+                    log.debug('control client went away error="%s"', exc)
                 except Exception:
                     log.exception("control client failed")
 
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(trio.serve_listeners, handle, [trio.SocketListener(sock)])
-                log.info("control socket at %s", safe_display(str(path)))
+                log.info('control socket listening path="%s"', safe_display(str(path)))
                 task_status.started(path)
         finally:
             sock.close()

@@ -90,7 +90,7 @@ async def run_hook(spec: FollowSpec, result: PullResult, path: Path) -> None:
         with trio.fail_after(HOOK_TIMEOUT):
             done = await trio.run_process(list(spec.hook), env=env, check=False)
     except (OSError, trio.TooSlowError) as exc:
-        log.error("hook failed name=%s version=%d error=%s", result.name, result.version, exc)
+        log.error('hook failed name=%s version=%d error="%s"', result.name, result.version, exc)
         return
     level = logging.INFO if done.returncode == 0 else logging.ERROR
     log.log(
@@ -172,7 +172,7 @@ async def install(
     have = current_version(root)
     if have is None or version > have:
         repoint(root, version)
-        log.info("current name=%s version=%d path=%s", spec.name, version, target)
+        log.info('current name=%s version=%d path="%s"', spec.name, version, target)
         await run_hook(spec, result, target)
     protect = {version} | ({have} if have is not None else set())
     busy = serving() if serving is not None else set()
@@ -207,13 +207,13 @@ async def follow(
         try:
             await check_once(home, finder, spec, progress, serving)
         except* ChunkCorrupt as group:
-            log.error("follow name=%s: %s", spec.name, first_leaf(group))
+            log.error('follow failed name=%s error="%s"', spec.name, first_leaf(group))
             if on_corrupt is not None:
                 on_corrupt()
         except* P2pckptError as group:
-            log.info("follow name=%s: %s", spec.name, first_leaf(group))
+            log.info('follow check name=%s result="%s"', spec.name, first_leaf(group))
         except* OSError as group:
-            log.error("follow name=%s: %s", spec.name, first_leaf(group))
+            log.error('follow failed name=%s error="%s"', spec.name, first_leaf(group))
         with trio.move_on_after(wait):
             if finder.browser is not None:
                 await finder.browser.changed()

@@ -71,7 +71,7 @@ class Inotify:
             return None
         if fd < 0:
             reason = os.strerror(ctypes.get_errno())
-            log.warning("no inotify (%s): falling back to rescans", reason)
+            log.warning('no inotify reason="%s" (falling back to rescans)', reason)
             return None
         return cls(libc, fd)
 
@@ -82,7 +82,9 @@ class Inotify:
         wd = int(self._libc.inotify_add_watch(self._fd, os.fsencode(path), _MASK))
         if wd < 0 and ctypes.get_errno() == errno.ENOSPC and not self._full:
             self._full = True  # said once: raise fs.inotify.max_user_watches
-            log.warning("out of inotify watches at %s: changes there are seen by re-checks", path)
+            log.warning(
+                'out of inotify watches path="%s" (changes there are seen by re-checks)', path
+            )
         return wd if wd >= 0 else None
 
     def remove(self, wd: int) -> None:

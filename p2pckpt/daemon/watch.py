@@ -166,7 +166,7 @@ class _Watcher:
                 continue  # a peer is reading it: retire it after a later publish
             self.home.catalog.retire(entry.root)
             log.info(
-                "retired name=%s version=%d path=%s (files left in place)",
+                'retired name=%s version=%d path="%s" (files left in place)',
                 entry.name,
                 entry.version,
                 entry.location,
@@ -182,7 +182,7 @@ class _Watcher:
             names = await trio.to_thread.run_sync(os.listdir, self.root, abandon_on_cancel=True)
         except OSError as exc:
             if not self.unlisted:  # said once until it is back (an unmounted share)
-                log.warning("cannot list watched folder %s: %s", self.root, exc)
+                log.warning('cannot list watched folder path="%s" error="%s"', self.root, exc)
             self.unlisted = True
             return
         self.unlisted = False
@@ -259,7 +259,7 @@ class _Watcher:
                 gather, cand.path, self.spec, abandon_on_cancel=True
             )
         except OSError as exc:
-            log.warning("cannot read path=%s: %s", cand.path, exc)
+            log.warning('cannot read path="%s" error="%s"', cand.path, exc)
             cand.due = trio.current_time() + self.backstop
             return
         now = trio.current_time()
@@ -271,7 +271,7 @@ class _Watcher:
             for rel in ["", *snap.dirs]:
                 self._watch(name, cand.path / rel)
         if snap.problem and snap.problem != cand.told:
-            log.warning("not publishing path=%s while %s", cand.path, snap.problem)
+            log.warning('not publishing path="%s" reason="%s"', cand.path, snap.problem)
         cand.told = snap.problem
         touched = cand.quiet_since > start  # an event came during the snapshot
         before, cand.snap = cand.snap, snap
@@ -295,7 +295,7 @@ class _Watcher:
             try:
                 manifest = await _publish_in_thread(self.home, cand.path, self.spec.name, version)
             except (ConfigError, ManifestError) as exc:
-                log.error("not publishing path=%s until it changes: %s", cand.path, exc)
+                log.error('not publishing until it changes path="%s" error="%s"', cand.path, exc)
                 cand.failed, cand.due = snap, trio.current_time() + self.backstop
                 return
             except Exception as exc:  # changed or vanished while hashing, catalog busy, a bug
@@ -304,11 +304,11 @@ class _Watcher:
                 delay = min(MAX_BACKOFF, max(self.settle, 1.0) * 2 ** min(cand.failures - 1, 8))
                 cand.quiet_since, cand.due = now, now + delay
                 expected = isinstance(exc, OSError | SourceChanged)
-                msg = "publish failed path=%s, retry in %.0f s: %s"
+                msg = 'publish failed path="%s" retry_seconds=%.0f error="%s"'
                 log.warning(msg, cand.path, delay, exc, exc_info=not expected)
                 return
             log.info(
-                "published name=%s version=%d path=%s", manifest.name, manifest.version, cand.path
+                'published name=%s version=%d path="%s"', manifest.name, manifest.version, cand.path
             )
             self._retain()
             if self.on_published is not None:

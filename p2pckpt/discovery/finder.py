@@ -142,7 +142,7 @@ class Finder:
                 try:
                     conns.append(await self.connect_target(target))
                 except P2pckptError as exc:
-                    log.info("%s", exc)
+                    log.info('connect failed error="%s"', exc)
                     errors.append(exc)
 
         try:

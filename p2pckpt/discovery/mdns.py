@@ -134,7 +134,7 @@ async def _close_bounded(zc: Zeroconf, browser: ServiceBrowser | None = None) ->
     with trio.move_on_after(CLOSE_TIMEOUT, shield=True) as scope:
         await trio.to_thread.run_sync(_close_zeroconf, zc, browser, abandon_on_cancel=True)
     if scope.cancelled_caught:
-        log.debug("mDNS shutdown took longer than %.0f s; abandoned", CLOSE_TIMEOUT)
+        log.debug("mdns shutdown abandoned timeout=%.0f", CLOSE_TIMEOUT)
 
 
 def _service_info(
@@ -185,7 +185,13 @@ async def announce(
             await trio.to_thread.run_sync(lambda: zc.register_service(info, allow_name_change=True))
         except ZeroconfError as exc:
             raise DiscoveryError(f"cannot announce on mDNS: {exc!r}") from exc
-        log.info("announcing %s as %s on %s port %d", peer.short, info.name, addresses, port)
+        log.info(
+            "announcing peer=%s instance=%s addresses=%s port=%d",
+            peer.short,
+            info.name,
+            ",".join(addresses),
+            port,
+        )
         task_status.started()
         while True:
             await trio.sleep(EPOCH_POLL)
@@ -195,9 +201,9 @@ async def announce(
                 try:
                     await trio.to_thread.run_sync(zc.update_service, info)
                 except ZeroconfError as exc:  # e.g. EventLoopBlocked: try again next tick
-                    log.warning("mDNS: could not announce epoch %d: %r", new, exc)
+                    log.warning('mdns announce failed epoch=%d error="%r"', new, exc)
                     continue
-                log.debug("announced epoch %d (was %d)", new, current)
+                log.debug("announced epoch=%d previous=%d", new, current)
                 current = new
     finally:
         await _close_bounded(zc)
@@ -241,7 +247,7 @@ class Browser:
         old = self._services.pop(key, None)
         if found is not None:
             if old is None and len(self._services) >= MAX_SERVICES:
-                log.debug("mDNS view full (%d services); dropping %r", MAX_SERVICES, key)
+                log.debug('mdns view full services=%d name="%r" (dropped)', MAX_SERVICES, key)
                 return
             self._services[key] = found  # re-inserted: newest last
         changed = False
@@ -272,7 +278,7 @@ class Browser:
         found: Announcement | None = None
         if state_change is not ServiceStateChange.Removed:
             if key not in self._services and len(self._services) >= MAX_SERVICES:
-                log.debug("mDNS view full; not resolving %r", name)
+                log.debug('mdns view full name="%r" (not resolved)', name)
                 return
             found = _resolve(zeroconf, service_type, name)
         with contextlib.suppress(trio.RunFinishedError):  # trio exited: nobody to tell
@@ -284,15 +290,15 @@ def _resolve(zc: Zeroconf, service_type: str, name: str) -> Announcement | None:
     try:
         info = ServiceInfo(service_type, name)
         if not info.request(zc, LOOKUP_TIMEOUT_MS):
-            log.debug("mDNS: %r did not resolve in time; dropped", name)
+            log.debug('mdns resolve timed out name="%r" (dropped)', name)
             return None
         properties, addresses, port = info.properties, info.parsed_scoped_addresses(), info.port
     except Exception as exc:  # whatever a hostile name or a closing zeroconf raises
-        log.debug("mDNS: cannot resolve %r (%s); dropped", name, exc)
+        log.debug('mdns resolve failed name="%r" error="%s" (dropped)', name, exc)
         return None
     found = parse_announcement(properties, addresses, port if port is not None else 0)
     if found is None:
-        log.debug("mDNS: malformed announcement %r; dropped", name)
+        log.debug('mdns malformed announcement name="%r" (dropped)', name)
     return found
 
 

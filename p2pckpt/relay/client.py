@@ -161,7 +161,7 @@ async def register(
 
     def registered() -> None:
         nonlocal started
-        log.info("registered at relay %s as %s", label, node_key.peer_id.short)
+        log.info("registered at relay relay=%s peer=%s", label, node_key.peer_id.short)
         if not started:
             started = True
             task_status.started()
@@ -172,11 +172,11 @@ async def register(
             try:
                 await _control(relay, node_key, handle, sessions, slots, registered)
             except (P2pckptError, OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
-                log.warning("relay %s: %s", label, exc)
+                log.warning('relay connection ended relay=%s error="%s"', label, exc)
             if trio.current_time() - since >= STABLE_AFTER:
                 backoff = BACKOFF_MIN
             delay = min(BACKOFF_MAX, backoff * random.uniform(0.75, 1.25))
-            log.info("reconnecting to relay %s in %.1f s", label, delay)
+            log.info("reconnecting to relay relay=%s delay=%.1f", label, delay)
             await trio.sleep(delay)
             backoff = min(BACKOFF_MAX, backoff * 2)
 
@@ -215,7 +215,7 @@ async def _control(
                 try:
                     slots.acquire_nowait()
                 except trio.WouldBlock:
-                    log.warning("too many relayed sessions; ignoring one more")
+                    log.warning("relayed session ignored (too many relayed sessions)")
                     continue
                 sessions.start_soon(_session, relay, msg.token, handle, slots)
             elif isinstance(msg, p.Refused):
@@ -232,7 +232,7 @@ async def _session(relay: Relay, token: bytes, handle: Handler, slots: trio.Sema
         await stream.send_all(p.encode(p.Accept(token)))
         await handle(stream)
     except Exception as exc:  # one session's failure must not end the registration
-        log.info("relayed session ended: %r", exc)
+        log.info('relayed session ended error="%r"', exc)
     finally:
         slots.release()
         if stream is not None:

@@ -191,7 +191,7 @@ class RelayServer:
         if not self._rate.allow(source, trio.current_time()) or (
             self._per_source[source] >= MAX_CONNECTIONS_PER_SOURCE
         ):  # a flood costs an accept and a close
-            self._note(source, logging.WARNING, "dropping connections from %s (limit)", source)
+            self._note(source, logging.WARNING, "dropping connections from=%s (limit)", source)
             await conn.aclose()
             return
         full = self._per_source.total() >= MAX_CONNECTIONS
@@ -202,16 +202,24 @@ class RelayServer:
             else:
                 await self._dispatch(conn, source)
         except* CapReached:
-            log.info("a session from %s reached its byte cap; closed", source)
+            log.info("session reached byte cap from=%s (closed)", source)
         except* (P2pckptError, trio.TooSlowError) as group:
             self._note(
-                source, logging.INFO, "connection from %s ended: %r", source, first_leaf(group)
+                source,
+                logging.INFO,
+                'connection ended from=%s error="%r"',
+                source,
+                first_leaf(group),
             )
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
-            log.debug("connection from %s lost: %r", source, first_leaf(group))
+            log.debug('connection lost from=%s error="%r"', source, first_leaf(group))
         except* Exception as group:  # a bug must end one connection, not the relay
             self._note(
-                source, logging.ERROR, "connection from %s failed: %r", source, first_leaf(group)
+                source,
+                logging.ERROR,
+                'connection failed from=%s error="%r"',
+                source,
+                first_leaf(group),
             )
         finally:
             self._per_source[source] -= 1
@@ -256,13 +264,13 @@ class RelayServer:
         old = self._nodes.get(peer.key)
         if old is not None:
             old.scope.cancel()
-            log.info("peer %s registered again; the older connection is closed", peer.short)
+            log.info("peer registered again peer=%s (the older connection is closed)", peer.short)
         self._nodes[peer.key] = node
         try:
             with node.scope:
                 with trio.fail_after(SEND_TIMEOUT):
                     await conn.send(p.Registered())
-                log.info("peer %s registered", peer.short)
+                log.info("peer registered peer=%s", peer.short)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._control_writer, conn, frames)
                     await self._control_reader(conn, outbox)
@@ -271,7 +279,7 @@ class RelayServer:
             outbox.close()
             if self._nodes.get(peer.key) is node:
                 del self._nodes[peer.key]
-                log.info("peer %s unregistered", peer.short)
+                log.info("peer unregistered peer=%s", peer.short)
 
     async def _control_reader(
         self, conn: FrameStream, outbox: trio.MemorySendChannel[bytes]
@@ -307,7 +315,7 @@ class RelayServer:
             try:
                 with trio.fail_after(SEND_TIMEOUT):
                     await conn.send(p.Connected())
-                log.debug("relaying %s to peer %s", source, target.short)
+                log.debug("relaying from=%s to=%s", source, target.short)
                 self._sessions += 1
                 try:
                     await self._splice(
@@ -363,7 +371,7 @@ class RelayServer:
                 nursery.start_soon(self._pump, a, b, to_b, budget, idle)
                 nursery.start_soon(self._pump, b, a, to_a, budget, idle)
         if idle.cancelled_caught:
-            log.info("a relayed session was idle for %.0f s; closed", SESSION_IDLE_TIMEOUT)
+            log.info("relayed session idle seconds=%.0f (closed)", SESSION_IDLE_TIMEOUT)
 
     async def _pump(
         self,

@@ -155,7 +155,7 @@ class Staging:
         """Start over: drop any partial state (another version, or damaged)."""
         if (self.path / "data").exists():
             log.warning(
-                "discarding the partial copy in %s: it belongs to another version or is damaged",
+                'discarding partial copy path="%s" (it belongs to another version or is damaged)',
                 self.path,
             )
         shutil.rmtree(self.path / "data", ignore_errors=True)

@@ -171,7 +171,7 @@ async def choose_source(
         try:
             offers.append((conn, *await fetch_manifest(home, conn, name, version)))
         except P2pckptError as exc:
-            log.info("%s: %s", conn.label, exc)
+            log.info('peer skipped peer=%s error="%s"', conn.label, exc)
             errors.append(exc)
 
     async with trio.open_nursery() as nursery:
@@ -285,7 +285,12 @@ async def pull(
                     f"{dest} already exists and is not {manifest.name}@{manifest.version}"
                     f" ({differs.summary()}); remove it or choose another -o"
                 )
-            log.info("%s already holds %s@%d, verified", dest, manifest.name, manifest.version)
+            log.info(
+                'already present name=%s version=%d path="%s" (verified)',
+                manifest.name,
+                manifest.version,
+                dest,
+            )
             leftover = Staging(dest, manifest, envelope)
             if leftover.belongs_here():  # a crash between rename and cleanup
                 leftover.discard()
@@ -300,7 +305,8 @@ async def pull(
             transferred = time.monotonic()
             await trio.to_thread.run_sync(staging.commit)
             log.info(
-                "%s@%d: transfer %.2fs, commit (fsync + rename) %.2fs",
+                "committed name=%s version=%d transfer_seconds=%.2f commit_seconds=%.2f"
+                " (commit is fsync + rename)",
                 manifest.name,
                 manifest.version,
                 transferred - started,
@@ -328,7 +334,7 @@ async def _open_extra(first: PeerConnection, conns: list[PeerConnection]) -> Non
     try:
         conn = await first.redial()
     except P2pckptError as exc:
-        log.info("extra stream to %s failed: %s", first.label, exc)
+        log.info('extra stream failed peer=%s error="%s"', first.label, exc)
         return
     conns.append(conn)
 

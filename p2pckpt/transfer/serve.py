@@ -203,7 +203,7 @@ class Server:
                 self._trust_stamp = stamp
                 log.info("trust store reloaded")
             except ConfigError as exc:
-                log.error("trust store not reloaded, keeping the old one: %s", exc)
+                log.error('trust store not reloaded error="%s" (keeping the old one)', exc)
         return self.home.trust
 
     async def _served(self, root: bytes) -> _Served | None:
@@ -245,7 +245,7 @@ class Server:
             return True
         if self._log_limit.allow(source, now):
             log.warning(
-                "dropping connections from %s (rate or pre-auth limit; logged at most"
+                "dropping connections from=%s (rate or pre-auth limit; logged at most"
                 " once a minute)",
                 source,
             )
@@ -266,13 +266,13 @@ class Server:
                 direct = via is None and sock is not None and host != "?"
                 await self._handle(transport, source, addr, host if direct else None)
         except* P2pckptError as group:
-            log.info("connection from %s ended: %s", addr, first_leaf(group))
+            log.info('connection ended from=%s error="%s"', addr, first_leaf(group))
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
-            log.info("connection from %s lost: %s", addr, first_leaf(group))
+            log.info('connection lost from=%s error="%s"', addr, first_leaf(group))
         except* trio.TooSlowError:
-            log.info("connection from %s timed out; closed", addr)
+            log.info("connection timed out from=%s (closed)", addr)
         except* Exception as group:  # a bug must end one connection, not the server
-            log.error("connection from %s failed: %r", addr, first_leaf(group))
+            log.error('connection failed from=%s error="%r"', addr, first_leaf(group))
         finally:
             with trio.CancelScope(shield=True):
                 await transport.aclose()
@@ -300,7 +300,7 @@ class Server:
             self._current_trust().require(peer, "pull")
         except TrustError as exc:
             if self._log_limit.allow(source, trio.current_time()):
-                log.warning("refused %s from %s: %s", peer.short, addr, exc)
+                log.warning('refused connection peer=%s from=%s error="%s"', peer.short, addr, exc)
             reason = (
                 "we trust you, but not with the 'pull' role"
                 if isinstance(exc, NotAuthorized)
@@ -318,7 +318,7 @@ class Server:
             route = "direct" if peer_host is not None else "relay"
             self.sightings.saw(peer, route, addr if peer_host else "", inbound=True)
         try:
-            log.info("peer %s connected from %s", peer.short, addr)
+            log.info("peer connected peer=%s from=%s", peer.short, addr)
             hint = (peer_host, 0) if peer_host is not None else None
             await self._converse(secure, peer, hint)
         finally:
@@ -425,7 +425,7 @@ class Server:
             self._current_trust().require(peer, "push")
         except TrustError:
             log.warning(
-                "refused push of %s@%d from %s: no push role",
+                'refused push name="%s" version=%d from=%s (no push role)',
                 safe_display(req.name),
                 req.version,
                 peer.short,
@@ -493,7 +493,12 @@ class Server:
             )
         except _SourceChanged as exc:
             what = f"{held.manifest.name}@{held.manifest.version}"
-            log.error("refusing %s: %s", what, safe_display(str(exc)))
+            log.error(
+                'refused chunk name=%s version=%d error="%s"',
+                held.manifest.name,
+                held.manifest.version,
+                safe_display(str(exc)),
+            )
             return encode(
                 m.Error(
                     m.SOURCE_CHANGED,

@@ -240,7 +240,13 @@ def test_example_config_starts_a_daemon(tmp_path: Path) -> None:
     assert str(watched) in text and 'listen = "127.0.0.1:0"' in text
     cfg = tmp_path / "config.toml"
     cfg.write_text(text)
-    daemon = _daemon(home, tmp_path / "d.log", cfg)
+    daemon = start_server(
+        home,
+        tmp_path / "d.log",
+        command=("--log-format", "json", "daemon", "--config", str(cfg)),
+        extra=(),
+        banner=r"daemon listening on [0-9.]+:(\d+)",
+    )
     try:
         status = json.loads(run(home, "status", "--json").stdout)
         assert status["versions"] == [] and status["peer_id"]
@@ -250,6 +256,11 @@ def test_example_config_starts_a_daemon(tmp_path: Path) -> None:
         assert daemon.proc.returncode == 0
     finally:
         daemon.stop()
+    # One JSON object per log line, the event split from its fields.
+    events = [json.loads(line) for line in daemon.log.read_text().splitlines()]
+    ready = next(e for e in events if e["event"] == "daemon ready")
+    assert ready["level"] == "info" and ready["logger"] == "p2pckpt.daemon"
+    assert ready["fields"]["peer"] == status["peer_id"]
     stopped = run(home, "status", check=False)
     assert stopped.returncode == 11 and "no daemon running" in stopped.stderr
 

@@ -230,7 +230,7 @@ def test_follower_hears_new_versions_by_mdns_epoch(nodes: Nodes, tmp_path: Path)
     follower = nodes.daemon("b", "10.231.0.2:0", cfg)
     # The follower's first check finds nothing to pull (A holds nothing yet).
     deadline = time.monotonic() + 15
-    while f"follow name={NAME}" not in follower.log.read_text():
+    while f"follow check name={NAME}" not in follower.log.read_text():
         assert time.monotonic() < deadline, follower.log.read_text()
         time.sleep(0.05)
     current = models / NAME / "current"

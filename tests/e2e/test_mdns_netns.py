@@ -254,7 +254,7 @@ def test_spoofed_announcement_is_reported_as_is(
     print(f"\nmdns: a late browser had every record after {found:.2f}s")
     log = Path(browser.stderr.name)
     deadline = time.monotonic() + DEADLINE
-    while "malformed announcement 'garbled." not in log.read_text():
+    while "mdns malformed announcement name=\"'garbled." not in log.read_text():
         assert time.monotonic() < deadline, "the garbled record was not dropped"
         time.sleep(0.05)  # polling the log file: the condition itself, with a deadline
     while not browser.lines.empty():  # anything printed since: the view as it is now

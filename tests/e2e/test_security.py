@@ -240,7 +240,9 @@ def test_untrusted_puller_is_refused(pair: Pair, tmp_path: Path) -> None:
         assert "secret-llama-ft" not in proc.stderr
     assert not dest.exists() and not staging_path(dest).exists()
     assert run_json(c, "ls", "--local") == []
-    log = wait_for_log(server, rf"refused {c_id[:5]} from 127\.0\.0\.1:\d+: .*not trusted", 2)
+    log = wait_for_log(
+        server, rf'refused connection peer={c_id[:5]} from=127\.0\.0\.1:\d+ error=".*not trusted', 2
+    )
     assert "secret-llama-ft" not in log
     assert server.alive()
 
@@ -404,7 +406,9 @@ def test_file_changed_after_publishing_is_refused(pair: Pair, tmp_path: Path) ->
     proc = run(pair.b, "pull", "tampered", "--from", server.addr, "-o", str(dest), check=False)
     assert_refused(proc, 9, "changed after publishing")
     assert not dest.exists()
-    wait_for_log(server, r"refusing tampered@1: .*changed after it was published")
+    wait_for_log(
+        server, r'refused chunk name=tampered version=1 error=".*changed after it was published'
+    )
     assert server.alive()
     doc = run_json(
         pair.b, "pull", "intact", "--from", server.addr, "-o", str(tmp_path / "out" / "intact")
