@@ -1,0 +1,270 @@
+"""Which chunk to ask which peer for next: the swarm's scheduler.
+
+Pure: no I/O, no trio, no clock of its own (callers pass ``now``), so the
+pull engine drives it and tests drive it the same way, without sockets.
+
+Policy (issue 5, DESIGN.md "transfer engine"):
+
+- **Rarest first.** Among missing chunks nobody is fetching, a peer gets one
+  the fewest peers have; ties are broken at random, so pullers fetching
+  from the same seeder take different chunks and can trade them.
+- **Windows follow speed.** A peer may have about WINDOW_SECONDS of its
+  measured rate in flight (at least 1, at most its ``max_window``): a slow
+  peer never hoards chunks a fast one could fetch.
+- **Endgame.** When no unrequested chunk is left that a peer has, it
+  duplicates the oldest request held by another peer (at most
+  ENDGAME_COPIES copies of a chunk at once). The first copy to arrive wins;
+  ``done`` names the peers whose copies should be cancelled.
+- **Faults.** ``ban`` drops a peer for this transfer (it sent a chunk that
+  failed verification); ``remove`` forgets one that vanished. Either way
+  its requests go back to the pool, to be fetched elsewhere.
+
+Chunk sets are Python ints used as bitmaps (bit i = chunk i): the pool is
+kept in buckets by availability, and a peer joining or announcing new
+chunks moves whole bitmaps between buckets, not chunk after chunk.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+WINDOW_SECONDS: Final = 2.0
+ENDGAME_COPIES: Final = 2
+RATE_AFTER_CHUNKS: Final = 2  # chunks a peer must deliver before its rate counts
+
+Key = Hashable
+
+
+def bits_of(indices: Iterable[int]) -> int:
+    out = 0
+    for i in indices:
+        out |= 1 << i
+    return out
+
+
+def indices_of(bits: int) -> list[int]:
+    out = []
+    while bits:
+        low = bits & -bits
+        out.append(low.bit_length() - 1)
+        bits ^= low
+    return out
+
+
+def bitfield_to_int(data: bytes, count: int) -> int:
+    """A wire bitfield (bit i of byte i//8, LSB first) as a bitmap of ``count`` chunks."""
+    return int.from_bytes(data, "little") & ((1 << count) - 1)
+
+
+def int_to_bitfield(bits: int, count: int) -> bytes:
+    return bits.to_bytes((count + 7) // 8, "little")
+
+
+@dataclass
+class _Peer:
+    bits: int
+    max_window: int
+    inflight: int = 0
+    delivered: int = 0  # chunks
+    received: int = 0  # bytes
+    first_request: float | None = None
+
+    def rate(self, now: float) -> float | None:
+        """Bytes/s since the first request, once enough chunks arrived to say."""
+        if self.delivered < RATE_AFTER_CHUNKS or self.first_request is None:
+            return None
+        return self.received / max(now - self.first_request, 1e-3)
+
+
+@dataclass
+class Scheduler:
+    """The state of one transfer: what is missing, requested, and where."""
+
+    sizes: list[int]
+    have: set[int] = field(default_factory=set)  # verified locally already
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self.count = len(self.sizes)
+        self._all = (1 << self.count) - 1
+        self.missing = self._all & ~bits_of(self.have)
+        self._mean = sum(self.sizes) / self.count if self.count else 1.0
+        self._peers: dict[Key, _Peer] = {}
+        self._banned: set[Key] = set()
+        self._requests: dict[int, dict[Key, float]] = {}  # chunk -> {peer: when asked}
+        self._buckets: list[int] = [self.missing]  # pool chunks by how many peers have them
+
+    # -- peers -----------------------------------------------------------------
+
+    @property
+    def peers(self) -> list[Key]:
+        return list(self._peers)
+
+    def add_peer(self, key: Key, bits: int | None, max_window: int) -> None:
+        """A peer holding ``bits`` (None: every chunk). Banned peers stay out."""
+        if key in self._banned or key in self._peers:
+            return
+        self._peers[key] = _Peer(0, max(1, max_window))
+        self.update_have(key, self._all if bits is None else bits)
+
+    def update_have(self, key: Key, bits: int) -> None:
+        """The peer now also holds ``bits`` (what it held before stays)."""
+        peer = self._peers.get(key)
+        if peer is None:
+            return
+        new = bits & self._all & ~peer.bits
+        peer.bits |= new
+        if new:
+            self._shift(new, +1)
+
+    def lacks(self, key: Key, index: int) -> None:
+        """The peer said it does not have ``index`` after all."""
+        peer = self._peers.get(key)
+        if peer is not None and peer.bits >> index & 1:
+            peer.bits &= ~(1 << index)
+            self._shift(1 << index, -1)
+
+    def remove(self, key: Key) -> list[int]:
+        """Forget a peer (it vanished); returns the chunks it was fetching."""
+        peer = self._peers.pop(key, None)
+        if peer is None:
+            return []
+        self._shift(peer.bits, -1)
+        dropped = [i for i, holders in self._requests.items() if key in holders]
+        for i in dropped:
+            self._unrequest(i, key, peer)
+        return dropped
+
+    def ban(self, key: Key) -> list[int]:
+        """Drop a peer for the rest of this transfer (it sent a bad chunk)."""
+        self._banned.add(key)
+        return self.remove(key)
+
+    @property
+    def banned(self) -> set[Key]:
+        return set(self._banned)
+
+    def holds(self, key: Key) -> int:
+        peer = self._peers.get(key)
+        return peer.bits if peer is not None else 0
+
+    # -- requests --------------------------------------------------------------
+
+    def window(self, key: Key, now: float) -> int:
+        peer = self._peers[key]
+        rate = peer.rate(now)
+        if rate is None:
+            return peer.max_window
+        return max(1, min(peer.max_window, math.ceil(rate * WINDOW_SECONDS / self._mean)))
+
+    def pick(self, key: Key, now: float) -> int | None:
+        """The next chunk to request from ``key``, or None (window full, or it
+        has nothing we still need)."""
+        peer = self._peers.get(key)
+        if peer is None or peer.inflight >= self.window(key, now):
+            return None
+        for level in range(1, len(self._buckets)):
+            offer = self._buckets[level] & peer.bits
+            if offer:
+                index = self._random_bit(offer)
+                self._buckets[level] &= ~(1 << index)
+                return self._request(index, key, peer, now)
+        return self._endgame(key, peer, now)
+
+    def _endgame(self, key: Key, peer: _Peer, now: float) -> int | None:
+        best: tuple[float, int] | None = None
+        for index, holders in self._requests.items():
+            if key in holders or len(holders) >= ENDGAME_COPIES or not peer.bits >> index & 1:
+                continue
+            asked = min(holders.values())
+            if best is None or asked < best[0]:
+                best = (asked, index)
+        return None if best is None else self._request(best[1], key, peer, now)
+
+    def _request(self, index: int, key: Key, peer: _Peer, now: float) -> int:
+        self._requests.setdefault(index, {})[key] = now
+        peer.inflight += 1
+        if peer.first_request is None:
+            peer.first_request = now
+        return index
+
+    def done(self, index: int, key: Key) -> list[Key]:
+        """``index`` arrived from ``key`` and verified. Returns the other peers
+        still fetching it (their copies are to be cancelled)."""
+        holders = self._requests.pop(index, {})
+        self.missing &= ~(1 << index)
+        if not holders:  # arrived after its request was given up: out of the pool
+            self._buckets = [b & ~(1 << index) for b in self._buckets]
+        peer = self._peers.get(key)
+        if peer is not None and key in holders:
+            peer.inflight -= 1
+            peer.delivered += 1
+            peer.received += self.sizes[index]
+        losers = [k for k in holders if k != key]
+        for k in losers:
+            other = self._peers.get(k)
+            if other is not None:
+                other.inflight -= 1
+        return losers
+
+    def failed(self, index: int, key: Key) -> None:
+        """A request to ``key`` ended without the chunk (error, cancel)."""
+        peer = self._peers.get(key)
+        if peer is not None and key in self._requests.get(index, {}):
+            self._unrequest(index, key, peer)
+
+    def _unrequest(self, index: int, key: Key, peer: _Peer) -> None:
+        holders = self._requests.get(index, {})
+        holders.pop(key, None)
+        peer.inflight -= 1
+        if not holders:
+            self._requests.pop(index, None)
+            if self.missing >> index & 1:  # back to the pool, at its availability
+                level = sum(1 for p in self._peers.values() if p.bits >> index & 1)
+                self._buckets += [0] * (level + 1 - len(self._buckets))
+                self._buckets[level] |= 1 << index
+
+    # -- state -----------------------------------------------------------------
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._requests)
+
+    def unavailable(self) -> int:
+        """Missing chunks no peer has and nobody is fetching."""
+        return self._buckets[0]
+
+    # -- internals -------------------------------------------------------------
+
+    def _shift(self, bits: int, step: int) -> None:
+        """Pool chunks in ``bits`` are now held by one more (step +1) or one
+        fewer (-1) peer: move them one bucket up or down."""
+        if step > 0:
+            self._buckets.append(0)
+            levels = range(len(self._buckets) - 2, -1, -1)
+        else:
+            levels = range(1, len(self._buckets))
+        for level in levels:
+            moving = self._buckets[level] & bits
+            if moving:
+                self._buckets[level] &= ~moving
+                self._buckets[level + step] |= moving
+        while len(self._buckets) > 1 and not self._buckets[-1]:
+            self._buckets.pop()
+
+    def _random_bit(self, bits: int) -> int:
+        """A set bit of ``bits``: the first at or after a random position
+        (wrapping), so concurrent pullers spread out."""
+        start = self.rng.randrange(self.count)
+        above = bits >> start
+        if above:
+            return start + (above & -above).bit_length() - 1
+        return (bits & -bits).bit_length() - 1

@@ -1,0 +1,256 @@
+"""Tests for p2pckpt.transfer.schedule: rarest first, speed windows, endgame, faults."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2pckpt.transfer.schedule import (
+    ENDGAME_COPIES,
+    Scheduler,
+    bitfield_to_int,
+    bits_of,
+    indices_of,
+    int_to_bitfield,
+)
+
+MB4 = 4 << 20
+
+
+def sched(n: int, have: set[int] | None = None, seed: int = 0) -> Scheduler:
+    return Scheduler([MB4] * n, have or set(), random.Random(seed))
+
+
+def check_invariants(s: Scheduler) -> None:
+    """Every missing chunk is in exactly one place: a pool bucket at its true
+    availability, or requested; inflight counts match the requests."""
+    buckets = s._buckets
+    for level, bits in enumerate(buckets):
+        for i in indices_of(bits):
+            assert s.missing >> i & 1
+            assert i not in s._requests
+            avail = sum(1 for p in s._peers.values() if p.bits >> i & 1)
+            assert avail == level, (i, avail, level)
+    pooled = 0
+    for bits in buckets:
+        assert pooled & bits == 0  # no chunk in two buckets
+        pooled |= bits
+    assert pooled | bits_of(s._requests) == s.missing
+    for key, peer in s._peers.items():
+        assert peer.inflight == sum(1 for h in s._requests.values() if key in h)
+
+
+def test_bitfield_round_trip() -> None:
+    bits = bits_of([0, 3, 8, 99])
+    assert bitfield_to_int(int_to_bitfield(bits, 100), 100) == bits
+    assert bitfield_to_int(b"\xff\xff", 10) == (1 << 10) - 1  # excess bits ignored
+    assert indices_of(bits) == [0, 3, 8, 99]
+
+
+def test_one_full_peer_gets_every_chunk_within_its_window() -> None:
+    s = sched(10, have={2})
+    s.add_peer("a", None, max_window=4)
+    asked = [s.pick("a", 0.0) for _ in range(6)]
+    assert asked[4:] == [None, None]  # window of 4
+    got = {i for i in asked if i is not None}
+    assert len(got) == 4 and 2 not in got
+    while not s.complete:
+        for i in list(got):
+            assert s.done(i, "a") == []
+        got = {i for i in (s.pick("a", 1.0) for _ in range(4)) if i is not None}
+        check_invariants(s)
+    assert s.outstanding == 0
+
+
+def test_rarest_chunks_first() -> None:
+    """A seeder has everything, a fellow puller only chunks 0-3: the seeder is
+    asked for the chunks only it has, the puller for the ones it has."""
+    s = sched(8)
+    s.add_peer("seeder", None, max_window=4)
+    s.add_peer("puller", bits_of(range(4)), max_window=4)
+    from_seeder = {s.pick("seeder", 0.0) for _ in range(4)}
+    assert from_seeder == {4, 5, 6, 7}
+    from_puller = {s.pick("puller", 0.0) for _ in range(4)}
+    assert from_puller == {0, 1, 2, 3}
+    check_invariants(s)
+
+
+def test_ties_are_broken_at_random_so_pullers_spread() -> None:
+    firsts = set()
+    for seed in range(20):
+        s = sched(64, seed=seed)
+        s.add_peer("seeder", None, max_window=1)
+        firsts.add(s.pick("seeder", 0.0))
+    assert len(firsts) >= 10
+
+
+def test_a_slow_peer_gets_a_small_window() -> None:
+    s = sched(100)
+    s.add_peer("fast", None, max_window=8)
+    s.add_peer("slow", None, max_window=8)
+    for key, seconds in (("fast", 0.1), ("slow", 10.0)):
+        first = [s.pick(key, 0.0), s.pick(key, 0.0)]
+        for i in first:
+            assert i is not None
+            s.done(i, key)
+        assert s.window(key, seconds) == (8 if key == "fast" else 1)
+    # at 2 chunks per 10 s, WINDOW_SECONDS of work is a single chunk
+    assert s.pick("slow", 10.0) is not None
+    assert s.pick("slow", 10.0) is None
+    check_invariants(s)
+
+
+def test_endgame_duplicates_the_oldest_request_and_names_the_loser() -> None:
+    s = sched(3)
+    s.add_peer("a", None, max_window=3)
+    s.add_peer("b", None, max_window=3)
+    early = s.pick("a", 0.0)
+    s.pick("a", 1.0)
+    s.pick("a", 2.0)
+    assert s.pick("b", 3.0) == early  # nothing left unrequested: the oldest is doubled
+    second = s.pick("b", 3.0)
+    assert second is not None and second != early
+    assert s.done(early, "b") == ["a"]  # b won; a's copy is to be cancelled
+    assert s._peers["a"].inflight == 2
+    check_invariants(s)
+    # at most ENDGAME_COPIES copies of one chunk at once
+    s.add_peer("c", None, max_window=3)
+    while s.pick("c", 4.0) is not None:
+        pass
+    assert all(len(h) <= ENDGAME_COPIES for h in s._requests.values())
+    check_invariants(s)
+
+
+def test_a_banned_peer_loses_its_chunks_to_others_and_stays_out() -> None:
+    s = sched(4)
+    s.add_peer("bad", None, max_window=4)
+    s.add_peer("good", None, max_window=1)
+    taken = {s.pick("bad", 0.0) for _ in range(4)}
+    assert taken == {0, 1, 2, 3}
+    assert sorted(s.ban("bad")) == [0, 1, 2, 3]
+    s.add_peer("bad", None, max_window=4)  # reconnecting does not help it
+    assert "bad" not in s.peers and s.pick("bad", 0.0) is None
+    check_invariants(s)
+    got = []
+    while not s.complete:
+        i = s.pick("good", 1.0)
+        assert i is not None
+        s.done(i, "good")
+        got.append(i)
+    assert sorted(got) == [0, 1, 2, 3]
+
+
+def test_a_vanished_peer_leaves_only_what_others_have() -> None:
+    s = sched(4)
+    s.add_peer("p1", bits_of([0, 1]), max_window=2)
+    s.add_peer("p2", bits_of([1, 2, 3]), max_window=4)
+    assert {s.pick("p1", 0.0), s.pick("p1", 0.0)} == {0, 1}
+    s.remove("p1")
+    check_invariants(s)
+    assert s.unavailable() == bits_of([0])  # nobody else has chunk 0
+    picks = {s.pick("p2", 0.0) for _ in range(4)}
+    assert picks == {1, 2, 3, None}
+    s.update_have("p2", bits_of([0]))  # p2 got chunk 0 meanwhile
+    assert s.pick("p2", 0.0) == 0
+    assert s.pick("p2", 0.0) is None  # window (4) is full
+    check_invariants(s)
+
+
+def test_lacks_puts_the_chunk_back_for_others() -> None:
+    s = sched(2)
+    s.add_peer("liar", None, max_window=2)
+    s.add_peer("seed", bits_of([0]), max_window=2)
+    i = s.pick("liar", 0.0)
+    s.lacks("liar", 0)
+    if i == 0:
+        s.failed(0, "liar")
+    check_invariants(s)
+    while (j := s.pick("liar", 0.0)) is not None:
+        assert j != 0
+    assert s.pick("seed", 0.0) == 0
+
+
+def test_late_done_after_failure_is_harmless() -> None:
+    s = sched(2)
+    s.add_peer("a", None, max_window=2)
+    i = s.pick("a", 0.0)
+    assert i is not None
+    s.failed(i, "a")
+    s.done(i, "a")  # the data came anyway (a cancel crossed it): accept it
+    check_invariants(s)
+    assert not s.missing >> i & 1
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(
+    n=st.integers(1, 40),
+    have=st.sets(st.integers(0, 39), max_size=10),
+    peers=st.lists(st.sets(st.integers(0, 39), max_size=40), min_size=1, max_size=4),
+    ops=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3), st.integers(0, 39)), max_size=80),
+    seed=st.integers(0, 1000),
+)
+def test_random_histories_keep_the_books_straight_and_finish(
+    n: int,
+    have: set[int],
+    peers: list[set[int]],
+    ops: list[tuple[int, int, int]],
+    seed: int,
+) -> None:
+    """Whatever mix of picks, deliveries, failures, bans, departures and
+    announcements happens, the invariants hold, and once a full peer joins
+    the transfer completes with every missing chunk delivered."""
+    s = sched(n, have={i for i in have if i < n}, seed=seed)
+    start_missing = s.missing
+    keys = [f"p{k}" for k in range(len(peers))]
+    for key, held in zip(keys, peers, strict=True):
+        s.add_peer(key, bits_of(i for i in held if i < n), max_window=3)
+    delivered: set[int] = set()
+    asked: dict[str, set[int]] = {k: set() for k in keys}
+    now = 0.0
+    for op, who, arg in ops:
+        key = keys[who % len(keys)]
+        now += 0.1
+        if op == 0:
+            i = s.pick(key, now)
+            if i is not None:
+                asked[key].add(i)
+        elif op == 1 and asked[key]:
+            i = min(asked[key])
+            asked[key].discard(i)
+            for loser in s.done(i, key):
+                asked[loser].discard(i)
+            delivered.add(i)
+        elif op == 2 and asked[key]:
+            i = max(asked[key])
+            asked[key].discard(i)
+            s.failed(i, key)
+        elif op == 3:
+            s.ban(key)
+            asked[key].clear()
+        elif op == 4:
+            s.remove(key)
+            asked[key].clear()
+        elif op == 5 and arg < n:
+            s.update_have(key, 1 << arg)
+        check_invariants(s)
+    s.add_peer("full", None, max_window=4)
+    for _ in range(4 * n + 4):
+        if s.complete:
+            break
+        i = s.pick("full", now)
+        if i is None:  # everything left is with other peers: they deliver
+            for key in keys:
+                for j in list(asked[key]):
+                    for loser in s.done(j, key):
+                        asked[loser].discard(j)
+                    delivered.add(j)
+                asked[key].clear()
+            continue
+        for loser in s.done(i, "full"):
+            asked[loser].discard(i)
+        delivered.add(i)
+        check_invariants(s)
+    assert s.complete
+    assert bits_of(delivered) == start_missing
