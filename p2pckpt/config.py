@@ -33,7 +33,8 @@ the file is data, never code. Example::
     hook = ["/usr/local/bin/reload-server"]   # argv (no shell); env has P2PCKPT_NAME etc.
 
     [limits]
-    bandwidth = 0                # bytes/s for serving, 0 = unlimited
+    upload = 0                   # bytes/s for serving, 0 = unlimited
+    download = 0                 # bytes/s for the daemon's own pulls, 0 = unlimited
 
     [metrics]
     listen = "127.0.0.1:9450"    # Prometheus endpoint; absent = off
@@ -103,7 +104,8 @@ class Config:
     peers: tuple[StaticPeer, ...] = field(default=())
     watch: tuple[WatchSpec, ...] = ()
     follow: tuple[FollowSpec, ...] = ()
-    bandwidth: int = 0
+    bandwidth: int = 0  # upload cap, bytes/s (0: none)
+    download: int = 0  # download cap for the daemon's pulls, bytes/s (0: none)
     metrics: Addr | None = None
 
     def static_addrs(self, peer: PeerId) -> list[Addr]:
@@ -121,7 +123,7 @@ _SCHEMA: dict[str, set[str]] = {
     "peer": {"id", "addr", "name"},
     "watch": {"path", "name", "complete", "stable_seconds", "marker", "keep"},
     "follow": {"name", "dir", "keep", "hook"},
-    "limits": {"bandwidth"},
+    "limits": {"upload", "download"},
     "metrics": {"listen"},
 }
 _ARRAYS = {"peer", "watch", "follow"}
@@ -232,8 +234,10 @@ def parse(doc: dict[str, Any]) -> Config:
         cfg = replace(cfg, interfaces=tuple(ifaces))
     if "addr" in relay:
         cfg = replace(cfg, relay=parse_addr(_str(relay["addr"], "relay.addr")))
-    if "bandwidth" in limits:
-        cfg = replace(cfg, bandwidth=_int(limits["bandwidth"], "limits.bandwidth"))
+    if "upload" in limits:
+        cfg = replace(cfg, bandwidth=_int(limits["upload"], "limits.upload"))
+    if "download" in limits:
+        cfg = replace(cfg, download=_int(limits["download"], "limits.download"))
     if "listen" in metrics:
         cfg = replace(cfg, metrics=parse_addr(_str(metrics["listen"], "metrics.listen")))
     cfg = replace(

@@ -19,9 +19,12 @@ from p2pckpt.manifest.manifest import (
     Manifest,
 )
 from p2pckpt.wire.messages import (
+    Cancel,
     ChunkData,
     ChunkRequest,
     Error,
+    Have,
+    HaveRequest,
     ListRequest,
     ListResponse,
     ManifestRequest,
@@ -98,11 +101,15 @@ push_results = st.builds(
     bytes_total=st.integers(0, 1 << 62),
 )
 
+have_requests = st.builds(HaveRequest, root=digests)
+haves = st.builds(Have, root=digests, complete=st.booleans(), bits=st.binary(max_size=512))
+cancels = st.builds(Cancel, req_id=req_ids)
+
 requests: st.SearchStrategy[Message] = st.one_of(
-    list_requests, manifest_requests, chunk_requests, push_requests
+    list_requests, manifest_requests, chunk_requests, push_requests, have_requests, cancels
 )
 responses: st.SearchStrategy[Message] = st.one_of(
-    list_responses, manifest_responses, chunk_datas, errors, push_progresses, push_results
+    list_responses, manifest_responses, chunk_datas, errors, push_progresses, push_results, haves
 )
 
 # --- manifests ------------------------------------------------------------------

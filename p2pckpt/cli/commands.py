@@ -416,7 +416,16 @@ class _RichProgress:
     default=None,
     help="Where to put it (default: ./FILE for a one-file checkpoint, ./NAME for a directory).",
 )
-@click.option("--streams", type=click.IntRange(1, 16), default=None, help="Parallel connections.")
+@click.option(
+    "--streams", type=click.IntRange(1, 16), default=None, help="Connections to each source."
+)
+@click.option(
+    "--max-rate",
+    type=click.IntRange(1),
+    default=None,
+    metavar="BYTES_PER_S",
+    help="Download cap for this pull (all sources together).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 @config_option
 def pull(
@@ -424,6 +433,7 @@ def pull(
     sources: tuple[str, ...],
     dest: Path | None,
     streams: int | None,
+    max_rate: int | None,
     as_json: bool,
     config_path: Path | None,
 ) -> None:
@@ -433,6 +443,7 @@ def pull(
     import trio
 
     from p2pckpt.transfer import pull as pulling
+    from p2pckpt.transfer.throttle import Throttle
 
     name, version = _parse_ref(ref)
     from p2pckpt.errors import ManifestError
@@ -458,7 +469,14 @@ def pull(
         async with open_finder(home, cfg, use_mdns=need_mdns) as finder:
             conns = await finder.connect_all(targets)
         return await pulling.pull(
-            home, conns, name, version, dest, streams or pulling.DEFAULT_STREAMS, progress
+            home,
+            conns,
+            name,
+            version,
+            dest,
+            streams or pulling.DEFAULT_STREAMS,
+            progress,
+            throttles=[Throttle(max_rate)] if max_rate else None,
         )
 
     if bar is not None:
@@ -480,3 +498,16 @@ def pull(
             f" downloaded in {result.seconds:.1f}s ({rate:.0f} MB/s),"
             f" {result.bytes_reused / 1e6:.1f} MB already present"
         )
+        if len(result.peers) > 1:
+            for peer in result.peers:
+                click.echo(
+                    f"  {peer['id']}: {int(peer['bytes']) / 1e6:.1f} MB"  # type: ignore[call-overload]
+                    f" ({peer['status']}{': ' + str(peer['problem']) if 'problem' in peer else ''})"
+                )
+    for peer in result.peers:
+        if peer["status"] == "bad":
+            click.echo(
+                f"p2pckpt: warning: peer {peer['id']} {peer['problem']}; it was dropped and"
+                " its chunks fetched from other peers",
+                err=True,
+            )

@@ -34,8 +34,10 @@ from p2pckpt.discovery.sightings import Sightings
 from p2pckpt.errors import ConfigError, P2pckptError
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
+from p2pckpt.transfer.partials import Partials
 from p2pckpt.transfer.pull import Progress
 from p2pckpt.transfer.serve import Server
+from p2pckpt.transfer.throttle import Throttle
 from p2pckpt.wire import messages as m
 
 log = logging.getLogger("p2pckpt.daemon")
@@ -219,11 +221,13 @@ async def run_daemon(
             result = await install(
                 home,
                 spec,
-                conn,
+                [conn],
                 req.version,
                 lambda name: _Reporting(state.progress(name), report),
                 expect_root=req.root,
                 serving=server.serving,
+                partials=partials,
+                throttles=throttles,
             )
         except P2pckptError as exc:
             log.warning('push failed name=%s version=%d error="%s"', req.name, req.version, exc)
@@ -232,6 +236,8 @@ async def run_daemon(
 
     server = Server(home, on_push=on_push, bandwidth=cfg.bandwidth)
     server.sightings = state.sightings
+    partials = server.partials = Partials()  # what we are pulling, we also serve
+    throttles = [Throttle(cfg.download)] if cfg.download > 0 else []
     host, port = parse_addr(cfg.listen, allow_zero=True)
     if cfg.metrics is not None:
         from p2pckpt.daemon.metrics import Metrics
@@ -271,7 +277,13 @@ async def run_daemon(
 
             for fspec in cfg.follow:
                 await nursery.start(
-                    partial(follow, on_corrupt=state.on_corrupt, serving=server.serving),
+                    partial(
+                        follow,
+                        on_corrupt=state.on_corrupt,
+                        serving=server.serving,
+                        partials=partials,
+                        throttles=throttles,
+                    ),
                     home,
                     finder,
                     fspec,

@@ -33,8 +33,10 @@ from p2pckpt.discovery.finder import Finder
 from p2pckpt.errors import ChunkCorrupt, ManifestError, P2pckptError, first_leaf
 from p2pckpt.home import Home
 from p2pckpt.store.atomic import fsync_dir
+from p2pckpt.transfer.partials import Partials
 from p2pckpt.transfer.peer import PeerConnection
-from p2pckpt.transfer.pull import Progress, PullResult, choose_source, fetch_manifest, pull
+from p2pckpt.transfer.pull import Progress, PullResult, choose_source, pull
+from p2pckpt.transfer.throttle import Throttle
 
 log = logging.getLogger("p2pckpt.follow")
 
@@ -108,58 +110,73 @@ async def check_once(
     spec: FollowSpec,
     progress: Callable[[str], Progress],
     serving: Callable[[], set[bytes]] | None = None,
+    partials: Partials | None = None,
+    throttles: list[Throttle] | None = None,
 ) -> PullResult | None:
-    """Pull the newest version of ``spec.name`` if it is newer than ``current``."""
+    """Pull the newest version of ``spec.name`` if it is newer than ``current``,
+    from every reachable peer that offers it."""
     have = current_version(spec.dir / spec.name)
     conns = await finder.connect_all(None)
-    chosen: PeerConnection | None = None
-    try:
-        chosen, manifest, _ = await choose_source(home, conns, spec.name, None)
-    finally:
-        for c in conns:
-            if c is not chosen:
-                await c.aclose()
+    manifest, _, sources = await choose_source(home, conns, spec.name, None)
+    offering = [c for s in sources for c in s.conns]
     if have is not None and manifest.version <= have:
-        await chosen.aclose()
+        for c in offering:
+            await c.aclose()
         return None
-    return await install(home, spec, chosen, manifest.version, progress, serving=serving)
+    return await install(
+        home,
+        spec,
+        offering,
+        manifest.version,
+        progress,
+        serving=serving,
+        partials=partials,
+        throttles=throttles,
+    )
 
 
 async def install(
     home: Home,
     spec: FollowSpec,
-    conn: PeerConnection,
+    conns: list[PeerConnection],
     version: int,
     progress: Callable[[str], Progress],
     expect_root: bytes | None = None,
     serving: Callable[[], set[bytes]] | None = None,
+    partials: Partials | None = None,
+    throttles: list[Throttle] | None = None,
 ) -> PullResult:
-    """Pull ``version`` from ``conn`` into ``DIR/NAME/<version>`` (a one-file
-    checkpoint keeps its file name inside it); if it is the newest, point
-    ``current`` at it and run the hook; then apply retention. Takes ownership
-    of ``conn``."""
+    """Pull ``version`` from ``conns`` (a swarm) into ``DIR/NAME/<version>`` (a
+    one-file checkpoint keeps its file name inside it); if it is the newest,
+    point ``current`` at it and run the hook; then apply retention. Takes
+    ownership of ``conns``."""
     root = spec.dir / spec.name
     target = root / str(version)
-    try:
-        manifest, _ = await fetch_manifest(home, conn, spec.name, version)
-        if expect_root is not None and manifest.root != expect_root:
-            raise ManifestError(f"{spec.name}@{version} differs from the version asked for")
-    except BaseException:
-        await conn.aclose()
-        raise
+    manifest, _, sources = await choose_source(home, conns, spec.name, version)
+    conns = [c for s in sources for c in s.conns]
+    if expect_root is not None and manifest.root != expect_root:
+        for c in conns:
+            await c.aclose()
+        raise ManifestError(f"{spec.name}@{version} differs from the version asked for")
     # A one-file checkpoint lands inside its version directory; a directory
     # checkpoint *is* the version directory (renamed into place whole).
     (target if manifest.kind == "file" else root).mkdir(parents=True, exist_ok=True)
     dest = target / manifest.files[0].path if manifest.kind == "file" else target
     log.info(
-        "pulling name=%s version=%d from=%s route=%s",
+        "pulling name=%s version=%d from=%s",
         spec.name,
         version,
-        conn.peer.short,
-        conn.route,
+        ",".join(f"{s.peer.short}/{s.conns[0].route}" for s in sources),
     )
     result = await pull(
-        home, [conn], spec.name, version, dest, progress=progress(f"{spec.name}@{version}")
+        home,
+        conns,
+        spec.name,
+        version,
+        dest,
+        progress=progress(f"{spec.name}@{version}"),
+        throttles=throttles,
+        partials=partials,
     )
     log.info(
         "pulled name=%s version=%d downloaded=%d reused=%d seconds=%.2f",
@@ -198,6 +215,8 @@ async def follow(
     *,
     on_corrupt: Callable[[], None] | None = None,
     serving: Callable[[], set[bytes]] | None = None,
+    partials: Partials | None = None,
+    throttles: list[Throttle] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Follow ``spec.name`` until cancelled."""
@@ -205,7 +224,7 @@ async def follow(
     wait = MDNS_POLL_SECONDS if finder.browser is not None else POLL_SECONDS
     while True:
         try:
-            await check_once(home, finder, spec, progress, serving)
+            await check_once(home, finder, spec, progress, serving, partials, throttles)
         except* ChunkCorrupt as group:
             log.error('follow failed name=%s error="%s"', spec.name, first_leaf(group))
             if on_corrupt is not None:

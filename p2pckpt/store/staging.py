@@ -104,6 +104,10 @@ class Staging:
         self._failed = False
         self.done: set[int] = set()
 
+    @property
+    def envelope(self) -> bytes:
+        return self._envelope
+
     # -- opening and resuming -------------------------------------------------
 
     def open(self) -> set[int]:

@@ -1,23 +1,28 @@
-"""The puller: fetch one signed version into DEST over N parallel streams.
+"""The puller: fetch one signed version into DEST from every peer that has it.
 
 Order of trust (SECURITY.md §1.1): the transport peer must be in our trust
 store; the manifest must carry a valid signature of a publisher we trust for
 "publish", name what we asked for, and not roll "latest" back; every chunk
-must hash to its manifest entry before it is written.
+must hash to its manifest entry before it is written. That last rule is
+what lets any peer, a fellow puller included, serve us chunks.
 
-Each stream is one connection with its own Noise session. A stream keeps up
-to PIPELINE requests in flight, takes the next missing chunk from a shared
-iterator (so fast streams do more), and hands verified-pending chunks to its
-writer task, which hashes and writes in a worker thread while the stream
-keeps receiving. Any failure cancels the pull; the journal makes the next
-run continue where this one stopped.
+A swarm pull (issue 5): every peer offering the chosen version is a
+source, each over ``streams`` connections. A source first says which chunks
+it holds (``Have``; a source that is itself still pulling is asked again
+about every HAVE_POLL seconds), then each connection keeps up to PIPELINE
+requests in flight, taking chunks from the pure ``Scheduler`` (rarest
+first, windows sized by measured speed, endgame duplicates). Each
+connection hands received chunks to its writer task, which hashes and
+writes them in a worker thread. A chunk that fails verification bans its
+source for this pull (its chunks go to the others); a source that vanishes
+has its chunks reassigned. The pull fails only when no source is left that
+can supply what is missing; the journal makes the next run resume.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
@@ -34,16 +39,18 @@ from p2pckpt.errors import (
     TransferError,
 )
 from p2pckpt.home import Home
+from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.manifest.manifest import Manifest, verify
 from p2pckpt.store.staging import FSYNC_INTERVAL, Staging, check_free_space
 from p2pckpt.store.verify import compare
-from p2pckpt.transfer.peer import PeerConnection, remote_error
+from p2pckpt.transfer.partials import Partials
+from p2pckpt.transfer.peer import PeerConnection
+from p2pckpt.transfer.swarm import Source, Swarm
+from p2pckpt.transfer.throttle import Throttle
 from p2pckpt.wire import messages as m
 
 log = logging.getLogger("p2pckpt.pull")
 
-PIPELINE: Final = 6
-WRITE_QUEUE: Final = 3
 DEFAULT_STREAMS: Final = 2
 
 
@@ -93,7 +100,7 @@ class PullResult:
     chunks: int
     streams: int
     seconds: float
-    peers: list[dict[str, str]]
+    peers: list[dict[str, object]]
 
 
 class Progress(Protocol):
@@ -118,72 +125,47 @@ def default_dest(manifest: Manifest) -> Path:
     return Path.cwd() / manifest.name
 
 
-async def _stream_worker(
-    conn: PeerConnection,
-    staging: Staging,
-    todo: Iterator[int],
-    sizes: list[int],
-    on_chunk: Callable[[int], None],
-) -> None:
-    inflight: set[int] = set()
-    write_send, write_recv = trio.open_memory_channel[tuple[int, bytearray]](WRITE_QUEUE)
-    root = staging.manifest.root
-
-    async def writer() -> None:
-        async for index, data in write_recv:
-            await trio.to_thread.run_sync(staging.write_chunk, index, data)
-            conn.buffers.put(data)
-            on_chunk(sizes[index])
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(writer)
-        async with write_send:
-            while True:
-                while len(inflight) < PIPELINE:
-                    index = next(todo, None)
-                    if index is None:
-                        break
-                    inflight.add(index)
-                    await conn.send(m.ChunkRequest(index, root, index))
-                if not inflight:
-                    break
-                msg = await conn.receive()
-                if isinstance(msg, m.ChunkData) and msg.req_id in inflight:
-                    inflight.discard(msg.req_id)
-                    assert isinstance(msg.data, bytearray)
-                    await write_send.send((msg.req_id, msg.data))
-                elif isinstance(msg, m.Error) and msg.req_id in inflight:
-                    raise remote_error(msg, conn.label)
-                else:
-                    raise RemoteProtocolError(f"peer {conn.label} sent an unrequested response")
-
-
 async def choose_source(
     home: Home, conns: list[PeerConnection], name: str, version: int | None
-) -> tuple[PeerConnection, Manifest, bytes]:
+) -> tuple[Manifest, bytes, list[Source]]:
     """Ask every connected peer for ``name``; keep the newest version signed by
-    a publisher we trust (the first peer wins a tie). Peers that fail or do
-    not have it are skipped; if none qualifies, the most telling error is raised."""
-    offers: list[tuple[PeerConnection, Manifest, bytes]] = []
+    a publisher we trust, and every peer offering exactly that version as a
+    source (in ``conns`` order; connections to the same peer are grouped).
+    The other connections are closed. If nobody qualifies, the most telling
+    error is raised."""
+    offers: dict[int, tuple[Manifest, bytes]] = {}
     errors: list[P2pckptError] = []
 
     async def ask(conn: PeerConnection) -> None:
         try:
-            offers.append((conn, *await fetch_manifest(home, conn, name, version)))
+            offers[id(conn)] = await fetch_manifest(home, conn, name, version)
         except P2pckptError as exc:
             log.info('peer skipped peer=%s error="%s"', conn.label, exc)
             errors.append(exc)
 
-    async with trio.open_nursery() as nursery:
+    try:
+        async with trio.open_nursery() as nursery:
+            for conn in conns:
+                nursery.start_soon(ask, conn)
+        if not offers:
+            # A refusal that says something (signature, rollback, trust) beats "not found".
+            errors.sort(key=lambda e: isinstance(e, NotFound))
+            raise errors[0] if errors else NotFound(f"no peer offers {name}")
+    except BaseException:
         for conn in conns:
-            nursery.start_soon(ask, conn)
-    if not offers:
-        # A refusal that says something (signature, rollback, trust) beats "not found".
-        errors.sort(key=lambda e: isinstance(e, NotFound))
-        raise errors[0] if errors else NotFound(f"no peer offers {name}")
-    order = {id(c): i for i, c in enumerate(conns)}
-    offers.sort(key=lambda o: (-o[1].version, order[id(o[0])]))
-    return offers[0]
+            await conn.aclose()
+        raise
+    ordered = [offers[id(c)] for c in conns if id(c) in offers]
+    manifest, envelope = max(ordered, key=lambda o: o[0].version)  # first of the newest
+    sources: dict[PeerId, Source] = {}
+    for conn in conns:
+        offer = offers.get(id(conn))
+        if offer is not None and offer[0].root == manifest.root:
+            src = sources.setdefault(conn.peer, Source(conn.peer, [], conn.route, conn.label))
+            src.conns.append(conn)
+        else:
+            await conn.aclose()
+    return manifest, envelope, list(sources.values())
 
 
 def _result(
@@ -191,7 +173,7 @@ def _result(
     dest: Path,
     downloaded: int,
     reused: int,
-    conns: list[PeerConnection],
+    sources: list[Source],
     started: float,
 ) -> PullResult:
     return PullResult(
@@ -204,34 +186,29 @@ def _result(
         bytes_downloaded=downloaded,
         bytes_reused=reused,
         chunks=manifest.chunk_count,
-        streams=len(conns),
+        streams=sum(len(s.conns) for s in sources),
         seconds=time.monotonic() - started,
-        peers=list(
-            {
-                (c.peer, c.route): {"id": str(c.peer), "route": c.route, "via": c.label}
-                for c in conns
-            }.values()
-        ),
+        peers=[s.report() for s in sources],
     )
 
 
 async def _transfer(
-    home: Home,
     staging: Staging,
-    conns: list[PeerConnection],
+    sources: list[Source],
     streams: int,
     progress: Progress,
+    throttles: list[Throttle],
+    partials: Partials | None,
 ) -> tuple[int, int]:
     """Fetch every chunk the partial copy lacks; returns (downloaded, reused)."""
     manifest = staging.manifest
-    sizes = [c.length for _, _, c in manifest.iter_chunks()]
     if not staging.belongs_here():  # nothing to resume: preflight before creating files
         check_free_space(staging.dest, manifest.total_bytes)
     done = await trio.to_thread.run_sync(staging.open)
+    sizes = [c.length for _, _, c in manifest.iter_chunks()]
     reused = sum(sizes[i] for i in done)
     check_free_space(staging.dest, manifest.total_bytes - reused)
     progress.start(f"{manifest.name}@{manifest.version}", manifest.total_bytes, reused)
-    missing = [i for i in range(len(sizes)) if i not in done]
     downloaded = 0
 
     def on_chunk(n: int) -> None:
@@ -239,17 +216,21 @@ async def _transfer(
         downloaded += n
         progress.advance(n)
 
-    if missing:
-        async with trio.open_nursery() as nursery:
-            for _ in range(min(streams, len(missing)) - 1):
-                nursery.start_soon(_open_extra, conns[0], conns)
-        todo = iter(missing)  # shared: a faster stream simply takes more
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_flusher, staging)
-            async with trio.open_nursery() as workers:
-                for c in conns:
-                    workers.start_soon(_stream_worker, c, staging, todo, sizes, on_chunk)
-            nursery.cancel_scope.cancel()
+    if len(done) < len(sizes):
+        async with trio.open_nursery() as nursery:  # more streams to each source
+            for src in sources:
+                for _ in range(streams - 1):
+                    nursery.start_soon(_open_extra, src)
+        if partials is not None:  # serve what we verify to other pullers meanwhile
+            partials.add(staging, staging.envelope)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_flusher, staging)
+                await Swarm(staging, sources, on_chunk, throttles, streams).run()
+                nursery.cancel_scope.cancel()
+        finally:
+            if partials is not None:
+                partials.remove(manifest.root)
     if not staging.complete:
         raise TransferError("transfer ended before every chunk arrived")
     return downloaded, reused
@@ -263,19 +244,21 @@ async def pull(
     dest: Path | None = None,
     streams: int = DEFAULT_STREAMS,
     progress: Progress | None = None,
+    *,
+    throttles: list[Throttle] | None = None,
+    partials: Partials | None = None,
 ) -> PullResult:
-    """Pull ``name`` (newest, or ``@version``) from the best of ``conns``.
+    """Pull ``name`` (newest, or ``@version``) from every one of ``conns``
+    that offers the newest version (a swarm pull).
 
-    Takes ownership of the connections: all are closed on return.
+    ``throttles`` cap the download rate (per pull, per daemon); with
+    ``partials``, chunks verified so far are served to other pullers while
+    this pull runs. Takes ownership of the connections: all are closed on
+    return.
     """
     started = time.monotonic()
-    used: list[PeerConnection] = []
+    manifest, envelope, sources = await choose_source(home, conns, name, version)
     try:
-        conn, manifest, envelope = await choose_source(home, conns, name, version)
-        used = [conn]
-        for other in conns:
-            if other is not conn:
-                await other.aclose()
         dest = (dest or default_dest(manifest)).expanduser().absolute()
         if dest.exists() or dest.is_symlink():
             # Only a byte-for-byte match counts as "already there".
@@ -295,12 +278,12 @@ async def pull(
             if leftover.belongs_here():  # a crash between rename and cleanup
                 leftover.discard()
             home.catalog.add(manifest, envelope, dest, "pulled")
-            return _result(manifest, dest, 0, manifest.total_bytes, used, started)
+            return _result(manifest, dest, 0, manifest.total_bytes, sources, started)
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Staging(dest, manifest, envelope)
         try:
             downloaded, reused = await _transfer(
-                home, staging, used, streams, progress or NoProgress()
+                staging, sources, streams, progress or NoProgress(), throttles or [], partials
             )
             transferred = time.monotonic()
             await trio.to_thread.run_sync(staging.commit)
@@ -315,10 +298,21 @@ async def pull(
         finally:
             staging.close()
         home.catalog.add(manifest, envelope, dest, "pulled")
-        return _result(manifest, dest, downloaded, reused, used, started)
+        result = _result(manifest, dest, downloaded, reused, sources, started)
+        for bad in (s for s in sources if s.problem):
+            log.warning(
+                'source dropped name=%s version=%d peer=%s status=%s error="%s"',
+                manifest.name,
+                manifest.version,
+                bad.peer.short,
+                "bad" if bad.bad else "lost",
+                bad.problem,
+            )
+        return result
     finally:
-        for c in conns + used[1:]:
-            await c.aclose()
+        for src in sources:
+            for conn in src.conns:
+                await conn.aclose()
 
 
 async def _flusher(staging: Staging) -> None:
@@ -328,15 +322,16 @@ async def _flusher(staging: Staging) -> None:
         await trio.to_thread.run_sync(staging.sync)
 
 
-async def _open_extra(first: PeerConnection, conns: list[PeerConnection]) -> None:
-    """Open one more stream to the same peer, the same way; a failure just
-    means fewer streams."""
+async def _open_extra(src: Source) -> None:
+    """Open one more stream to a source, the same way; a failure just means
+    fewer streams."""
+    first = src.conns[0]
     try:
         conn = await first.redial()
     except P2pckptError as exc:
         log.info('extra stream failed peer=%s error="%s"', first.label, exc)
         return
-    conns.append(conn)
+    src.conns.append(conn)
 
 
 async def list_remote(conn: PeerConnection) -> list[m.VersionInfo]:

@@ -52,7 +52,9 @@ from p2pckpt.identity.trust import TRUST_FILE, TrustStore
 from p2pckpt.manifest.chunker import Chunk, chunk_hash
 from p2pckpt.manifest.manifest import Manifest, validate_name, verify
 from p2pckpt.manifest.paths import safe_display
+from p2pckpt.store.staging import Staging
 from p2pckpt.transfer.listen import open_listeners
+from p2pckpt.transfer.partials import Partials
 from p2pckpt.transfer.ratelimit import RateLimiter, source_key
 from p2pckpt.transfer.throttle import Throttle
 from p2pckpt.wire import messages as m
@@ -90,6 +92,7 @@ class _Served:
     manifest: Manifest
     location: Path
     chunks: tuple[tuple[str, Chunk], ...]
+    have: set[int] | None = None  # a version being pulled: its verified chunks
 
     @classmethod
     def load(cls, envelope: bytes, location: str) -> _Served:
@@ -98,8 +101,17 @@ class _Served:
         chunks = tuple((f.path, c) for _, f, c in manifest.iter_chunks())
         return cls(manifest, Path(location), chunks)
 
+    @classmethod
+    def partial(cls, staging: Staging) -> _Served:
+        """A version this node is pulling: files under its staging ``data/``."""
+        manifest = staging.manifest
+        chunks = tuple((f.path, c) for _, f, c in manifest.iter_chunks())
+        return cls(manifest, staging.path / "data", chunks, staging.done)
+
     def file_path(self, relpath: str) -> Path:
-        return self.location if self.manifest.kind == "file" else self.location / relpath
+        if self.manifest.kind == "file" and self.have is None:
+            return self.location
+        return self.location / relpath
 
 
 def _read_chunk(path: Path, chunk: Chunk, req_id: int, buf: bytearray) -> memoryview:
@@ -135,6 +147,13 @@ class _Busy:
     def __init__(self) -> None:
         self.working = False
         self.roots: set[bytes] = set()
+        self.cancelled: OrderedDict[int, None] = OrderedDict()
+
+    def cancel(self, req_id: int) -> None:
+        """Skip ``req_id`` if it is still queued (bounded: old ids are forgotten)."""
+        self.cancelled[req_id] = None
+        while len(self.cancelled) > 2 * m.MAX_OUTSTANDING:
+            self.cancelled.popitem(last=False)
 
 
 class _BufferBudget:
@@ -174,6 +193,8 @@ class Server:
         self._throttle = Throttle(bandwidth) if bandwidth > 0 else None
         self.on_served: Callable[[int], None] | None = None  # chunk bytes sent (metrics)
         self.sightings: Sightings | None = None  # who connected, how (status)
+        self.partials: Partials | None = None  # versions being pulled here (swarm)
+        self._partial_served: dict[bytes, _Served] = {}
         self._handshakes = trio.CapacityLimiter(MAX_HANDSHAKES)
         self._preauth: Counter[str] = Counter()
         self._peers: Counter[PeerId] = Counter()
@@ -214,11 +235,25 @@ class Server:
             return held
         entry = self.home.catalog.by_root(root)
         if entry is None:
-            return None
+            return self._partial(root)
         held = await trio.to_thread.run_sync(_Served.load, entry.envelope, entry.location)
         self._versions[root] = held
         while len(self._versions) > VERSION_CACHE:
             self._versions.popitem(last=False)
+        return held
+
+    def _partial(self, root: bytes) -> _Served | None:
+        """A version this node is still pulling (never cached past its pull)."""
+        partials = self.partials
+        partial = partials.get(root) if partials is not None else None
+        if partials is None or partial is None:
+            self._partial_served.pop(root, None)
+            return None
+        held = self._partial_served.get(root)
+        if held is None or held.have is not partial.staging.done:
+            held = self._partial_served[root] = _Served.partial(partial.staging)
+            for gone in [r for r in self._partial_served if partials.get(r) is None]:
+                del self._partial_served[gone]
         return held
 
     # -- listening and connections ---------------------------------------------
@@ -362,6 +397,9 @@ class Server:
                 if not data:
                     return  # the peer is done; nobody is left to answer
                 for msg in reader.feed(data):
+                    if isinstance(msg, m.Cancel):
+                        busy.cancel(msg.req_id)
+                        continue
                     try:
                         requests.send_nowait(msg)  # type: ignore[arg-type]
                     except trio.WouldBlock:
@@ -391,6 +429,9 @@ class Server:
                     continue
                 if not isinstance(req, m.ChunkRequest):
                     await prepared.send((await self._answer(req), None))
+                    continue
+                if busy.cancelled and req.req_id in busy.cancelled:
+                    del busy.cancelled[req.req_id]
                     continue
                 buf = await self._buffers.acquire()
                 try:
@@ -474,10 +515,20 @@ class Server:
                 except ManifestError:
                     return encode(m.Error(m.BAD_REQUEST, "bad checkpoint name"))
                 entry = catalog.find(name, version)
+                partial = self.partials.find(name, version) if self.partials else None
+                if partial is not None and (
+                    entry is None or partial.staging.manifest.version > entry.version
+                ):
+                    return encode(m.ManifestResponse(partial.envelope))
                 if entry is None:
                     what = name if version is None else f"{name}@{version}"
                     return encode(m.Error(m.NOT_FOUND, f"no checkpoint {what}"))
                 return encode(m.ManifestResponse(entry.envelope))
+            case m.HaveRequest(root):
+                if catalog.by_root(root) is not None:
+                    return encode(m.Have(root, True))
+                partial = self.partials.get(root) if self.partials else None
+                return encode(m.Have(root, False, partial.bitfield() if partial else b""))
         raise RemoteProtocolError(f"unexpected request {type(req).__name__}")
 
     async def _chunk(self, req: m.ChunkRequest, buf: bytearray) -> bytes | memoryview:
@@ -486,6 +537,8 @@ class Server:
             return encode(m.Error(m.NOT_FOUND, "unknown version", req.req_id))
         if req.index >= len(held.chunks):
             return encode(m.Error(m.BAD_REQUEST, "no such chunk", req.req_id))
+        if held.have is not None and req.index not in held.have:
+            return encode(m.Error(m.NOT_FOUND, "chunk not verified here yet", req.req_id))
         relpath, chunk = held.chunks[req.index]
         try:
             return await trio.to_thread.run_sync(

@@ -22,10 +22,14 @@ from p2pckpt.errors import RemoteProtocolError
 from p2pckpt.manifest.chunker import MAX_CHUNK
 from p2pckpt.manifest.manifest import MAX_MANIFEST_BYTES, MAX_VERSION
 from p2pckpt.wire.messages import (
+    MAX_HAVE_BYTES,
     MAX_LIST_ENTRIES,
+    Cancel,
     ChunkData,
     ChunkRequest,
     Error,
+    Have,
+    HaveRequest,
     ListRequest,
     ListResponse,
     ManifestRequest,
@@ -44,6 +48,7 @@ CHUNK_HEADER_SIZE: Final = HEADER_SIZE + _REQ_ID.size
 
 _T_LIST_REQ, _T_LIST_RESP, _T_MAN_REQ, _T_MAN_RESP, _T_CHUNK_REQ, _T_CHUNK, _T_ERROR = range(1, 8)
 _T_PUSH_REQ, _T_PUSH_RESULT, _T_PUSH_PROGRESS = 8, 9, 10
+_T_HAVE_REQ, _T_HAVE, _T_CANCEL = 11, 12, 13
 
 _CONTROL_CAP = 4096
 _CAPS: Final = {
@@ -57,10 +62,15 @@ _CAPS: Final = {
     _T_PUSH_REQ: _CONTROL_CAP,
     _T_PUSH_RESULT: _CONTROL_CAP,
     _T_PUSH_PROGRESS: _CONTROL_CAP,
+    _T_HAVE_REQ: _CONTROL_CAP,
+    _T_HAVE: MAX_HAVE_BYTES + 64,
+    _T_CANCEL: _CONTROL_CAP,
 }
-SERVER_ACCEPTS: Final = frozenset({_T_LIST_REQ, _T_MAN_REQ, _T_CHUNK_REQ, _T_PUSH_REQ})
+SERVER_ACCEPTS: Final = frozenset(
+    {_T_LIST_REQ, _T_MAN_REQ, _T_CHUNK_REQ, _T_PUSH_REQ, _T_HAVE_REQ, _T_CANCEL}
+)
 CLIENT_ACCEPTS: Final = frozenset(
-    {_T_LIST_RESP, _T_MAN_RESP, _T_CHUNK, _T_ERROR, _T_PUSH_PROGRESS, _T_PUSH_RESULT}
+    {_T_LIST_RESP, _T_MAN_RESP, _T_CHUNK, _T_ERROR, _T_PUSH_PROGRESS, _T_PUSH_RESULT, _T_HAVE}
 )
 
 
@@ -92,6 +102,12 @@ def encode(msg: Message) -> bytes:
             return chunk_header(req_id, len(data)) + bytes(data)
         case PushRequest(name, version, root, port):
             return _pack(_T_PUSH_REQ, [name, version, root, port])
+        case HaveRequest(root):
+            return _pack(_T_HAVE_REQ, [root])
+        case Have(root, complete, bits):
+            return _pack(_T_HAVE, [root, complete, bits])
+        case Cancel(req_id):
+            return _pack(_T_CANCEL, [req_id])
         case PushProgress(done, total):
             return _pack(_T_PUSH_PROGRESS, [done, total])
         case PushResult(ok, message, total):
@@ -196,6 +212,25 @@ def _decode(kind: int, body: bytes) -> Message:
         ):
             raise _bad("push result")
         return PushResult(doc[0], doc[1][:1000], doc[2])
+    if kind == _T_HAVE_REQ:
+        if len(doc) != 1 or not isinstance(doc[0], bytes) or len(doc[0]) != 32:
+            raise _bad("have request")
+        return HaveRequest(doc[0])
+    if kind == _T_HAVE:
+        if (
+            len(doc) != 3
+            or not isinstance(doc[0], bytes)
+            or len(doc[0]) != 32
+            or type(doc[1]) is not bool
+            or not isinstance(doc[2], bytes)
+            or len(doc[2]) > MAX_HAVE_BYTES
+        ):
+            raise _bad("have")
+        return Have(doc[0], doc[1], doc[2])
+    if kind == _T_CANCEL:
+        if len(doc) != 1 or not _is_int(doc[0], (1 << 32) - 1):
+            raise _bad("cancel")
+        return Cancel(doc[0])
     if kind == _T_PUSH_PROGRESS:
         if len(doc) != 2 or not _is_int(doc[0], 1 << 62) or not _is_int(doc[1], 1 << 62):
             raise _bad("push progress")

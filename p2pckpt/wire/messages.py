@@ -8,6 +8,11 @@ that turns them into bytes. The conversation is request/response, client
     ManifestRequest        -> ManifestResponse | Error
     ChunkRequest (pipelined, at most MAX_OUTSTANDING per connection)
                            -> ChunkData | Error(req_id)
+    Cancel(req_id)         -> nothing (a queued request is dropped; one already
+                              sent still arrives and is ignored)
+    HaveRequest(root)      -> Have | Error   (which chunks the server holds:
+                              all of a catalogued version, or the verified
+                              part of one it is pulling itself)
     PushRequest            -> PushProgress* then PushResult | Error
                               (needs the "push" role; progress about every
                               PUSH_PROGRESS_INTERVAL while the target pulls)
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from p2pckpt.errors import LocalProtocolError
 
 MAX_OUTSTANDING = 64
+MAX_HAVE_BYTES = (1 << 19) // 8  # one bit per chunk, MAX_CHUNKS chunks
 PUSH_PROGRESS_INTERVAL = 0.5
 MAX_LIST_ENTRIES = 4096
 
@@ -85,6 +91,35 @@ class ChunkRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Cancel:
+    req_id: int
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.req_id < 1 << 32, "req_id out of range")
+
+
+@dataclass(frozen=True, slots=True)
+class HaveRequest:
+    root: bytes
+
+    def __post_init__(self) -> None:
+        _check(len(self.root) == 32, "root is 32 bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class Have:
+    """``complete``, or ``bits``: bit i (LSB first in byte i // 8) = chunk i."""
+
+    root: bytes
+    complete: bool
+    bits: bytes = b""
+
+    def __post_init__(self) -> None:
+        _check(len(self.root) == 32, "root is 32 bytes")
+        _check(len(self.bits) <= MAX_HAVE_BYTES, "bitfield too long")
+
+
+@dataclass(frozen=True, slots=True)
 class PushRequest:
     """Ask the server (a daemon) to pull ``name@version`` (``root``) back from
     us, listening on ``port`` at the address this connection comes from."""
@@ -142,6 +177,6 @@ class Error:
         object.__setattr__(self, "message", clip_utf8(self.message, MAX_ERROR_MESSAGE_BYTES))
 
 
-Request = ListRequest | ManifestRequest | ChunkRequest | PushRequest
-Response = ListResponse | ManifestResponse | ChunkData | Error | PushProgress | PushResult
+Request = ListRequest | ManifestRequest | ChunkRequest | PushRequest | HaveRequest | Cancel
+Response = ListResponse | ManifestResponse | ChunkData | Error | PushProgress | PushResult | Have
 Message = Request | Response

@@ -24,9 +24,12 @@ from p2pckpt.wire.codec import (
     encode,
 )
 from p2pckpt.wire.messages import (
+    Cancel,
     ChunkData,
     ChunkRequest,
     Error,
+    Have,
+    HaveRequest,
     ListRequest,
     ListResponse,
     ManifestRequest,
@@ -54,6 +57,9 @@ T_ERROR = encode(Error("c", "m"))[0]
 T_PUSH_REQ = encode(PushRequest("x", 0, ROOT, 1))[0]
 T_PUSH_RESULT = encode(PushResult(True, ""))[0]
 T_PUSH_PROGRESS = encode(PushProgress(0, 0))[0]
+T_HAVE_REQ = encode(HaveRequest(ROOT))[0]
+T_HAVE = encode(Have(ROOT, True))[0]
+T_CANCEL = encode(Cancel(0))[0]
 
 
 def frame(kind: int, body: Any) -> bytes:
@@ -68,7 +74,9 @@ def raw_frame(kind: int, data: bytes) -> bytes:
 
 def accepts_for(msg: Message) -> frozenset[int]:
     """The reader of the role that receives ``msg``."""
-    if isinstance(msg, ListRequest | ManifestRequest | ChunkRequest | PushRequest):
+    if isinstance(
+        msg, ListRequest | ManifestRequest | ChunkRequest | PushRequest | HaveRequest | Cancel
+    ):
         return SERVER_ACCEPTS
     return CLIENT_ACCEPTS
 
@@ -115,6 +123,10 @@ SAMPLES: list[Message] = [
     PushRequest("llama-7b", 4, ROOT, 7000),
     PushProgress(1 << 30, 1 << 34),
     PushResult(True, "verified llama-7b@4", 1 << 34),
+    HaveRequest(ROOT),
+    Have(ROOT, True),
+    Have(ROOT, False, b"\x05\x80"),
+    Cancel(17),
 ]
 
 
@@ -245,7 +257,7 @@ def test_client_rejects_request_types(msg: Message) -> None:
         MessageReader(CLIENT_ACCEPTS).feed(encode(msg))
 
 
-@pytest.mark.parametrize("kind", [0, 11, 255])
+@pytest.mark.parametrize("kind", [0, 14, 255])
 @pytest.mark.parametrize("accepts", [SERVER_ACCEPTS, CLIENT_ACCEPTS], ids=["server", "client"])
 def test_unknown_type_rejected(kind: int, accepts: frozenset[int]) -> None:
     """A type byte outside the protocol is refused by both roles."""
@@ -333,6 +345,11 @@ BAD_REQUESTS = {
     "push-root-31": (T_PUSH_REQ, ["llama", 1, b"r" * 31, 7000]),
     "push-name-too-long": (T_PUSH_REQ, ["x" * 129, 1, ROOT, 7000]),
     "push-short": (T_PUSH_REQ, ["llama", 1, ROOT]),
+    "have-req-root-31": (T_HAVE_REQ, [b"r" * 31]),
+    "have-req-extra": (T_HAVE_REQ, [ROOT, 0]),
+    "cancel-negative": (T_CANCEL, [-1]),
+    "cancel-too-big": (T_CANCEL, [1 << 32]),
+    "cancel-bool": (T_CANCEL, [True]),
 }
 
 
@@ -364,6 +381,10 @@ BAD_RESPONSES = {
     "push-progress-float": (T_PUSH_PROGRESS, [1.0, 10]),
     "push-progress-extra": (T_PUSH_PROGRESS, [1, 10, 0]),
     "push-progress-huge": (T_PUSH_PROGRESS, [1, 1 << 63]),
+    "have-int-complete": (T_HAVE, [ROOT, 1, b""]),
+    "have-bits-str": (T_HAVE, [ROOT, False, "ff"]),
+    "have-bits-too-long": (T_HAVE, [ROOT, False, b"\xff" * ((1 << 16) + 1)]),
+    "have-root-33": (T_HAVE, [b"r" * 33, True, b""]),
 }
 
 

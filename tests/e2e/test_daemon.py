@@ -201,7 +201,7 @@ dir = "{b / "models"}"
 """
     )
     # The pusher serves at 4 MB/s, so 8 MiB takes about two seconds.
-    (a / "config.toml").write_text("[discovery]\nmdns = false\n[limits]\nbandwidth = 4000000\n")
+    (a / "config.toml").write_text("[discovery]\nmdns = false\n[limits]\nupload = 4000000\n")
     db = _daemon(b, tmp_path / "b.log", b / "d.toml")
     servers.append(db)
     ck = make_checkpoint(tmp_path / "ck", {"model.safetensors": 8 << 20})

@@ -73,12 +73,12 @@ def test_connection_flood_is_dropped_before_any_handshake(pair: Pair, tmp_path: 
 
 
 def test_serving_bandwidth_limit_applies(pair: Pair, tmp_path: Path) -> None:
-    """[limits] bandwidth caps what serve sends (a lower bound on the time taken)."""
+    """[limits] upload caps what serve sends (a lower bound on the time taken)."""
     f = tmp_path / "m.bin"
     f.write_bytes(os.urandom(12 << 20))
     run(pair.a, "publish", str(f), "--name", "m")
     (pair.a / "config.toml").write_text(
-        "[discovery]\nmdns = false\n[limits]\nbandwidth = 4000000\n"
+        "[discovery]\nmdns = false\n[limits]\nupload = 4000000\n"
     )
     server = pair.serve_a()
     started = time.monotonic()

@@ -186,6 +186,10 @@ class EvilSeeder:
             return encode(m.ManifestResponse(self.envelope))
         if isinstance(msg, m.ChunkRequest):
             return (self.chunk_reply or self.honest_chunk)(msg)
+        if isinstance(msg, m.HaveRequest):
+            return encode(m.Have(msg.root, True))
+        if isinstance(msg, m.Cancel):
+            return b""
         return encode(m.ListResponse(()))
 
     async def handle(self, stream: trio.SocketStream) -> None:
@@ -442,7 +446,7 @@ async def test_corrupt_chunk_is_never_kept(pair: Pair, evil: EvilSeeder, tmp_pat
     assert not dest.exists()
     partial = staging_path(dest)
     done = journal.parse((partial / "journal").read_bytes(), manifest.root, len(pieces))
-    assert bad_index not in done and done <= set(range(bad_index))
+    assert bad_index not in done  # chunks are fetched in any order; the bad one never lands
     for f in (p for p in partial.rglob("*") if p.is_file()):
         assert bytes(bad) not in f.read_bytes(), f"unverified bytes in {f}"
     staged = (partial / "data" / "model.safetensors").read_bytes()
@@ -549,7 +553,7 @@ def _frame(kind: int, length: int) -> Callable[[object], bytes]:
         ("chunk-frame-over-cap", 6, "too large"),
         ("huge-manifest-frame", 6, "too large"),
         ("unrequested-chunk", 6, "unrequested response"),
-        ("short-chunk", 9, "chunk 0"),
+        ("short-chunk", 9, "hash mismatch"),  # whichever chunk came first
         ("server-only-message", 6, "unexpected message type"),
     ],
 )

@@ -1,0 +1,154 @@
+"""Swarm pulls with real processes (issue 5): several sources at once, a bad
+one banned, a vanished one replaced, and a puller feeding another."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import trio
+
+from p2pckpt.home import Home
+from p2pckpt.wire import messages as m
+from p2pckpt.wire.codec import chunk_header
+from tests.e2e.nodes import Pair, Server, make_checkpoint, no_mdns, run, same_tree, start_server
+from tests.e2e.test_security import EvilSeeder, arun, new_key
+
+NAME = "swarm-ft"
+
+
+def _node(
+    root: Path, name: str, pair: Pair, roles_from_b: tuple[str, ...] = ()
+) -> tuple[Path, str]:
+    """A third node trusted both ways by A and B (A publishes, B pulls)."""
+    home = root / name
+    pid = run(home, "init").stdout.strip()
+    no_mdns(home)
+    run(home, "trust", "add", pair.a_id, "--name", "a")
+    run(home, "trust", "add", pair.b_id, "--name", "b", "--role", "pull")
+    run(pair.a, "trust", "add", pid, "--role", "pull")
+    run(pair.b, "trust", "add", pid, "--name", name.lower())
+    return home, pid
+
+
+def _throttled(home: Path, rate: int) -> None:
+    (home / "config.toml").write_text(f"[discovery]\nmdns = false\n[limits]\nupload = {rate}\n")
+
+
+def _wait(cond: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+async def test_three_sources_one_corrupt_one_killed(pair: Pair, tmp_path: Path) -> None:
+    """B pulls from A (honest), C (killed mid-transfer) and M (every chunk it
+    sends is corrupt): the pull completes byte for byte, M is reported bad
+    and C lost, and no bad byte is ever written."""
+    ckpt = make_checkpoint(tmp_path / "ck", {"model.safetensors": 24 << 20, "c.json": 300})
+    run(pair.a, "publish", str(ckpt), "--name", NAME, "--version", "3")
+    c, c_id = _node(tmp_path, "C", pair)
+    a_fast = pair.serve_a()
+    run(c, "pull", NAME, "--from", a_fast.addr, "-o", str(tmp_path / "c-copy"))
+    a_fast.stop()
+    # Slow seeders, so the transfer lasts long enough to kill C in the middle.
+    _throttled(pair.a, 6_000_000)
+    _throttled(c, 6_000_000)
+    a = pair.serve_a()
+    cs = start_server(c, tmp_path / "c.log")
+    pair.servers.append(cs)
+    # M: the same signed version (A's envelope), every chunk flipped.
+    key = new_key(tmp_path / "M")
+    run(pair.b, "trust", "add", str(key.peer_id), "--name", "m")
+    entry = Home.open(pair.a).catalog.find(NAME, 3)
+    assert entry is not None
+    manifest = entry.manifest()
+    pieces = [
+        (ckpt / f.path).read_bytes()[chunk.offset : chunk.offset + chunk.length]
+        for _, f, chunk in manifest.iter_chunks()
+    ]
+    evil = EvilSeeder(key)
+
+    def flipped(req: m.ChunkRequest) -> bytes:
+        bad = bytearray(pieces[req.index])
+        bad[0] ^= 0xFF
+        return chunk_header(req.req_id, len(bad)) + bytes(bad)
+
+    evil.offer(entry.envelope, pieces, chunk_reply=flipped)
+    dest = tmp_path / "out"
+    journal = tmp_path / ".out.p2pckpt-partial" / "journal"
+    async with trio.open_nursery() as nursery:
+        await evil.start(nursery)
+
+        async def kill_c_mid_transfer() -> None:
+            with trio.fail_after(60):
+                # another process writes the journal: nothing to wait on but polling
+                while not (journal.exists() and journal.stat().st_size > 41 + 8 * 2):  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            cs.proc.kill()
+
+        nursery.start_soon(kill_c_mid_transfer)
+        proc = await arun(
+            pair.b,
+            "pull",
+            NAME,
+            "--from",
+            a.addr,
+            "--from",
+            cs.addr,
+            "--from",
+            evil.addr,
+            "-o",
+            str(dest),
+            "--json",
+            timeout=120,
+        )
+        nursery.cancel_scope.cancel()
+    assert proc.returncode == 0, proc.stderr
+    assert same_tree(ckpt, dest)
+    doc = json.loads(proc.stdout)
+    by_id = {p["id"]: p for p in doc["peers"]}
+    assert by_id[str(key.peer_id)]["status"] == "bad"
+    assert "hash mismatch" in by_id[str(key.peer_id)]["problem"]
+    assert by_id[c_id]["status"] == "lost"
+    assert by_id[pair.a_id]["status"] == "ok" and by_id[pair.a_id]["bytes"] > 0
+    assert sum(p["bytes"] for p in doc["peers"]) == doc["bytes_downloaded"]
+    assert f"peer {key.peer_id}" in proc.stderr and "dropped" in proc.stderr
+
+
+def test_a_puller_feeds_another_while_it_pulls(pair: Pair, tmp_path: Path) -> None:
+    """D (a daemon following the name) pulls slowly from A; B, which is given
+    only D's address, starts while D is still pulling and completes from D."""
+    ckpt = make_checkpoint(tmp_path / "ck", {"w.bin": 16 << 20}, seed=9)
+    run(pair.a, "publish", str(ckpt), "--name", NAME, "--version", "1")
+    _throttled(pair.a, 3_000_000)  # about 5.6 s for D
+    a = pair.serve_a()
+    d, d_id = _node(tmp_path, "D", pair)
+    models = tmp_path / "models"
+    cfg = d / "daemon.toml"
+    cfg.write_text(
+        f'[serve]\nlisten = "127.0.0.1:0"\n[discovery]\nmdns = false\n'
+        f'[[peer]]\nid = "{pair.a_id}"\naddr = "{a.addr}"\n'
+        f'[[follow]]\nname = "{NAME}"\ndir = "{models}"\n'
+    )
+    daemon: Server = start_server(
+        d,
+        tmp_path / "d.log",
+        command=("daemon", "--config", str(cfg)),
+        extra=(),
+        banner=r"daemon listening on [0-9.]+:(\d+)",
+    )
+    pair.servers.append(daemon)
+    journal = models / NAME / ".1.p2pckpt-partial" / "journal"
+    _wait(lambda: journal.exists() and journal.stat().st_size > 41, 30, "D to start pulling")
+    current = models / NAME / "current"
+    assert not os.path.lexists(current)  # D is still pulling as B starts
+    doc = json.loads(
+        run(pair.b, "pull", NAME, "--from", daemon.addr, "-o", str(tmp_path / "b"), "--json").stdout
+    )
+    assert same_tree(ckpt, tmp_path / "b" / "w.bin") or same_tree(ckpt, tmp_path / "b")
+    assert [p["id"] for p in doc["peers"]] == [d_id] and doc["peers"][0]["status"] == "ok"
+    assert doc["bytes_downloaded"] == 16 << 20
