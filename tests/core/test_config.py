@@ -88,7 +88,7 @@ name = "llama-ft"
 dir = "/srv/models"
 hook = ["/usr/bin/reload", "--graceful"]
 [limits]
-bandwidth = 100000000
+upload = 100000000
 [metrics]
 listen = "127.0.0.1:9450"
 """
@@ -121,7 +121,7 @@ listen = "127.0.0.1:9450"
         "[[follow]]\nname = 'a'\ndir = '/m'\nhook = 'rm -rf /'\nkeep = 0",
         "[[follow]]\nname = 'a'\ndir = '/m'\nhook = [1]",
         "[[follow]]\nname = 'a'\ndir = '/m'\n[[follow]]\nname = 'a'\ndir = '/n'",
-        "[limits]\nbandwidth = -5",
+        "[limits]\nupload = -5",
         "[[follow]]\nname = 'a'\ndir = '/m'\nkepp = 3",
     ],
 )

@@ -77,9 +77,7 @@ def test_serving_bandwidth_limit_applies(pair: Pair, tmp_path: Path) -> None:
     f = tmp_path / "m.bin"
     f.write_bytes(os.urandom(12 << 20))
     run(pair.a, "publish", str(f), "--name", "m")
-    (pair.a / "config.toml").write_text(
-        "[discovery]\nmdns = false\n[limits]\nupload = 4000000\n"
-    )
+    (pair.a / "config.toml").write_text("[discovery]\nmdns = false\n[limits]\nupload = 4000000\n")
     server = pair.serve_a()
     started = time.monotonic()
     run(pair.b, "pull", "m", "--from", server.addr, "-o", str(tmp_path / "got"))
