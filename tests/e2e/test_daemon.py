@@ -103,6 +103,12 @@ listen = "127.0.0.1:{metrics_port}"
         )
         assert time.monotonic() - published < 5, "follower must see a new version within 5 s"
         assert same_tree(ck, current)
+    # Retention runs after the flip and the hook: wait for it, then check it.
+    _wait(
+        lambda: "retention name=llama-ft deleted=100" in follower.log.read_text(),
+        15,
+        "retention of version 100",
+    )
     lines = [json.loads(x) for x in hook_out.read_text().splitlines()]
     assert [x["version"] for x in lines] == ["100", "200", "300"]
     assert lines[-1] == {
