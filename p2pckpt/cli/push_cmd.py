@@ -3,9 +3,11 @@
 The command serves the version itself for as long as it runs (a temporary
 seeder on ``--listen``), asks each target to pull it back (the target must
 grant us the push role, follow the name, and we must let it pull), and
-prints each target's verified result. While targets pull, each one's
-progress is shown: a bar per target on a terminal, else a line per target
-at most every PROGRESS_LINE_EVERY seconds. Exit 0 only if every target
+prints each target's verified result. Each target is also told where the
+other targets are (those reached directly), so they pull from each other as
+well as from us: a swarm, not N copies of our uplink. While targets pull,
+each one's progress is shown: a bar per target on a terminal, else a line
+per target at most every PROGRESS_LINE_EVERY seconds. Exit 0 only if every target
 verified.
 """
 
@@ -81,6 +83,7 @@ def push(
     from p2pckpt.manifest.paths import safe_display
     from p2pckpt.transfer.serve import Server
     from p2pckpt.wire import messages as m
+    from p2pckpt.wire.messages import MAX_PUSH_PEERS
 
     home = open_home()
     cfg = _config(home, config_path)
@@ -91,22 +94,41 @@ def push(
     parsed = [(t, parse_target(t, home)) for t in targets]
     host, port = parse_addr(listen, allow_zero=True)
     results: dict[str, dict[str, Any]] = {}
+    served: list[int] = []  # chunk bytes we uploaded (targets also feed each other)
     bar = _progress_bar(sys.stderr.isatty() and not as_json)
 
     async def run() -> None:
         server = Server(home, bandwidth=cfg.bandwidth)
+        server.on_served = served.append
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(server.serve, host, port)
             bound = listeners[0].socket.getsockname()[1]
             need_mdns = any(not isinstance(t, tuple) for _, t in parsed)
             async with open_finder(home, cfg, use_mdns=need_mdns) as finder:
+                conns: dict[str, Any] = {}
 
-                async def one(label: str, target: Any) -> None:
+                def failed(label: str, message: str) -> None:
+                    results[label] = {"ok": False, "message": message, "bytes": 0}
+                    if not as_json:
+                        click.echo(f"{safe_display(label)}: FAILED: {safe_display(message)}")
+
+                async def reach(label: str, target: Any) -> None:
                     try:
-                        conn = await finder.connect_target(target)
+                        conns[label] = await finder.connect_target(target)
+                    except P2pckptError as exc:
+                        failed(label, str(exc))
+
+                async def one(label: str, conn: Any) -> None:
+                    # The other targets, where we reached them: they pull from each other too.
+                    peers = tuple(
+                        (c.peer.key, *parse_addr(c.addr))
+                        for c in conns.values()
+                        if c.route == "direct" and c.peer != conn.peer
+                    )[:MAX_PUSH_PEERS]
+                    try:
                         try:
                             await conn.send(
-                                m.PushRequest(entry.name, entry.version, entry.root, bound)
+                                m.PushRequest(entry.name, entry.version, entry.root, bound, peers)
                             )
                             shown = _TargetProgress(safe_display(label), bar, quiet=as_json)
                             while isinstance(
@@ -118,30 +140,44 @@ def push(
                             await conn.aclose()
                         if not isinstance(reply, m.PushResult):
                             raise TransferError("unexpected answer to a push")
-                        results[label] = {
-                            "ok": reply.ok,
-                            "message": reply.message,
-                            "bytes": reply.bytes_total,
-                        }
                     except P2pckptError as exc:
-                        results[label] = {"ok": False, "message": str(exc), "bytes": 0}
-                    mark = "ok" if results[label]["ok"] else "FAILED"
+                        failed(label, str(exc))
+                        return
+                    results[label] = {
+                        "ok": reply.ok,
+                        "message": reply.message,
+                        "bytes": reply.bytes_total,
+                    }
                     if not as_json:
-                        click.echo(
-                            f"{safe_display(label)}: {mark}: "
-                            f"{safe_display(results[label]['message'])}"
-                        )
+                        mark = "ok" if reply.ok else "FAILED"
+                        click.echo(f"{safe_display(label)}: {mark}: {safe_display(reply.message)}")
 
+                async with trio.open_nursery() as dials:
+                    for label, target in parsed:
+                        dials.start_soon(reach, label, target)
                 with bar if bar is not None else contextlib.nullcontext():
                     async with trio.open_nursery() as pushes:
-                        for label, target in parsed:
-                            pushes.start_soon(one, label, target)
+                        for label, conn in conns.items():
+                            pushes.start_soon(one, label, conn)
             nursery.cancel_scope.cancel()
 
     trio.run(run)
     ok = all(r["ok"] for r in results.values())
     if as_json:
-        emit_json({"name": entry.name, "version": entry.version, "ok": ok, "targets": results})
+        emit_json(
+            {
+                "name": entry.name,
+                "version": entry.version,
+                "ok": ok,
+                "bytes_served": sum(served),
+                "targets": results,
+            }
+        )
+    else:
+        click.echo(
+            f"uploaded {sum(served) / 1e6:.1f} MB for {len(results)} target(s)"
+            f" ({sum(served) / max(entry.total_bytes, 1):.2f}x the version)"
+        )
     if not ok:
         click.echo(
             f"p2pckpt: error: not every target verified {entry.name}@{entry.version}", err=True

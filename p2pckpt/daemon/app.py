@@ -31,11 +31,11 @@ import trio
 from p2pckpt.config import Config, parse_addr
 from p2pckpt.discovery.finder import Finder, open_finder
 from p2pckpt.discovery.sightings import Sightings
-from p2pckpt.errors import ConfigError, P2pckptError
+from p2pckpt.errors import ConfigError, ManifestError, P2pckptError
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.transfer.partials import Partials
-from p2pckpt.transfer.pull import Progress
+from p2pckpt.transfer.pull import Progress, choose_source
 from p2pckpt.transfer.serve import Server
 from p2pckpt.transfer.throttle import Throttle
 from p2pckpt.wire import messages as m
@@ -218,16 +218,20 @@ async def run_daemon(
                 conn = await state.finder.connect(peer)
             else:
                 return m.PushResult(False, "cannot reach the pusher")
+            offer = await choose_source(home, [conn], req.name, req.version)
+            if offer.manifest.root != req.root:
+                await offer.aclose()
+                raise ManifestError(f"{req.name}@{req.version} differs from the version pushed")
+            hints = [(PeerId(key), (host, port)) for key, host, port in req.peers]
             result = await install(
                 home,
                 spec,
-                [conn],
-                req.version,
+                offer,
                 lambda name: _Reporting(state.progress(name), report),
-                expect_root=req.root,
                 serving=server.serving,
                 partials=partials,
                 throttles=throttles,
+                hints=[h for h in hints if h[0] != home.key.peer_id and h[0] != peer],
             )
         except P2pckptError as exc:
             log.warning('push failed name=%s version=%d error="%s"', req.name, req.version, exc)

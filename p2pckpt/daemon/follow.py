@@ -22,7 +22,7 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -30,12 +30,11 @@ import trio
 
 from p2pckpt.config import FollowSpec
 from p2pckpt.discovery.finder import Finder
-from p2pckpt.errors import ChunkCorrupt, ManifestError, P2pckptError, first_leaf
+from p2pckpt.errors import ChunkCorrupt, P2pckptError, first_leaf
 from p2pckpt.home import Home
 from p2pckpt.store.atomic import fsync_dir
 from p2pckpt.transfer.partials import Partials
-from p2pckpt.transfer.peer import PeerConnection
-from p2pckpt.transfer.pull import Progress, PullResult, choose_source, pull
+from p2pckpt.transfer.pull import Hint, Offer, Progress, PullResult, choose_source, pull_offer
 from p2pckpt.transfer.throttle import Throttle
 
 log = logging.getLogger("p2pckpt.follow")
@@ -117,17 +116,14 @@ async def check_once(
     from every reachable peer that offers it."""
     have = current_version(spec.dir / spec.name)
     conns = await finder.connect_all(None)
-    manifest, _, sources = await choose_source(home, conns, spec.name, None)
-    offering = [c for s in sources for c in s.conns]
-    if have is not None and manifest.version <= have:
-        for c in offering:
-            await c.aclose()
+    offer = await choose_source(home, conns, spec.name, None)
+    if have is not None and offer.manifest.version <= have:
+        await offer.aclose()
         return None
     return await install(
         home,
         spec,
-        offering,
-        manifest.version,
+        offer,
         progress,
         serving=serving,
         partials=partials,
@@ -138,26 +134,20 @@ async def check_once(
 async def install(
     home: Home,
     spec: FollowSpec,
-    conns: list[PeerConnection],
-    version: int,
+    offer: Offer,
     progress: Callable[[str], Progress],
-    expect_root: bytes | None = None,
     serving: Callable[[], set[bytes]] | None = None,
     partials: Partials | None = None,
     throttles: list[Throttle] | None = None,
+    hints: Sequence[Hint] = (),
 ) -> PullResult:
-    """Pull ``version`` from ``conns`` (a swarm) into ``DIR/NAME/<version>`` (a
-    one-file checkpoint keeps its file name inside it); if it is the newest,
-    point ``current`` at it and run the hook; then apply retention. Takes
-    ownership of ``conns``."""
+    """Pull the version ``offer`` chose (a swarm) into ``DIR/NAME/<version>``
+    (a one-file checkpoint keeps its file name inside it); if it is the
+    newest, point ``current`` at it and run the hook; then apply retention.
+    Takes ownership of the offer's connections."""
+    manifest, sources, version = offer.manifest, offer.sources, offer.manifest.version
     root = spec.dir / spec.name
     target = root / str(version)
-    manifest, _, sources = await choose_source(home, conns, spec.name, version)
-    conns = [c for s in sources for c in s.conns]
-    if expect_root is not None and manifest.root != expect_root:
-        for c in conns:
-            await c.aclose()
-        raise ManifestError(f"{spec.name}@{version} differs from the version asked for")
     # A one-file checkpoint lands inside its version directory; a directory
     # checkpoint *is* the version directory (renamed into place whole).
     (target if manifest.kind == "file" else root).mkdir(parents=True, exist_ok=True)
@@ -168,23 +158,23 @@ async def install(
         version,
         ",".join(f"{s.peer.short}/{s.conns[0].route}" for s in sources),
     )
-    result = await pull(
+    result = await pull_offer(
         home,
-        conns,
-        spec.name,
-        version,
+        offer,
         dest,
         progress=progress(f"{spec.name}@{version}"),
         throttles=throttles,
         partials=partials,
+        hints=hints,
     )
     log.info(
-        "pulled name=%s version=%d downloaded=%d reused=%d seconds=%.2f",
+        "pulled name=%s version=%d downloaded=%d reused=%d seconds=%.2f sources=%s",
         spec.name,
         version,
         result.bytes_downloaded,
         result.bytes_reused,
         result.seconds,
+        ",".join(f"{str(p['id']).split('-')[0]}:{p['bytes']}" for p in result.peers),
     )
     have = current_version(root)
     if have is None or version > have:

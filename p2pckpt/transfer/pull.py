@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -44,8 +46,8 @@ from p2pckpt.manifest.manifest import Manifest, verify
 from p2pckpt.store.staging import FSYNC_INTERVAL, Staging, check_free_space
 from p2pckpt.store.verify import compare
 from p2pckpt.transfer.partials import Partials
-from p2pckpt.transfer.peer import PeerConnection
-from p2pckpt.transfer.swarm import Source, Swarm
+from p2pckpt.transfer.peer import PeerConnection, connect_direct
+from p2pckpt.transfer.swarm import Joiner, Source, Swarm
 from p2pckpt.transfer.throttle import Throttle
 from p2pckpt.wire import messages as m
 
@@ -111,6 +113,23 @@ class Progress(Protocol):
     def advance(self, n: int) -> None: ...
 
 
+@dataclass
+class Offer:
+    """The version chosen for a pull and the peers offering exactly it."""
+
+    manifest: Manifest
+    envelope: bytes
+    sources: list[Source]
+
+    async def aclose(self) -> None:
+        for src in self.sources:
+            for conn in src.conns:
+                await conn.aclose()
+
+
+Hint = tuple[PeerId, tuple[str, int]]  # a peer that may join mid-pull, and where
+
+
 class NoProgress:
     def start(self, name: str, total: int, done: int) -> None:
         pass
@@ -127,7 +146,7 @@ def default_dest(manifest: Manifest) -> Path:
 
 async def choose_source(
     home: Home, conns: list[PeerConnection], name: str, version: int | None
-) -> tuple[Manifest, bytes, list[Source]]:
+) -> Offer:
     """Ask every connected peer for ``name``; keep the newest version signed by
     a publisher we trust, and every peer offering exactly that version as a
     source (in ``conns`` order; connections to the same peer are grouped).
@@ -165,7 +184,7 @@ async def choose_source(
             src.conns.append(conn)
         else:
             await conn.aclose()
-    return manifest, envelope, list(sources.values())
+    return Offer(manifest, envelope, list(sources.values()))
 
 
 def _result(
@@ -199,6 +218,7 @@ async def _transfer(
     progress: Progress,
     throttles: list[Throttle],
     partials: Partials | None,
+    joiners: Sequence[Joiner] = (),
 ) -> tuple[int, int]:
     """Fetch every chunk the partial copy lacks; returns (downloaded, reused)."""
     manifest = staging.manifest
@@ -226,7 +246,7 @@ async def _transfer(
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_flusher, staging)
-                await Swarm(staging, sources, on_chunk, throttles, streams).run()
+                await Swarm(staging, sources, on_chunk, throttles, streams, joiners).run()
                 nursery.cancel_scope.cancel()
         finally:
             if partials is not None:
@@ -249,15 +269,44 @@ async def pull(
     partials: Partials | None = None,
 ) -> PullResult:
     """Pull ``name`` (newest, or ``@version``) from every one of ``conns``
-    that offers the newest version (a swarm pull).
+    that offers the newest version (a swarm pull). Takes ownership of the
+    connections: all are closed on return."""
+    started = time.monotonic()
+    offer = await choose_source(home, conns, name, version)
+    return await pull_offer(
+        home,
+        offer,
+        dest,
+        streams,
+        progress,
+        throttles=throttles,
+        partials=partials,
+        started=started,
+    )
+
+
+async def pull_offer(
+    home: Home,
+    offer: Offer,
+    dest: Path | None = None,
+    streams: int = DEFAULT_STREAMS,
+    progress: Progress | None = None,
+    *,
+    throttles: list[Throttle] | None = None,
+    partials: Partials | None = None,
+    hints: Sequence[Hint] = (),
+    started: float | None = None,
+) -> PullResult:
+    """Pull the version ``offer`` chose from its sources.
 
     ``throttles`` cap the download rate (per pull, per daemon); with
     ``partials``, chunks verified so far are served to other pullers while
-    this pull runs. Takes ownership of the connections: all are closed on
-    return.
+    this pull runs; ``hints`` are peers (a push's other targets) dialled
+    once the pull starts and used as sources as soon as they hold chunks.
+    Takes ownership of the offer's connections: all are closed on return.
     """
-    started = time.monotonic()
-    manifest, envelope, sources = await choose_source(home, conns, name, version)
+    started = time.monotonic() if started is None else started
+    manifest, envelope, sources = offer.manifest, offer.envelope, offer.sources
     try:
         dest = (dest or default_dest(manifest)).expanduser().absolute()
         if dest.exists() or dest.is_symlink():
@@ -281,9 +330,16 @@ async def pull(
             return _result(manifest, dest, 0, manifest.total_bytes, sources, started)
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Staging(dest, manifest, envelope)
+        joiners = [partial(_dial_hint, home, peer, addr, streams) for peer, addr in hints]
         try:
             downloaded, reused = await _transfer(
-                staging, sources, streams, progress or NoProgress(), throttles or [], partials
+                staging,
+                sources,
+                streams,
+                progress or NoProgress(),
+                throttles or [],
+                partials,
+                joiners,
             )
             transferred = time.monotonic()
             await trio.to_thread.run_sync(staging.commit)
@@ -310,9 +366,22 @@ async def pull(
             )
         return result
     finally:
-        for src in sources:
-            for conn in src.conns:
-                await conn.aclose()
+        await offer.aclose()
+
+
+async def _dial_hint(
+    home: Home, peer: PeerId, addr: tuple[str, int], streams: int
+) -> Source | None:
+    """Connect to a hinted peer; None (logged) if it cannot be reached."""
+    try:
+        conn = await connect_direct(home, addr, expect=peer)
+    except P2pckptError as exc:
+        log.info('hinted peer unreachable peer=%s error="%s"', peer.short, exc)
+        return None
+    src = Source(peer, [conn], conn.route, conn.label)
+    for _ in range(streams - 1):
+        await _open_extra(src)
+    return src
 
 
 async def _flusher(staging: Staging) -> None:

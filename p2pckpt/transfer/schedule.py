@@ -13,8 +13,10 @@ Policy (issue 5, DESIGN.md "transfer engine"):
   peer never hoards chunks a fast one could fetch.
 - **Endgame.** When no unrequested chunk is left that a peer has, it
   duplicates the oldest request held by another peer (at most
-  ENDGAME_COPIES copies of a chunk at once). The first copy to arrive wins;
-  ``done`` names the peers whose copies should be cancelled.
+  ENDGAME_COPIES copies of a chunk at once), unless that peer is measurably
+  faster: a slow seeder must not spend its scarce upload on copies a fast
+  peer is about to deliver. The first copy to arrive wins; ``done`` names
+  the peers whose copies should be cancelled.
 - **Faults.** ``ban`` drops a peer for this transfer (it sent a chunk that
   failed verification); ``remove`` forgets one that vanished. Either way
   its requests go back to the pool, to be fetched elsewhere.
@@ -176,14 +178,22 @@ class Scheduler:
         return self._endgame(key, peer, now)
 
     def _endgame(self, key: Key, peer: _Peer, now: float) -> int | None:
+        mine = peer.rate(now)
         best: tuple[float, int] | None = None
         for index, holders in self._requests.items():
             if key in holders or len(holders) >= ENDGAME_COPIES or not peer.bits >> index & 1:
                 continue
+            if mine is not None and any(self._faster(h, mine, now) for h in holders):
+                continue  # its holder should beat us to it: a copy would only waste upload
             asked = min(holders.values())
             if best is None or asked < best[0]:
                 best = (asked, index)
         return None if best is None else self._request(best[1], key, peer, now)
+
+    def _faster(self, key: Key, rate: float, now: float) -> bool:
+        holder = self._peers.get(key)
+        theirs = holder.rate(now) if holder is not None else None
+        return theirs is not None and theirs > rate
 
     def _request(self, index: int, key: Key, peer: _Peer, now: float) -> int:
         self._requests.setdefault(index, {})[key] = now

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -70,8 +70,12 @@ class Source:
         }
 
 
+Joiner = Callable[[], Awaitable[Source | None]]  # dials a source that joins mid-pull
+
+
 class Swarm:
-    """Fetch every chunk ``staging`` lacks from ``sources``."""
+    """Fetch every chunk ``staging`` lacks from ``sources``, and from each
+    source a joiner produces while the pull runs."""
 
     def __init__(
         self,
@@ -80,6 +84,7 @@ class Swarm:
         on_chunk: Callable[[int], None],
         throttles: list[Throttle],
         streams: int,
+        joiners: Sequence[Joiner] = (),
     ) -> None:
         manifest = staging.manifest
         self.staging = staging
@@ -90,6 +95,7 @@ class Swarm:
         self.on_chunk = on_chunk
         self.throttles = throttles
         self.streams = streams
+        self.joiners = joiners
         self._changed = trio.Event()
         self._last_progress = trio.current_time()
 
@@ -104,6 +110,8 @@ class Swarm:
             for src in self.sources:
                 for conn in list(src.conns):
                     nursery.start_soon(self._connection, src, conn)
+            for joiner in self.joiners:
+                nursery.start_soon(self._join, joiner, nursery)
             while not self.sched.complete:
                 self._check_hope()
                 with trio.move_on_after(HAVE_POLL):
@@ -111,6 +119,19 @@ class Swarm:
             nursery.cancel_scope.cancel()
         if self._fatal is not None:  # a local failure (disk full, ...): the pull stops
             raise self._fatal
+
+    async def _join(self, joiner: Joiner, nursery: trio.Nursery) -> None:
+        src = await joiner()
+        if src is None:
+            return
+        if self.sched.complete or any(s.peer == src.peer for s in self.sources):
+            for conn in src.conns:
+                await conn.aclose()
+            return
+        log.info("source joined peer=%s via=%s", src.peer.short, src.via)
+        self.sources.append(src)
+        for conn in list(src.conns):
+            nursery.start_soon(self._connection, src, conn)
 
     def _check_hope(self) -> None:
         """Raise if no source left can supply what is missing."""

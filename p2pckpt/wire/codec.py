@@ -24,6 +24,7 @@ from p2pckpt.manifest.manifest import MAX_MANIFEST_BYTES, MAX_VERSION
 from p2pckpt.wire.messages import (
     MAX_HAVE_BYTES,
     MAX_LIST_ENTRIES,
+    MAX_PUSH_PEERS,
     Cancel,
     ChunkData,
     ChunkRequest,
@@ -59,7 +60,7 @@ _CAPS: Final = {
     _T_CHUNK_REQ: _CONTROL_CAP,
     _T_CHUNK: _REQ_ID.size + MAX_CHUNK,
     _T_ERROR: _CONTROL_CAP,
-    _T_PUSH_REQ: _CONTROL_CAP,
+    _T_PUSH_REQ: _CONTROL_CAP + MAX_PUSH_PEERS * 300,  # 32-byte key, host <= 255, port
     _T_PUSH_RESULT: _CONTROL_CAP,
     _T_PUSH_PROGRESS: _CONTROL_CAP,
     _T_HAVE_REQ: _CONTROL_CAP,
@@ -100,8 +101,8 @@ def encode(msg: Message) -> bytes:
             return _pack(_T_CHUNK_REQ, [req_id, root, index])
         case ChunkData(req_id, data):
             return chunk_header(req_id, len(data)) + bytes(data)
-        case PushRequest(name, version, root, port):
-            return _pack(_T_PUSH_REQ, [name, version, root, port])
+        case PushRequest(name, version, root, port, peers):
+            return _pack(_T_PUSH_REQ, [name, version, root, port, [list(p) for p in peers]])
         case HaveRequest(root):
             return _pack(_T_HAVE_REQ, [root])
         case Have(root, complete, bits):
@@ -192,7 +193,7 @@ def _decode(kind: int, body: bytes) -> Message:
         return ChunkRequest(doc[0], doc[1], doc[2])
     if kind == _T_PUSH_REQ:
         if (
-            len(doc) != 4
+            len(doc) not in (4, 5)  # the peer list came later (issue 5)
             or not isinstance(doc[0], str)
             or len(doc[0]) > 128
             or not _is_int(doc[1], MAX_VERSION)
@@ -202,7 +203,22 @@ def _decode(kind: int, body: bytes) -> Message:
             or doc[3] == 0
         ):
             raise _bad("push request")
-        return PushRequest(doc[0], doc[1], doc[2], doc[3])
+        peers = doc[4] if len(doc) == 5 else []
+        if not isinstance(peers, list) or len(peers) > MAX_PUSH_PEERS:
+            raise _bad("push request peers")
+        for p in peers:
+            if (
+                not isinstance(p, list)
+                or len(p) != 3
+                or not isinstance(p[0], bytes)
+                or len(p[0]) != 32
+                or not isinstance(p[1], str)
+                or not 0 < len(p[1]) <= 255
+                or not _is_int(p[2], 65535)
+                or p[2] == 0
+            ):
+                raise _bad("push request peer")
+        return PushRequest(doc[0], doc[1], doc[2], doc[3], tuple((k, h, pt) for k, h, pt in peers))
     if kind == _T_PUSH_RESULT:
         if (
             len(doc) != 3

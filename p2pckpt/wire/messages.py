@@ -30,6 +30,7 @@ MAX_OUTSTANDING = 64
 MAX_HAVE_BYTES = (1 << 19) // 8  # one bit per chunk, MAX_CHUNKS chunks
 PUSH_PROGRESS_INTERVAL = 0.5
 MAX_LIST_ENTRIES = 4096
+MAX_PUSH_PEERS = 64  # co-targets named in one PushRequest
 
 # Error codes (stable strings, mapped to exit codes by the CLI).
 UNAUTHORIZED = "unauthorized"
@@ -122,16 +123,25 @@ class Have:
 @dataclass(frozen=True, slots=True)
 class PushRequest:
     """Ask the server (a daemon) to pull ``name@version`` (``root``) back from
-    us, listening on ``port`` at the address this connection comes from."""
+    us, listening on ``port`` at the address this connection comes from.
+
+    ``peers`` are the push's other targets (peer key, host, port), so that
+    the targets also pull from each other."""
 
     name: str
     version: int
     root: bytes
     port: int
+    peers: tuple[tuple[bytes, str, int], ...] = ()
 
     def __post_init__(self) -> None:
         _check(len(self.root) == 32, "root is 32 bytes")
         _check(0 < self.port < 65536, "port out of range")
+        _check(len(self.peers) <= MAX_PUSH_PEERS, "too many push peers")
+        for key, host, port in self.peers:
+            _check(len(key) == 32, "peer key is 32 bytes")
+            _check(0 < len(host) <= 255, "peer host length")
+            _check(0 < port < 65536, "peer port out of range")
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from p2pckpt.wire.codec import (
     encode,
 )
 from p2pckpt.wire.messages import (
+    MAX_PUSH_PEERS,
     Cancel,
     ChunkData,
     ChunkRequest,
@@ -121,6 +122,7 @@ SAMPLES: list[Message] = [
     Error("not_found", "no checkpoint llama-7b"),
     Error("bad_request", "no such chunk", 9),
     PushRequest("llama-7b", 4, ROOT, 7000),
+    PushRequest("llama-7b", 4, ROOT, 7000, ((b"k" * 32, "10.0.0.7", 7001), (ROOT, "h" * 255, 1))),
     PushProgress(1 << 30, 1 << 34),
     PushResult(True, "verified llama-7b@4", 1 << 34),
     HaveRequest(ROOT),
@@ -345,6 +347,15 @@ BAD_REQUESTS = {
     "push-root-31": (T_PUSH_REQ, ["llama", 1, b"r" * 31, 7000]),
     "push-name-too-long": (T_PUSH_REQ, ["x" * 129, 1, ROOT, 7000]),
     "push-short": (T_PUSH_REQ, ["llama", 1, ROOT]),
+    "push-peers-not-list": (T_PUSH_REQ, ["llama", 1, ROOT, 7000, {}]),
+    "push-peer-short-key": (T_PUSH_REQ, ["llama", 1, ROOT, 7000, [[b"k" * 31, "h", 1]]]),
+    "push-peer-empty-host": (T_PUSH_REQ, ["llama", 1, ROOT, 7000, [[ROOT, "", 1]]]),
+    "push-peer-long-host": (T_PUSH_REQ, ["llama", 1, ROOT, 7000, [[ROOT, "h" * 256, 1]]]),
+    "push-peer-port-zero": (T_PUSH_REQ, ["llama", 1, ROOT, 7000, [[ROOT, "h", 0]]]),
+    "push-peer-host-bytes": (T_PUSH_REQ, ["llama", 1, ROOT, 7000, [[ROOT, b"h", 1]]]),
+    "push-peer-extra": (T_PUSH_REQ, ["llama", 1, ROOT, 7000, [[ROOT, "h", 1, 2]]]),
+    "push-too-many-peers": (T_PUSH_REQ, ["llama", 1, ROOT, 7000, [[ROOT, "h", 1]] * 65]),
+    "push-extra-field": (T_PUSH_REQ, ["llama", 1, ROOT, 7000, [], 0]),
     "have-req-root-31": (T_HAVE_REQ, [b"r" * 31]),
     "have-req-extra": (T_HAVE_REQ, [ROOT, 0]),
     "cancel-negative": (T_CANCEL, [-1]),
@@ -430,3 +441,16 @@ def test_valid_messages_before_a_bad_one_are_not_returned_after_failure() -> Non
         reader.feed(encode(ListRequest()) + raw_frame(T_CHUNK_REQ, b"\xc1"))
     with pytest.raises(RemoteProtocolError):
         reader.feed(encode(ListRequest()))
+
+
+def test_push_request_without_peer_list_still_decodes() -> None:
+    """A pusher from before co-target hints sends four fields: no peers."""
+    (msg,) = MessageReader(SERVER_ACCEPTS).feed(frame(T_PUSH_REQ, ["llama", 1, ROOT, 7000]))
+    assert msg == PushRequest("llama", 1, ROOT, 7000, ())
+
+
+def test_push_request_with_most_peers_fits_its_cap() -> None:
+    """The largest valid peer list (all hosts at the 255-byte limit) is accepted."""
+    peers = tuple((bytes([i]) * 32, "h" * 255, 65535) for i in range(MAX_PUSH_PEERS))
+    msg = PushRequest("x" * 128, 1 << 40, ROOT, 65535, peers)
+    assert MessageReader(SERVER_ACCEPTS).feed(encode(msg)) == [msg]

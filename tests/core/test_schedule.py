@@ -254,3 +254,25 @@ def test_random_histories_keep_the_books_straight_and_finish(
         check_invariants(s)
     assert s.complete
     assert bits_of(delivered) == start_missing
+
+
+def test_endgame_does_not_copy_a_faster_peers_request() -> None:
+    """A slow peer with room in its window leaves a fast peer's requests
+    alone; the fast peer still duplicates the slow one's (tail insurance)."""
+    s = sched(14)
+    s.add_peer("fast", None, max_window=8)
+    s.add_peer("slow", None, max_window=8)
+    for key, first in (("fast", 9.5), ("slow", 8.0)):  # by t=10: 4 chunks/s and 1 chunk/s
+        got = [s.pick(key, first) for _ in range(2)]
+        for i in got:
+            assert i is not None
+            s.done(i, key)
+    fast = [s.pick("fast", 10.0) for _ in range(8)]
+    slow = [s.pick("slow", 10.0) for _ in range(2)]
+    assert None not in fast + slow and s.unavailable() == 0 and not s._buckets[-1]
+    s.done(fast[0], "fast")  # type: ignore[arg-type]
+    s.done(slow[0], "slow")  # type: ignore[arg-type]
+    assert s.window("slow", 10.0) > s._peers["slow"].inflight  # room, but nothing worth it
+    assert s.pick("slow", 10.0) is None
+    assert s.pick("fast", 10.0) == slow[1]  # the slow peer's request is doubled
+    check_invariants(s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -152,3 +153,51 @@ def test_a_puller_feeds_another_while_it_pulls(pair: Pair, tmp_path: Path) -> No
     assert same_tree(ckpt, tmp_path / "b" / "w.bin") or same_tree(ckpt, tmp_path / "b")
     assert [p["id"] for p in doc["peers"]] == [d_id] and doc["peers"][0]["status"] == "ok"
     assert doc["bytes_downloaded"] == 16 << 20
+
+
+def test_push_targets_feed_each_other(pair: Pair, tmp_path: Path) -> None:
+    """push --to C --to D tells each target where the other is: they pull
+    from each other as well as from the pusher, whose upload is capped, so
+    the pusher uploads well under the two copies a plain fan-out would."""
+    files = {f"shard-{i:02d}.bin": 256 << 10 for i in range(48)}  # 48 small chunks
+    ckpt = make_checkpoint(tmp_path / "ck", files, seed=5)
+    size = sum(files.values())
+    run(pair.a, "publish", str(ckpt), "--name", NAME, "--version", "2")
+    _throttled(pair.a, 4_000_000)  # the pusher's uplink is the bottleneck
+    c, c_id = _node(tmp_path, "C", pair)
+    d, d_id = _node(tmp_path, "D", pair)
+    run(c, "trust", "add", d_id, "--name", "d", "--role", "pull")
+    run(d, "trust", "add", c_id, "--name", "c", "--role", "pull")
+    daemons = {}
+    for home in (c, d):
+        cfg = home / "daemon.toml"
+        cfg.write_text(
+            f'[serve]\nlisten = "127.0.0.1:0"\n[discovery]\nmdns = false\n'
+            f'[[follow]]\nname = "{NAME}"\ndir = "{home / "models"}"\n'
+        )
+        daemons[home] = start_server(
+            home,
+            tmp_path / f"{home.name}.log",
+            command=("daemon", "--config", str(cfg)),
+            extra=(),
+            banner=r"daemon listening on [0-9.]+:(\d+)",
+        )
+        pair.servers.append(daemons[home])
+    dc, dd = daemons[c], daemons[d]
+    proc = run(
+        pair.a, "push", NAME, "--to", dc.addr, "--to", dd.addr, "--listen", "127.0.0.1:0", "--json"
+    )
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is True and all(t["ok"] for t in doc["targets"].values()), doc
+    for home in (c, d):
+        assert same_tree(ckpt, home / "models" / NAME / "current")
+    # Each target names the other as a source that delivered bytes.
+    for server, other in ((dc, d_id), (dd, c_id)):
+        text = server.log.read_text()
+        assert f"source joined peer={other[:5]}" in text, text
+        (sources,) = re.findall(rf"pulled name={NAME} version=2 .* sources=(\S+)", text)
+        got = dict(s.split(":") for s in sources.split(","))
+        assert int(got[other[:5]]) > 0, sources
+        assert sum(map(int, got.values())) == size
+    # A plain fan-out uploads two full copies; the swarm, well under that.
+    assert size <= doc["bytes_served"] < 1.8 * size, doc["bytes_served"] / size
