@@ -9,6 +9,7 @@ each again as it reads it, so nothing unverified ever leaves this node.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from p2pckpt.store.staging import Staging
@@ -19,6 +20,7 @@ from p2pckpt.transfer.schedule import bits_of, int_to_bitfield
 class Partial:
     staging: Staging
     envelope: bytes
+    fetching: Callable[[], int] = lambda: 0  # chunks being fetched now, as a bitmap
     _bits: tuple[int, bytes] = field(default=(-1, b""))  # (len(done) then, bitfield)
 
     def bitfield(self) -> bytes:
@@ -29,13 +31,18 @@ class Partial:
             self._bits = (len(done), int_to_bitfield(bits_of(done), count))
         return self._bits[1]
 
+    def fetching_bitfield(self) -> bytes:
+        return int_to_bitfield(self.fetching(), self.staging.manifest.chunk_count)
+
 
 class Partials:
     def __init__(self) -> None:
         self._by_root: dict[bytes, Partial] = {}
 
-    def add(self, staging: Staging, envelope: bytes) -> None:
-        self._by_root[staging.manifest.root] = Partial(staging, envelope)
+    def add(
+        self, staging: Staging, envelope: bytes, fetching: Callable[[], int] = lambda: 0
+    ) -> None:
+        self._by_root[staging.manifest.root] = Partial(staging, envelope, fetching)
 
     def remove(self, root: bytes) -> None:
         self._by_root.pop(root, None)

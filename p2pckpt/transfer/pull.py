@@ -241,12 +241,13 @@ async def _transfer(
             for src in sources:
                 for _ in range(streams - 1):
                     nursery.start_soon(_open_extra, src)
+        swarm = Swarm(staging, sources, on_chunk, throttles, streams, joiners)
         if partials is not None:  # serve what we verify to other pullers meanwhile
-            partials.add(staging, staging.envelope)
+            partials.add(staging, staging.envelope, swarm.sched.requested)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_flusher, staging)
-                await Swarm(staging, sources, on_chunk, throttles, streams, joiners).run()
+                await swarm.run()
                 nursery.cancel_scope.cancel()
         finally:
             if partials is not None:

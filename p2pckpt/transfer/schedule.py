@@ -9,8 +9,15 @@ Policy (issue 5, DESIGN.md "transfer engine"):
   the fewest peers have; ties are broken at random, so pullers fetching
   from the same seeder take different chunks and can trade them.
 - **Windows follow speed.** A peer may have about WINDOW_SECONDS of its
-  measured rate in flight (at least 1, at most its ``max_window``): a slow
-  peer never hoards chunks a fast one could fetch.
+  measured rate in flight (at least 1, at most its ``max_window``; until
+  the rate is known, INITIAL_WINDOW): a slow peer never hoards chunks a
+  fast one could fetch, and pullers new to a shared seeder do not all queue
+  deep blind requests at it.
+- **Seeders give what nobody else can.** A full source is not asked for a
+  chunk a fellow puller (a partial source) holds or is fetching, unless it
+  is clearly faster than that puller: the seeder's uplink is what the whole
+  swarm shares. Chunks other pullers are fetching also count toward
+  availability (``update_soon``), so pullers spread over what is rare.
 - **Endgame.** When no unrequested chunk is left that a peer has, it
   duplicates the oldest request held by another peer (at most
   ENDGAME_COPIES copies of a chunk at once), unless that peer is measurably
@@ -37,6 +44,10 @@ from typing import Final
 WINDOW_SECONDS: Final = 2.0
 ENDGAME_COPIES: Final = 2
 RATE_AFTER_CHUNKS: Final = 2  # chunks a peer must deliver before its rate counts
+# Until a peer's rate is known it gets this many requests: a deep blind window at
+# a shared seeder is how pullers end up fetching the same chunks from it.
+INITIAL_WINDOW: Final = 2
+FULL_SOURCE_EDGE: Final = 2.0  # how much faster a full source must be to take a puller's chunks
 
 Key = Hashable
 
@@ -70,6 +81,7 @@ def int_to_bitfield(bits: int, count: int) -> bytes:
 class _Peer:
     bits: int
     max_window: int
+    soon: int = 0  # chunks it is fetching itself (never overlaps bits)
     inflight: int = 0
     delivered: int = 0  # chunks
     received: int = 0  # bytes
@@ -81,6 +93,14 @@ class _Peer:
             return None
         return self.received / max(now - self.first_request, 1e-3)
 
+    def hopeful_rate(self, now: float, chunk: float) -> float | None:
+        """Bytes/s since the first request, as if one more chunk had just
+        arrived: generous to a peer that just started, falling to zero for
+        one that delivers nothing. None before it was asked for anything."""
+        if self.first_request is None:
+            return None
+        return (self.received + chunk) / max(now - self.first_request, 1e-3)
+
 
 @dataclass
 class Scheduler:
@@ -89,6 +109,7 @@ class Scheduler:
     sizes: list[int]
     have: set[int] = field(default_factory=set)  # verified locally already
     rng: random.Random = field(default_factory=random.Random)
+    initial_window: int = INITIAL_WINDOW
 
     def __post_init__(self) -> None:
         self.count = len(self.sizes)
@@ -120,6 +141,23 @@ class Scheduler:
             return
         new = bits & self._all & ~peer.bits
         peer.bits |= new
+        fresh = new & ~peer.soon  # chunks it was fetching already count
+        peer.soon &= ~new
+        if fresh:
+            self._shift(fresh, +1)
+
+    def update_soon(self, key: Key, fetching: int) -> None:
+        """The peer (itself a puller) is now fetching ``fetching``. Those count
+        toward a chunk's availability, so others prefer chunks nobody is
+        fetching yet: pullers of one seeder stop asking it for the same ones."""
+        peer = self._peers.get(key)
+        if peer is None:
+            return
+        fetching &= self._all & ~peer.bits
+        gone, new = peer.soon & ~fetching, fetching & ~peer.soon
+        peer.soon = fetching
+        if gone:
+            self._shift(gone, -1)
         if new:
             self._shift(new, +1)
 
@@ -135,7 +173,7 @@ class Scheduler:
         peer = self._peers.pop(key, None)
         if peer is None:
             return []
-        self._shift(peer.bits, -1)
+        self._shift(peer.bits | peer.soon, -1)
         dropped = [i for i, holders in self._requests.items() if key in holders]
         for i in dropped:
             self._unrequest(i, key, peer)
@@ -160,7 +198,7 @@ class Scheduler:
         peer = self._peers[key]
         rate = peer.rate(now)
         if rate is None:
-            return peer.max_window
+            return min(peer.max_window, self.initial_window)
         return max(1, min(peer.max_window, math.ceil(rate * WINDOW_SECONDS / self._mean)))
 
     def pick(self, key: Key, now: float) -> int | None:
@@ -169,13 +207,44 @@ class Scheduler:
         peer = self._peers.get(key)
         if peer is None or peer.inflight >= self.window(key, now):
             return None
-        for level in range(1, len(self._buckets)):
-            offer = self._buckets[level] & peer.bits
-            if offer:
-                index = self._random_bit(offer)
-                self._buckets[level] &= ~(1 << index)
-                return self._request(index, key, peer, now)
+        held, fetching = self._left_to_pullers(key, now) if peer.bits == self._all else (0, 0)
+        # First what nobody else can give; then, once only chunks fellow pullers
+        # are still fetching are left, those too (they may never get them).
+        for spare in (held | fetching, held):
+            for level in range(1, len(self._buckets)):
+                offer = self._buckets[level] & peer.bits & ~spare
+                if offer:
+                    index = self._random_bit(offer)
+                    self._buckets[level] &= ~(1 << index)
+                    return self._request(index, key, peer, now)
+            if held & self._pool():  # pullers that hold them will give them
+                return None
         return self._endgame(key, peer, now)
+
+    def _left_to_pullers(self, key: Key, now: float) -> tuple[int, int]:
+        """Chunks a full source should leave to the partial sources (fellow
+        pullers) that hold or are fetching them (as two bitmaps): a seeder's
+        upload is what the whole swarm shares, so it goes to chunks nobody
+        else can give. Not so for a puller the full source is clearly
+        (FULL_SOURCE_EDGE x) faster than, nor before its own rate is known."""
+        mine = self._peers[key].rate(now)
+        held = fetching = 0
+        if mine is None:
+            return held, fetching
+        for other_key, other in self._peers.items():
+            if other_key == key or other.bits == self._all:
+                continue
+            theirs = other.hopeful_rate(now, self._mean)
+            if theirs is None or mine < FULL_SOURCE_EDGE * theirs:
+                held |= other.bits
+                fetching |= other.soon
+        return held, fetching
+
+    def _pool(self) -> int:
+        pool = 0
+        for bucket in self._buckets:
+            pool |= bucket
+        return pool
 
     def _endgame(self, key: Key, peer: _Peer, now: float) -> int | None:
         mine = peer.rate(now)
@@ -234,7 +303,7 @@ class Scheduler:
         if not holders:
             self._requests.pop(index, None)
             if self.missing >> index & 1:  # back to the pool, at its availability
-                level = sum(1 for p in self._peers.values() if p.bits >> index & 1)
+                level = sum(1 for p in self._peers.values() if (p.bits | p.soon) >> index & 1)
                 self._buckets += [0] * (level + 1 - len(self._buckets))
                 self._buckets[level] |= 1 << index
 
@@ -248,9 +317,17 @@ class Scheduler:
     def outstanding(self) -> int:
         return len(self._requests)
 
+    def requested(self) -> int:
+        """The chunks being fetched right now (what a ``Have`` calls fetching)."""
+        return bits_of(self._requests)
+
     def unavailable(self) -> int:
-        """Missing chunks no peer has and nobody is fetching."""
-        return self._buckets[0]
+        """Missing chunks no peer has and nobody is fetching from a peer (a
+        chunk another puller is fetching is not in reach until it has it)."""
+        held = 0
+        for peer in self._peers.values():
+            held |= peer.bits
+        return self._pool() & ~held
 
     # -- internals -------------------------------------------------------------
 

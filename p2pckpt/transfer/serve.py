@@ -528,7 +528,9 @@ class Server:
                 if catalog.by_root(root) is not None:
                     return encode(m.Have(root, True))
                 partial = self.partials.get(root) if self.partials else None
-                return encode(m.Have(root, False, partial.bitfield() if partial else b""))
+                if partial is None:
+                    return encode(m.Have(root, False))
+                return encode(m.Have(root, False, partial.bitfield(), partial.fetching_bitfield()))
         raise RemoteProtocolError(f"unexpected request {type(req).__name__}")
 
     async def _chunk(self, req: m.ChunkRequest, buf: bytearray) -> bytes | memoryview:

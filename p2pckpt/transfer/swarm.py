@@ -35,7 +35,7 @@ log = logging.getLogger("p2pckpt.pull")
 
 PIPELINE: Final = 6  # requests in flight per connection
 WRITE_QUEUE: Final = 3
-HAVE_POLL: Final = 1.0
+HAVE_POLL: Final = 0.5
 STALL_TIMEOUT: Final = 120.0
 # What a peer or the network can do to one connection.
 _NETWORK = (P2pckptError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -284,6 +284,8 @@ class Swarm:
                             self.sched.update_have(src.peer, (1 << len(self.sizes)) - 1)
                         else:
                             self.sched.update_have(src.peer, bits)
+                        fetching = bitfield_to_int(msg.fetching, len(self.sizes))
+                        self.sched.update_soon(src.peer, 0 if msg.complete else fetching)
                         self._poke()
                     elif isinstance(msg, m.Error) and msg.req_id is not None:
                         if msg.req_id not in inflight or msg.req_id in received:

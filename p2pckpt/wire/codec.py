@@ -64,7 +64,7 @@ _CAPS: Final = {
     _T_PUSH_RESULT: _CONTROL_CAP,
     _T_PUSH_PROGRESS: _CONTROL_CAP,
     _T_HAVE_REQ: _CONTROL_CAP,
-    _T_HAVE: MAX_HAVE_BYTES + 64,
+    _T_HAVE: 2 * MAX_HAVE_BYTES + 64,
     _T_CANCEL: _CONTROL_CAP,
 }
 SERVER_ACCEPTS: Final = frozenset(
@@ -105,8 +105,8 @@ def encode(msg: Message) -> bytes:
             return _pack(_T_PUSH_REQ, [name, version, root, port, [list(p) for p in peers]])
         case HaveRequest(root):
             return _pack(_T_HAVE_REQ, [root])
-        case Have(root, complete, bits):
-            return _pack(_T_HAVE, [root, complete, bits])
+        case Have(root, complete, bits, fetching):
+            return _pack(_T_HAVE, [root, complete, bits, fetching])
         case Cancel(req_id):
             return _pack(_T_CANCEL, [req_id])
         case PushProgress(done, total):
@@ -234,15 +234,14 @@ def _decode(kind: int, body: bytes) -> Message:
         return HaveRequest(doc[0])
     if kind == _T_HAVE:
         if (
-            len(doc) != 3
+            len(doc) not in (3, 4)  # fetching came later in issue 5
             or not isinstance(doc[0], bytes)
             or len(doc[0]) != 32
             or type(doc[1]) is not bool
-            or not isinstance(doc[2], bytes)
-            or len(doc[2]) > MAX_HAVE_BYTES
+            or not all(isinstance(b, bytes) and len(b) <= MAX_HAVE_BYTES for b in doc[2:])
         ):
             raise _bad("have")
-        return Have(doc[0], doc[1], doc[2])
+        return Have(doc[0], doc[1], doc[2], doc[3] if len(doc) == 4 else b"")
     if kind == _T_CANCEL:
         if len(doc) != 1 or not _is_int(doc[0], (1 << 32) - 1):
             raise _bad("cancel")

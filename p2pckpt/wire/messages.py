@@ -109,15 +109,21 @@ class HaveRequest:
 
 @dataclass(frozen=True, slots=True)
 class Have:
-    """``complete``, or ``bits``: bit i (LSB first in byte i // 8) = chunk i."""
+    """``complete``, or ``bits``: bit i (LSB first in byte i // 8) = chunk i.
+
+    A source that is itself pulling also says which chunks it is
+    ``fetching`` (same encoding), so other pullers leave those to it rather
+    than ask the seeder for the same chunks."""
 
     root: bytes
     complete: bool
     bits: bytes = b""
+    fetching: bytes = b""
 
     def __post_init__(self) -> None:
         _check(len(self.root) == 32, "root is 32 bytes")
         _check(len(self.bits) <= MAX_HAVE_BYTES, "bitfield too long")
+        _check(len(self.fetching) <= MAX_HAVE_BYTES, "bitfield too long")
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,6 +128,7 @@ SAMPLES: list[Message] = [
     HaveRequest(ROOT),
     Have(ROOT, True),
     Have(ROOT, False, b"\x05\x80"),
+    Have(ROOT, False, b"\x05\x80", b"\x02"),
     Cancel(17),
 ]
 
@@ -396,6 +397,9 @@ BAD_RESPONSES = {
     "have-bits-str": (T_HAVE, [ROOT, False, "ff"]),
     "have-bits-too-long": (T_HAVE, [ROOT, False, b"\xff" * ((1 << 16) + 1)]),
     "have-root-33": (T_HAVE, [b"r" * 33, True, b""]),
+    "have-fetching-str": (T_HAVE, [ROOT, False, b"", "ff"]),
+    "have-fetching-too-long": (T_HAVE, [ROOT, False, b"", b"\xff" * ((1 << 16) + 1)]),
+    "have-extra": (T_HAVE, [ROOT, False, b"", b"", b""]),
 }
 
 

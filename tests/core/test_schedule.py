@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from p2pckpt.transfer.schedule import (
     ENDGAME_COPIES,
+    INITIAL_WINDOW,
     Scheduler,
     bitfield_to_int,
     bits_of,
@@ -19,8 +20,9 @@ from p2pckpt.transfer.schedule import (
 MB4 = 4 << 20
 
 
-def sched(n: int, have: set[int] | None = None, seed: int = 0) -> Scheduler:
-    return Scheduler([MB4] * n, have or set(), random.Random(seed))
+def sched(n: int, have: set[int] | None = None, seed: int = 0, initial: int = 64) -> Scheduler:
+    """``initial``: the window before a rate is known (most tests want it out of the way)."""
+    return Scheduler([MB4] * n, have or set(), random.Random(seed), initial)
 
 
 def check_invariants(s: Scheduler) -> None:
@@ -31,7 +33,7 @@ def check_invariants(s: Scheduler) -> None:
         for i in indices_of(bits):
             assert s.missing >> i & 1
             assert i not in s._requests
-            avail = sum(1 for p in s._peers.values() if p.bits >> i & 1)
+            avail = sum(1 for p in s._peers.values() if (p.bits | p.soon) >> i & 1)
             assert avail == level, (i, avail, level)
     pooled = 0
     for bits in buckets:
@@ -40,6 +42,7 @@ def check_invariants(s: Scheduler) -> None:
     assert pooled | bits_of(s._requests) == s.missing
     for key, peer in s._peers.items():
         assert peer.inflight == sum(1 for h in s._requests.values() if key in h)
+        assert peer.bits & peer.soon == 0
 
 
 def test_bitfield_round_trip() -> None:
@@ -188,7 +191,7 @@ def test_late_done_after_failure_is_harmless() -> None:
     n=st.integers(1, 40),
     have=st.sets(st.integers(0, 39), max_size=10),
     peers=st.lists(st.sets(st.integers(0, 39), max_size=40), min_size=1, max_size=4),
-    ops=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3), st.integers(0, 39)), max_size=80),
+    ops=st.lists(st.tuples(st.integers(0, 6), st.integers(0, 3), st.integers(0, 39)), max_size=80),
     seed=st.integers(0, 1000),
 )
 def test_random_histories_keep_the_books_straight_and_finish(
@@ -199,7 +202,7 @@ def test_random_histories_keep_the_books_straight_and_finish(
     seed: int,
 ) -> None:
     """Whatever mix of picks, deliveries, failures, bans, departures and
-    announcements happens, the invariants hold, and once a full peer joins
+    announcements (held or being fetched) happens, the invariants hold, and once a full peer joins
     the transfer completes with every missing chunk delivered."""
     s = sched(n, have={i for i in have if i < n}, seed=seed)
     start_missing = s.missing
@@ -234,14 +237,18 @@ def test_random_histories_keep_the_books_straight_and_finish(
             asked[key].clear()
         elif op == 5 and arg < n:
             s.update_have(key, 1 << arg)
+        elif op == 6:  # a fetching set: a window of chunks from ``arg`` (maybe empty)
+            s.update_soon(key, bits_of(range(arg % 7, min(n, arg % 7 + arg % 5))))
         check_invariants(s)
     s.add_peer("full", None, max_window=4)
     for _ in range(4 * n + 4):
         if s.complete:
             break
         i = s.pick("full", now)
-        if i is None:  # everything left is with other peers: they deliver
+        if i is None:  # everything left is with other peers: they fetch and deliver
             for key in keys:
+                while (j := s.pick(key, now)) is not None:
+                    asked[key].add(j)
                 for j in list(asked[key]):
                     for loser in s.done(j, key):
                         asked[loser].discard(j)
@@ -275,4 +282,39 @@ def test_endgame_does_not_copy_a_faster_peers_request() -> None:
     assert s.window("slow", 10.0) > s._peers["slow"].inflight  # room, but nothing worth it
     assert s.pick("slow", 10.0) is None
     assert s.pick("fast", 10.0) == slow[1]  # the slow peer's request is doubled
+    check_invariants(s)
+
+
+def test_a_new_peer_gets_a_small_window_until_its_rate_is_known() -> None:
+    """Pullers new to a shared seeder must not all queue deep blind requests."""
+    s = sched(40, initial=INITIAL_WINDOW)
+    s.add_peer("seeder", None, max_window=12)
+    first = [s.pick("seeder", 0.0) for _ in range(INITIAL_WINDOW)]
+    assert None not in first and s.pick("seeder", 0.0) is None
+    for i in first:
+        s.done(i, "seeder")  # type: ignore[arg-type]
+    # 2 chunks in 0.1 s: 2 s of that rate is far beyond the cap, so the cap applies
+    assert s.window("seeder", 0.1) == 12
+    check_invariants(s)
+
+
+def test_chunks_another_puller_is_fetching_are_left_to_it() -> None:
+    """A fellow puller says what it is fetching: we ask the seeder for other
+    chunks first, take them from the puller once it has them, and a chunk it
+    stops fetching (without getting it) is ours to take again."""
+    s = sched(8)
+    s.add_peer("seeder", None, max_window=4)
+    s.add_peer("puller", 0, max_window=4)
+    s.update_soon("puller", bits_of([0, 1, 2, 3]))
+    check_invariants(s)
+    mine = {s.pick("seeder", 0.0) for _ in range(4)}
+    assert mine == {4, 5, 6, 7}  # nobody else is fetching these
+    s.update_have("puller", bits_of([0, 1]))  # it got two; still fetching 2 and 3
+    check_invariants(s)
+    assert s.pick("puller", 0.0) in {0, 1}
+    s.update_soon("puller", 0)  # it gave up on 2 and 3: nobody but the seeder has them
+    check_invariants(s)
+    assert s.holds("puller") == bits_of([0, 1]) and s.unavailable() == 0
+    s.remove("seeder")  # now 2 and 3 are out of reach, and so said
+    assert s.unavailable() == bits_of([2, 3]) | bits_of(mine)
     check_invariants(s)

@@ -49,7 +49,7 @@ async def test_three_sources_one_corrupt_one_killed(pair: Pair, tmp_path: Path) 
     """B pulls from A (honest), C (killed mid-transfer) and M (every chunk it
     sends is corrupt): the pull completes byte for byte, M is reported bad
     and C lost, and no bad byte is ever written."""
-    ckpt = make_checkpoint(tmp_path / "ck", {"model.safetensors": 24 << 20, "c.json": 300})
+    ckpt = make_checkpoint(tmp_path / "ck", {"model.safetensors": 48 << 20, "c.json": 300})
     run(pair.a, "publish", str(ckpt), "--name", NAME, "--version", "3")
     c, c_id = _node(tmp_path, "C", pair)
     a_fast = pair.serve_a()

@@ -1,0 +1,393 @@
+#!/usr/bin/env python3
+"""Swarm benchmark: one seeder and N pullers, each in its own network namespace.
+
+What is measured, in one run and on the same bytes
+---------------------------------------------------
+The checkpoint of ``scripts/bench_transfer.py`` (``--size`` bytes of sharded safetensors,
+generated once and reused from ``--workdir``) is published by a seeder. The seeder and
+every puller sit in their own namespace on one bridge; every link is shaped with ``tc
+tbf`` to ``--rate`` in each direction (see ``bench/lan.py``), so the seeder's uplink is
+the bottleneck a NAS would be. For each N in ``--pullers`` (default 4 and 8):
+
+* single: one puller runs ``p2pckpt pull --from SEEDER`` alone (the reference time T1).
+* swarm: N pullers run ``p2pckpt daemon`` following the name; the seeder runs ``p2pckpt
+  push NAME --to P1 ... --to PN``, which tells each target where the others are, so they
+  pull from the seeder and from each other. Timed until push returns, i.e. until every
+  target reports the version verified. The seeder's upload (push ``bytes_served``) is
+  shown as a multiple of the checkpoint.
+* fan-out: the N pullers each run ``p2pckpt pull --from SEEDER`` at the same time (what
+  scp or rsync from the NAS would do). Timed until the last one exits.
+
+Every copy is checked (exit status, and the bytes on disk add up to the checkpoint; each
+chunk was BLAKE3-verified by the puller itself), then deleted, untimed. Every run starts
+from fresh copies of the same initialised homes, so no puller ever holds the version
+before its run. Times are wall-clock seconds, one run each (the rates are shaped, so the
+machine's noise matters little); ratios are against the single-puller time of this run.
+
+Target: swarm time <= 1.5 x single for every N (fan-out is expected near N x).
+A MISS does not change the exit status; 1 means a measurement failed, 2 bad usage.
+Every subprocess has a timeout; namespaces and processes are removed on exit.
+
+Usage (root; ``ip`` and ``tc`` from iproute2)::
+
+    python scripts/bench_swarm.py                                 # 1 GiB, 100mbit, 4 and 8
+    python scripts/bench_swarm.py --size 256MiB --pullers 4 --rate 200mbit --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench package beside us
+
+from bench import BenchError, checkpoint, log
+from bench.lan import Lan, shaped_lan
+from bench.units import GIB, human_bytes
+from bench_transfer import parse_size
+
+TARGET = 1.5
+NAME = "swarm-bench"
+PORT = 7450
+CLI = [sys.executable, "-m", "p2pckpt"]
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Benchmark a swarm (push to N daemons) against N pulls from one seeder.",
+        epilog="See the module docstring for what exactly is measured.",
+    )
+    p.add_argument("--size", type=parse_size, default=GIB, help="checkpoint size (default 1GiB)")
+    p.add_argument("--rate", default="100mbit", help="tc rate of every link, each way")
+    p.add_argument("--pullers", default="4,8", help="comma-separated puller counts")
+    p.add_argument("--workdir", type=Path, help="where checkpoints and copies go")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument(
+        "--swarm-only", action="store_true", help="skip the fan-out runs (for tuning only)"
+    )
+    args = p.parse_args(argv)
+    try:
+        args.counts = sorted({int(x) for x in args.pullers.split(",")})
+    except ValueError:
+        p.error("--pullers takes numbers, e.g. 4,8")
+    if not args.counts or min(args.counts) < 1 or max(args.counts) > 32:
+        p.error("--pullers: between 1 and 32 pullers")
+    if not re.fullmatch(r"[0-9.]+[kmg]?bit", args.rate):
+        p.error("--rate: e.g. 100mbit")
+    return args
+
+
+class Rig:
+    """Homes for the seeder and every puller, initialised once and copied per run."""
+
+    def __init__(self, lan: Lan, work: Path, pullers: list[str], ckpt: Path) -> None:
+        self.lan, self.work, self.pullers, self.ckpt = lan, work, pullers, ckpt
+        self.template = work / "template"
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def cli(self, home: Path, *args: object, node: str, timeout: float = 60.0) -> str:
+        argv = [*self.lan.prefix(node), *CLI, "--home", str(home), *map(str, args)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise BenchError(f"p2pckpt {' '.join(map(str, args))}: {done.stderr.strip()[-800:]}")
+        return done.stdout
+
+    def prepare(self) -> None:
+        """Init every home, trust (pullers: the seeder for everything, each other to pull),
+        publish on the seeder."""
+        if self.template.exists():
+            shutil.rmtree(self.template)
+        ids = {}
+        for node in ["seeder", *self.pullers]:
+            home = self.template / node
+            ids[node] = self.cli(home, "init", node=node).strip()
+            (home / "config.toml").write_text("[discovery]\nmdns = false\n")
+        for puller in self.pullers:
+            self.cli(
+                self.template / "seeder",
+                "trust",
+                "add",
+                ids[puller],
+                "--role",
+                "pull",
+                node="seeder",
+            )
+            self.cli(
+                self.template / puller,
+                "trust",
+                "add",
+                ids["seeder"],
+                "--name",
+                "seeder",
+                node=puller,
+            )
+            for other in self.pullers:
+                if other != puller:
+                    self.cli(
+                        self.template / puller,
+                        "trust",
+                        "add",
+                        ids[other],
+                        "--name",
+                        other,
+                        "--role",
+                        "pull",
+                        node=puller,
+                    )
+        t0 = time.monotonic()
+        self.cli(
+            self.template / "seeder",
+            "publish",
+            self.ckpt,
+            "--name",
+            NAME,
+            "--version",
+            "1",
+            node="seeder",
+            timeout=600,
+        )
+        log(f"published {human_bytes(checkpoint_size(self.ckpt))} in {time.monotonic() - t0:.1f} s")
+
+    def fresh(self, tag: str) -> Path:
+        run = self.work / f"run-{tag}"
+        if run.exists():
+            shutil.rmtree(run)
+        shutil.copytree(self.template, run, symlinks=True)
+        return run
+
+    def start(self, node: str, argv: list[str], log_path: Path, banner: str) -> str:
+        """Start a long-running command in ``node``; return its listen address."""
+        out = open(log_path, "w+")  # noqa: SIM115 -- closed with the process log
+        proc = subprocess.Popen(
+            [*self.lan.prefix(node), *argv], stdout=out, stderr=subprocess.STDOUT, text=True
+        )
+        self.procs.append(proc)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            found = re.search(banner, log_path.read_text())
+            if found:
+                return found.group(1)
+            if proc.poll() is not None:
+                raise BenchError(f"{argv[-1]} in {node} exited: {log_path.read_text()[-800:]}")
+            time.sleep(0.05)
+        raise BenchError(f"{node} did not start listening within 30 s")
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        self.procs.clear()
+
+    def serve_seeder(self, run: Path) -> str:
+        addr = f"{self.lan.addr('seeder')}:{PORT}"
+        argv = [*CLI, "--home", str(run / "seeder"), "serve", "--listen", addr, "--no-mdns"]
+        self.start("seeder", argv, run / "seeder.log", r"listening on ([0-9.]+:\d+)")
+        return addr
+
+    def pulls(self, run: Path, pullers: list[str], seeder: str, timeout: float) -> float:
+        """Each of ``pullers`` pulls from the seeder alone, all at once; seconds until the
+        last has exited (each must succeed)."""
+        started = time.monotonic()
+        procs = {
+            p: subprocess.Popen(
+                [
+                    *self.lan.prefix(p),
+                    *CLI,
+                    "--home",
+                    str(run / p),
+                    "pull",
+                    NAME,
+                    "--from",
+                    seeder,
+                    "-o",
+                    str(run / f"copy-{p}"),
+                    "--json",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for p in pullers
+        }
+        for p, proc in procs.items():
+            try:
+                _out, err = proc.communicate(timeout=max(1.0, started + timeout - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                for other in procs.values():
+                    other.kill()
+                raise BenchError(f"pull by {p} took longer than {timeout:.0f} s") from None
+            if proc.returncode != 0:
+                raise BenchError(f"pull by {p} exited {proc.returncode}: {err.strip()[-800:]}")
+        elapsed = time.monotonic() - started
+        for p in pullers:
+            check_copy(run / f"copy-{p}", self.ckpt, f"pull by {p}")
+        return elapsed
+
+    def swarm(self, run: Path, pullers: list[str], timeout: float) -> tuple[float, int]:
+        """Daemons on every puller, then one push to all; (seconds, bytes the seeder sent)."""
+        targets = []
+        for p in pullers:
+            cfg = run / p / "daemon.toml"
+            cfg.write_text(
+                f'[serve]\nlisten = "{self.lan.addr(p)}:{PORT}"\n[discovery]\nmdns = false\n'
+                f'[[follow]]\nname = "{NAME}"\ndir = "{run / p / "models"}"\n'
+            )
+            argv = [*CLI, "--home", str(run / p), "daemon", "--config", str(cfg)]
+            targets.append(self.start(p, argv, run / f"{p}.log", r"daemon listening on (\S+)"))
+        argv = [*self.lan.prefix("seeder"), *CLI, "--home", str(run / "seeder"), "push", NAME]
+        for t in targets:
+            argv += ["--to", t]
+        argv += ["--listen", f"{self.lan.addr('seeder')}:0", "--json"]
+        started = time.monotonic()
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        elapsed = time.monotonic() - started
+        if done.returncode != 0:
+            raise BenchError(
+                f"push exited {done.returncode}: {done.stdout[-800:]} {done.stderr[-800:]}"
+            )
+        doc = json.loads(done.stdout)
+        for p in pullers:
+            check_copy(run / p / "models" / NAME / "current", self.ckpt, f"swarm puller {p}")
+            found = re.search(r"sources=(\S+)", (run / f"{p}.log").read_text())
+            log(f"  {p} took from: {found.group(1) if found else '?'}")
+        return elapsed, int(doc["bytes_served"])
+
+
+def checkpoint_size(root: Path) -> int:
+    return sum(size for _, size in checkpoint.checkpoint_files(root))
+
+
+def check_copy(dest: Path, ckpt: Path, what: str) -> None:
+    got = checkpoint.checkpoint_files(dest.resolve()) if dest.exists() else []
+    if got != checkpoint.checkpoint_files(ckpt):
+        raise BenchError(f"{what}: the copy's files differ from the checkpoint's")
+
+
+def measure(
+    rig: Rig, counts: list[int], size: int, rate_bps: float, fanout: bool = True
+) -> dict[str, Any]:
+    alone = size / rate_bps
+    result: dict[str, Any] = {"runs": {}}
+
+    def finish(run: Path) -> None:
+        rig.stop_all()
+        shutil.rmtree(run)
+        os.sync()  # untimed: writeback of these copies must not leak into the next run
+
+    run = rig.fresh("single")
+    seeder = rig.serve_seeder(run)
+    log(f"single puller (about {alone:.0f} s at the link rate)")
+    single = rig.pulls(run, rig.pullers[:1], seeder, timeout=20 * alone + 120)
+    finish(run)
+    log(f"  single: {single:.1f} s")
+    result["single_s"] = single
+    for n in counts:
+        pullers = rig.pullers[:n]
+        run = rig.fresh(f"swarm{n}")
+        log(f"swarm of {n}: push to {n} daemons")
+        swarm_s, served = rig.swarm(run, pullers, timeout=20 * alone + 300)
+        finish(run)
+        log(f"  swarm {n}: {swarm_s:.1f} s, seeder uploaded {served / size:.2f}x")
+        fan_s = math.nan
+        if fanout:
+            run = rig.fresh(f"fanout{n}")
+            seeder = rig.serve_seeder(run)
+            log(f"fan-out of {n}: each from the seeder alone (about {n * alone:.0f} s)")
+            fan_s = rig.pulls(run, pullers, seeder, timeout=20 * n * alone + 300)
+            finish(run)
+            log(f"  fan-out {n}: {fan_s:.1f} s")
+        result["runs"][n] = {
+            "swarm_s": swarm_s,
+            "swarm_ratio": swarm_s / single,
+            "seeder_upload_x": served / size,
+            "fanout_s": fan_s,
+            "fanout_ratio": fan_s / single,
+        }
+    return result
+
+
+def rate_bits(text: str) -> float:
+    m = re.fullmatch(r"([0-9.]+)([kmg]?)bit", text)
+    assert m is not None
+    return float(m.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[m.group(2)]
+
+
+def render(args: argparse.Namespace, size: int, result: dict[str, Any]) -> list[str]:
+    single = result["single_s"]
+    lines = [
+        f"swarm benchmark: {human_bytes(size)} checkpoint, every link {args.rate} each way,"
+        " one run each",
+        f"  single puller from the seeder   {single:8.1f} s  ({size / single / 1e6:.1f} MB/s)",
+    ]
+    met = True
+    for n, r in result["runs"].items():
+        ok = r["swarm_ratio"] <= TARGET
+        met &= ok
+        lines += [
+            f"  N={n:<2} swarm (push --to all)     {r['swarm_s']:8.1f} s  "
+            f"{r['swarm_ratio']:.2f}x single  (seeder uploaded {r['seeder_upload_x']:.2f}x the"
+            f" checkpoint)  {'MET' if ok else 'MISS'} (target <= {TARGET}x)",
+            f"  N={n:<2} each from seeder alone    {r['fanout_s']:8.1f} s  "
+            f"{r['fanout_ratio']:.2f}x single",
+        ]
+    lines.append(f"target: every swarm within {TARGET}x single: {'MET' if met else 'MISS'}")
+    return lines
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            log(f"error: '{tool}' (iproute2) is needed")
+            return 1
+    n = max(args.counts)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="p2pckpt-swarm-", dir="/var/tmp"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    need = args.size * (n + 2) + (1 << 30)
+    if shutil.disk_usage(workdir).free < need:
+        log(f"error: {workdir} needs {human_bytes(need)} free")
+        return 1
+    pullers = [f"p{i + 1}" for i in range(n)]
+    try:
+        ckpt = checkpoint.prepare_checkpoint(workdir, args.size)
+        with shaped_lan(["seeder", *pullers], args.rate) as lan:
+            rig = Rig(lan, workdir, pullers, ckpt)
+            try:
+                rig.prepare()
+                result = measure(
+                    rig, args.counts, args.size, rate_bits(args.rate) / 8, not args.swarm_only
+                )
+            finally:
+                rig.stop_all()
+    except (BenchError, subprocess.TimeoutExpired, OSError) as exc:
+        log(f"FAILED: {exc}")
+        return 1
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    for line in render(args, args.size, result):
+        print(line, file=sys.stderr if args.json else sys.stdout)
+    if args.json:
+        print(json.dumps({"size": args.size, "rate": args.rate, "target": TARGET, **result}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
