@@ -14,6 +14,7 @@ from pathlib import Path
 from p2pckpt.errors import ConfigError, ManifestError, SourceChanged
 from p2pckpt.home import Home
 from p2pckpt.manifest.chunker import hash_reader
+from p2pckpt.manifest.layout import plan, safetensors_cuts, safetensors_header_length
 from p2pckpt.manifest.manifest import (
     MAX_META,
     MAX_META_KEY,
@@ -24,7 +25,7 @@ from p2pckpt.manifest.manifest import (
     sign,
     validate_name,
 )
-from p2pckpt.manifest.walk import walk
+from p2pckpt.manifest.walk import SourceFile, walk
 
 
 def parse_meta(pairs: list[str]) -> dict[str, str]:
@@ -42,6 +43,15 @@ def parse_meta(pairs: list[str]) -> dict[str, str]:
     if len(meta) > MAX_META:
         raise ConfigError(f"at most {MAX_META} --meta entries")
     return meta
+
+
+def chunk_plan(fd: int, src: SourceFile) -> list[tuple[int, int]]:
+    """Chunk boundaries for one file: tensor-aligned for safetensors."""
+    if src.relpath.endswith(".safetensors"):
+        n = safetensors_header_length(os.pread(fd, 8, 0), src.size)
+        if n is not None:
+            return plan(src.size, safetensors_cuts(os.pread(fd, 8 + n, 0), src.size))
+    return plan(src.size)
 
 
 def publish(
@@ -72,7 +82,7 @@ def publish(
         fd = os.open(src.path, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb", buffering=0) as f:
             try:
-                chunks = hash_reader(f, src.size, on_bytes)
+                chunks = hash_reader(f, src.size, on_bytes, bounds=chunk_plan(fd, src))
             except EOFError as exc:
                 raise SourceChanged(f"{src.relpath!r} shrank while publishing") from exc
             st = os.fstat(f.fileno())

@@ -2,9 +2,9 @@
 
 The chunker takes a binary reader, not a path (the filesystem walk lives in
 ``manifest/walk.py``). Chunks are variable-length in the format; today the
-boundaries are every ``CHUNK_SIZE`` bytes of a file plus its tail, and the
-boundary rule is the one place to change when content- or format-aware
-splitting arrives (the wire and manifest formats need no change for it).
+boundaries are every ``CHUNK_SIZE`` bytes of a file plus its tail, unless
+``manifest/layout.py`` knows the format (safetensors: cut at tensors, so a
+grown header does not shift every chunk).
 """
 
 from __future__ import annotations
@@ -44,16 +44,19 @@ def hash_reader(
     size: int,
     on_bytes: Callable[[int], None] | None = None,
     chunk_size: int = CHUNK_SIZE,
+    bounds: list[tuple[int, int]] | None = None,
 ) -> list[Chunk]:
-    """Hash exactly ``size`` bytes from ``reader`` into chunks.
+    """Hash exactly ``size`` bytes from ``reader`` into chunks (``bounds``,
+    contiguous from 0, or every ``chunk_size`` bytes).
 
     Raises EOFError if the reader ends early (the file shrank while we read).
     One buffer is reused, so memory stays flat whatever the size.
     """
-    buf = bytearray(chunk_size)
+    bounds = boundaries(size, chunk_size) if bounds is None else bounds
+    buf = bytearray(max((length for _, length in bounds), default=0))
     view = memoryview(buf)
     chunks = []
-    for offset, length in boundaries(size, chunk_size):
+    for offset, length in bounds:
         got = 0
         while got < length:
             n = reader.readinto(view[got:length])  # type: ignore[attr-defined]

@@ -47,7 +47,7 @@ from p2pckpt.store.staging import FSYNC_INTERVAL, Staging, check_free_space
 from p2pckpt.store.verify import compare
 from p2pckpt.transfer.partials import Partials
 from p2pckpt.transfer.peer import PeerConnection, connect_direct
-from p2pckpt.transfer.swarm import Joiner, Source, Swarm
+from p2pckpt.transfer.swarm import NETWORK_ERRORS, Joiner, Source, Swarm
 from p2pckpt.transfer.throttle import Throttle
 from p2pckpt.wire import messages as m
 
@@ -376,7 +376,7 @@ async def _dial_hint(
     """Connect to a hinted peer; None (logged) if it cannot be reached."""
     try:
         conn = await connect_direct(home, addr, expect=peer)
-    except P2pckptError as exc:
+    except NETWORK_ERRORS as exc:  # a hint that fails never fails the pull
         log.info('hinted peer unreachable peer=%s error="%s"', peer.short, exc)
         return None
     src = Source(peer, [conn], conn.route, conn.label)
@@ -398,7 +398,7 @@ async def _open_extra(src: Source) -> None:
     first = src.conns[0]
     try:
         conn = await first.redial()
-    except P2pckptError as exc:
+    except NETWORK_ERRORS as exc:
         log.info('extra stream failed peer=%s error="%s"', first.label, exc)
         return
     src.conns.append(conn)

@@ -210,7 +210,7 @@ class Scheduler:
         held, fetching = self._left_to_pullers(key, now) if peer.bits == self._all else (0, 0)
         # First what nobody else can give; then, once only chunks fellow pullers
         # are still fetching are left, those too (they may never get them).
-        for spare in (held | fetching, held):
+        for spare in (held | fetching, held) if fetching else (held,):
             for level in range(1, len(self._buckets)):
                 offer = self._buckets[level] & peer.bits & ~spare
                 if offer:

@@ -38,7 +38,7 @@ WRITE_QUEUE: Final = 3
 HAVE_POLL: Final = 0.5
 STALL_TIMEOUT: Final = 120.0
 # What a peer or the network can do to one connection.
-_NETWORK = (P2pckptError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
+NETWORK_ERRORS = (P2pckptError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 @dataclass
@@ -177,7 +177,7 @@ class Swarm:
         try:
             with scope:
                 await self._converse(src, conn, inflight)
-        except* _NETWORK as group:
+        except* NETWORK_ERRORS as group:
             lost = first_leaf(group)
         finally:
             await conn.aclose()
