@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,8 +52,24 @@ CREATE TABLE IF NOT EXISTS state (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO state VALUES ('epoch', 0);
-PRAGMA user_version = 1;
+CREATE TABLE IF NOT EXISTS chunks (
+    digest BLOB NOT NULL,
+    root   BLOB NOT NULL,
+    file   TEXT NOT NULL,
+    pos    INTEGER NOT NULL,
+    len    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_by_digest ON chunks (digest);
+CREATE INDEX IF NOT EXISTS chunks_by_root ON chunks (root);
+CREATE TRIGGER IF NOT EXISTS chunks_go_with_versions AFTER DELETE ON versions
+BEGIN DELETE FROM chunks WHERE root = old.root; END;
 """
+_SCHEMA_VERSION = 2  # 2: the chunk index (filled from existing versions on upgrade)
+_LOOKUP_BATCH = 500
+_COPIES_SQL = (
+    "SELECT c.digest, c.file, c.pos, c.len FROM chunks c JOIN versions v ON v.root = c.root"
+    " WHERE c.digest IN ({marks}) ORDER BY v.added DESC"
+)
 _SELECT = (
     "SELECT root, name, version, publisher, envelope, location, origin,"
     " total_bytes, file_count, added FROM versions "
@@ -87,6 +104,13 @@ class Catalog:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            if self._db.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
+                with self._db:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    self._db.execute("DELETE FROM chunks")
+                    for entry in self._rows(""):
+                        self._index(entry.manifest(), entry.location)
+                    self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open catalog {path}: {exc}") from exc
 
@@ -131,8 +155,42 @@ class Catalog:
                     int(time.time()),
                 ),
             )
+            self._index(manifest, str(location))
             self._bump_highest(manifest)
             self._bump_epoch()
+
+    def _index(self, manifest: Manifest, location: str) -> None:
+        """Record where each chunk of a version lives locally (for reuse)."""
+        self._db.execute("DELETE FROM chunks WHERE root = ?", (manifest.root,))
+        base = Path(location)
+        self._db.executemany(
+            "INSERT INTO chunks VALUES (?,?,?,?,?)",
+            (
+                (
+                    chunk.digest,
+                    manifest.root,
+                    location if manifest.kind == "file" else str(base / entry.path),
+                    chunk.offset,
+                    chunk.length,
+                )
+                for _, entry, chunk in manifest.iter_chunks()
+            ),
+        )
+
+    def copies(self, digests: Iterable[bytes]) -> dict[bytes, list[tuple[str, int, int]]]:
+        """Where chunks with these hashes may be read locally: ``(file,
+        offset, length)`` per catalogued copy, newest version first. Only a
+        hint: the file may have changed since, so every read is verified."""
+        wanted = list(dict.fromkeys(digests))
+        found: dict[bytes, list[tuple[str, int, int]]] = {}
+        for i in range(0, len(wanted), _LOOKUP_BATCH):
+            batch = wanted[i : i + _LOOKUP_BATCH]
+            marks = ",".join("?" * len(batch))  # only placeholders go into the SQL
+            sql = _COPIES_SQL.format(marks=marks)
+            cur = self._db.execute(sql, batch)
+            for digest, file, pos, length in cur.fetchall():
+                found.setdefault(digest, []).append((file, pos, length))
+        return found
 
     def _bump_epoch(self) -> None:
         self._db.execute("UPDATE state SET value = value + 1 WHERE key = 'epoch'")

@@ -43,10 +43,12 @@ from p2pckpt.errors import (
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.manifest.manifest import Manifest, verify
+from p2pckpt.store.catalog import Catalog
 from p2pckpt.store.staging import FSYNC_INTERVAL, Staging, check_free_space
 from p2pckpt.store.verify import compare
 from p2pckpt.transfer.partials import Partials
 from p2pckpt.transfer.peer import PeerConnection, connect_direct
+from p2pckpt.transfer.reuse import reuse_local, wanted
 from p2pckpt.transfer.swarm import NETWORK_ERRORS, Joiner, Source, Swarm
 from p2pckpt.transfer.throttle import Throttle
 from p2pckpt.wire import messages as m
@@ -219,14 +221,26 @@ async def _transfer(
     throttles: list[Throttle],
     partials: Partials | None,
     joiners: Sequence[Joiner] = (),
+    catalog: Catalog | None = None,
 ) -> tuple[int, int]:
-    """Fetch every chunk the partial copy lacks; returns (downloaded, reused)."""
+    """Fetch every chunk the partial copy lacks, from local copies first
+    (``catalog``), then from the swarm; returns (downloaded, reused)."""
     manifest = staging.manifest
     if not staging.belongs_here():  # nothing to resume: preflight before creating files
         check_free_space(staging.dest, manifest.total_bytes)
     done = await trio.to_thread.run_sync(staging.open)
+    if catalog is not None and len(done) < manifest.chunk_count:
+        copies = catalog.copies(wanted(staging))
+        if copies:
+            local = await trio.to_thread.run_sync(reuse_local, staging, copies)
+            log.info(
+                "reused name=%s version=%d bytes=%d (chunks already on this node)",
+                manifest.name,
+                manifest.version,
+                local,
+            )
     sizes = [c.length for _, _, c in manifest.iter_chunks()]
-    reused = sum(sizes[i] for i in done)
+    reused = sum(sizes[i] for i in staging.done)
     check_free_space(staging.dest, manifest.total_bytes - reused)
     progress.start(f"{manifest.name}@{manifest.version}", manifest.total_bytes, reused)
     downloaded = 0
@@ -236,7 +250,7 @@ async def _transfer(
         downloaded += n
         progress.advance(n)
 
-    if len(done) < len(sizes):
+    if len(staging.done) < len(sizes):
         async with trio.open_nursery() as nursery:  # more streams to each source
             for src in sources:
                 for _ in range(streams - 1):
@@ -341,6 +355,7 @@ async def pull_offer(
                 throttles or [],
                 partials,
                 joiners,
+                home.catalog,
             )
             transferred = time.monotonic()
             await trio.to_thread.run_sync(staging.commit)

@@ -214,3 +214,25 @@ def test_publish_refuses_an_unreadable_subdirectory(tmp_path: Path) -> None:
         pytest.raises(ConfigError, match="cannot read"),
     ):
         walk(root)
+
+
+def test_chunk_index_follows_versions_and_is_built_on_upgrade(tmp_path: Path) -> None:
+    """Every chunk of a catalogued version can be found by hash, at its file
+    and offset; removing the version removes its entries; a catalog from
+    before the index gets it filled in when opened."""
+    data = bytes(range(256)) * 10  # 2560 bytes: chunks of 1000, 1000, 560
+    manifest, envelope = _manifest("m", 1, {"a/x.bin": data, "y.bin": b"y" * 10})
+    cat = Catalog(tmp_path / "c.db")
+    cat.add(manifest, envelope, tmp_path / "copy", "pulled")
+    digests = [c.digest for _, _, c in manifest.iter_chunks()]
+    found = cat.copies(digests)
+    assert found[digests[1]] == [(str(tmp_path / "copy" / "a" / "x.bin"), 1000, 1000)]
+    assert found[digests[3]] == [(str(tmp_path / "copy" / "y.bin"), 0, 10)]
+    # an old catalog: no index, schema version 1
+    cat._db.execute("DELETE FROM chunks")
+    cat._db.execute("PRAGMA user_version = 1")
+    cat.close()
+    again = Catalog(tmp_path / "c.db")
+    assert again.copies(digests) == found
+    again.remove(manifest.root)
+    assert again.copies(digests) == {}

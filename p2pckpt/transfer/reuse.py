@@ -1,0 +1,78 @@
+"""Reuse before download: fill a partial copy from bytes already here (issue 6).
+
+The catalog indexes every chunk of every version this node holds (published
+in place or pulled) by its BLAKE3 hash. Before asking any peer, a pull looks
+up the chunks it lacks and copies each from the first local file that still
+holds it, verified like any chunk from the network (``Staging.write_chunk``
+hashes before writing). A copy that moved, changed or vanished since it was
+catalogued is simply skipped: the index is a hint, the hash is the truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from p2pckpt.errors import ChunkCorrupt
+from p2pckpt.store.staging import Staging
+
+log = logging.getLogger("p2pckpt.pull")
+
+Copies = dict[bytes, list[tuple[str, int, int]]]  # digest -> [(file, offset, length)]
+
+
+def wanted(staging: Staging) -> list[bytes]:
+    """Hashes of the chunks the partial copy still lacks."""
+    return [
+        chunk.digest
+        for index, _, chunk in staging.manifest.iter_chunks()
+        if index not in staging.done
+    ]
+
+
+def reuse_local(staging: Staging, copies: Copies) -> int:
+    """Write every missing chunk some local copy still holds; returns the
+    bytes reused. Blocking (run it in a worker thread)."""
+    reused = 0
+    fds: dict[str, int] = {}  # -1: could not open
+    size = max((c.length for _, _, c in staging.manifest.iter_chunks()), default=0)
+    view = memoryview(bytearray(size))
+    try:
+        for index, _, chunk in staging.manifest.iter_chunks():
+            if index in staging.done:
+                continue
+            for file, pos, length in copies.get(chunk.digest, ()):
+                if length != chunk.length:
+                    continue
+                fd = fds.get(file)
+                if fd is None:
+                    try:
+                        fd = fds[file] = os.open(file, os.O_RDONLY | os.O_NOFOLLOW)
+                    except OSError:
+                        fd = fds[file] = -1
+                if fd < 0 or not _read_exactly(fd, view[:length], pos):
+                    continue
+                try:
+                    staging.write_chunk(index, view[:length])
+                except ChunkCorrupt:
+                    continue  # that copy changed since it was catalogued
+                reused += length
+                break
+    finally:
+        for fd in fds.values():
+            if fd >= 0:
+                os.close(fd)
+    return reused
+
+
+def _read_exactly(fd: int, view: memoryview, pos: int) -> bool:
+    got = 0
+    while got < len(view):
+        try:
+            n = os.preadv(fd, [view[got:]], pos + got)
+        except OSError:
+            return False
+        if n == 0:
+            return False  # the file is shorter now
+        got += n
+    return True
