@@ -273,6 +273,10 @@ class Catalog:
         )
         return {row[0] for row in cur.fetchall()}
 
+    def at_location(self, location: Path) -> list[Entry]:
+        """Versions whose bytes live exactly at ``location``."""
+        return self._rows("WHERE location = ?", (str(location),))
+
     def forget_location(self, location: Path) -> int:
         """Drop pulled versions stored at or under ``location`` (deleted by
         retention), so we never offer bytes we no longer have."""

@@ -57,6 +57,7 @@ FSYNC_INTERVAL: Final = 1.0
 FREE_RESERVE: Final = 0.01
 _NOSPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 _RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
@@ -85,6 +86,22 @@ def rename_noreplace(src: Path, dst: Path) -> None:
         err = ctypes.get_errno()
         if err == errno.EEXIST:
             raise DestinationExists(f"{dst} appeared during the pull; not replacing it")
+        raise OSError(err, os.strerror(err), str(dst))
+
+
+def rename_exchange(src: Path, dst: Path) -> None:
+    """Swap ``src`` and ``dst`` atomically: readers of ``dst`` see the old or
+    the new tree, never neither (falls back to two renames without renameat2)."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # pragma: no cover - non-glibc fallback
+        aside = src.with_name(src.name + ".old")
+        os.rename(dst, aside)
+        os.rename(src, dst)
+        os.rename(aside, src)
+        return
+    if renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_EXCHANGE):
+        err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), str(dst))
 
 
@@ -308,8 +325,9 @@ class Staging:
 
     # -- finishing -----------------------------------------------------------------
 
-    def commit(self) -> None:
-        """Make the verified copy durable and move it onto DEST atomically."""
+    def commit(self, replace: bool = False) -> None:
+        """Make the verified copy durable and move it onto DEST atomically
+        (``replace``: swap it with what DEST holds, which is then deleted)."""
         if not self.complete or self._failed:
             raise StoreError("commit of an incomplete copy")
         umask = os.umask(0)
@@ -337,7 +355,10 @@ class Staging:
         (self.path / "journal").unlink(missing_ok=True)
         fsync_dir(self.path)
         src = data / self.manifest.files[0].path if self.manifest.kind == "file" else data
-        rename_noreplace(src, self.dest)
+        if replace and os.path.lexists(self.dest):
+            rename_exchange(src, self.dest)  # the old copy now sits in the staging area
+        else:
+            rename_noreplace(src, self.dest)
         fsync_dir(self.dest.parent)
         self.close()
         self.discard()

@@ -322,27 +322,31 @@ async def pull_offer(
     """
     started = time.monotonic() if started is None else started
     manifest, envelope, sources = offer.manifest, offer.envelope, offer.sources
+    replace = False
     try:
         dest = (dest or default_dest(manifest)).expanduser().absolute()
         if dest.exists() or dest.is_symlink():
             # Only a byte-for-byte match counts as "already there".
             differs = await trio.to_thread.run_sync(compare, dest, manifest)
-            if differs:
+            if differs and _holds_other_version(home, dest, manifest):
+                replace = True  # our own pulled copy of this name: updated in place
+            elif differs:
                 raise DestinationExists(
                     f"{dest} already exists and is not {manifest.name}@{manifest.version}"
                     f" ({differs.summary()}); remove it or choose another -o"
                 )
-            log.info(
-                'already present name=%s version=%d path="%s" (verified)',
-                manifest.name,
-                manifest.version,
-                dest,
-            )
-            leftover = Staging(dest, manifest, envelope)
-            if leftover.belongs_here():  # a crash between rename and cleanup
-                leftover.discard()
-            home.catalog.add(manifest, envelope, dest, "pulled")
-            return _result(manifest, dest, 0, manifest.total_bytes, sources, started)
+            else:
+                log.info(
+                    'already present name=%s version=%d path="%s" (verified)',
+                    manifest.name,
+                    manifest.version,
+                    dest,
+                )
+                leftover = Staging(dest, manifest, envelope)
+                if leftover.belongs_here():  # a crash between rename and cleanup
+                    leftover.discard()
+                home.catalog.add(manifest, envelope, dest, "pulled")
+                return _result(manifest, dest, 0, manifest.total_bytes, sources, started)
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Staging(dest, manifest, envelope)
         joiners = [partial(_dial_hint, home, peer, addr, streams) for peer, addr in hints]
@@ -358,7 +362,9 @@ async def pull_offer(
                 home.catalog,
             )
             transferred = time.monotonic()
-            await trio.to_thread.run_sync(staging.commit)
+            if replace:  # before the swap: never a catalog row naming bytes that are gone
+                home.catalog.forget_location(dest)
+            await trio.to_thread.run_sync(staging.commit, replace)
             log.info(
                 "committed name=%s version=%d transfer_seconds=%.2f commit_seconds=%.2f"
                 " (commit is fsync + rename)",
@@ -383,6 +389,15 @@ async def pull_offer(
         return result
     finally:
         await offer.aclose()
+
+
+def _holds_other_version(home: Home, dest: Path, manifest: Manifest) -> bool:
+    """Whether ``dest`` is a copy we pulled of another version of this name
+    from this publisher (so a pull may update it in place), and not a link."""
+    return not dest.is_symlink() and any(
+        e.origin == "pulled" and e.name == manifest.name and e.publisher == manifest.publisher.key
+        for e in home.catalog.at_location(dest)
+    )
 
 
 async def _dial_hint(

@@ -103,3 +103,34 @@ def test_sharded_checkpoint_one_shard_replaced_one_added(pair: Pair, tmp_path: P
     shutil.rmtree(tmp_path / "v1")  # a vanished copy is skipped too
     doc = _pull(pair, a.addr, 2, tmp_path / "v2-again")
     assert doc["bytes_reused"] == doc["bytes_total"]  # all of it from v2, B's other copy
+
+
+def test_pulling_into_the_same_dest_updates_it_in_place(pair: Pair, tmp_path: Path) -> None:
+    """`pull NAME -o ./ckpt` again after a new version: ckpt is swapped
+    atomically for the new version, built from its own unchanged chunks;
+    a destination we did not pull is still never overwritten."""
+    ck = tmp_path / "ck"
+    tensors = model(seed=4)
+    _write_model(ck, tensors)
+    run(pair.a, "publish", str(ck), "--name", NAME, "--version", "1")
+    a = pair.serve_a()
+    dest = tmp_path / "ckpt"
+    _pull(pair, a.addr, 1, dest)
+    name, data = tensors[0]
+    tensors[0] = (name, bytes(len(data)))
+    _write_model(ck, tensors, meta="v2")
+    run(pair.a, "publish", str(ck), "--name", NAME, "--version", "2")
+    doc = _pull(pair, a.addr, 2, dest)
+    reused, downloaded = _expected_reuse(pair.a, 1, 2)
+    assert (doc["bytes_reused"], doc["bytes_downloaded"]) == (reused, downloaded) and reused
+    assert same_tree(ck, dest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["A", "B", "ck", "ckpt", "serve-0.log"]
+    rows = Home.open(pair.b).catalog.at_location(dest)
+    assert [(r.name, r.version) for r in rows] == [(NAME, 2)]
+    # A directory that is not our pulled copy of this name is left alone.
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me\n")
+    proc = run(pair.b, "pull", NAME, "--from", a.addr, "-o", str(mine), check=False)
+    assert proc.returncode != 0 and "already exists" in proc.stderr
+    assert (mine / "notes.txt").read_text() == "keep me\n"
