@@ -79,6 +79,14 @@ def publish(
         on_total(sum(s.size for s in sources))
     entries = []
     for src in sources:
+        stat_key = (src.size, src.mtime_ns, src.ino)
+        cached = home.catalog.hashed_chunks(str(src.path), stat_key)
+        if cached is not None:  # unchanged since we hashed it: no second read
+            if on_bytes is not None:
+                on_bytes(src.size)
+            entries.append(FileEntry(src.relpath, src.size, cached))
+            continue
+        started_ns = time.time_ns()
         fd = os.open(src.path, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb", buffering=0) as f:
             try:
@@ -88,6 +96,7 @@ def publish(
             st = os.fstat(f.fileno())
         if st.st_size != src.size or st.st_mtime_ns != src.mtime_ns:
             raise SourceChanged(f"{src.relpath!r} changed while publishing; try again")
+        home.catalog.remember_hashed(str(src.path), stat_key, started_ns, tuple(chunks))
         entries.append(FileEntry(src.relpath, src.size, tuple(chunks)))
     meta = dict(meta or {})
     # Publishing the same bytes and meta again is a no-op: with an explicit

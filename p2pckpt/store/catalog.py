@@ -17,7 +17,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgpack
+
 from p2pckpt.errors import ManifestError, Rollback, StoreError
+from p2pckpt.manifest.chunker import Chunk
 from p2pckpt.manifest.manifest import Manifest, verify
 
 CATALOG_FILE = "catalog.db"
@@ -63,7 +66,17 @@ CREATE INDEX IF NOT EXISTS chunks_by_digest ON chunks (digest);
 CREATE INDEX IF NOT EXISTS chunks_by_root ON chunks (root);
 CREATE TRIGGER IF NOT EXISTS chunks_go_with_versions AFTER DELETE ON versions
 BEGIN DELETE FROM chunks WHERE root = old.root; END;
+CREATE TABLE IF NOT EXISTS hashed (
+    path      TEXT PRIMARY KEY,
+    size      INTEGER NOT NULL,
+    mtime_ns  INTEGER NOT NULL,
+    ino       INTEGER NOT NULL,
+    chunks    BLOB NOT NULL
+);
 """
+# A file modified less than this before we hashed it may have been modified
+# again within the same timestamp tick: its hashes are not reused ("racily clean").
+RACY_NS = 2_000_000_000
 _SCHEMA_VERSION = 2  # 2: the chunk index (filled from existing versions on upgrade)
 _LOOKUP_BATCH = 500
 _COPIES_SQL = (
@@ -272,6 +285,34 @@ class Catalog:
             (str(location), len(prefix), prefix),
         )
         return {row[0] for row in cur.fetchall()}
+
+    def hashed_chunks(self, path: str, stat: tuple[int, int, int]) -> tuple[Chunk, ...] | None:
+        """The chunks of ``path`` from its last publish, if its (size, mtime,
+        inode) are unchanged since (fast republish)."""
+        row = self._db.execute(
+            "SELECT chunks FROM hashed WHERE path = ? AND size = ? AND mtime_ns = ? AND ino = ?",
+            (path, *stat),
+        ).fetchone()
+        if row is None:
+            return None
+        try:
+            return tuple(Chunk(o, n, d) for o, n, d in msgpack.unpackb(row[0]))
+        except (ValueError, TypeError, msgpack.UnpackException):
+            return None  # a damaged cache entry just means hashing again
+
+    def remember_hashed(
+        self, path: str, stat: tuple[int, int, int], started_ns: int, chunks: tuple[Chunk, ...]
+    ) -> None:
+        """Keep a file's chunks for the next publish, unless it was modified
+        too shortly before we read it to trust its timestamp."""
+        with self._db:
+            if stat[1] > started_ns - RACY_NS:
+                self._db.execute("DELETE FROM hashed WHERE path = ?", (path,))
+                return
+            blob = msgpack.packb([[c.offset, c.length, c.digest] for c in chunks])
+            self._db.execute(
+                "INSERT OR REPLACE INTO hashed VALUES (?,?,?,?,?)", (path, *stat, blob)
+            )
 
     def at_location(self, location: Path) -> list[Entry]:
         """Versions whose bytes live exactly at ``location``."""
