@@ -394,9 +394,13 @@ async def pull_offer(
 def _holds_other_version(home: Home, dest: Path, manifest: Manifest) -> bool:
     """Whether ``dest`` is a copy we pulled of another version of this name
     from this publisher (so a pull may update it in place), and not a link."""
-    return not dest.is_symlink() and any(
-        e.origin == "pulled" and e.name == manifest.name and e.publisher == manifest.publisher.key
-        for e in home.catalog.at_location(dest)
+    rows = [] if dest.is_symlink() else home.catalog.at_location(dest)
+    return any(  # a damaged copy of this very version is reported, not silently redone
+        e.origin == "pulled"
+        and e.name == manifest.name
+        and e.publisher == manifest.publisher.key
+        and e.version != manifest.version
+        for e in rows
     )
 
 
