@@ -80,7 +80,8 @@ RACY_NS = 2_000_000_000
 _SCHEMA_VERSION = 2  # 2: the chunk index (filled from existing versions on upgrade)
 _LOOKUP_BATCH = 500
 _COPIES_SQL = (
-    "SELECT c.digest, c.file, c.pos, c.len FROM chunks c JOIN versions v ON v.root = c.root"
+    "SELECT c.digest, c.file, c.pos, c.len, v.origin FROM chunks c JOIN versions v"
+    " ON v.root = c.root"
     " WHERE c.digest IN ({marks}) ORDER BY v.added DESC"
 )
 _SELECT = (
@@ -190,19 +191,20 @@ class Catalog:
             ),
         )
 
-    def copies(self, digests: Iterable[bytes]) -> dict[bytes, list[tuple[str, int, int]]]:
+    def copies(self, digests: Iterable[bytes]) -> dict[bytes, list[tuple[str, int, int, bool]]]:
         """Where chunks with these hashes may be read locally: ``(file,
-        offset, length)`` per catalogued copy, newest version first. Only a
+        offset, length, pulled)`` per catalogued copy, newest version first
+        (``pulled``: a copy p2pckpt made, not a publisher's original). Only a
         hint: the file may have changed since, so every read is verified."""
         wanted = list(dict.fromkeys(digests))
-        found: dict[bytes, list[tuple[str, int, int]]] = {}
+        found: dict[bytes, list[tuple[str, int, int, bool]]] = {}
         for i in range(0, len(wanted), _LOOKUP_BATCH):
             batch = wanted[i : i + _LOOKUP_BATCH]
             marks = ",".join("?" * len(batch))  # only placeholders go into the SQL
             sql = _COPIES_SQL.format(marks=marks)
             cur = self._db.execute(sql, batch)
-            for digest, file, pos, length in cur.fetchall():
-                found.setdefault(digest, []).append((file, pos, length))
+            for digest, file, pos, length, origin in cur.fetchall():
+                found.setdefault(digest, []).append((file, pos, length, origin == "pulled"))
         return found
 
     def _bump_epoch(self) -> None:

@@ -48,7 +48,7 @@ from p2pckpt.errors import (
 from p2pckpt.manifest.chunker import chunk_hash
 from p2pckpt.manifest.manifest import Manifest
 from p2pckpt.store import journal
-from p2pckpt.store.atomic import fsync_dir
+from p2pckpt.store.atomic import fsync_dir, write_atomic
 
 log = logging.getLogger("p2pckpt.staging")
 
@@ -120,6 +120,7 @@ class Staging:
         self._journal_fd = -1
         self._failed = False
         self.done: set[int] = set()
+        self._adopted: set[str] = set()  # files hard-linked from a local copy
 
     @property
     def envelope(self) -> bytes:
@@ -146,6 +147,8 @@ class Staging:
         if claimed is None or not (self.path / "data").is_dir():
             self._reset()
             claimed = set()
+        else:
+            self._adopted = self._load_adopted()
         self.done = self._reverify(claimed)
         self._write_journal_fresh()
         return self.done
@@ -180,8 +183,9 @@ class Staging:
                 self.path,
             )
         shutil.rmtree(self.path / "data", ignore_errors=True)
-        for name in ("journal", "manifest"):
+        for name in ("journal", "manifest", "adopted"):
             (self.path / name).unlink(missing_ok=True)
+        self._adopted = set()
         os.mkdir(self.path / "data", 0o700)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
         fd = os.open(self.path / "manifest", flags, 0o600)
@@ -252,10 +256,72 @@ class Staging:
         finally:
             os.close(dir_fd)
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        if not stat.S_ISREG(st.st_mode) or (st.st_nlink != 1 and relpath not in self._adopted):
             os.close(fd)
             raise StoreError(f"unexpected file type in {self.path}")
         return fd
+
+    def _load_adopted(self) -> set[str]:
+        try:
+            text = (self.path / "adopted").read_text()
+        except OSError:
+            return set()
+        known = {entry.path for entry in self.manifest.files}
+        return {line for line in text.splitlines() if line in known}
+
+    def adopt(self, relpath: str, source: str) -> bool:
+        """Take a whole file from a local copy by hard link instead of
+        copying it: no bytes written, nothing to fsync. Only if ``source``
+        hashes, chunk by chunk, to this file's entry (checked through the new
+        link, so what was checked is what stays). Blocking."""
+        entry = next(e for e in self.manifest.files if e.path == relpath)
+        first = next(i for i, (p, _) in enumerate(self._chunks) if p == relpath)
+        indices = range(first, first + len(entry.chunks))
+        parent, name = os.path.split(relpath)
+        dir_fd = os.open(self.path / "data" / parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        tmp = f".{name}.adopt"
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            try:
+                os.link(source, tmp, dst_dir_fd=dir_fd, follow_symlinks=False)
+            except OSError:  # another filesystem, or links not allowed: copy instead
+                return False
+            try:
+                fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            except OSError:  # it was a link, or vanished
+                os.unlink(tmp, dir_fd=dir_fd)
+                return False
+            try:
+                st = os.fstat(fd)
+                same = stat.S_ISREG(st.st_mode) and st.st_size == entry.size
+                for _, chunk in (self._chunks[i] for i in indices):
+                    if not same:
+                        break
+                    data = os.pread(fd, chunk.length, chunk.offset)
+                    same = len(data) == chunk.length and chunk_hash(data) == chunk.digest
+            finally:
+                os.close(fd)
+            if not same:
+                os.unlink(tmp, dir_fd=dir_fd)
+                return False
+            with self._lock:
+                adopted = self._adopted | {relpath}
+                write_atomic(
+                    self.path / "adopted", "".join(f"{p}\n" for p in sorted(adopted)).encode()
+                )
+                self._adopted = adopted
+                os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                new = [i for i in indices if i not in self.done]
+                if new:
+                    os.write(
+                        self._journal_fd,
+                        b"".join(journal.record(self.manifest.root, i) for i in new),
+                    )
+                    self.done.update(new)
+            return True
+        finally:
+            os.close(dir_fd)
 
     # -- writing (called from worker threads) -----------------------------------
 

@@ -100,6 +100,15 @@ def test_sharded_checkpoint_one_shard_replaced_one_added(pair: Pair, tmp_path: P
     assert doc["bytes_downloaded"] == downloaded + shard0
     assert doc["bytes_reused"] == (3 * MIB + 1) + (3 * MIB + 3)  # shards 1 and 3
     assert same_tree(ck, tmp_path / "v2")
+
+    # The unchanged shards were hard-linked from B's v1 copy, not copied; the
+    # damaged one was not (its hash check through the link failed).
+    def ino(p: Path) -> int:
+        return p.stat().st_ino
+
+    for shard in ("shard-1.bin", "shard-3.bin"):
+        assert ino(tmp_path / "v2" / shard) == ino(tmp_path / "v1" / shard)
+    assert ino(tmp_path / "v2" / "shard-0.bin") != ino(tmp_path / "v1" / "shard-0.bin")
     shutil.rmtree(tmp_path / "v1")  # a vanished copy is skipped too
     doc = _pull(pair, a.addr, 2, tmp_path / "v2-again")
     assert doc["bytes_reused"] == doc["bytes_total"]  # all of it from v2, B's other copy

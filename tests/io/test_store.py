@@ -226,8 +226,8 @@ def test_chunk_index_follows_versions_and_is_built_on_upgrade(tmp_path: Path) ->
     cat.add(manifest, envelope, tmp_path / "copy", "pulled")
     digests = [c.digest for _, _, c in manifest.iter_chunks()]
     found = cat.copies(digests)
-    assert found[digests[1]] == [(str(tmp_path / "copy" / "a" / "x.bin"), 1000, 1000)]
-    assert found[digests[3]] == [(str(tmp_path / "copy" / "y.bin"), 0, 10)]
+    assert found[digests[1]] == [(str(tmp_path / "copy" / "a" / "x.bin"), 1000, 1000, True)]
+    assert found[digests[3]] == [(str(tmp_path / "copy" / "y.bin"), 0, 10, True)]
     # an old catalog: no index, schema version 1
     cat._db.execute("DELETE FROM chunks")
     cat._db.execute("PRAGMA user_version = 1")
@@ -236,3 +236,30 @@ def test_chunk_index_follows_versions_and_is_built_on_upgrade(tmp_path: Path) ->
     assert again.copies(digests) == found
     again.remove(manifest.root)
     assert again.copies(digests) == {}
+
+
+def test_adopted_file_is_a_verified_hard_link_and_survives_resume(tmp_path: Path) -> None:
+    """adopt() links a local file in only if it hashes to the entry (checked
+    through the link); after a crash the resumed copy still accepts it, and
+    commit leaves the new tree sharing the file's inode, nothing copied."""
+    files = {"a/b.bin": os.urandom(2500), "c.json": b"{}"}
+    manifest, env = _manifest("t", 1, files)
+    old = tmp_path / "old"
+    (old / "a").mkdir(parents=True)
+    (old / "a" / "b.bin").write_bytes(files["a/b.bin"])
+    (old / "wrong.bin").write_bytes(files["a/b.bin"][:-1] + b"!")
+    dest = tmp_path / "out"
+    st = Staging(dest, manifest, env)
+    st.open()
+    assert not st.adopt("a/b.bin", str(old / "wrong.bin"))  # one byte differs
+    assert not st.adopt("a/b.bin", str(tmp_path / "missing.bin"))
+    assert st.done == set()
+    assert st.adopt("a/b.bin", str(old / "a" / "b.bin"))
+    assert st.done == {0, 1, 2}
+    st.close()  # a crash before the rest arrived
+    again = Staging(dest, manifest, env)
+    assert again.open() == {0, 1, 2}
+    again.write_chunk(3, b"{}")
+    again.commit()
+    assert (dest / "a" / "b.bin").stat().st_ino == (old / "a" / "b.bin").stat().st_ino
+    assert (dest / "a" / "b.bin").read_bytes() == files["a/b.bin"]
