@@ -47,7 +47,10 @@ RATE_AFTER_CHUNKS: Final = 2  # chunks a peer must deliver before its rate count
 # Until a peer's rate is known it gets this many requests: a deep blind window at
 # a shared seeder is how pullers end up fetching the same chunks from it.
 INITIAL_WINDOW: Final = 2
-FULL_SOURCE_EDGE: Final = 2.0  # how much faster a full source must be to take a puller's chunks
+FULL_SOURCE_EDGE: Final = 2.0
+# A peer that delivered nothing for this long is not waited for: a full source
+# takes the chunks it holds, and endgame copies the requests it sits on.
+PATIENCE: Final = 5.0  # how much faster a full source must be to take a puller's chunks
 
 Key = Hashable
 
@@ -86,12 +89,18 @@ class _Peer:
     delivered: int = 0  # chunks
     received: int = 0  # bytes
     first_request: float | None = None
+    last_delivery: float | None = None
 
     def rate(self, now: float) -> float | None:
         """Bytes/s since the first request, once enough chunks arrived to say."""
         if self.delivered < RATE_AFTER_CHUNKS or self.first_request is None:
             return None
         return self.received / max(now - self.first_request, 1e-3)
+
+    def lively(self, now: float) -> bool:
+        """Delivered (or was first asked) within PATIENCE seconds: worth waiting for."""
+        last = self.last_delivery if self.last_delivery is not None else self.first_request
+        return last is None or now - last <= PATIENCE
 
     def hopeful_rate(self, now: float, chunk: float) -> float | None:
         """Bytes/s since the first request, as if one more chunk had just
@@ -235,7 +244,7 @@ class Scheduler:
             if other_key == key or other.bits == self._all:
                 continue
             theirs = other.hopeful_rate(now, self._mean)
-            if theirs is None or mine < FULL_SOURCE_EDGE * theirs:
+            if other.lively(now) and (theirs is None or mine < FULL_SOURCE_EDGE * theirs):
                 held |= other.bits
                 fetching |= other.soon
         return held, fetching
@@ -261,7 +270,9 @@ class Scheduler:
 
     def _faster(self, key: Key, rate: float, now: float) -> bool:
         holder = self._peers.get(key)
-        theirs = holder.rate(now) if holder is not None else None
+        if holder is None or not holder.lively(now):
+            return False
+        theirs = holder.rate(now)
         return theirs is not None and theirs > rate
 
     def _request(self, index: int, key: Key, peer: _Peer, now: float) -> int:
@@ -271,9 +282,10 @@ class Scheduler:
             peer.first_request = now
         return index
 
-    def done(self, index: int, key: Key) -> list[Key]:
-        """``index`` arrived from ``key`` and verified. Returns the other peers
-        still fetching it (their copies are to be cancelled)."""
+    def done(self, index: int, key: Key, now: float | None = None) -> list[Key]:
+        """``index`` arrived from ``key`` and verified (at ``now``, if given).
+        Returns the other peers still fetching it (their copies are to be
+        cancelled)."""
         holders = self._requests.pop(index, {})
         self.missing &= ~(1 << index)
         if not holders:  # arrived after its request was given up: out of the pool
@@ -283,6 +295,8 @@ class Scheduler:
             peer.inflight -= 1
             peer.delivered += 1
             peer.received += self.sizes[index]
+            if now is not None:
+                peer.last_delivery = now
         losers = [k for k in holders if k != key]
         for k in losers:
             other = self._peers.get(k)

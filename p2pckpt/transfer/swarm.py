@@ -203,7 +203,7 @@ class Swarm:
                 try:
                     if self.sched.missing >> index & 1:
                         await trio.to_thread.run_sync(self.staging.write_chunk, index, data)
-                        self.sched.done(index, src.peer)
+                        self.sched.done(index, src.peer, trio.current_time())
                         src.bytes += len(data)
                         src.chunks += 1
                         self._last_progress = trio.current_time()

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from p2pckpt.transfer.schedule import (
     ENDGAME_COPIES,
     INITIAL_WINDOW,
+    PATIENCE,
     Scheduler,
     bitfield_to_int,
     bits_of,
@@ -317,4 +318,32 @@ def test_chunks_another_puller_is_fetching_are_left_to_it() -> None:
     assert s.holds("puller") == bits_of([0, 1]) and s.unavailable() == 0
     s.remove("seeder")  # now 2 and 3 are out of reach, and so said
     assert s.unavailable() == bits_of([2, 3]) | bits_of(mine)
+    check_invariants(s)
+
+
+def test_a_stalled_puller_is_not_waited_for() -> None:
+    """A full source leaves a fellow puller's chunks to it only while that
+    puller delivers; after PATIENCE seconds of silence the full source takes
+    them, and its stuck requests are copied in the endgame."""
+    s = sched(10)
+    s.add_peer("seeder", None, max_window=3)
+    s.add_peer("puller", bits_of(range(5)), max_window=2)
+    for key in ("seeder", "puller"):
+        for i in [s.pick(key, 0.0), s.pick(key, 0.0)]:
+            assert i is not None
+            s.done(i, key, 0.5)
+    stuck = [s.pick("puller", 1.0), s.pick("puller", 1.0)]  # never delivered
+    assert None not in stuck
+    taken = []
+    while (i := s.pick("seeder", 1.0)) is not None:
+        taken.append(i)
+        s.done(i, "seeder", 1.0)
+    assert s.missing & bits_of(range(5)) and not s.missing & bits_of(range(5, 10))
+    assert s.pick("seeder", 0.5 + PATIENCE) is None  # the puller is still lively
+    later = 1.0 + PATIENCE
+    rest = []
+    while (i := s.pick("seeder", later)) is not None:
+        rest.append(i)
+        s.done(i, "seeder", later)
+    assert s.complete and set(stuck) <= set(rest)  # the stuck requests were copied
     check_invariants(s)
