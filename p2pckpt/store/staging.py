@@ -45,7 +45,7 @@ from p2pckpt.errors import (
     ResumeStateInvalid,
     StoreError,
 )
-from p2pckpt.manifest.chunker import chunk_hash
+from p2pckpt.manifest.chunker import Chunk, chunk_hash
 from p2pckpt.manifest.manifest import Manifest
 from p2pckpt.store import journal
 from p2pckpt.store.atomic import fsync_dir, write_atomic
@@ -58,6 +58,7 @@ FREE_RESERVE: Final = 0.01
 _NOSPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
+ADOPT_TMP = "adopt.tmp"
 _AT_FDCWD = -100
 
 
@@ -94,15 +95,23 @@ def rename_exchange(src: Path, dst: Path) -> None:
     the new tree, never neither (falls back to two renames without renameat2)."""
     try:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):  # pragma: no cover - non-glibc fallback
-        aside = src.with_name(src.name + ".old")
-        os.rename(dst, aside)
-        os.rename(src, dst)
-        os.rename(aside, src)
-        return
-    if renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_EXCHANGE):
+    except (OSError, AttributeError):  # pragma: no cover - non-glibc
+        renameat2 = None
+    if renameat2 is not None:
+        if not renameat2(
+            _AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_EXCHANGE
+        ):
+            return
         err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), str(dst))
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), str(dst))
+    # No atomic exchange here (NFS, CIFS, older ZFS): two renames. A crash
+    # in between leaves DEST missing and the old copy inside the staging
+    # area; the next pull starts that version afresh.
+    aside = src.with_name(src.name + ".old")
+    os.rename(dst, aside)
+    os.rename(src, dst)
+    os.rename(aside, src)
 
 
 class Staging:
@@ -271,57 +280,69 @@ class Staging:
 
     def adopt(self, relpath: str, source: str) -> bool:
         """Take a whole file from a local copy by hard link instead of
-        copying it: no bytes written, nothing to fsync. Only if ``source``
-        hashes, chunk by chunk, to this file's entry (checked through the new
-        link, so what was checked is what stays). Blocking."""
+        copying it: no bytes written, nothing to fsync. Only a regular file
+        of ours that no one else may write, and only if it hashes, chunk by
+        chunk, to this file's entry (checked through the new link, so what
+        was checked is what stays). Any failure means "copy instead".
+        Blocking."""
         entry = next(e for e in self.manifest.files if e.path == relpath)
         first = next(i for i, (p, _) in enumerate(self._chunks) if p == relpath)
         indices = range(first, first + len(entry.chunks))
-        parent, name = os.path.split(relpath)
-        dir_fd = os.open(self.path / "data" / parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        tmp = f".{name}.adopt"
+        tmp = self.path / ADOPT_TMP  # outside data/: a crash never leaves it in the copy
+        tmp.unlink(missing_ok=True)
         try:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp, dir_fd=dir_fd)
-            try:
-                os.link(source, tmp, dst_dir_fd=dir_fd, follow_symlinks=False)
-            except OSError:  # another filesystem, or links not allowed: copy instead
+            os.link(source, tmp, follow_symlinks=False)
+        except OSError:  # another filesystem, links not allowed, gone
+            return False
+        try:
+            if not self._same_file(tmp, entry.size, [self._chunks[i][1] for i in indices]):
                 return False
+            parent, name = os.path.split(relpath)
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+            dir_fd = os.open(self.path / "data" / parent, flags)
             try:
-                fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
-            except OSError:  # it was a link, or vanished
-                os.unlink(tmp, dir_fd=dir_fd)
-                return False
-            try:
-                st = os.fstat(fd)
-                same = stat.S_ISREG(st.st_mode) and st.st_size == entry.size
-                for _, chunk in (self._chunks[i] for i in indices):
-                    if not same:
-                        break
-                    data = os.pread(fd, chunk.length, chunk.offset)
-                    same = len(data) == chunk.length and chunk_hash(data) == chunk.digest
+                with self._lock:
+                    adopted = self._adopted | {relpath}
+                    listing = "".join(f"{p}\n" for p in sorted(adopted)).encode()
+                    write_atomic(self.path / "adopted", listing)
+                    self._adopted = adopted
+                    os.replace(tmp, name, dst_dir_fd=dir_fd)
+                    new = [i for i in indices if i not in self.done]
+                    if new:
+                        records = b"".join(journal.record(self.manifest.root, i) for i in new)
+                        os.write(self._journal_fd, records)
+                        self.done.update(new)
             finally:
-                os.close(fd)
-            if not same:
-                os.unlink(tmp, dir_fd=dir_fd)
-                return False
-            with self._lock:
-                adopted = self._adopted | {relpath}
-                write_atomic(
-                    self.path / "adopted", "".join(f"{p}\n" for p in sorted(adopted)).encode()
-                )
-                self._adopted = adopted
-                os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                new = [i for i in indices if i not in self.done]
-                if new:
-                    os.write(
-                        self._journal_fd,
-                        b"".join(journal.record(self.manifest.root, i) for i in new),
-                    )
-                    self.done.update(new)
+                os.close(dir_fd)
             return True
         finally:
-            os.close(dir_fd)
+            tmp.unlink(missing_ok=True)
+
+    @staticmethod
+    def _same_file(path: Path, size: int, chunks: list[Chunk]) -> bool:
+        """A regular file we own, writable by no one else, holding ``chunks``."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+            if (
+                not stat.S_ISREG(st.st_mode)
+                or st.st_uid != os.getuid()
+                or st.st_mode & 0o022
+                or st.st_size != size
+            ):
+                return False
+            for chunk in chunks:
+                data = os.pread(fd, chunk.length, chunk.offset)
+                if len(data) != chunk.length or chunk_hash(data) != chunk.digest:
+                    return False
+            return True
+        except OSError:  # a read error on the old copy: fetch it instead
+            return False
+        finally:
+            os.close(fd)
 
     # -- writing (called from worker threads) -----------------------------------
 

@@ -345,6 +345,8 @@ async def pull_offer(
                 leftover = Staging(dest, manifest, envelope)
                 if leftover.belongs_here():  # a crash between rename and cleanup
                     leftover.discard()
+                if any(e.root != manifest.root for e in home.catalog.at_location(dest)):
+                    home.catalog.forget_location(dest)  # a crash right after a swap
                 home.catalog.add(manifest, envelope, dest, "pulled")
                 return _result(manifest, dest, 0, manifest.total_bytes, sources, started)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -362,8 +364,6 @@ async def pull_offer(
                 home.catalog,
             )
             transferred = time.monotonic()
-            if replace:  # before the swap: never a catalog row naming bytes that are gone
-                home.catalog.forget_location(dest)
             await trio.to_thread.run_sync(staging.commit, replace)
             log.info(
                 "committed name=%s version=%d transfer_seconds=%.2f commit_seconds=%.2f"
@@ -375,6 +375,8 @@ async def pull_offer(
             )
         finally:
             staging.close()
+        if replace:  # the old version's bytes are gone from DEST now
+            home.catalog.forget_location(dest)
         home.catalog.add(manifest, envelope, dest, "pulled")
         result = _result(manifest, dest, downloaded, reused, sources, started)
         for bad in (s for s in sources if s.problem):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 
 from p2pckpt.errors import ChunkCorrupt
 from p2pckpt.manifest.manifest import FileEntry
@@ -74,10 +75,7 @@ def reuse_local(staging: Staging, copies: Copies) -> int:
                     continue
                 fd = fds.get(file)
                 if fd is None:
-                    try:
-                        fd = fds[file] = os.open(file, os.O_RDONLY | os.O_NOFOLLOW)
-                    except OSError:
-                        fd = fds[file] = -1
+                    fd = fds[file] = _open_regular(file)
                 if fd < 0 or not _read_exactly(fd, view[:length], pos):
                     continue
                 try:
@@ -90,6 +88,22 @@ def reuse_local(staging: Staging, copies: Copies) -> int:
             if fd >= 0:
                 os.close(fd)
     return sum(sizes[i] for i in staging.done - before)
+
+
+def _open_regular(path: str) -> int:
+    """An fd for a regular file, or -1 (never blocks: a FIFO put in its place
+    is opened non-blocking and refused)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return -1
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return -1
 
 
 def _read_exactly(fd: int, view: memoryview, pos: int) -> bool:

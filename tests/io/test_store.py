@@ -263,3 +263,32 @@ def test_adopted_file_is_a_verified_hard_link_and_survives_resume(tmp_path: Path
     again.commit()
     assert (dest / "a" / "b.bin").stat().st_ino == (old / "a" / "b.bin").stat().st_ino
     assert (dest / "a" / "b.bin").read_bytes() == files["a/b.bin"]
+
+
+def test_reuse_skips_a_fifo_and_foreign_files_without_blocking(tmp_path: Path) -> None:
+    """A catalogued path replaced by a FIFO is skipped, not opened blocking;
+    a file others may write is never hard-linked in (it is copied instead)."""
+    import threading
+
+    from p2pckpt.transfer.reuse import reuse_local
+
+    files = {"a.bin": os.urandom(2500), "b.bin": os.urandom(1500)}
+    manifest, env = _manifest("t", 1, files)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    shared = tmp_path / "shared.bin"
+    shared.write_bytes(files["b.bin"])
+    shared.chmod(0o666)
+    copies: dict[bytes, list[tuple[str, int, int, bool]]] = {}
+    for _, entry, chunk in manifest.iter_chunks():
+        source = str(fifo) if entry.path == "a.bin" else str(shared)
+        copies[chunk.digest] = [(source, chunk.offset, chunk.length, True)]
+    st = Staging(tmp_path / "out", manifest, env)
+    st.open()
+    result: list[int] = []
+    worker = threading.Thread(target=lambda: result.append(reuse_local(st, copies)), daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "reuse blocked on a FIFO"
+    assert result == [1500] and st.done == {3, 4}  # b.bin's chunks, copied
+    assert os.stat(st.path / "data" / "b.bin").st_nlink == 1  # not linked to shared.bin
