@@ -79,7 +79,7 @@ def publish(
         on_total(sum(s.size for s in sources))
     entries = []
     for src in sources:
-        stat_key = (src.size, src.mtime_ns, src.ino)
+        stat_key = (src.size, src.mtime_ns, src.ino, src.ctime_ns)
         cached = home.catalog.hashed_chunks(str(src.path), stat_key)
         if cached is not None:  # unchanged since we hashed it: no second read
             if on_bytes is not None:

@@ -222,7 +222,16 @@ async def run_daemon(
             if offer.manifest.root != req.root:
                 await offer.aclose()
                 raise ManifestError(f"{req.name}@{req.version} differs from the version pushed")
-            hints = [(PeerId(key), (host, port)) for key, host, port in req.peers]
+            # Only peers we trust: a pusher cannot make us dial arbitrary nodes.
+            hints = [
+                (PeerId(key), (host, port))
+                for key, host, port in req.peers
+                if home.trust.get(PeerId(key)) is not None
+            ]
+            if len(hints) < len(req.peers):
+                log.info(
+                    "push hints skipped=%d (peers we do not trust)", len(req.peers) - len(hints)
+                )
             result = await install(
                 home,
                 spec,

@@ -19,6 +19,7 @@ class SourceFile:
     size: int
     mtime_ns: int
     ino: int = 0
+    ctime_ns: int = 0  # changes on every write and cannot be set back (unlike mtime)
 
 
 def walk(root: Path) -> tuple[str, list[SourceFile]]:
@@ -35,7 +36,9 @@ def walk(root: Path) -> tuple[str, list[SourceFile]]:
         raise UnsafePath(f"{root} is a symlink; publish its target instead")
     if stat.S_ISREG(st.st_mode):
         validate_path_set([root.name])
-        return "file", [SourceFile(root.name, root, st.st_size, st.st_mtime_ns, st.st_ino)]
+        return "file", [
+            SourceFile(root.name, root, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+        ]
     if not stat.S_ISDIR(st.st_mode):
         raise UnsafePath(f"{root} is not a regular file or directory")
     files: list[SourceFile] = []
@@ -52,7 +55,9 @@ def walk(root: Path) -> tuple[str, list[SourceFile]]:
             rel = full.relative_to(root).as_posix()
             if not stat.S_ISREG(fst.st_mode):
                 raise UnsafePath(f"{rel!r} in {root} is a link or special file; refusing")
-            files.append(SourceFile(rel, full, fst.st_size, fst.st_mtime_ns, fst.st_ino))
+            files.append(
+                SourceFile(rel, full, fst.st_size, fst.st_mtime_ns, fst.st_ino, fst.st_ctime_ns)
+            )
             if len(files) > MAX_FILES:
                 raise ConfigError(f"{root} has more than {MAX_FILES} files")
     if not files:

@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS hashed (
     size      INTEGER NOT NULL,
     mtime_ns  INTEGER NOT NULL,
     ino       INTEGER NOT NULL,
+    ctime_ns  INTEGER NOT NULL,
     chunks    BLOB NOT NULL
 );
 """
@@ -288,11 +289,12 @@ class Catalog:
         )
         return {row[0] for row in cur.fetchall()}
 
-    def hashed_chunks(self, path: str, stat: tuple[int, int, int]) -> tuple[Chunk, ...] | None:
+    def hashed_chunks(self, path: str, stat: tuple[int, int, int, int]) -> tuple[Chunk, ...] | None:
         """The chunks of ``path`` from its last publish, if its (size, mtime,
-        inode) are unchanged since (fast republish)."""
+        inode, ctime) are unchanged since (fast republish)."""
         row = self._db.execute(
-            "SELECT chunks FROM hashed WHERE path = ? AND size = ? AND mtime_ns = ? AND ino = ?",
+            "SELECT chunks FROM hashed WHERE path = ? AND size = ? AND mtime_ns = ?"
+            " AND ino = ? AND ctime_ns = ?",
             (path, *stat),
         ).fetchone()
         if row is None:
@@ -303,17 +305,21 @@ class Catalog:
             return None  # a damaged cache entry just means hashing again
 
     def remember_hashed(
-        self, path: str, stat: tuple[int, int, int], started_ns: int, chunks: tuple[Chunk, ...]
+        self,
+        path: str,
+        stat: tuple[int, int, int, int],
+        started_ns: int,
+        chunks: tuple[Chunk, ...],
     ) -> None:
         """Keep a file's chunks for the next publish, unless it was modified
         too shortly before we read it to trust its timestamp."""
         with self._db:
-            if stat[1] > started_ns - RACY_NS:
+            if max(stat[1], stat[3]) > started_ns - RACY_NS:
                 self._db.execute("DELETE FROM hashed WHERE path = ?", (path,))
                 return
             blob = msgpack.packb([[c.offset, c.length, c.digest] for c in chunks])
             self._db.execute(
-                "INSERT OR REPLACE INTO hashed VALUES (?,?,?,?,?)", (path, *stat, blob)
+                "INSERT OR REPLACE INTO hashed VALUES (?,?,?,?,?,?)", (path, *stat, blob)
             )
 
     def at_location(self, location: Path) -> list[Entry]:

@@ -48,7 +48,7 @@ from p2pckpt.store.staging import FSYNC_INTERVAL, Staging, check_free_space
 from p2pckpt.store.verify import compare
 from p2pckpt.transfer.partials import Partials
 from p2pckpt.transfer.peer import PeerConnection, connect_direct
-from p2pckpt.transfer.reuse import reuse_local, wanted
+from p2pckpt.transfer.reuse import reuse_local
 from p2pckpt.transfer.swarm import NETWORK_ERRORS, Joiner, Source, Swarm
 from p2pckpt.transfer.throttle import Throttle
 from p2pckpt.wire import messages as m
@@ -226,19 +226,20 @@ async def _transfer(
     """Fetch every chunk the partial copy lacks, from local copies first
     (``catalog``), then from the swarm; returns (downloaded, reused)."""
     manifest = staging.manifest
+    chunks = [c for _, _, c in manifest.iter_chunks()]
+    copies = catalog.copies(c.digest for c in chunks) if catalog is not None else {}
     if not staging.belongs_here():  # nothing to resume: preflight before creating files
-        check_free_space(staging.dest, manifest.total_bytes)
+        here = sum(c.length for c in chunks if c.digest in copies)  # hoped for, checked below
+        check_free_space(staging.dest, manifest.total_bytes - here)
     done = await trio.to_thread.run_sync(staging.open)
-    if catalog is not None and len(done) < manifest.chunk_count:
-        copies = catalog.copies(wanted(staging))
-        if copies:
-            local = await trio.to_thread.run_sync(reuse_local, staging, copies)
-            log.info(
-                "reused name=%s version=%d bytes=%d (chunks already on this node)",
-                manifest.name,
-                manifest.version,
-                local,
-            )
+    if copies and len(done) < len(chunks):
+        local = await trio.to_thread.run_sync(reuse_local, staging, copies)
+        log.info(
+            "reused name=%s version=%d bytes=%d (chunks already on this node)",
+            manifest.name,
+            manifest.version,
+            local,
+        )
     sizes = [c.length for _, _, c in manifest.iter_chunks()]
     reused = sum(sizes[i] for i in staging.done)
     check_free_space(staging.dest, manifest.total_bytes - reused)
@@ -328,7 +329,7 @@ async def pull_offer(
         if dest.exists() or dest.is_symlink():
             # Only a byte-for-byte match counts as "already there".
             differs = await trio.to_thread.run_sync(compare, dest, manifest)
-            if differs and _holds_other_version(home, dest, manifest):
+            if differs and _replaceable(home, dest, manifest, differs.extra):
                 replace = True  # our own pulled copy of this name: updated in place
             elif differs:
                 raise DestinationExists(
@@ -393,17 +394,22 @@ async def pull_offer(
         await offer.aclose()
 
 
-def _holds_other_version(home: Home, dest: Path, manifest: Manifest) -> bool:
+def _replaceable(home: Home, dest: Path, manifest: Manifest, extra: list[str]) -> bool:
     """Whether ``dest`` is a copy we pulled of another version of this name
-    from this publisher (so a pull may update it in place), and not a link."""
+    from this publisher, not a link, holding no file of anyone else's (so a
+    pull may update it in place without losing anything but that version)."""
     rows = [] if dest.is_symlink() else home.catalog.at_location(dest)
-    return any(  # a damaged copy of this very version is reported, not silently redone
-        e.origin == "pulled"
-        and e.name == manifest.name
-        and e.publisher == manifest.publisher.key
-        and e.version != manifest.version
-        for e in rows
-    )
+    for e in rows:
+        if (
+            e.origin == "pulled"
+            and e.name == manifest.name
+            and e.publisher == manifest.publisher.key
+            and e.version != manifest.version  # a damaged copy of this one is reported
+        ):
+            old = e.manifest()
+            ours = {f.path for f in old.files}
+            return old.kind == manifest.kind and all(path in ours for path in extra)
+    return False
 
 
 async def _dial_hint(
@@ -416,8 +422,13 @@ async def _dial_hint(
         log.info('hinted peer unreachable peer=%s error="%s"', peer.short, exc)
         return None
     src = Source(peer, [conn], conn.route, conn.label)
-    for _ in range(streams - 1):
-        await _open_extra(src)
+    try:
+        for _ in range(streams - 1):
+            await _open_extra(src)
+    except BaseException:  # cancelled (the pull finished): close what we opened
+        for c in src.conns:
+            await c.aclose()
+        raise
     return src
 
 

@@ -27,15 +27,6 @@ log = logging.getLogger("p2pckpt.pull")
 Copies = dict[bytes, list[tuple[str, int, int, bool]]]
 
 
-def wanted(staging: Staging) -> list[bytes]:
-    """Hashes of the chunks the partial copy still lacks."""
-    return [
-        chunk.digest
-        for index, _, chunk in staging.manifest.iter_chunks()
-        if index not in staging.done
-    ]
-
-
 def identical_file(entry: FileEntry, copies: Copies) -> str | None:
     """A pulled copy's file that holds exactly ``entry``'s chunks at the same
     offsets, if the catalog knows one (the disk is checked on adoption)."""

@@ -121,7 +121,11 @@ class Swarm:
             raise self._fatal
 
     async def _join(self, joiner: Joiner, nursery: trio.Nursery) -> None:
-        src = await joiner()
+        try:
+            src = await joiner()
+        except Exception as exc:  # a hint is only a hint: never the pull's end
+            log.info('source could not join error="%s"', exc)
+            return
         if src is None:
             return
         if self.sched.complete or any(s.peer == src.peer for s in self.sources):

@@ -214,6 +214,7 @@ def _decode(kind: int, body: bytes) -> Message:
                 or len(p[0]) != 32
                 or not isinstance(p[1], str)
                 or not 0 < len(p[1]) <= 255
+                or not p[1].isascii()  # a host name or IP literal; IDNA is not for peers
                 or not _is_int(p[2], 65535)
                 or p[2] == 0
             ):

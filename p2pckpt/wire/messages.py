@@ -146,7 +146,7 @@ class PushRequest:
         _check(len(self.peers) <= MAX_PUSH_PEERS, "too many push peers")
         for key, host, port in self.peers:
             _check(len(key) == 32, "peer key is 32 bytes")
-            _check(0 < len(host) <= 255, "peer host length")
+            _check(0 < len(host) <= 255 and host.isascii(), "peer host")
             _check(0 < port < 65536, "peer port out of range")
 
 

@@ -354,6 +354,7 @@ BAD_REQUESTS = {
     "push-peer-long-host": (T_PUSH_REQ, ["llama", 1, ROOT, 7000, [[ROOT, "h" * 256, 1]]]),
     "push-peer-port-zero": (T_PUSH_REQ, ["llama", 1, ROOT, 7000, [[ROOT, "h", 0]]]),
     "push-peer-host-bytes": (T_PUSH_REQ, ["llama", 1, ROOT, 7000, [[ROOT, b"h", 1]]]),
+    "push-peer-host-idna": (T_PUSH_REQ, ["llama", 1, ROOT, 7000, [[ROOT, "\u00e4" * 100, 1]]]),
     "push-peer-extra": (T_PUSH_REQ, ["llama", 1, ROOT, 7000, [[ROOT, "h", 1, 2]]]),
     "push-too-many-peers": (T_PUSH_REQ, ["llama", 1, ROOT, 7000, [[ROOT, "h", 1]] * 65]),
     "push-extra-field": (T_PUSH_REQ, ["llama", 1, ROOT, 7000, [], 0]),

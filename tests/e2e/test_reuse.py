@@ -143,3 +143,20 @@ def test_pulling_into_the_same_dest_updates_it_in_place(pair: Pair, tmp_path: Pa
     proc = run(pair.b, "pull", NAME, "--from", a.addr, "-o", str(mine), check=False)
     assert proc.returncode != 0 and "already exists" in proc.stderr
     assert (mine / "notes.txt").read_text() == "keep me\n"
+
+
+def test_an_in_place_update_never_deletes_files_it_did_not_pull(pair: Pair, tmp_path: Path) -> None:
+    """Someone added notes to our pulled copy: the update is refused rather
+    than swapping their file away with the old version."""
+    ck = tmp_path / "ck"
+    _write_model(ck, model(seed=6))
+    run(pair.a, "publish", str(ck), "--name", NAME, "--version", "1")
+    a = pair.serve_a()
+    dest = tmp_path / "ckpt"
+    _pull(pair, a.addr, 1, dest)
+    (dest / "NOTES.md").write_text("eval results\n")
+    _write_model(ck, model(seed=6), meta="v2")
+    run(pair.a, "publish", str(ck), "--name", NAME, "--version", "2")
+    proc = run(pair.b, "pull", f"{NAME}@2", "--from", a.addr, "-o", str(dest), check=False)
+    assert proc.returncode != 0 and "NOTES.md" in proc.stderr
+    assert (dest / "NOTES.md").read_text() == "eval results\n"
