@@ -233,7 +233,10 @@ async def _transfer(
         check_free_space(staging.dest, manifest.total_bytes - here)
     done = await trio.to_thread.run_sync(staging.open)
     if copies and len(done) < len(chunks):
-        local = await trio.to_thread.run_sync(reuse_local, staging, copies)
+        async with trio.open_nursery() as nursery:  # flushing starts the disk early
+            nursery.start_soon(_flusher, staging)
+            local = await trio.to_thread.run_sync(reuse_local, staging, copies)
+            nursery.cancel_scope.cancel()
         log.info(
             "reused name=%s version=%d bytes=%d (chunks already on this node)",
             manifest.name,
