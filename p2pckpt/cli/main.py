@@ -83,6 +83,7 @@ def main() -> None:
         push_cmd,
         relay_cmd,
         status_cmd,
+        verify_cmd,
     )
 
     try:

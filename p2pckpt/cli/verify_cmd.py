@@ -1,0 +1,72 @@
+"""``p2pckpt verify PATH [NAME@VERSION]``: check a local copy against its
+signed manifest and name every file and chunk that differs.
+
+Without NAME@VERSION the manifest is the one the catalog holds for PATH (a
+copy this node pulled or published). Exit 0 only when every byte matches;
+9 (integrity) when anything differs; 3 when no manifest is known for PATH.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from p2pckpt.cli.commands import _parse_ref, command
+from p2pckpt.cli.main import emit_json, open_home
+
+
+@command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("ref", metavar="[NAME[@VERSION]]", required=False)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def verify(path: Path, ref: str | None, as_json: bool) -> None:
+    """Check PATH against its signed manifest; name every file and chunk that differs."""
+    from p2pckpt.errors import NotFound
+    from p2pckpt.manifest.paths import safe_display
+    from p2pckpt.store.verify import compare
+
+    home = open_home()
+    where = path.expanduser().absolute()
+    if ref is not None:
+        name, version = _parse_ref(ref)
+        entry = home.catalog.find(name, version)
+        if entry is None:
+            raise NotFound(f"this node holds no manifest for {ref}")
+    else:
+        rows = home.catalog.at_location(where)
+        if not rows:
+            raise NotFound(
+                f"{where} is not a copy this node pulled or published;"
+                " name the version: p2pckpt verify PATH NAME@VERSION"
+            )
+        entry = max(rows, key=lambda e: e.version)
+    manifest = entry.manifest()
+    result = compare(where, manifest, every_chunk=True)
+    label = f"{manifest.name}@{manifest.version}"
+    if as_json:
+        emit_json(
+            {
+                "path": str(where),
+                "name": manifest.name,
+                "version": manifest.version,
+                "ok": not result,
+                "missing": result.missing,
+                "extra": result.extra,
+                "damaged": {p: result.details.get(p, "") for p in result.damaged},
+            }
+        )
+    else:
+        for p in result.missing:
+            click.echo(f"missing: {safe_display(p)}")
+        for p in result.extra:
+            click.echo(f"extra: {safe_display(p)}")
+        for p in result.damaged:
+            click.echo(f"damaged: {safe_display(p)}: {result.details.get(p, '')}")
+        if result:
+            click.echo(f"p2pckpt: error: {where} does not match {label}", err=True)
+        else:
+            click.echo(f"ok: {where} matches {label} ({manifest.total_bytes} bytes verified)")
+    if result:
+        sys.exit(9)
