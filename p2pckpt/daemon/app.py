@@ -223,11 +223,8 @@ async def run_daemon(
                 await offer.aclose()
                 raise ManifestError(f"{req.name}@{req.version} differs from the version pushed")
             # Only peers we trust: a pusher cannot make us dial arbitrary nodes.
-            hints = [
-                (PeerId(key), (host, port))
-                for key, host, port in req.peers
-                if home.trust.get(PeerId(key)) is not None
-            ]
+            peers = [(PeerId(key), (host, port)) for key, host, port in req.peers]
+            hints = [(p, addr) for p, addr in peers if home.trust.get(p) is not None]
             if len(hints) < len(req.peers):
                 log.info(
                     "push hints skipped=%d (peers we do not trust)", len(req.peers) - len(hints)

@@ -46,26 +46,6 @@ class Mismatch:
         return "; ".join(parts) or "matches"
 
 
-def _file_matches(path: Path, entry: FileEntry, on_bytes: Callable[[int], None] | None) -> bool:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size != entry.size:
-            return False
-        for chunk in entry.chunks:
-            data = os.pread(fd, chunk.length, chunk.offset)
-            if len(data) != chunk.length or chunk_hash(data) != chunk.digest:
-                return False
-            if on_bytes is not None:
-                on_bytes(chunk.length)
-        return True
-    finally:
-        os.close(fd)
-
-
 def _listed(root: Path) -> set[str]:
     found = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
@@ -75,10 +55,14 @@ def _listed(root: Path) -> set[str]:
 
 
 def file_problem(
-    path: Path, entry: FileEntry, on_bytes: Callable[[int], None] | None = None
+    path: Path,
+    entry: FileEntry,
+    on_bytes: Callable[[int], None] | None = None,
+    every_chunk: bool = True,
 ) -> str | None:
-    """What is wrong with one file (None if it matches), reading all of it to
-    name every chunk that differs (``p2pckpt verify``)."""
+    """What is wrong with one file (None if it matches): with ``every_chunk``
+    it reads all of it to name every chunk that differs (``p2pckpt verify``),
+    else it stops at the first (and a read error is raised, not reported)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
@@ -94,9 +78,13 @@ def file_problem(
             data = os.pread(fd, chunk.length, chunk.offset)
             if len(data) != chunk.length or chunk_hash(data) != chunk.digest:
                 bad.append(f"chunk {i} (bytes {chunk.offset}-{chunk.offset + chunk.length - 1})")
+                if not every_chunk:
+                    break
             if on_bytes is not None:
                 on_bytes(chunk.length)
     except OSError as exc:
+        if not every_chunk:
+            raise
         return f"read error: {exc.strerror}"
     finally:
         os.close(fd)
@@ -118,13 +106,11 @@ def compare(
     result = Mismatch()
 
     def check(file: Path, entry: FileEntry) -> None:
-        if every_chunk:
-            problem = file_problem(file, entry, on_bytes)
-            if problem is not None:
-                result.damaged.append(entry.path)
-                result.details[entry.path] = problem
-        elif not _file_matches(file, entry, on_bytes):
+        problem = file_problem(file, entry, on_bytes, every_chunk)
+        if problem is not None:
             result.damaged.append(entry.path)
+            if every_chunk:
+                result.details[entry.path] = problem
 
     if manifest.kind == "file":
         entry = manifest.files[0]

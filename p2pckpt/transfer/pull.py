@@ -243,7 +243,7 @@ async def _transfer(
             manifest.version,
             local,
         )
-    sizes = [c.length for _, _, c in manifest.iter_chunks()]
+    sizes = [c.length for c in chunks]
     reused = sum(sizes[i] for i in staging.done)
     check_free_space(staging.dest, manifest.total_bytes - reused)
     progress.start(f"{manifest.name}@{manifest.version}", manifest.total_bytes, reused)
