@@ -45,6 +45,30 @@ def parse_meta(pairs: list[str]) -> dict[str, str]:
     return meta
 
 
+# What `ls` calls a checkpoint's format, by file extension (weights only:
+# configs, tokenizers and READMEs say nothing about the format).
+_FORMATS = {
+    ".safetensors": "safetensors",
+    ".gguf": "gguf",
+    ".pt": "pytorch",
+    ".pth": "pytorch",
+    ".bin": "pytorch",
+    ".ckpt": "ckpt",
+    ".onnx": "onnx",
+    ".h5": "keras",
+    ".keras": "keras",
+    ".msgpack": "flax",
+    ".npz": "numpy",
+    ".npy": "numpy",
+}
+
+
+def detect_format(relpaths: list[str]) -> str | None:
+    """``safetensors``, ``pytorch``, ``gguf``... or several joined by ``+``."""
+    found = {_FORMATS.get(os.path.splitext(p)[1].lower()) for p in relpaths} - {None}
+    return "+".join(sorted(f for f in found if f is not None)) or None
+
+
 def chunk_plan(fd: int, src: SourceFile) -> list[tuple[int, int]]:
     """Chunk boundaries for one file: tensor-aligned for safetensors."""
     if src.relpath.endswith(".safetensors"):
@@ -98,13 +122,18 @@ def publish(
             raise SourceChanged(f"{src.relpath!r} changed while publishing; try again")
         home.catalog.remember_hashed(str(src.path), stat_key, started_ns, tuple(chunks))
         entries.append(FileEntry(src.relpath, src.size, tuple(chunks)))
-    meta = dict(meta or {})
+    given = dict(meta or {})
+    meta = dict(given)
+    fmt = detect_format([s.relpath for s in sources])
+    if fmt is not None:
+        meta.setdefault("format", fmt)
     # Publishing the same bytes and meta again is a no-op: with an explicit
-    # version, if that version holds them; without one, if the newest does.
+    # version, if that version holds them; without one, if the newest does
+    # (a version published before formats were detected counts as the same).
     existing = home.catalog.find(name, version, publisher=home.key.peer_id.key)
     if existing is not None:
         old = existing.manifest()
-        if old.kind == kind and old.files == tuple(entries) and dict(old.meta) == meta:
+        if old.kind == kind and old.files == tuple(entries) and dict(old.meta) in (meta, given):
             home.catalog.add(old, existing.envelope, root, "published")
             return old
         if version is not None:

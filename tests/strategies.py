@@ -19,6 +19,8 @@ from p2pckpt.manifest.manifest import (
     Manifest,
 )
 from p2pckpt.wire.messages import (
+    LIST_META_KEYS,
+    LIST_META_VALUE,
     Cancel,
     ChunkData,
     ChunkRequest,
@@ -60,6 +62,9 @@ version_infos = st.builds(
     root=digests,
     total_bytes=st.integers(0, 1 << 62),
     file_count=st.integers(0, 1 << 32),
+    meta=st.dictionaries(
+        st.sampled_from(LIST_META_KEYS), st.text(max_size=LIST_META_VALUE), max_size=4
+    ).map(lambda d: tuple(sorted(d.items()))),
 )
 
 list_requests = st.just(ListRequest())

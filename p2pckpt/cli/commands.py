@@ -215,7 +215,6 @@ def publish(
 def ls(peers: tuple[str, ...], local: bool, as_json: bool, config_path: Path | None) -> None:
     """List versions held here and offered by reachable trusted peers."""
     from p2pckpt.identity.peer_id import PeerId
-    from p2pckpt.manifest.paths import safe_display
 
     home = open_home()
 
@@ -228,7 +227,8 @@ def ls(peers: tuple[str, ...], local: bool, as_json: bool, config_path: Path | N
 
     rows: list[dict[str, Any]] = []
     if not peers:
-        for e in home.catalog.all():
+        metas = home.catalog.metas()
+        for e in home.catalog.summaries():
             rows.append(
                 {
                     "name": e.name,
@@ -240,7 +240,7 @@ def ls(peers: tuple[str, ...], local: bool, as_json: bool, config_path: Path | N
                     "where": "local",
                     "origin": e.origin,
                     "location": e.location,
-                    "meta": dict(e.manifest().meta),
+                    "meta": metas.get(e.root, {}),
                 }
             )
     if not local:
@@ -256,6 +256,7 @@ def ls(peers: tuple[str, ...], local: bool, as_json: bool, config_path: Path | N
                     "where": str(conn_peer),
                     "where_name": who(conn_peer.key),
                     "route": route,
+                    "meta": dict(version.meta),
                 }
             )
     if as_json:
@@ -264,21 +265,43 @@ def ls(peers: tuple[str, ...], local: bool, as_json: bool, config_path: Path | N
     if not rows:
         click.echo("no checkpoints", err=True)
         return
-    refs = [f"{safe_display(r['name'])}@{r['version']}" for r in rows]
-    width = max(len(ref) for ref in refs)
-    for ref, r in zip(refs, rows, strict=True):
-        line = (
-            f"{ref:<{width}}  {_human(r['bytes']):>9}  {r['files']:>6} file(s)"
-            f"  by {safe_display(r['publisher_name'])}"
-        )
+    _print_table(rows)
+
+
+_LS_COLUMNS = ("VERSION", "SIZE", "FILES", "FORMAT", "STEP", "BASE MODEL", "LICENSE", "BY")
+_LISTED = ("format", "step", "base_model", "license")
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    """One line per version under a header; every peer-given string escaped (R-41)."""
+    from p2pckpt.manifest.paths import safe_display
+
+    table = [[*_LS_COLUMNS, "WHERE"]]
+    for r in rows:
+        meta = r["meta"]
+        cells = [
+            f"{r['name']}@{r['version']}",
+            _human(r["bytes"]),
+            str(r["files"]),
+            *(meta.get(key) or "-" for key in _LISTED),
+            r["publisher_name"],
+        ]
         if r["where"] == "local":
-            line += f"  {r['origin']}: {safe_display(r['location'])}"
-            if r["meta"]:
-                meta = sorted(r["meta"].items())
-                line += "  " + " ".join(safe_display(f"{k}={v}") for k, v in meta)
+            where = f"{r['origin']}: {r['location']}"
+            extra = sorted((k, v) for k, v in meta.items() if k not in _LISTED)
+            if extra:
+                where += "  " + " ".join(f"{k}={v}" for k, v in extra)
         else:
-            line += f"  offered by {safe_display(r['where_name'])} ({r['route']})"
-        click.echo(line)
+            where = f"offered by {r['where_name']} ({r['route']})"
+        table.append([safe_display(c) for c in [*cells, where]])
+    widths = [max(len(line[i]) for line in table) for i in range(len(_LS_COLUMNS))]
+    right = {1, 2}  # sizes and counts line up on the right
+    for line in table:
+        cells = [
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(line, widths, strict=False))
+        ]
+        click.echo("  ".join([*cells, line[-1]]).rstrip())
 
 
 def _remote_versions(home: Any, cfg: Any, peers: tuple[str, ...]) -> list[tuple[Any, str, Any]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +66,12 @@ CREATE INDEX IF NOT EXISTS chunks_by_digest ON chunks (digest);
 CREATE INDEX IF NOT EXISTS chunks_by_root ON chunks (root);
 CREATE TRIGGER IF NOT EXISTS chunks_go_with_versions AFTER DELETE ON versions
 BEGIN DELETE FROM chunks WHERE root = old.root; END;
+CREATE TABLE IF NOT EXISTS meta (
+    root  BLOB PRIMARY KEY,
+    pairs BLOB NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS meta_goes_with_versions AFTER DELETE ON versions
+BEGIN DELETE FROM meta WHERE root = old.root; END;
 CREATE TABLE IF NOT EXISTS hashed (
     path      TEXT PRIMARY KEY,
     size      INTEGER NOT NULL,
@@ -78,7 +84,8 @@ CREATE TABLE IF NOT EXISTS hashed (
 # A file modified less than this before we hashed it may have been modified
 # again within the same timestamp tick: its hashes are not reused ("racily clean").
 RACY_NS = 2_000_000_000
-_SCHEMA_VERSION = 2  # 2: the chunk index (filled from existing versions on upgrade)
+# 2: the chunk index; 3: the meta table (both filled from existing versions on upgrade)
+_SCHEMA_VERSION = 3
 _LOOKUP_BATCH = 500
 _COPIES_SQL = (
     "SELECT c.digest, c.file, c.pos, c.len, v.origin FROM chunks c JOIN versions v"
@@ -89,6 +96,10 @@ _SELECT = (
     "SELECT root, name, version, publisher, envelope, location, origin,"
     " total_bytes, file_count, added FROM versions "
 )
+
+
+def _pack_meta(meta: Mapping[str, str]) -> bytes:
+    return bytes(msgpack.packb(sorted(meta.items())))
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +136,10 @@ class Catalog:
                     self._db.execute("DELETE FROM chunks")
                     for entry in self._rows(""):
                         self._index(entry.manifest(), entry.location)
+                        self._db.execute(
+                            "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                            (entry.root, _pack_meta(entry.manifest().meta)),
+                        )
                     self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open catalog {path}: {exc}") from exc
@@ -171,6 +186,10 @@ class Catalog:
                 ),
             )
             self._index(manifest, str(location))
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                (manifest.root, _pack_meta(manifest.meta)),
+            )
             self._bump_highest(manifest)
             self._bump_epoch()
 
@@ -250,6 +269,11 @@ class Catalog:
             " total_bytes, file_count, added FROM versions ORDER BY name, version"
         )
         return [Entry(*row) for row in cur.fetchall()]
+
+    def metas(self) -> dict[bytes, dict[str, str]]:
+        """Each version's manifest meta by root, without decoding manifests."""
+        rows = self._db.execute("SELECT root, pairs FROM meta").fetchall()
+        return {root: dict(msgpack.unpackb(pairs)) for root, pairs in rows}
 
     def by_root(self, root: bytes) -> Entry | None:
         rows = self._rows("WHERE root = ?", (root,))

@@ -499,11 +499,18 @@ class Server:
         match req:
             case m.ListRequest():
                 entries = catalog.summaries()[-m.MAX_LIST_ENTRIES :]
+                metas = catalog.metas()
                 return encode(
                     m.ListResponse(
                         tuple(
                             m.VersionInfo(
-                                e.name, e.version, e.publisher, e.root, e.total_bytes, e.file_count
+                                e.name,
+                                e.version,
+                                e.publisher,
+                                e.root,
+                                e.total_bytes,
+                                e.file_count,
+                                m.list_meta(metas.get(e.root, {})),
                             )
                             for e in entries
                         )

@@ -18,10 +18,11 @@ from typing import Any, Final
 
 import msgpack
 
-from p2pckpt.errors import RemoteProtocolError
+from p2pckpt.errors import LocalProtocolError, RemoteProtocolError
 from p2pckpt.manifest.chunker import MAX_CHUNK
 from p2pckpt.manifest.manifest import MAX_MANIFEST_BYTES, MAX_VERSION
 from p2pckpt.wire.messages import (
+    LIST_META_KEYS,
     MAX_HAVE_BYTES,
     MAX_LIST_ENTRIES,
     MAX_PUSH_PEERS,
@@ -54,7 +55,7 @@ _T_HAVE_REQ, _T_HAVE, _T_CANCEL = 11, 12, 13
 _CONTROL_CAP = 4096
 _CAPS: Final = {
     _T_LIST_REQ: _CONTROL_CAP,
-    _T_LIST_RESP: 1 << 20,
+    _T_LIST_RESP: 4 << 20,  # 4096 entries with their listed meta
     _T_MAN_REQ: _CONTROL_CAP,
     _T_MAN_RESP: MAX_MANIFEST_BYTES + 64,
     _T_CHUNK_REQ: _CONTROL_CAP,
@@ -89,7 +90,15 @@ def encode(msg: Message) -> bytes:
             return _pack(
                 _T_LIST_RESP,
                 [
-                    [v.name, v.version, v.publisher, v.root, v.total_bytes, v.file_count]
+                    [
+                        v.name,
+                        v.version,
+                        v.publisher,
+                        v.root,
+                        v.total_bytes,
+                        v.file_count,
+                        [list(kv) for kv in v.meta],
+                    ]
                     for v in versions
                 ],
             )
@@ -154,7 +163,7 @@ def _decode(kind: int, body: bytes) -> Message:
         for v in doc:
             if not (
                 isinstance(v, list)
-                and len(v) == 6
+                and len(v) in (6, 7)
                 and isinstance(v[0], str)
                 and len(v[0]) <= 128
                 and _is_int(v[1], MAX_VERSION)
@@ -166,7 +175,24 @@ def _decode(kind: int, body: bytes) -> Message:
                 and _is_int(v[5], 1 << 32)
             ):
                 raise _bad("list entry")
-            versions.append(VersionInfo(*v))
+            meta = v[6] if len(v) == 7 else []
+            if not (
+                isinstance(meta, list)
+                and len(meta) <= len(LIST_META_KEYS)
+                and all(
+                    isinstance(kv, list)
+                    and len(kv) == 2
+                    and isinstance(kv[0], str)
+                    and isinstance(kv[1], str)
+                    for kv in meta
+                )
+            ):
+                raise _bad("list meta")
+            try:
+                pairs = tuple((k, val) for k, val in meta)
+                versions.append(VersionInfo(v[0], v[1], v[2], v[3], v[4], v[5], pairs))
+            except LocalProtocolError as exc:
+                raise _bad(str(exc)) from None
         return ListResponse(tuple(versions))
     if kind == _T_MAN_REQ:
         if (

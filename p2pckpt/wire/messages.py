@@ -22,6 +22,7 @@ An ``Error`` without ``req_id`` ends the connection.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from p2pckpt.errors import LocalProtocolError
@@ -31,6 +32,10 @@ MAX_HAVE_BYTES = (1 << 19) // 8  # one bit per chunk, MAX_CHUNKS chunks
 PUSH_PROGRESS_INTERVAL = 0.5
 MAX_LIST_ENTRIES = 4096
 MAX_PUSH_PEERS = 64  # co-targets named in one PushRequest
+# Manifest meta keys a listing carries (what `ls` shows), each value at most
+# LIST_META_VALUE characters; the rest stays in the manifest.
+LIST_META_KEYS = ("base_model", "format", "license", "step")
+LIST_META_VALUE = 128
 
 # Error codes (stable strings, mapped to exit codes by the CLI).
 UNAUTHORIZED = "unauthorized"
@@ -54,6 +59,22 @@ class VersionInfo:
     root: bytes
     total_bytes: int
     file_count: int
+    meta: tuple[tuple[str, str], ...] = ()  # sorted LIST_META_KEYS pairs
+
+    def __post_init__(self) -> None:
+        keys = [k for k, _ in self.meta]
+        _check(keys == sorted(set(keys)), "list meta keys sorted and unique")
+        for key, value in self.meta:
+            _check(key in LIST_META_KEYS, "list meta key")
+            _check(len(value) <= LIST_META_VALUE, "list meta value too long")
+
+
+def list_meta(meta: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The part of a manifest's meta that a listing carries (long values are
+    left out rather than cut: a clipped licence or model name would mislead)."""
+    return tuple(
+        (k, meta[k]) for k in LIST_META_KEYS if k in meta and len(meta[k]) <= LIST_META_VALUE
+    )
 
 
 @dataclass(frozen=True, slots=True)

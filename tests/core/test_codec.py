@@ -114,6 +114,13 @@ SAMPLES: list[Message] = [
     ListRequest(),
     ListResponse(()),
     ListResponse((VersionInfo("llama-7b", 3, b"p" * 32, ROOT, 1 << 40, 12),)),
+    ListResponse(
+        (
+            VersionInfo(
+                "llama-7b", 3, b"p" * 32, ROOT, 1, 1, (("format", "safetensors"), ("step", "9"))
+            ),
+        )
+    ),
     ManifestRequest("llama-7b", None),
     ManifestRequest("llama-7b", 0),
     ManifestResponse(b"\x93\x01\x02\x03"),
@@ -275,7 +282,7 @@ def test_unknown_type_rejected(kind: int, accepts: frozenset[int]) -> None:
         (T_MAN_REQ, 4096, SERVER_ACCEPTS),
         (T_CHUNK_REQ, 4096, SERVER_ACCEPTS),
         (T_ERROR, 4096, CLIENT_ACCEPTS),
-        (T_LIST_RESP, 1 << 20, CLIENT_ACCEPTS),
+        (T_LIST_RESP, 4 << 20, CLIENT_ACCEPTS),
         (T_MAN_RESP, MAX_MANIFEST_BYTES + 64, CLIENT_ACCEPTS),
         (T_CHUNK, 4 + MAX_CHUNK, CLIENT_ACCEPTS),
     ],
@@ -377,6 +384,14 @@ _GOOD_ENTRY = ["llama", 1, b"p" * 32, ROOT, 10, 1]
 BAD_RESPONSES = {
     "list-entry-short": (T_LIST_RESP, [_GOOD_ENTRY[:5]]),
     "list-entry-extra": (T_LIST_RESP, [[*_GOOD_ENTRY, 0]]),
+    "list-entry-8": (T_LIST_RESP, [[*_GOOD_ENTRY, [], 0]]),
+    "list-meta-unknown-key": (T_LIST_RESP, [[*_GOOD_ENTRY, [["loss", "1"]]]]),
+    "list-meta-unsorted": (T_LIST_RESP, [[*_GOOD_ENTRY, [["step", "1"], ["format", "x"]]]]),
+    "list-meta-duplicate": (T_LIST_RESP, [[*_GOOD_ENTRY, [["step", "1"], ["step", "2"]]]]),
+    "list-meta-long-value": (T_LIST_RESP, [[*_GOOD_ENTRY, [["license", "x" * 129]]]]),
+    "list-meta-not-pair": (T_LIST_RESP, [[*_GOOD_ENTRY, [["step"]]]]),
+    "list-meta-int-value": (T_LIST_RESP, [[*_GOOD_ENTRY, [["step", 5]]]]),
+    "list-meta-too-many": (T_LIST_RESP, [[*_GOOD_ENTRY, [["step", "1"]] * 5]]),
     "list-entry-publisher-31": (T_LIST_RESP, [["llama", 1, b"p" * 31, ROOT, 10, 1]]),
     "list-entry-bool-version": (T_LIST_RESP, [["llama", True, b"p" * 32, ROOT, 10, 1]]),
     "list-entry-negative-size": (T_LIST_RESP, [["llama", 1, b"p" * 32, ROOT, -10, 1]]),
