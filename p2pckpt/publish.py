@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from p2pckpt.errors import ConfigError, ManifestError, SourceChanged
+from p2pckpt.hfcache import is_snapshot, walk_snapshot
 from p2pckpt.home import Home
 from p2pckpt.manifest.chunker import hash_reader
 from p2pckpt.manifest.layout import plan, safetensors_cuts, safetensors_header_length
@@ -96,7 +97,10 @@ def publish(
         raise ConfigError(f"a version is a whole number from 0 to {MAX_VERSION}")
     root = path.expanduser().absolute()
     try:
-        kind, sources = walk(root)
+        if is_snapshot(root):  # a Hugging Face cache snapshot: its links' blobs
+            kind, sources = "dir", walk_snapshot(root)
+        else:
+            kind, sources = walk(root)
     except ManifestError as exc:  # a link, special file or unportable name here
         raise ConfigError(str(exc)) from None
     if on_total is not None:

@@ -149,13 +149,33 @@ def _progress_bar(enabled: bool) -> Any:
 
 
 @command()
-@click.argument("path", type=click.Path(path_type=Path))
-@click.option("--name", required=True, help="Checkpoint name.")
+@click.argument("path", type=click.Path(path_type=Path), required=False)
+@click.option("--name", default=None, help="Checkpoint name (with --hf-cache: default NAME).")
 @click.option("--version", type=click.IntRange(0), default=None, help="Default: newest + 1.")
 @click.option("--meta", multiple=True, help="KEY=VALUE metadata (repeatable).")
+@click.option(
+    "--hf-cache",
+    "hf_repo",
+    default=None,
+    metavar="ORG/NAME[@REV]",
+    help="Publish a snapshot from the Hugging Face cache instead of PATH (REV: branch, tag"
+    " or commit; default main).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The Hugging Face hub cache (default: $HF_HUB_CACHE or ~/.cache/huggingface/hub).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def publish(
-    path: Path, name: str, version: int | None, meta: tuple[str, ...], as_json: bool
+    path: Path | None,
+    name: str | None,
+    version: int | None,
+    meta: tuple[str, ...],
+    hf_repo: str | None,
+    cache_dir: Path | None,
+    as_json: bool,
 ) -> None:
     """Publish PATH (a file or a directory) as NAME."""
     import time
@@ -163,6 +183,13 @@ def publish(
     from p2pckpt.publish import parse_meta
     from p2pckpt.publish import publish as do_publish
 
+    extra = parse_meta(list(meta))
+    if hf_repo is not None:
+        if path is not None:
+            raise ConfigError("give PATH or --hf-cache, not both")
+        path, name, extra = _hf_source(hf_repo, cache_dir, name, extra)
+    elif path is None or name is None:
+        raise ConfigError("publish needs PATH and --name (or --hf-cache ORG/NAME)")
     home = open_home()
     bar = _progress_bar(sys.stderr.isatty())
     task: list[Any] = []
@@ -179,7 +206,7 @@ def publish(
     if bar is not None:
         bar.start()
     try:
-        manifest = do_publish(home, path, name, version, parse_meta(list(meta)), on_bytes, on_total)
+        manifest = do_publish(home, path, name, version, extra, on_bytes, on_total)
     finally:
         if bar is not None:
             bar.stop()
@@ -203,6 +230,22 @@ def publish(
             f" {manifest.total_bytes / 1e6:.1f} MB, {manifest.chunk_count} chunks"
             f" ({rate:.0f} MB/s)"
         )
+
+
+def _hf_source(
+    spec: str, cache_dir: Path | None, name: str | None, meta: dict[str, str]
+) -> tuple[Path, str, dict[str, str]]:
+    """The snapshot folder, checkpoint name and meta for ``--hf-cache``."""
+    from p2pckpt import hfcache
+
+    repo_id, revision = hfcache.parse_repo(spec)
+    folder, commit, branch = hfcache.snapshot(
+        cache_dir or hfcache.default_cache(), repo_id, revision
+    )
+    found = {"hf_repo": repo_id, "hf_revision": commit, **hfcache.card_meta(folder)}
+    if branch is not None:
+        found["hf_ref"] = branch
+    return folder, name or repo_id.rpartition("/")[2], {**found, **meta}
 
 
 @command(name="ls")
@@ -449,6 +492,20 @@ class _RichProgress:
     metavar="BYTES_PER_S",
     help="Download cap for this pull (all sources together).",
 )
+@click.option(
+    "--into-hf-cache",
+    "hf_cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Lay the version out in this Hugging Face hub cache (blobs, snapshot, refs).",
+)
+@click.option(
+    "--hf-repo",
+    default=None,
+    metavar="ORG/NAME",
+    help="With --into-hf-cache: the repo to file it under (default: the publisher's).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 @config_option
 def pull(
@@ -457,6 +514,8 @@ def pull(
     dest: Path | None,
     streams: int | None,
     max_rate: int | None,
+    hf_cache: Path | None,
+    hf_repo: str | None,
     as_json: bool,
     config_path: Path | None,
 ) -> None:
@@ -478,6 +537,15 @@ def pull(
         raise ConfigError(str(exc)) from None
     if dest is not None and not str(dest).strip():
         raise ConfigError("-o needs a path")
+    if hf_cache is not None and dest is not None:
+        raise ConfigError("give -o or --into-hf-cache, not both")
+    if hf_repo is not None and hf_cache is None:
+        raise ConfigError("--hf-repo goes with --into-hf-cache")
+    if hf_repo is not None:
+        from p2pckpt.hfcache import parse_repo
+
+        parse_repo(hf_repo)
+    cache_dir = hf_cache.expanduser().absolute() if hf_cache is not None else None
     from p2pckpt.discovery.finder import open_finder, parse_target
 
     home = open_home()
@@ -491,6 +559,20 @@ def pull(
         need_mdns = targets is None or any(not isinstance(t, tuple) for t in targets)
         async with open_finder(home, cfg, use_mdns=need_mdns) as finder:
             conns = await finder.connect_all(targets)
+        throttles = [Throttle(max_rate)] if max_rate else None
+        if cache_dir is not None:
+            from p2pckpt.transfer.hfpull import pull_into_cache
+
+            offer = await pulling.choose_source(home, conns, name, version)
+            return await pull_into_cache(
+                home,
+                offer,
+                cache_dir,
+                hf_repo,
+                streams or pulling.DEFAULT_STREAMS,
+                progress,
+                throttles,
+            )
         return await pulling.pull(
             home,
             conns,
@@ -499,7 +581,7 @@ def pull(
             dest,
             streams or pulling.DEFAULT_STREAMS,
             progress,
-            throttles=[Throttle(max_rate)] if max_rate else None,
+            throttles=throttles,
         )
 
     if bar is not None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import msgpack
 
 from p2pckpt.errors import ManifestError, Rollback, StoreError
+from p2pckpt.hfcache import source_path
 from p2pckpt.manifest.chunker import Chunk
 from p2pckpt.manifest.manifest import Manifest, verify
 
@@ -197,13 +198,17 @@ class Catalog:
         """Record where each chunk of a version lives locally (for reuse)."""
         self._db.execute("DELETE FROM chunks WHERE root = ?", (manifest.root,))
         base = Path(location)
+        where = {
+            f.path: location if manifest.kind == "file" else str(source_path(base, f.path))
+            for f in manifest.files
+        }
         self._db.executemany(
             "INSERT INTO chunks VALUES (?,?,?,?,?)",
             (
                 (
                     chunk.digest,
                     manifest.root,
-                    location if manifest.kind == "file" else str(base / entry.path),
+                    where[entry.path],
                     chunk.offset,
                     chunk.length,
                 )

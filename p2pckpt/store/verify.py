@@ -2,7 +2,8 @@
 
 A copy matches when it holds exactly the manifest's files (no more, no
 fewer), each a regular file of the declared size whose every chunk hashes to
-its manifest entry. Links are never followed. Hashing runs at disk speed.
+its manifest entry. Links are never followed, except a Hugging Face cache
+snapshot's links into its own ``blobs/`` (``hfcache.source_path``). Hashing runs at disk speed.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from p2pckpt.hfcache import source_path
 from p2pckpt.manifest.chunker import chunk_hash
 from p2pckpt.manifest.manifest import FileEntry, Manifest
 
@@ -129,5 +131,5 @@ def compare(
         if entry.path not in present:
             result.missing.append(entry.path)
         else:
-            check(path / entry.path, entry)
+            check(source_path(path, entry.path), entry)  # a cache snapshot's link: its blob
     return result

@@ -1,0 +1,213 @@
+"""Hugging Face cache interop: publish a snapshot from a hand-built hub cache,
+pull it into another cache, and load it back with huggingface_hub offline."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.e2e.nodes import Pair, run, run_json
+
+COMMIT = "3f1c2a7b9d0e4f5a6b7c8d9e0f1a2b3c4d5e6f70"
+CARD = "---\nlicense: apache-2.0\nbase_model:\n- acme/base-7b\ntags: [x]\n---\n# tiny\n"
+CONFIG = {"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 8, "vocab_size": 16}
+
+
+def safetensors_bytes(tensors: dict[str, int]) -> bytes:
+    """A real safetensors file of F32 tensors (name -> element count)."""
+    header: dict[str, object] = {}
+    data = b""
+    for name, count in tensors.items():
+        raw = struct.pack(f"<{count}f", *(i / 7 for i in range(count)))
+        header[name] = {
+            "dtype": "F32",
+            "shape": [count],
+            "data_offsets": [len(data), len(data) + len(raw)],
+        }
+        data += raw
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    return struct.pack("<Q", len(head)) + head + data
+
+
+def git_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # noqa: S324 - git's name
+
+
+def build_cache(cache: Path, files: dict[str, bytes], lfs: set[str]) -> Path:
+    """``models--acme--tiny`` as huggingface_hub lays it out: blobs named by
+    etag, a snapshot of relative links, refs/main."""
+    repo = cache / "models--acme--tiny"
+    snap = repo / "snapshots" / COMMIT
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    for rel, data in files.items():
+        name = hashlib.sha256(data).hexdigest() if rel in lfs else git_sha1(data)
+        (repo / "blobs" / name).write_bytes(data)
+        link = snap / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(repo / "blobs" / name, link.parent))
+    (repo / "refs" / "main").write_text(COMMIT)
+    return repo
+
+
+LOAD = """
+import json, sys
+from huggingface_hub import hf_hub_download, snapshot_download
+from safetensors import safe_open
+from transformers import AutoConfig
+folder = snapshot_download("acme/tiny")
+config = AutoConfig.from_pretrained("acme/tiny")
+weights = hf_hub_download("acme/tiny", "model.safetensors")
+with safe_open(weights, framework="numpy") as f:
+    sums = {k: float(f.get_tensor(k).sum()) for k in f.keys()}
+print(json.dumps({"folder": folder, "n_embd": config.n_embd, "sums": sums,
+                  "nested": open(hf_hub_download("acme/tiny", "sub/notes.txt")).read()}))
+"""
+
+
+def load_offline(cache: Path) -> dict[str, object]:
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_CACHE": str(cache),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+    env.pop("HF_HOME", None)
+    out = subprocess.run(
+        [sys.executable, "-c", LOAD], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_publish_from_and_pull_into_hf_cache(pair: Pair, tmp_path: Path) -> None:
+    files = {
+        "config.json": json.dumps(CONFIG).encode(),
+        "README.md": CARD.encode(),
+        "model.safetensors": safetensors_bytes({"wte": 128, "wpe": 64, "h.0.w": 1 << 20}),
+        "sub/notes.txt": b"nested files keep their folder\n",
+    }
+    src_cache = tmp_path / "hub-a"
+    src_repo = build_cache(src_cache, files, lfs={"model.safetensors"})
+    expected = load_offline(src_cache)  # the hand-built cache is what the hub reads
+
+    doc = run_json(pair.a, "publish", "--hf-cache", "acme/tiny", "--cache-dir", str(src_cache))
+    assert doc["name"] == "tiny" and doc["files"] == 4
+    assert doc["bytes"] == sum(len(d) for d in files.values())  # the blobs' bytes, not links
+    (row,) = run_json(pair.a, "ls", "--local")
+    assert row["location"] == str(src_repo / "snapshots" / COMMIT)
+    assert row["meta"] == {
+        "base_model": "acme/base-7b",
+        "format": "safetensors",
+        "hf_ref": "main",
+        "hf_repo": "acme/tiny",
+        "hf_revision": COMMIT,
+        "license": "apache-2.0",
+    }
+
+    server = pair.serve_a()  # serves the snapshot through its links into blobs/
+    listed = run(pair.b, "ls", "--peer", server.addr).stdout
+    assert "safetensors" in listed and "acme/base-7b" in listed and "apache-2.0" in listed
+    dst_cache = tmp_path / "hub-b"
+    got = run_json(pair.b, "pull", "tiny", "--from", server.addr, "--into-hf-cache", str(dst_cache))
+    dst_repo = dst_cache / "models--acme--tiny"
+    snap = dst_repo / "snapshots" / COMMIT
+    assert got["dest"] == str(snap)
+    assert got["bytes_downloaded"] == doc["bytes"]
+    assert (dst_repo / "refs" / "main").read_text() == COMMIT
+    # Same blob names as the hub's own (sha256 for LFS files, git sha1 otherwise),
+    # so a later online download of the same file finds it already there.
+    assert sorted(p.name for p in (dst_repo / "blobs").iterdir()) == sorted(
+        p.name for p in (src_repo / "blobs").iterdir()
+    )
+    for rel in files:
+        assert (snap / rel).is_symlink() and (snap / rel).read_bytes() == files[rel]
+        assert not os.path.isabs(os.readlink(snap / rel))
+    assert not [p for p in dst_repo.iterdir() if p.name.startswith(".")]
+
+    loaded = load_offline(dst_cache)
+    assert loaded["folder"] == str(snap)
+    assert {k: v for k, v in loaded.items() if k != "folder"} == {
+        k: v for k, v in expected.items() if k != "folder"
+    }
+    assert loaded["n_embd"] == 8 and loaded["nested"] == "nested files keep their folder\n"
+
+    assert run(pair.b, "verify", str(snap)).returncode == 0  # through the links
+    again = run_json(
+        pair.b, "pull", "tiny", "--from", server.addr, "--into-hf-cache", str(dst_cache)
+    )
+    assert again["bytes_downloaded"] == 0 and again["dest"] == str(snap)
+
+
+def test_hf_snapshot_link_out_of_blobs_is_refused(pair: Pair, tmp_path: Path) -> None:
+    """R-42: a snapshot link that leaves its repository's blobs/ fails the publish."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not part of any checkpoint\n")
+    repo = build_cache(tmp_path / "hub", {"config.json": b"{}"}, lfs=set())
+    (repo / "snapshots" / COMMIT / "stolen.txt").symlink_to(secret)
+    out = run(
+        pair.a,
+        "publish",
+        "--hf-cache",
+        "acme/tiny@main",
+        "--cache-dir",
+        str(tmp_path / "hub"),
+        check=False,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "stolen.txt" in out.stderr and "blob" in out.stderr
+    assert run_json(pair.a, "ls", "--local") == []
+
+
+def test_hf_cache_user_errors(pair: Pair, tmp_path: Path) -> None:
+    """Unknown repo or revision: exit 3; a bad repo id or both PATH and --hf-cache: exit 2;
+    pulling a version that was not published from a cache needs --hf-repo."""
+    build_cache(tmp_path / "hub", {"config.json": b"{}"}, lfs=set())
+    hub = str(tmp_path / "hub")
+    cases = [
+        (("--hf-cache", "acme/other", "--cache-dir", hub), 3, "not in the Hugging Face cache"),
+        (("--hf-cache", "acme/tiny@v9", "--cache-dir", hub), 3, "no revision 'v9'"),
+        (("--hf-cache", "../etc", "--cache-dir", hub), 2, "not a Hugging Face repo id"),
+        (("--hf-cache", "acme/tiny@../../x", "--cache-dir", hub), 2, "bad revision"),
+        ((str(tmp_path), "--hf-cache", "acme/tiny", "--cache-dir", hub), 2, "not both"),
+    ]
+    for args, code, message in cases:
+        out = run(pair.a, "publish", *args, check=False)
+        assert (out.returncode, message in out.stderr) == (code, True), (args, out.stderr)
+    plain = tmp_path / "plain.safetensors"
+    plain.write_bytes(safetensors_bytes({"w": 16}))
+    run(pair.a, "publish", str(plain), "--name", "plain")
+    server = pair.serve_a()
+    out = run(
+        pair.b,
+        "pull",
+        "plain",
+        "--from",
+        server.addr,
+        "--into-hf-cache",
+        str(tmp_path / "b"),
+        check=False,
+    )
+    assert out.returncode == 2 and "--hf-repo" in out.stderr, out.stderr
+    got = run_json(
+        pair.b,
+        "pull",
+        "plain",
+        "--from",
+        server.addr,
+        "--into-hf-cache",
+        str(tmp_path / "b"),
+        "--hf-repo",
+        "me/plain",
+    )
+    snap = Path(got["dest"])
+    assert snap.parent.parent == tmp_path / "b" / "models--me--plain"
+    assert (snap / "plain.safetensors").read_bytes() == plain.read_bytes()
+    assert (snap.parent.parent / "refs" / "main").read_text() == snap.name
