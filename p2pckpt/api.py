@@ -10,6 +10,8 @@
 
     result = p2pckpt.pull("llama-ft", dest="./llama-ft")      # newest, found by itself
 
+    p2pckpt.publish("ckpt/step-9000", name="llama-ft", replicas=2)  # safe on 2 peers
+
 Both use the node home of ``home=`` (default: ``$P2PCKPT_HOME`` or the user
 data dir) and raise ``p2pckpt.errors.P2pckptError`` subclasses on failure.
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from p2pckpt.errors import P2pckptError, first_leaf
+from p2pckpt.errors import ConfigError, P2pckptError, first_leaf
 from p2pckpt.home import Home, default_home
 from p2pckpt.manifest.manifest import Manifest
 from p2pckpt.transfer.pull import DEFAULT_STREAMS, PullResult
@@ -36,15 +38,34 @@ def publish(
     version: int | None = None,
     meta: Mapping[str, str] | None = None,
     home: str | Path | None = None,
+    replicas: int = 0,
+    replicas_timeout: float = 600.0,
+    config: str | Path | None = None,
 ) -> Manifest:
     """Hash ``path`` (a file or a directory) in place and publish it as
     ``name@version`` (default: newest + 1). Republishing identical bytes is a
-    no-op. Blocking; hashing runs at disk speed."""
+    no-op. Blocking; hashing runs at disk speed.
+
+    With ``replicas=K``, return only once K trusted peers (found as for a
+    pull) hold a verified copy; ``p2pckpt.errors.ReplicasMissing`` after
+    ``replicas_timeout`` seconds, its ``report`` naming who has it. A daemon
+    must serve this home meanwhile, or nobody can fetch the new version."""
     from p2pckpt.publish import publish as do_publish
 
+    if replicas < 0:
+        raise ConfigError("replicas is a count of peers, 0 or more")
     opened = _home(home)
     try:
-        return do_publish(opened, Path(path), name, version, dict(meta or {}))
+        manifest = do_publish(opened, Path(path), name, version, dict(meta or {}))
+        if replicas:
+            import trio
+
+            from p2pckpt.config import load
+            from p2pckpt.replicas import wait_for_replicas
+
+            cfg = load(opened.path, Path(config) if config is not None else None)
+            trio.run(wait_for_replicas, opened, cfg, manifest, replicas, replicas_timeout)
+        return manifest
     finally:
         opened.catalog.close()
 

@@ -12,6 +12,7 @@
     │                    DestinationExists, PeerUnreachable, RemoteError
     ├── StoreError ── ResumeStateInvalid
     ├── DiscoveryError                             mDNS could not start (no usable interface)
+    ├── ReplicasMissing                            publish --replicas K timed out
     └── DaemonNotRunning                           nothing answers on HOME/run/control.sock
 
 Every error that reaches the CLI maps to one line on stderr and an exit code
@@ -165,6 +166,17 @@ class DiscoveryError(P2pckptError):
     """LAN discovery could not start: no such interface, or no multicast socket."""
 
     exit_code = 4
+
+
+class ReplicasMissing(P2pckptError):
+    """Fewer than the asked number of trusted peers held a verified copy in time.
+    ``report`` (a ``replicas.ReplicaReport``) says who holds it and who does not."""
+
+    exit_code = 13
+
+    def __init__(self, message: str, report: object) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class DaemonNotRunning(P2pckptError):

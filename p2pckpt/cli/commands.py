@@ -167,7 +167,24 @@ def _progress_bar(enabled: bool) -> Any:
     default=None,
     help="The Hugging Face hub cache (default: $HF_HUB_CACHE or ~/.cache/huggingface/hub).",
 )
+@click.option(
+    "--replicas",
+    type=click.IntRange(0),
+    default=0,
+    metavar="K",
+    help="Return only once K trusted peers hold a verified copy (exit 13 on timeout).",
+)
+@click.option(
+    "--replicas-timeout",
+    "timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=600.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long --replicas waits.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@config_option
 def publish(
     path: Path | None,
     name: str | None,
@@ -175,7 +192,10 @@ def publish(
     meta: tuple[str, ...],
     hf_repo: str | None,
     cache_dir: Path | None,
+    replicas: int,
+    timeout: float,
     as_json: bool,
+    config_path: Path | None,
 ) -> None:
     """Publish PATH (a file or a directory) as NAME."""
     import time
@@ -221,15 +241,52 @@ def publish(
         "bytes": manifest.total_bytes,
         "seconds": round(seconds, 3),
     }
-    if as_json:
-        emit_json(doc)
-    else:
+    if not as_json:
         rate = manifest.total_bytes / seconds / 1e6 if seconds > 0 else 0
         click.echo(
             f"published {manifest.name}@{manifest.version}: {len(manifest.files)} file(s),"
             f" {manifest.total_bytes / 1e6:.1f} MB, {manifest.chunk_count} chunks"
             f" ({rate:.0f} MB/s)"
         )
+    if replicas:
+        from p2pckpt.errors import ReplicasMissing
+
+        try:
+            report = _wait_replicas(home, _config(home, config_path), manifest, replicas, timeout)
+        except ReplicasMissing as exc:
+            if as_json:
+                doc["replicas"] = exc.report.as_json()  # type: ignore[attr-defined]
+                emit_json(doc)
+            raise
+        doc["replicas"] = report.as_json()
+        if not as_json:
+            click.echo(f"safe on {report.describe()}")
+    if as_json:
+        emit_json(doc)
+
+
+def _wait_replicas(home: Any, cfg: Any, manifest: Any, wanted: int, timeout: float) -> Any:
+    """Block until ``wanted`` trusted peers hold the version; progress on stderr."""
+    import trio
+
+    from p2pckpt.replicas import wait_for_replicas
+
+    held = [0]
+
+    def on_change(report: Any) -> None:
+        if len(report.holding) != held[0]:
+            held[0] = len(report.holding)
+            newest = report.label(report.holding[-1])
+            click.echo(
+                f"replica {held[0]}/{wanted}: {newest} holds it ({report.seconds:.1f}s)", err=True
+            )
+
+    click.echo(
+        f"waiting up to {timeout:.0f}s for {wanted} trusted peer(s) to hold"
+        f" {manifest.name}@{manifest.version}",
+        err=True,
+    )
+    return trio.run(wait_for_replicas, home, cfg, manifest, wanted, timeout, on_change)
 
 
 def _hf_source(
