@@ -71,6 +71,11 @@ async def pull_into_cache(
         return _result(manifest, snapshot, 0, manifest.total_bytes, offer.sources, started)
     repo.mkdir(parents=True, exist_ok=True)
     incoming = repo / f".p2pckpt-incoming-{manifest.root.hex()[:16]}"
+    if any(e.root == manifest.root for e in home.catalog.at_location(incoming)):
+        differs = await trio.to_thread.run_sync(compare, incoming, manifest)
+        if differs:  # a layout cut short by a crash: some files are blobs already
+            home.catalog.forget_location(incoming)
+            await trio.to_thread.run_sync(_discard, incoming)  # pull afresh
     result = await pull_offer(
         home, offer, incoming, streams, progress, throttles=throttles, started=started
     )

@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
 from pathlib import Path
 
+from p2pckpt.store.catalog import CATALOG_FILE, Catalog
 from tests.e2e.nodes import Pair, run, run_json
 
 COMMIT = "3f1c2a7b9d0e4f5a6b7c8d9e0f1a2b3c4d5e6f70"
@@ -144,6 +146,23 @@ def test_publish_from_and_pull_into_hf_cache(pair: Pair, tmp_path: Path) -> None
         pair.b, "pull", "tiny", "--from", server.addr, "--into-hf-cache", str(dst_cache)
     )
     assert again["bytes_downloaded"] == 0 and again["dest"] == str(snap)
+
+    # A layout cut short by a crash: the incoming copy has lost a file to
+    # blobs/ and the catalog still points at it. The next pull starts afresh.
+    incoming = tmp_path / "hub-c" / "models--acme--tiny" / f".p2pckpt-incoming-{got['root'][:16]}"
+    shutil.copytree(snap, incoming)  # regular files, as a pull leaves them
+    (incoming / "config.json").unlink()
+    catalog = Catalog(pair.b / CATALOG_FILE)
+    entry = catalog.by_root(bytes.fromhex(got["root"]))
+    assert entry is not None
+    catalog.add(entry.manifest(), entry.envelope, incoming, "pulled")
+    catalog.close()
+    healed = run_json(
+        pair.b, "pull", "tiny", "--from", server.addr, "--into-hf-cache", str(tmp_path / "hub-c")
+    )
+    assert healed["dest"] == str(tmp_path / "hub-c" / "models--acme--tiny" / "snapshots" / COMMIT)
+    assert not incoming.exists()
+    assert run(pair.b, "verify", healed["dest"]).returncode == 0
 
 
 def test_hf_snapshot_link_out_of_blobs_is_refused(pair: Pair, tmp_path: Path) -> None:
