@@ -116,7 +116,10 @@ def test_publish_from_and_pull_into_hf_cache(pair: Pair, tmp_path: Path) -> None
 
     server = pair.serve_a()  # serves the snapshot through its links into blobs/
     listed = run(pair.b, "ls", "--peer", server.addr).stdout
-    assert "safetensors" in listed and "acme/base-7b" in listed and "apache-2.0" in listed
+    header, line = listed.splitlines()
+    assert header.split()[:5] == ["VERSION", "SIZE", "FILES", "FORMAT", "STEP"]
+    assert line.split()[:7] == ["tiny@1", "4.2", "MB", "4", "safetensors", "-", "acme/base-7b"]
+    assert "apache-2.0" in line and "offered by a (direct)" in line
     dst_cache = tmp_path / "hub-b"
     got = run_json(pair.b, "pull", "tiny", "--from", server.addr, "--into-hf-cache", str(dst_cache))
     dst_repo = dst_cache / "models--acme--tiny"
