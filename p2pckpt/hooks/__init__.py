@@ -1,0 +1,139 @@
+"""Training hooks: publish each checkpoint a trainer saves, as ``name@step``.
+
+* ``p2pckpt.hooks.lightning.P2pckptCallback`` for PyTorch Lightning;
+* ``p2pckpt.hooks.hf.P2pckptTrainerCallback`` for the Hugging Face Trainer;
+* ``CheckpointPublisher`` (here) for a hand-written training loop.
+
+Importing this package imports no torch, Lightning or transformers: each
+framework's module imports its framework, and only when it is imported
+itself. The callbacks call ``p2pckpt.api.publish`` from the training process
+(hashing in place at disk speed, no copy); a ``p2pckpt serve`` or daemon on
+the same home serves what they publish. See ``docs/training-hooks.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from p2pckpt.errors import ConfigError, ManifestError
+from p2pckpt.manifest.manifest import (
+    MAX_META,
+    MAX_META_KEY,
+    MAX_META_VALUE,
+    Manifest,
+    validate_name,
+)
+
+__all__ = ["CheckpointPublisher", "checkpoint_format"]
+
+log = logging.getLogger("p2pckpt.hooks")
+
+# The meta keys the hooks fill in themselves.
+RESERVED_META = frozenset({"step", "format"})
+
+# For a directory, the first of these suffixes present names its format: the
+# weights' format wins over side files (an HF checkpoint holds model.safetensors
+# or pytorch_model.bin beside optimizer.pt and rng_state.pth).
+_DIR_FORMATS = ("safetensors", "gguf", "bin", "ckpt", "pt", "pth", "distcp", "h5", "onnx")
+
+
+def checkpoint_format(path: str | Path) -> str:
+    """``format`` meta for a checkpoint: a file's extension (``ckpt``, ``pt``,
+    ``safetensors``...), or for a directory the weights' extension found in it;
+    ``unknown`` if there is none."""
+    p = Path(path)
+    if p.is_dir():
+        found = {f.rpartition(".")[2].lower() for _, _, files in os.walk(p) for f in files}
+        return next((fmt for fmt in _DIR_FORMATS if fmt in found), "unknown")
+    return p.suffix[1:].lower() or "unknown"
+
+
+class CheckpointPublisher:
+    """Publishes checkpoint paths as ``name@step`` with ``step`` and ``format``
+    meta, and decides what a failure does: by default it is logged and raised
+    (training stops rather than silently not sharing checkpoints); with
+    ``raise_errors=False`` it is logged as a warning and training goes on.
+
+    ``replicas > 0`` makes each publish wait, up to ``replicas_timeout``
+    seconds, until that many trusted peers hold a verified copy (the training
+    loop is blocked meanwhile). Arguments are checked here, so a bad name
+    fails before the first hour of training rather than after it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        home: str | Path | None = None,
+        meta: Mapping[str, str] | None = None,
+        replicas: int = 0,
+        replicas_timeout: float = 600.0,
+        raise_errors: bool = True,
+    ) -> None:
+        try:
+            validate_name(name)
+        except ManifestError as exc:
+            raise ConfigError(str(exc)) from None
+        user_meta = dict(meta or {})
+        reserved = sorted(RESERVED_META & user_meta.keys())
+        if reserved:
+            raise ConfigError(f"meta {reserved} is filled in by the hook; leave it out")
+        if len(user_meta) > MAX_META - len(RESERVED_META):
+            raise ConfigError(f"at most {MAX_META - len(RESERVED_META)} meta entries")
+        for key, value in user_meta.items():
+            if not all(isinstance(s, str) for s in (key, value)):  # callers pass floats
+                raise ConfigError(f"meta keys and values are strings, got {key!r}: {value!r}")
+            if not 0 < len(key) <= MAX_META_KEY or not key.isprintable():
+                raise ConfigError(f"meta key {key[:20]!r}: 1 to {MAX_META_KEY} characters")
+            if len(value) > MAX_META_VALUE:
+                raise ConfigError(f"meta {key!r}: value longer than {MAX_META_VALUE} characters")
+        if replicas < 0:
+            raise ConfigError("replicas is a count of peers, 0 or more")
+        if replicas_timeout <= 0:
+            raise ConfigError("replicas_timeout is a number of seconds above 0")
+        self.name = name
+        self.home = home
+        self.meta = user_meta
+        self.replicas = replicas
+        self.replicas_timeout = replicas_timeout
+        self.raise_errors = raise_errors
+
+    def publish(self, path: str | Path, step: int) -> Manifest | None:
+        """Publish ``path`` as ``name@step``; ``None`` if it failed and
+        ``raise_errors`` is off. Blocking: hashes the files in place."""
+        from p2pckpt.api import publish
+
+        meta = {**self.meta, "step": str(step), "format": checkpoint_format(path)}
+        # Only asked for when wanted, so that the call stays valid for a
+        # p2pckpt.api.publish without replica waiting.
+        extra: dict[str, Any] = {}
+        if self.replicas > 0:
+            extra = {"replicas": self.replicas, "replicas_timeout": self.replicas_timeout}
+        try:
+            manifest = publish(
+                path, name=self.name, version=step, meta=meta, home=self.home, **extra
+            )
+        except Exception as exc:
+            if self.raise_errors:
+                log.error(
+                    'publish failed name=%s version=%d path=%s error="%s"',
+                    self.name,
+                    step,
+                    path,
+                    exc,
+                )
+                raise
+            log.warning(
+                'publish failed name=%s version=%d path=%s error="%s" (training goes on)',
+                self.name,
+                step,
+                path,
+                exc,
+            )
+            return None
+        log.info("published name=%s version=%d path=%s", self.name, step, path)
+        return manifest
