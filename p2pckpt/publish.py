@@ -38,12 +38,21 @@ def parse_meta(pairs: list[str]) -> dict[str, str]:
             raise ConfigError(f"--meta takes KEY=VALUE, got {pair!r}")
         if key in meta:
             raise ConfigError(f"--meta {key!r} given twice")
-        if len(key) > MAX_META_KEY or len(value) > MAX_META_VALUE or not key.isprintable():
-            raise ConfigError(f"--meta {key[:20]!r}: key ≤ 64, value ≤ 1024 characters")
         meta[key] = value
-    if len(meta) > MAX_META:
-        raise ConfigError(f"at most {MAX_META} --meta entries")
+    check_meta(meta)
     return meta
+
+
+def check_meta(meta: Mapping[str, object]) -> None:
+    """The manifest's limits, checked before signing: a manifest that pullers
+    would refuse must not be published."""
+    if len(meta) > MAX_META:
+        raise ConfigError(f"at most {MAX_META} meta entries")
+    for key, value in meta.items():
+        if not (isinstance(key, str) and 0 < len(key) <= MAX_META_KEY and key.isprintable()):
+            raise ConfigError(f"meta key {str(key)[:20]!r}: 1 to 64 printable characters")
+        if not (isinstance(value, str) and len(value) <= MAX_META_VALUE):
+            raise ConfigError(f"meta {key!r}: the value must be a string of ≤ 1024 characters")
 
 
 # What `ls` calls a checkpoint's format, by file extension (weights only:
@@ -93,6 +102,7 @@ def publish(
         validate_name(name)
     except ManifestError as exc:
         raise ConfigError(str(exc)) from None
+    check_meta(dict(meta or {}))  # before hashing: fail fast
     if version is not None and not 0 <= version <= MAX_VERSION:
         raise ConfigError(f"a version is a whole number from 0 to {MAX_VERSION}")
     root = path.expanduser().absolute()
@@ -131,6 +141,7 @@ def publish(
     fmt = detect_format([s.relpath for s in sources])
     if fmt is not None:
         meta.setdefault("format", fmt)
+    check_meta(meta)
     # Publishing the same bytes and meta again is a no-op: with an explicit
     # version, if that version holds them; without one, if the newest does
     # (a version published before formats were detected counts as the same).
