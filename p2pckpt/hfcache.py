@@ -18,8 +18,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 import stat
-from collections.abc import Callable
 from pathlib import Path
 
 from p2pckpt.errors import ConfigError, NotFound, UnsafePath
@@ -116,28 +116,38 @@ def snapshot(cache: Path, repo_id: str, revision: str | None) -> tuple[Path, str
     return repo / "snapshots" / commit, commit, ref
 
 
-def _repo_of(location: Path) -> Path | None:
-    """The repository folder when ``location`` is a cache snapshot, else None."""
-    if location.parent.name != "snapshots" or not location.parent.parent.name.startswith(_KINDS):
-        return None
-    return location.parent.parent
+def _snapshot_of(path: Path) -> Path | None:
+    """The cache snapshot folder that ``path`` lies in (or is), else None."""
+    for folder in (path, *path.parents):
+        if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith(_KINDS):
+            return folder
+    return None
+
+
+def real_path(path: Path) -> Path:
+    """Where the bytes of ``path`` live: for a link inside a cache snapshot,
+    the blob it names if its text leads (lexically, one level, no further
+    links) to ``REPO/blobs/NAME`` and ``blobs``, ``snapshots`` and the
+    snapshot folder are real folders; otherwise ``path`` itself, which every
+    reader opens with O_NOFOLLOW, so any other link is refused (R-42)."""
+    snap = _snapshot_of(path)
+    if snap is None or not path.is_symlink():
+        return path
+    blobs = snap.parent.parent / "blobs"
+    folders = [blobs, snap.parent, path.parent]
+    folders += [f for f in path.parent.parents if snap in (f, *f.parents)]
+    try:
+        if not all(stat.S_ISDIR(f.lstat().st_mode) for f in folders):
+            return path
+        target = Path(os.path.normpath(path.parent / os.readlink(path)))
+    except OSError:
+        return path
+    return target if target.parent == blobs else path
 
 
 def source_path(location: Path, relpath: str) -> Path:
-    """Where the bytes of ``relpath`` in a published or pulled directory live:
-    for a cache snapshot's link, the blob it points at if that is in the
-    repository's own ``blobs/``; otherwise the path itself (which every
-    reader then opens with O_NOFOLLOW, so any other link is refused)."""
-    path = location / relpath
-    repo = _repo_of(location)
-    if repo is None or not path.is_symlink():
-        return path
-    try:
-        target = path.resolve(strict=True)
-        blobs = (repo / "blobs").resolve(strict=True)
-    except (OSError, RuntimeError):
-        return path
-    return target if target.parent == blobs else path
+    """``real_path`` of ``relpath`` in a published or pulled directory."""
+    return real_path(location / relpath)
 
 
 def walk_snapshot(location: Path) -> list[SourceFile]:
@@ -153,7 +163,10 @@ def walk_snapshot(location: Path) -> list[SourceFile]:
         for name in sorted(filenames) + [d for d in dirnames if os.path.islink(Path(dirpath, d))]:
             rel = Path(dirpath, name).relative_to(location).as_posix()
             path = source_path(location, rel)
-            st = path.lstat()
+            try:
+                st = path.lstat()
+            except OSError:
+                st = os.stat_result((0,) * 10)  # a dangling link: refused below
             if not stat.S_ISREG(st.st_mode):
                 raise UnsafePath(f"{rel!r} in {location} does not lead to a blob of its repository")
             files.append(
@@ -169,7 +182,7 @@ def walk_snapshot(location: Path) -> list[SourceFile]:
 
 
 def is_snapshot(path: Path) -> bool:
-    return _repo_of(path) is not None and path.is_dir() and not path.is_symlink()
+    return _snapshot_of(path) == path and path.is_dir() and not path.is_symlink()
 
 
 def card_meta(location: Path) -> dict[str, str]:
@@ -207,7 +220,10 @@ def etag(path: Path, size: int, relpath: str) -> str:
     git blob sha1 (``sha1("blob SIZE\\0" + bytes)``)."""
     lfs = size >= LFS_MIN_SIZE or relpath.lower().endswith(tuple(_LFS_SUFFIXES))
     digest = hashlib.sha256() if lfs else hashlib.sha1(f"blob {size}\0".encode())  # noqa: S324
-    with open(path, "rb", buffering=0) as f:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnsafePath(f"{path} is not a regular file")
         while block := f.read(_BUF):
             digest.update(block)
     return digest.hexdigest()
@@ -219,63 +235,92 @@ def commit_for(manifest: Manifest) -> str:
     return commit if _COMMIT_RE.match(commit) else manifest.root.hex()[:40]
 
 
-def lay_out(
-    repo: Path,
-    pulled: Path,
-    manifest: Manifest,
-    branch: str,
-    on_file: Callable[[str], None] | None = None,
-) -> Path:
-    """Move a verified pull (``pulled``, a directory inside ``repo``) into the
-    cache layout; returns the snapshot folder. Each step is atomic (a blob is
-    renamed in, the snapshot folder is renamed into place, the ref written by
-    replace), so a crash leaves at worst unused blobs."""
-    blobs = repo / "blobs"
-    snapshots = repo / "snapshots"
-    for folder in (blobs, snapshots, repo / "refs"):
-        folder.mkdir(parents=True, exist_ok=True)
+def branch_for(manifest: Manifest) -> str:
+    """The ref to point at the snapshot: the publisher's branch if it is a
+    plain name (no folders, so it cannot collide with another ref), else main."""
+    ref = manifest.meta.get("hf_ref", "main")
+    return ref if valid_ref(ref) and "/" not in ref else "main"
+
+
+def check_folder(path: Path) -> None:
+    """A cache folder we write into must be a real folder of ours that no one
+    else may write to (else a local user could swap what we lay out, R-38)."""
+    st = path.lstat()
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafePath(f"{path} is not a folder (a link?); not writing into it")
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise UnsafePath(f"{path} is not ours alone (owner or group/other write); not using it")
+
+
+def lay_out(repo: Path, pulled: Path, manifest: Manifest) -> Path:
+    """Move a verified pull (``pulled``, inside ``repo``) into the cache
+    layout; returns the snapshot folder. Nothing there is ever removed or
+    overwritten but a blob (content-named: same name, same bytes): a new
+    snapshot is built aside and renamed in whole; an existing one only gains
+    the links it lacks, and a link that names other bytes is refused. Then
+    the ref moves (atomic replace). A crash leaves at worst unused blobs."""
+    check_folder(repo)
     commit = commit_for(manifest)
-    final = snapshots / commit
-    building = snapshots / f".{commit}.p2pckpt-new"
-    if building.exists():
-        _remove_links(building)
-    building.mkdir()
+    blobs, snapshots, final = repo / "blobs", repo / "snapshots", repo / "snapshots" / commit
+    names: dict[str, str] = {}
+    for entry in manifest.files:  # every blob name first: a conflict changes nothing
+        src = pulled if manifest.kind == "file" else pulled / entry.path
+        names[entry.path] = etag(src, entry.size, entry.path)
+        link = final / entry.path
+        if link.is_symlink() and not _same_bytes(real_path(link), src):
+            raise UnsafePath(
+                f"{link} already names other bytes; not overwriting it (pull into another"
+                " cache or --hf-repo)"
+            )
+    for folder in (blobs, snapshots, repo / "refs"):
+        folder.mkdir(exist_ok=True)
+        check_folder(folder)
+    fresh = not final.exists() and not final.is_symlink()
+    building = snapshots / f".{commit}.p2pckpt-{secrets.token_hex(4)}" if fresh else final
+    if fresh:
+        building.mkdir()
+    else:
+        check_folder(final)
     for entry in manifest.files:
-        rel = entry.path
-        src = pulled if manifest.kind == "file" else pulled / rel
-        name = etag(src, entry.size, rel)
-        os.replace(src, blobs / name)  # same bytes under a content name: replacing is safe
-        link = building / rel
+        src = pulled if manifest.kind == "file" else pulled / entry.path
+        os.replace(src, blobs / names[entry.path])
+        link = building / entry.path
+        if link.is_symlink():
+            continue  # the same blob already (checked above)
         link.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(os.path.relpath(blobs / name, link.parent), link)
-        if on_file is not None:
-            on_file(rel)
+        os.symlink(os.path.relpath(blobs / names[entry.path], link.parent), link)
     fsync_dir(blobs)
-    fsync_dir(building)
-    if final.exists():
-        _remove_links(final)  # an older layout of the same commit: ours replaces it
-    os.rename(building, final)
+    for dirpath, _, _ in os.walk(building, topdown=False):
+        fsync_dir(Path(dirpath))
+    if fresh:
+        os.rename(building, final)  # fails if a snapshot appeared meanwhile: nothing lost
     fsync_dir(snapshots)
-    point_ref(repo, branch, commit)
+    point_ref(repo, branch_for(manifest), commit)
     return final
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    """Whether two regular files (never links) hold the same bytes."""
+    try:
+        fa = os.open(a, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
+    with os.fdopen(fa, "rb", buffering=0) as x, open(b, "rb", buffering=0) as y:
+        if (
+            not stat.S_ISREG(os.fstat(fa).st_mode)
+            or os.fstat(fa).st_size != os.fstat(y.fileno()).st_size
+        ):
+            return False
+        while True:
+            block = x.read(_BUF)
+            if block != y.read(_BUF):
+                return False
+            if not block:
+                return True
 
 
 def point_ref(repo: Path, branch: str, commit: str) -> None:
     """Make ``refs/BRANCH`` name ``commit`` (atomically, durably)."""
-    if not valid_ref(branch):
+    if not valid_ref(branch) or "/" in branch:
         raise ConfigError(f"bad branch name {branch!r}")
-    (repo / "refs" / branch).parent.mkdir(parents=True, exist_ok=True)
     write_atomic(repo / "refs" / branch, commit.encode(), mode=0o644)
-
-
-def _remove_links(folder: Path) -> None:
-    """Remove a snapshot folder: links and folders only, never a blob."""
-    for dirpath, dirnames, filenames in os.walk(folder, topdown=False):
-        for name in filenames:
-            path = Path(dirpath, name)
-            if not path.is_symlink():
-                raise UnsafePath(f"{path} is not a link; not removing it")
-            path.unlink()
-        for name in dirnames:
-            Path(dirpath, name).rmdir()
-    folder.rmdir()

@@ -20,7 +20,7 @@ from pathlib import Path
 import msgpack
 
 from p2pckpt.errors import ManifestError, Rollback, StoreError
-from p2pckpt.hfcache import source_path
+from p2pckpt.hfcache import real_path, source_path
 from p2pckpt.manifest.chunker import Chunk
 from p2pckpt.manifest.manifest import Manifest, verify
 
@@ -199,7 +199,7 @@ class Catalog:
         self._db.execute("DELETE FROM chunks WHERE root = ?", (manifest.root,))
         base = Path(location)
         where = {
-            f.path: location if manifest.kind == "file" else str(source_path(base, f.path))
+            f.path: str(real_path(base) if manifest.kind == "file" else source_path(base, f.path))
             for f in manifest.files
         }
         self._db.executemany(

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from p2pckpt.hfcache import source_path
+from p2pckpt.hfcache import real_path, source_path
 from p2pckpt.manifest.chunker import chunk_hash
 from p2pckpt.manifest.manifest import FileEntry, Manifest
 
@@ -116,6 +116,7 @@ def compare(
 
     if manifest.kind == "file":
         entry = manifest.files[0]
+        path = real_path(path)  # a cache snapshot's link: its blob
         if not path.is_file() or path.is_symlink():
             result.missing.append(entry.path)
         else:

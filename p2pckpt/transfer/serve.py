@@ -46,7 +46,7 @@ from p2pckpt.errors import (
     TrustError,
     first_leaf,
 )
-from p2pckpt.hfcache import source_path
+from p2pckpt.hfcache import real_path, source_path
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.identity.trust import TRUST_FILE, TrustStore
@@ -111,8 +111,8 @@ class _Served:
 
     def file_path(self, relpath: str) -> Path:
         if self.manifest.kind == "file" and self.have is None:
-            return self.location
-        return source_path(self.location, relpath)  # a cache snapshot's link: its blob
+            return real_path(self.location)  # a cache snapshot's link: its blob
+        return source_path(self.location, relpath)
 
 
 def _read_chunk(path: Path, chunk: Chunk, req_id: int, buf: bytearray) -> memoryview:

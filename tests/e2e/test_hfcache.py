@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from p2pckpt.store.catalog import CATALOG_FILE, Catalog
-from tests.e2e.nodes import Pair, run, run_json
+from tests.e2e.nodes import Pair, no_mdns, run, run_json, start_server
 
 COMMIT = "3f1c2a7b9d0e4f5a6b7c8d9e0f1a2b3c4d5e6f70"
 CARD = "---\nlicense: apache-2.0\nbase_model:\n- acme/base-7b\ntags: [x]\n---\n# tiny\n"
@@ -135,7 +135,7 @@ def test_publish_from_and_pull_into_hf_cache(pair: Pair, tmp_path: Path) -> None
     for rel in files:
         assert (snap / rel).is_symlink() and (snap / rel).read_bytes() == files[rel]
         assert not os.path.isabs(os.readlink(snap / rel))
-    assert not [p for p in dst_repo.iterdir() if p.name.startswith(".")]
+    assert [p.name for p in dst_repo.iterdir() if p.name.startswith(".")] == [".p2pckpt"]
 
     loaded = load_offline(dst_cache)
     assert loaded["folder"] == str(snap)
@@ -150,10 +150,35 @@ def test_publish_from_and_pull_into_hf_cache(pair: Pair, tmp_path: Path) -> None
     )
     assert again["bytes_downloaded"] == 0 and again["dest"] == str(snap)
 
+    # The hub's own folder for the repo is added to only when the user names
+    # the repo; its extra files stay, and a link naming other bytes is refused.
+    (src_repo / "blobs" / "tok").write_text("{}")
+    (src_repo / "snapshots" / COMMIT / "tokenizer.json").symlink_to("../../blobs/tok")
+    into_src = ("pull", "tiny", "--from", server.addr, "--into-hf-cache", str(src_cache))
+    refused = run(pair.b, *into_src, check=False)
+    assert refused.returncode == 2 and "--hf-repo acme/tiny" in refused.stderr, refused.stderr
+    same = run_json(pair.b, *into_src, "--hf-repo", "acme/tiny")
+    assert same["bytes_downloaded"] == 0
+    assert (src_repo / "snapshots" / COMMIT / "tokenizer.json").read_text() == "{}"
+    liar = tmp_path / "liar"
+    liar.mkdir()
+    (liar / "config.json").write_text('{"model_type": "evil"}')
+    run(pair.a, "publish", str(liar), "--name", "innocent", "--meta", "hf_repo=acme/tiny",
+        "--meta", f"hf_revision={COMMIT}")  # fmt: skip
+    poisoned = run(
+        pair.b, "pull", "innocent", "--from", server.addr, "--into-hf-cache", str(dst_cache),
+        check=False,
+    )  # fmt: skip
+    assert poisoned.returncode == 7 and "already names other bytes" in poisoned.stderr
+    assert (snap / "config.json").read_bytes() == files["config.json"]
+    assert run(pair.b, "verify", str(snap), "tiny@1").returncode == 0
+    assert not [p for p in dst_repo.iterdir() if p.name.startswith(".p2pckpt-incoming")]
+
     # A layout cut short by a crash: the incoming copy has lost a file to
     # blobs/ and the catalog still points at it. The next pull starts afresh.
     incoming = tmp_path / "hub-c" / "models--acme--tiny" / f".p2pckpt-incoming-{got['root'][:16]}"
     shutil.copytree(snap, incoming)  # regular files, as a pull leaves them
+    (incoming.parent / ".p2pckpt").touch()  # the repo folder p2pckpt made
     (incoming / "config.json").unlink()
     catalog = Catalog(pair.b / CATALOG_FILE)
     entry = catalog.by_root(bytes.fromhex(got["root"]))
@@ -229,7 +254,28 @@ def test_hf_cache_user_errors(pair: Pair, tmp_path: Path) -> None:
         "--hf-repo",
         "me/plain",
     )
-    snap = Path(got["dest"])
-    assert snap.parent.parent == tmp_path / "b" / "models--me--plain"
-    assert (snap / "plain.safetensors").read_bytes() == plain.read_bytes()
+    link = Path(got["dest"])  # a one-file checkpoint: the catalog points at its link
+    snap = link.parent
+    assert link == tmp_path / "b" / "models--me--plain" / "snapshots" / snap.name / plain.name
+    assert link.is_symlink() and link.read_bytes() == plain.read_bytes()
     assert (snap.parent.parent / "refs" / "main").read_text() == snap.name
+    assert run(pair.b, "verify", str(link)).returncode == 0
+    again = run_json(
+        pair.b, "pull", "plain", "--from", server.addr, "--into-hf-cache", str(tmp_path / "b"),
+        "--hf-repo", "me/plain",
+    )  # fmt: skip
+    assert again["bytes_downloaded"] == 0 and again["dest"] == str(link)
+    # B serves it from the snapshot, through the link, to a third node.
+    c = tmp_path / "C"
+    c_id = run(c, "init").stdout.strip()
+    no_mdns(c)
+    run(pair.b, "trust", "add", c_id)
+    run(c, "trust", "add", pair.b_id)
+    run(c, "trust", "add", pair.a_id, "--role", "publish")  # A signed it
+    b_server = start_server(pair.b, tmp_path / "b-serve.log")
+    try:
+        back = run_json(c, "pull", "plain", "--from", b_server.addr, "-o", str(tmp_path / "c.st"))
+        assert back["bytes_downloaded"] == plain.stat().st_size
+        assert (tmp_path / "c.st").read_bytes() == plain.read_bytes()
+    finally:
+        b_server.stop()

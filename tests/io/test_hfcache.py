@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -58,10 +59,15 @@ def test_source_path_follows_links_only_into_own_blobs(tmp_path: Path) -> None:
     (snap / "absolute").symlink_to(tmp_path / "outside")
     (snap / "dangling").symlink_to("../../blobs/missing")
     assert hfcache.source_path(snap, "ok") == (repo / "blobs" / "good").resolve()
-    for name in ("sibling", "escape", "absolute", "dangling"):
+    for name in ("sibling", "escape", "absolute"):
         assert hfcache.source_path(snap, name) == snap / name  # left to O_NOFOLLOW
-    with pytest.raises(UnsafePath, match=r"sibling|escape|absolute|dangling"):
-        hfcache.walk_snapshot(snap)
+    for name in ("sibling", "escape", "absolute", "dangling"):
+        solo = tmp_path / name / "models--acme--tiny"
+        shutil.copytree(repo, solo, symlinks=True)
+        for other_name in {"ok", "sibling", "escape", "absolute", "dangling"} - {name, "ok"}:
+            (solo / "snapshots" / COMMIT / other_name).unlink()
+        with pytest.raises(UnsafePath, match=name):
+            hfcache.walk_snapshot(solo / "snapshots" / COMMIT)
     # Outside a snapshot folder no link is ever followed.
     plain = tmp_path / "plain"
     plain.mkdir()
@@ -111,3 +117,29 @@ def test_default_cache_follows_hub_variables(monkeypatch: pytest.MonkeyPatch) ->
     assert hfcache.default_cache() == Path("/data/hf/hub")
     monkeypatch.setenv("HF_HUB_CACHE", "/fast/hub")
     assert hfcache.default_cache() == Path("/fast/hub")
+
+
+def test_a_linked_blobs_folder_is_not_followed(tmp_path: Path) -> None:
+    """R-42: blobs/ (or snapshots/, or a folder inside the snapshot) that is a
+    link elsewhere makes every link through it count as leaving the repo."""
+    secrets = tmp_path / "ssh"
+    secrets.mkdir()
+    (secrets / "id_key").write_text("private")
+    repo = tmp_path / "models--acme--tiny"
+    (repo / "snapshots" / COMMIT / "sub").mkdir(parents=True)
+    (repo / "blobs").symlink_to(secrets)
+    snap = repo / "snapshots" / COMMIT
+    (snap / "id_key").symlink_to("../../blobs/id_key")
+    assert hfcache.source_path(snap, "id_key") == snap / "id_key"
+    with pytest.raises(UnsafePath, match="id_key"):
+        hfcache.walk_snapshot(snap)
+    (repo / "blobs").unlink()
+    (repo / "blobs").mkdir()
+    (repo / "blobs" / "b").write_text("fine")
+    (snap / "id_key").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (snap / "sub").rmdir()
+    (snap / "sub").symlink_to(elsewhere)
+    (elsewhere / "w").symlink_to("../../../blobs/b")
+    assert hfcache.source_path(snap, "sub/w") == snap / "sub/w"
