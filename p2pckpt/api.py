@@ -64,7 +64,13 @@ def publish(
             from p2pckpt.replicas import wait_for_replicas
 
             cfg = load(opened.path, Path(config) if config is not None else None)
-            trio.run(wait_for_replicas, opened, cfg, manifest, replicas, replicas_timeout)
+            try:
+                trio.run(wait_for_replicas, opened, cfg, manifest, replicas, replicas_timeout)
+            except BaseExceptionGroup as group:
+                leaf = first_leaf(group)
+                if isinstance(leaf, P2pckptError):
+                    raise leaf from group
+                raise
         return manifest
     finally:
         opened.catalog.close()

@@ -32,6 +32,7 @@ log = logging.getLogger("p2pckpt.replicas")
 
 POLL_SECONDS: Final = 1.0
 ASK_TIMEOUT: Final = 10.0  # one peer's connect + answer
+MAX_BACKOFF: Final = 16.0  # an unreachable peer is asked again at most this late
 HOLDS: Final = "holds a verified copy"
 
 
@@ -115,18 +116,29 @@ async def wait_for_replicas(
     ``ReplicasMissing`` (with the report) when ``timeout`` seconds pass first."""
     started = time.monotonic()
     report = ReplicaReport(manifest.name, manifest.version, wanted)
-    peers = [p for p in home.trust if p.peer_id != home.key.peer_id]
+    # A replica holder pulls from us, so it has the pull role; a push-only
+    # controller or a fellow publisher is not asked.
+    peers = [p for p in home.trust if p.peer_id != home.key.peer_id and "pull" in p.roles]
     report.names = {str(p.peer_id): p.name for p in peers if p.name}
     if len(peers) < wanted:
         raise ConfigError(
-            f"{wanted} replica(s) asked for, but this node trusts only {len(peers)} peer(s)"
+            f"{wanted} replica(s) asked for, but only {len(peers)} trusted peer(s) have the"
+            " pull role"
         )
     conns: dict[PeerId, PeerConnection] = {}
+    failures: dict[PeerId, int] = {}
+    retry_at: dict[PeerId, float] = {}
     with trio.move_on_after(timeout):
         async with open_finder(home, config) as finder:
             try:
                 while not report.ok:
-                    pending = [p.peer_id for p in peers if str(p.peer_id) not in report.holding]
+                    now = time.monotonic()
+                    pending = [
+                        p.peer_id
+                        for p in peers
+                        if str(p.peer_id) not in report.holding
+                        and retry_at.get(p.peer_id, 0.0) <= now
+                    ]
                     answers: dict[PeerId, str] = {}
 
                     async def ask(peer: PeerId, into: dict[PeerId, str] = answers) -> None:
@@ -140,6 +152,11 @@ async def wait_for_replicas(
                     changed = False
                     for peer, status in answers.items():
                         key = str(peer)
+                        if status.startswith(("unreachable", "no answer")):
+                            failures[peer] = failures.get(peer, 0) + 1  # back off: 2, 4 .. 16 s
+                            retry_at[peer] = now + min(2.0 ** failures[peer], MAX_BACKOFF)
+                        else:
+                            failures.pop(peer, None)
                         changed |= report.status.get(key) != status
                         report.status[key] = status
                         if status == HOLDS:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -95,11 +97,27 @@ def test_replicas_wait_for_both_followers(tmp_path: Path) -> None:
         assert "safe on 2 of 2 replica(s) of llama-ft@2" in out.stdout
         assert out.stderr.count("holds it") == 2
 
+        # The Python API, as a training job calls it.
+        ck3 = make_checkpoint(tmp_path / "ck3", {"model.safetensors": 1 << 20}, seed=3)
+        script = (
+            "import sys, p2pckpt\n"
+            "m = p2pckpt.publish(sys.argv[1], name='llama-ft', home=sys.argv[2], replicas=2,"
+            " replicas_timeout=60, config=sys.argv[3])\n"
+            "print(m.version)\n"
+        )
+        api = subprocess.run(
+            [sys.executable, "-c", script, str(ck3), str(a), str(cfg)],
+            capture_output=True, text=True, timeout=90, check=True,
+        )  # fmt: skip
+        assert api.stdout.strip() == "3" and _held(b, 3) and _held(c, 3)
+
         nobody = run(
             a, "publish", str(ck2), "--name", "llama-ft", "--replicas", "3",
             "--config", str(cfg), check=False,
         )  # fmt: skip
-        assert nobody.returncode == 2 and "trusts only 2 peer(s)" in nobody.stderr
+        assert (
+            nobody.returncode == 2 and "only 2 trusted peer(s) have the pull role" in nobody.stderr
+        )
     finally:
         for s in servers:
             s.stop()
