@@ -82,7 +82,9 @@ def default_cache() -> Path:
 def parse_repo(spec: str) -> tuple[str, str | None]:
     """``org/name[@revision]`` into (repo id, revision or None)."""
     repo_id, sep, revision = spec.partition("@")
-    if not _REPO_RE.match(repo_id) or ".." in repo_id:
+    # "--" and ".." are refused as the hub refuses them: "a--b/c" and "a/b--c"
+    # would share one cache folder.
+    if not _REPO_RE.match(repo_id) or ".." in repo_id or "--" in repo_id:
         raise ConfigError(f"{spec!r} is not a Hugging Face repo id (ORG/NAME[@REVISION])")
     if sep and not valid_ref(revision):
         raise ConfigError(f"bad revision in {spec!r}")

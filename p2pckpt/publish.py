@@ -57,7 +57,7 @@ def check_meta(meta: Mapping[str, object]) -> None:
 
 # What `ls` calls a checkpoint's format, by file extension (weights only:
 # configs, tokenizers and READMEs say nothing about the format).
-_FORMATS = {
+FORMATS = {
     ".safetensors": "safetensors",
     ".gguf": "gguf",
     ".pt": "pytorch",
@@ -75,7 +75,7 @@ _FORMATS = {
 
 def detect_format(relpaths: list[str]) -> str | None:
     """``safetensors``, ``pytorch``, ``gguf``... or several joined by ``+``."""
-    found = {_FORMATS.get(os.path.splitext(p)[1].lower()) for p in relpaths} - {None}
+    found = {FORMATS.get(os.path.splitext(p)[1].lower()) for p in relpaths} - {None}
     return "+".join(sorted(f for f in found if f is not None)) or None
 
 

@@ -42,14 +42,19 @@ _DIR_FORMATS = ("safetensors", "gguf", "bin", "ckpt", "pt", "pth", "distcp", "h5
 
 
 def checkpoint_format(path: str | Path) -> str:
-    """``format`` meta for a checkpoint: a file's extension (``ckpt``, ``pt``,
-    ``safetensors``...), or for a directory the weights' extension found in it;
-    ``unknown`` if there is none."""
+    """``format`` meta for a checkpoint, named as ``publish`` names it
+    (``ckpt``, ``pytorch``, ``safetensors``...): a file's extension, or for a
+    directory the weights' found in it (not the trainer's ``optimizer.pt``
+    beside ``model.safetensors``); ``unknown`` if there is none."""
+    from p2pckpt.publish import FORMATS  # the names `publish` and `ls` use
+
     p = Path(path)
     if p.is_dir():
         found = {f.rpartition(".")[2].lower() for _, _, files in os.walk(p) for f in files}
-        return next((fmt for fmt in _DIR_FORMATS if fmt in found), "unknown")
-    return p.suffix[1:].lower() or "unknown"
+        ext = next((fmt for fmt in _DIR_FORMATS if fmt in found), "unknown")
+    else:
+        ext = p.suffix[1:].lower() or "unknown"
+    return FORMATS.get(f".{ext}", ext)
 
 
 class CheckpointPublisher:

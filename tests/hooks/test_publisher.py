@@ -74,7 +74,7 @@ def test_format_is_the_weights_extension(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "README").write_bytes(b"x")
     assert checkpoint_format(tmp_path / "a.CKPT") == "ckpt"
-    assert checkpoint_format(hf) == "bin"
+    assert checkpoint_format(hf) == "pytorch"
     (hf / "model.safetensors").write_bytes(b"x")
     assert checkpoint_format(hf) == "safetensors"
     assert checkpoint_format(tmp_path / "empty") == "unknown"

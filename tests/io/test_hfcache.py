@@ -32,7 +32,7 @@ def test_parse_repo(spec: str, want: tuple[str, str | None]) -> None:
 @pytest.mark.parametrize(
     "spec",
     ["", "a/b/c", "../x", "acme/..", "acme/tiny@", "acme/tiny@../x", "acme/tiny@a//b",
-     "acme/tiny@/x", "-acme/tiny", "acme/ti ny", "acme/tiny@x/."],
+     "acme/tiny@/x", "-acme/tiny", "acme/ti ny", "acme/tiny@x/.", "a--b/c", "a/b--c"],
 )  # fmt: skip
 def test_parse_repo_refuses(spec: str) -> None:
     with pytest.raises(ConfigError):
