@@ -38,6 +38,9 @@ the file is data, never code. Example::
 
     [metrics]
     listen = "127.0.0.1:9450"    # Prometheus endpoint; absent = off
+
+    [transfer]
+    compress = "auto"            # pack chunks we serve where it pays for its CPU; "off": never
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ class StaticPeer:
 
 
 COMPLETE_RULES = ("stable", "marker", "index")
+COMPRESS_MODES = ("auto", "off")
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,7 @@ class Config:
     bandwidth: int = 0  # upload cap, bytes/s (0: none)
     download: int = 0  # download cap for the daemon's pulls, bytes/s (0: none)
     metrics: Addr | None = None
+    compress: str = "auto"  # COMPRESS_MODES: pack served chunks where it pays, or never
 
     def static_addrs(self, peer: PeerId) -> list[Addr]:
         return [a for p in self.peers if p.peer == peer for a in p.addrs]
@@ -125,6 +130,7 @@ _SCHEMA: dict[str, set[str]] = {
     "follow": {"name", "dir", "keep", "hook"},
     "limits": {"upload", "download"},
     "metrics": {"listen"},
+    "transfer": {"compress"},
 }
 _ARRAYS = {"peer", "watch", "follow"}
 
@@ -219,6 +225,7 @@ def parse(doc: dict[str, Any]) -> Config:
         raise ConfigError(f"unknown section(s): {', '.join(sorted(unknown))}")
     serve, disc, relay = _table(doc, "serve"), _table(doc, "discovery"), _table(doc, "relay")
     limits, metrics = _table(doc, "limits"), _table(doc, "metrics")
+    transfer = _table(doc, "transfer")
     cfg = Config()
     if "listen" in serve:
         parse_addr(_str(serve["listen"], "serve.listen"), allow_zero=True)
@@ -240,6 +247,11 @@ def parse(doc: dict[str, Any]) -> Config:
         cfg = replace(cfg, download=_int(limits["download"], "limits.download"))
     if "listen" in metrics:
         cfg = replace(cfg, metrics=parse_addr(_str(metrics["listen"], "metrics.listen")))
+    if "compress" in transfer:
+        compress = _str(transfer["compress"], "transfer.compress")
+        if compress not in COMPRESS_MODES:
+            raise ConfigError(f"transfer.compress must be one of {', '.join(COMPRESS_MODES)}")
+        cfg = replace(cfg, compress=compress)
     cfg = replace(
         cfg,
         watch=tuple(_watch(e) for e in _entries(doc, "watch")),

@@ -23,6 +23,7 @@ from p2pckpt.wire.messages import (
     LIST_META_VALUE,
     Cancel,
     ChunkData,
+    ChunkPacked,
     ChunkRequest,
     Error,
     Have,
@@ -63,7 +64,7 @@ version_infos = st.builds(
     total_bytes=st.integers(0, 1 << 62),
     file_count=st.integers(0, 1 << 32),
     meta=st.dictionaries(
-        st.sampled_from(LIST_META_KEYS), st.text(max_size=LIST_META_VALUE), max_size=4
+        st.sampled_from(LIST_META_KEYS), st.text(max_size=LIST_META_VALUE // 4), max_size=4
     ).map(lambda d: tuple(sorted(d.items()))),
 )
 
@@ -76,10 +77,20 @@ manifest_requests = st.builds(
 )
 manifest_responses = st.builds(ManifestResponse, st.binary(max_size=2048))
 chunk_requests = st.builds(
-    ChunkRequest, req_id=req_ids, root=digests, index=st.integers(0, 1 << 32)
+    ChunkRequest,
+    req_id=req_ids,
+    root=digests,
+    index=st.integers(0, 1 << 32),
+    accept=st.just(0) | st.integers(0, U32_MAX),
 )
 # The reader refuses an empty ChunkData body (no chunk is empty).
 chunk_datas = st.builds(ChunkData, req_id=req_ids, data=st.binary(min_size=1, max_size=4096))
+chunk_packeds = st.builds(
+    ChunkPacked,
+    req_id=req_ids,
+    codec=st.sampled_from([1, 2, 3]),
+    data=st.binary(min_size=1, max_size=4096),
+)
 # Error codes are cut to 64 characters on decode; messages are kept short enough
 # that even 4-byte UTF-8 stays under the 4 KiB control-message cap.
 errors = st.builds(
@@ -114,7 +125,14 @@ requests: st.SearchStrategy[Message] = st.one_of(
     list_requests, manifest_requests, chunk_requests, push_requests, have_requests, cancels
 )
 responses: st.SearchStrategy[Message] = st.one_of(
-    list_responses, manifest_responses, chunk_datas, errors, push_progresses, push_results, haves
+    list_responses,
+    manifest_responses,
+    chunk_datas,
+    chunk_packeds,
+    errors,
+    push_progresses,
+    push_results,
+    haves,
 )
 
 # --- manifests ------------------------------------------------------------------

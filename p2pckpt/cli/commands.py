@@ -477,7 +477,7 @@ def serve(listen: str | None, no_mdns: bool, relay: str | None, config_path: Pat
     log = logging.getLogger("p2pckpt.serve")
 
     async def run() -> None:
-        server = Server(home, bandwidth=cfg.bandwidth)
+        server = Server(home, bandwidth=cfg.bandwidth, compress=cfg.compress != "off")
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(server.serve, host, port)
             for lst in listeners:

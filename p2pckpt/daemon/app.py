@@ -244,7 +244,7 @@ async def run_daemon(
             return m.PushResult(False, str(exc))
         return m.PushResult(True, f"verified {req.name}@{req.version}", result.bytes_total)
 
-    server = Server(home, on_push=on_push, bandwidth=cfg.bandwidth)
+    server = Server(home, on_push=on_push, bandwidth=cfg.bandwidth, compress=cfg.compress != "off")
     server.sightings = state.sightings
     partials = server.partials = Partials()  # what we are pulling, we also serve
     throttles = [Throttle(cfg.download)] if cfg.download > 0 else []
@@ -254,6 +254,7 @@ async def run_daemon(
 
         metrics = Metrics(lambda: server.connected_peers, state.active)
         server.on_served = metrics.bytes_served.inc
+        server.on_packed = metrics.packed
         state.on_pulled = metrics.bytes_pulled.inc
         state.on_corrupt = metrics.chunks_failed.inc
         try:

@@ -23,6 +23,16 @@ class Metrics:
         self.bytes_pulled = Counter(
             "p2pckpt_bytes_pulled", "Verified chunk bytes pulled", registry=self.registry
         )
+        self.chunks_packed = Counter(
+            "p2pckpt_chunks_packed",
+            "Chunks served packed (compressed) because it paid on the link",
+            registry=self.registry,
+        )
+        self.bytes_saved = Counter(
+            "p2pckpt_bytes_saved_by_packing",
+            "Chunk bytes that packing kept off the wire",
+            registry=self.registry,
+        )
         self.chunks_failed = Counter(
             "p2pckpt_chunks_failed_verification",
             "Chunks refused because their hash did not match",
@@ -32,6 +42,11 @@ class Metrics:
         peers_gauge.set_function(lambda: float(peers()))
         transfers_gauge = Gauge("p2pckpt_transfers", "Pulls in progress", registry=self.registry)
         transfers_gauge.set_function(lambda: float(transfers()))
+
+    def packed(self, chunk_bytes: int, wire_bytes: int) -> None:
+        """A chunk of ``chunk_bytes`` went out packed into ``wire_bytes``."""
+        self.chunks_packed.inc()
+        self.bytes_saved.inc(chunk_bytes - wire_bytes)
 
     def serve(self, host: str, port: int) -> None:
         """Start the HTTP endpoint (a daemon thread owned by prometheus-client)."""

@@ -101,6 +101,7 @@ class PullResult:
     bytes_total: int
     bytes_downloaded: int
     bytes_reused: int
+    bytes_wire: int  # what the downloaded chunks took on the wire (less where packed)
     chunks: int
     streams: int
     seconds: float
@@ -206,6 +207,7 @@ def _result(
         bytes_total=manifest.total_bytes,
         bytes_downloaded=downloaded,
         bytes_reused=reused,
+        bytes_wire=sum(s.wire for s in sources),
         chunks=manifest.chunk_count,
         streams=sum(len(s.conns) for s in sources),
         seconds=time.monotonic() - started,

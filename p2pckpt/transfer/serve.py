@@ -9,9 +9,10 @@ Per connection (one nursery)::
                 queued = protocol violation, connection closed)
     preparer  : take a buffer from the server-wide budget, read + re-hash
                 the chunk in a worker thread (a file changed after
-                publishing is caught here, R-31)
+                publishing is caught here, R-31), and pack it there too when
+                the connection's ``PackPolicy`` says it pays (issue 7)
     sender    : encrypt and send prepared responses in order, give the
-                buffer back
+                buffer back; time how fast the link takes chunks
 
 Limits (R-50): pre-auth connections per source and in total, handshakes in
 flight, authenticated connections per peer and in total, outstanding
@@ -23,9 +24,11 @@ connection and is logged; nothing a peer does ends the server.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import stat
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -55,16 +58,19 @@ from p2pckpt.manifest.manifest import Manifest, validate_name, verify
 from p2pckpt.manifest.paths import safe_display
 from p2pckpt.store.staging import Staging
 from p2pckpt.transfer.listen import open_listeners
+from p2pckpt.transfer.packpolicy import PackPolicy
 from p2pckpt.transfer.partials import Partials
 from p2pckpt.transfer.ratelimit import RateLimiter, source_key
 from p2pckpt.transfer.throttle import Throttle
 from p2pckpt.wire import messages as m
+from p2pckpt.wire import packing
 from p2pckpt.wire.codec import (
     CHUNK_HEADER_SIZE,
     SERVER_ACCEPTS,
     MessageReader,
     chunk_header,
     encode,
+    packed_header,
 )
 
 log = logging.getLogger("p2pckpt.serve")
@@ -141,14 +147,46 @@ def _read_chunk(path: Path, chunk: Chunk, req_id: int, buf: bytearray) -> memory
     return memoryview(buf)[:size]
 
 
-class _Busy:
-    """What one connection is doing: a long request (a push) in progress, and
-    the versions it has been reading (so retention spares them)."""
+def _read_packed(
+    path: Path, chunk: Chunk, req_id: int, buf: bytearray, codec: int
+) -> tuple[memoryview, int, float]:
+    """``_read_chunk``, then pack the chunk with ``codec`` (worker thread).
+    Returns the frame to send (ChunkPacked if smaller, else the raw
+    ChunkData in ``buf``), the packed size and the seconds packing took."""
+    framed = _read_chunk(path, chunk, req_id, buf)
+    started = time.perf_counter()
+    with framed[CHUNK_HEADER_SIZE:] as body:
+        packed = packing.pack(codec, body)
+    seconds = time.perf_counter() - started
+    if len(packed) >= chunk.length:
+        return framed, len(packed), seconds
+    framed.release()
+    frame = packed_header(req_id, codec, len(packed)) + packed
+    return memoryview(frame), len(packed), seconds
 
-    def __init__(self) -> None:
+
+def _same_host(sock: trio.socket.SocketType) -> bool:
+    """Whether a connected socket's peer is this machine (loopback, or our
+    own address): no network in between, only CPU."""
+    try:
+        peer, local = sock.getpeername()[0], sock.getsockname()[0]
+        return bool(peer == local or ipaddress.ip_address(str(peer).split("%")[0]).is_loopback)
+    except (OSError, ValueError, IndexError, TypeError):
+        return False
+
+
+class _Busy:
+    """What one connection is doing: a long request (a push) in progress, the
+    versions it has been reading (so retention spares them), and whether
+    packing chunks pays on its link."""
+
+    def __init__(self, local: bool = False) -> None:
         self.working = False
         self.roots: set[bytes] = set()
         self.cancelled: OrderedDict[int, None] = OrderedDict()
+        self.local = local  # the peer is on this machine
+        self.policy: PackPolicy | None = None  # once the peer accepts a codec
+        self.chunks = self.packed = self.chunk_bytes = self.wire_bytes = 0
 
     def cancel(self, req_id: int) -> None:
         """Skip ``req_id`` if it is still queued (bounded: old ids are forgotten)."""
@@ -188,11 +226,20 @@ PushHandler = Callable[
 class Server:
     """Serves one home's catalog to trusted peers."""
 
-    def __init__(self, home: Home, on_push: PushHandler | None = None, bandwidth: int = 0) -> None:
+    def __init__(
+        self,
+        home: Home,
+        on_push: PushHandler | None = None,
+        bandwidth: int = 0,
+        *,
+        compress: bool = True,
+    ) -> None:
         self.home = home
         self.on_push = on_push
         self._throttle = Throttle(bandwidth) if bandwidth > 0 else None
+        self.compress = compress  # pack chunks where it pays ([transfer] compress)
         self.on_served: Callable[[int], None] | None = None  # chunk bytes sent (metrics)
+        self.on_packed: Callable[[int, int], None] | None = None  # (chunk, wire) bytes, packed
         self.sightings: Sightings | None = None  # who connected, how (status)
         self.partials: Partials | None = None  # versions being pulled here (swarm)
         self._partial_served: dict[bytes, _Served] = {}
@@ -300,7 +347,8 @@ class Server:
             source = source_key(host)
             if self._admit(source):
                 direct = via is None and sock is not None and host != "?"
-                await self._handle(transport, source, addr, host if direct else None)
+                local = sock is not None and direct and _same_host(sock)
+                await self._handle(transport, source, addr, host if direct else None, local)
         except* P2pckptError as group:
             log.info('connection ended from=%s error="%s"', addr, first_leaf(group))
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
@@ -314,7 +362,12 @@ class Server:
                 await transport.aclose()
 
     async def _handle(
-        self, transport: trio.abc.Stream, source: str, addr: str, peer_host: str | None
+        self,
+        transport: trio.abc.Stream,
+        source: str,
+        addr: str,
+        peer_host: str | None,
+        local: bool = False,
     ) -> None:
         self._preauth[source] += 1
         try:
@@ -356,27 +409,40 @@ class Server:
         try:
             log.info("peer connected peer=%s from=%s", peer.short, addr)
             hint = (peer_host, 0) if peer_host is not None else None
-            await self._converse(secure, peer, hint)
+            await self._converse(secure, peer, hint, local)
         finally:
             self._peers[peer] -= 1
             if not self._peers[peer]:
                 del self._peers[peer]
 
     async def _converse(
-        self, secure: SecureStream, peer: PeerId, hint: tuple[str, int] | None
+        self,
+        secure: SecureStream,
+        peer: PeerId,
+        hint: tuple[str, int] | None,
+        local: bool = False,
     ) -> None:
         requests_send, requests_recv = trio.open_memory_channel[m.Request](m.MAX_OUTSTANDING)
         prepared_send, prepared_recv = trio.open_memory_channel[_Prepared](PREPARED_QUEUE)
-        busy = _Busy()
+        busy = _Busy(local)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._sender, secure, prepared_recv)
+                nursery.start_soon(self._sender, secure, prepared_recv, busy)
                 nursery.start_soon(self._preparer, requests_recv, prepared_send, peer, hint, busy)
                 await self._reader(secure, requests_send, busy)
                 nursery.cancel_scope.cancel()
         finally:
             self._serving.subtract(busy.roots)
             self._serving += Counter()  # drop the zero counts
+            if busy.packed:
+                log.info(
+                    "packed chunks peer=%s chunks=%d packed=%d chunk_bytes=%d wire_bytes=%d",
+                    peer.short,
+                    busy.chunks,
+                    busy.packed,
+                    busy.chunk_bytes,
+                    busy.wire_bytes,
+                )
 
     def serving(self) -> set[bytes]:
         """Roots of versions some connection is reading now (or has read and
@@ -439,11 +505,12 @@ class Server:
                     if req.root not in busy.roots:
                         busy.roots.add(req.root)
                         self._serving[req.root] += 1
-                    payload = await self._chunk(req, buf)
+                    payload = await self._chunk(req, buf, busy)
                 except BaseException:
                     self._buffers.release(None)  # the buffer may still be in use
                     raise
-                if isinstance(payload, bytes):  # an Error: the buffer was not used
+                # An Error, or a chunk packed into a frame of its own: the buffer is free.
+                if isinstance(payload, bytes) or payload.obj is not buf:
                     self._buffers.release(buf)
                     await prepared.send((payload, None))
                 else:
@@ -541,7 +608,16 @@ class Server:
                 return encode(m.Have(root, False, partial.bitfield(), partial.fetching_bitfield()))
         raise RemoteProtocolError(f"unexpected request {type(req).__name__}")
 
-    async def _chunk(self, req: m.ChunkRequest, buf: bytearray) -> bytes | memoryview:
+    def _codec(self, req: m.ChunkRequest, busy: _Busy) -> int:
+        """The codec to pack this chunk with (0: raw), by the connection's policy."""
+        if not (req.accept and self.compress):
+            return 0
+        if busy.policy is None:  # the first request that offers codecs
+            busy.policy = PackPolicy(packing.available(), local=busy.local)
+        return busy.policy.choose(req.accept)
+
+    async def _chunk(self, req: m.ChunkRequest, buf: bytearray, busy: _Busy) -> bytes | memoryview:
+        """The framed chunk (a view of ``buf``, or of its packed frame), or an Error."""
         held = await self._served(req.root)
         if held is None:
             return encode(m.Error(m.NOT_FOUND, "unknown version", req.req_id))
@@ -550,10 +626,17 @@ class Server:
         if held.have is not None and req.index not in held.have:
             return encode(m.Error(m.NOT_FOUND, "chunk not verified here yet", req.req_id))
         relpath, chunk = held.chunks[req.index]
+        codec = self._codec(req, busy)
+        path = held.file_path(relpath)
         try:
-            return await trio.to_thread.run_sync(
-                _read_chunk, held.file_path(relpath), chunk, req.req_id, buf
-            )
+            if codec:
+                framed, size, seconds = await trio.to_thread.run_sync(
+                    _read_packed, path, chunk, req.req_id, buf, codec
+                )
+                assert busy.policy is not None
+                busy.policy.packed(codec, chunk.length, size, seconds)
+            else:
+                framed = await trio.to_thread.run_sync(_read_chunk, path, chunk, req.req_id, buf)
         except _SourceChanged as exc:
             what = f"{held.manifest.name}@{held.manifest.version}"
             log.error(
@@ -569,14 +652,32 @@ class Server:
                     req.req_id,
                 )
             )
+        busy.chunks += 1
+        busy.chunk_bytes += chunk.length
+        if framed.obj is buf:
+            busy.wire_bytes += chunk.length
+        else:
+            packed = len(framed) - CHUNK_HEADER_SIZE - 1  # less its header and codec byte
+            busy.packed += 1
+            busy.wire_bytes += packed
+            if self.on_packed is not None:
+                self.on_packed(chunk.length, packed)
+        return framed
 
     async def _sender(
-        self, secure: SecureStream, prepared: trio.MemoryReceiveChannel[_Prepared]
+        self, secure: SecureStream, prepared: trio.MemoryReceiveChannel[_Prepared], busy: _Busy
     ) -> None:
+        """Chunk responses are memoryviews (of a pooled buffer, or of a packed
+        frame); the rest bytes. A chunk whose send ends with the next response
+        already waiting was paced by the link: it times the link for the
+        connection's pack policy."""
         async for payload, buf in prepared:
+            started = time.perf_counter()
+            throttled = 0.0
             try:
                 if self._throttle is not None and isinstance(payload, memoryview):
                     await self._throttle.take(len(payload))
+                    throttled = time.perf_counter() - started
                 with trio.fail_after(SEND_TIMEOUT):  # a peer that stops reading is dropped
                     await secure.send_all(payload)
             except BaseException:
@@ -584,6 +685,8 @@ class Server:
                     self._buffers.release(None)
                 raise
             if isinstance(payload, memoryview):
+                if busy.policy is not None and prepared.statistics().current_buffer_used:
+                    busy.policy.sent(len(payload), time.perf_counter() - started, throttled)
                 if self.on_served is not None:
                     self.on_served(len(payload))
                 payload.release()

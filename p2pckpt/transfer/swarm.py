@@ -4,6 +4,9 @@ pure ``Scheduler`` (see ``pull.py`` for the whole story).
 One task per connection keeps its pipeline full and receives; one writer
 task per connection hashes and writes in a worker thread and only then
 reports the chunk done, so "done" always means verified and journaled.
+Requests offer the codecs this node can unpack; a packed chunk is unpacked
+in the writer's worker thread too, into a buffer of exactly the chunk's
+length, then verified like a raw one.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from p2pckpt.transfer.peer import PeerConnection, remote_error
 from p2pckpt.transfer.schedule import Scheduler, bitfield_to_int
 from p2pckpt.transfer.throttle import Throttle
 from p2pckpt.wire import messages as m
+from p2pckpt.wire import packing
 
 log = logging.getLogger("p2pckpt.pull")
 
@@ -53,6 +57,7 @@ class Source:
     known: bool = False  # its first Have has arrived
     bytes: int = 0
     chunks: int = 0
+    wire: int = 0  # what those chunks took on the wire (less if packed)
     problem: str = ""  # why it was dropped ("" while it is fine)
     bad: bool = False  # dropped for a chunk that failed verification
     error: BaseException | None = None
@@ -64,6 +69,7 @@ class Source:
             "route": self.route,
             "via": self.via,
             "bytes": self.bytes,
+            "wire": self.wire,
             "chunks": self.chunks,
             "status": "bad" if self.bad else ("lost" if self.problem else "ok"),
             **({"problem": self.problem} if self.problem else {}),
@@ -96,6 +102,8 @@ class Swarm:
         self.throttles = throttles
         self.streams = streams
         self.joiners = joiners
+        self.accept = packing.available()  # codecs we offer in chunk requests
+        self._writing: set[int] = set()  # chunks a writer is writing right now
         self._changed = trio.Event()
         self._last_progress = trio.current_time()
 
@@ -193,8 +201,14 @@ class Swarm:
                 self._drop(src, lost)
             self._poke()
 
+    def _unpack_write(self, index: int, codec: int, packed: bytearray, out: bytearray) -> None:
+        """Unpack a packed chunk into ``out``, then verify and write it (worker thread)."""
+        packing.unpack(codec, packed, out)
+        self.staging.write_chunk(index, out)
+
     async def _converse(self, src: Source, conn: PeerConnection, inflight: dict[int, int]) -> None:
-        write_send, write_recv = trio.open_memory_channel[tuple[int, bytearray]](WRITE_QUEUE)
+        # (req_id, chunk bytes or packed bytes, codec: 0 for raw)
+        write_send, write_recv = trio.open_memory_channel[tuple[int, bytearray, int]](WRITE_QUEUE)
         cancelled: set[int] = set()
         received: set[int] = set()  # req_ids whose data is with the writer
         next_id = 0
@@ -202,18 +216,36 @@ class Swarm:
         last_have = -math.inf
 
         async def writer() -> None:
-            async for req_id, data in write_recv:
+            async for req_id, data, codec in write_recv:
                 index = inflight[req_id]
                 try:
-                    if self.sched.missing >> index & 1:
-                        await trio.to_thread.run_sync(self.staging.write_chunk, index, data)
+                    # Two sources' copies of one chunk (endgame) can both reach a
+                    # writer before either is written: only the first is written
+                    # and counted.
+                    if self.sched.missing >> index & 1 and index not in self._writing:
+                        size = self.sizes[index]
+                        self._writing.add(index)
+                        try:
+                            if codec:
+                                out = conn.buffers.get(size)
+                                try:
+                                    await trio.to_thread.run_sync(
+                                        self._unpack_write, index, codec, data, out
+                                    )
+                                finally:
+                                    conn.buffers.put(out)
+                            else:
+                                await trio.to_thread.run_sync(self.staging.write_chunk, index, data)
+                        finally:
+                            self._writing.discard(index)
                         self.sched.done(index, src.peer, trio.current_time())
-                        src.bytes += len(data)
+                        src.bytes += size
+                        src.wire += len(data)
                         src.chunks += 1
                         self._last_progress = trio.current_time()
-                        self.on_chunk(len(data))
+                        self.on_chunk(size)
                         self._poke()
-                except ChunkCorrupt as exc:  # never written: its source is out
+                except (ChunkCorrupt, RemoteProtocolError) as exc:  # never written: out it goes
                     self._drop(src, exc, bad=True)
                     return
                 except Exception as exc:  # our disk, not the peer: the whole pull stops
@@ -221,7 +253,8 @@ class Swarm:
                     self._scope.cancel()
                     return
                 finally:
-                    conn.buffers.put(data)
+                    if not codec:  # packed bodies have odd sizes: not worth pooling
+                        conn.buffers.put(data)
                     received.discard(req_id)
                     del inflight[req_id]
 
@@ -251,7 +284,7 @@ class Swarm:
                             break
                         req_id, next_id = next_id, (next_id + 1) & 0xFFFFFFFF
                         inflight[req_id] = index
-                        await conn.send(m.ChunkRequest(req_id, self.root, index))
+                        await conn.send(m.ChunkRequest(req_id, self.root, index, self.accept))
                     if len(inflight) == len(received) and not have_pending:
                         if self.sched.complete:
                             return
@@ -261,20 +294,30 @@ class Swarm:
                             await self._changed.wait()
                         continue
                     msg = await conn.receive()
-                    if isinstance(msg, m.ChunkData):
+                    if isinstance(msg, m.ChunkData | m.ChunkPacked):
                         assert isinstance(msg.data, bytearray)
+                        codec = msg.codec if isinstance(msg, m.ChunkPacked) else 0
                         if msg.req_id not in inflight or msg.req_id in received:
-                            conn.buffers.put(msg.data)
+                            if not codec:
+                                conn.buffers.put(msg.data)
                             if msg.req_id in cancelled:
                                 cancelled.discard(msg.req_id)
                                 continue
                             raise RemoteProtocolError(
                                 f"{conn.label} sent an unrequested response (chunk)"
                             )
+                        if codec and not (
+                            self.accept >> codec & 1
+                            and len(msg.data) < self.sizes[inflight[msg.req_id]]
+                        ):
+                            raise RemoteProtocolError(
+                                f"{conn.label} packed a chunk with codec {codec}, which we did"
+                                " not offer, or into no fewer bytes than the chunk"
+                            )
                         for throttle in self.throttles:
                             await throttle.take(len(msg.data))
                         received.add(msg.req_id)
-                        await write_send.send((msg.req_id, msg.data))
+                        await write_send.send((msg.req_id, msg.data, codec))
                     elif isinstance(msg, m.Have) and have_pending and msg.root == self.root:
                         have_pending, last_have = False, trio.current_time()
                         src.complete = msg.complete

@@ -2,7 +2,8 @@
 
 Frame: ``type (u8) || length (u32 BE) || body``. Bodies are msgpack arrays,
 except ``ChunkData`` whose body is ``req_id (u32 BE) || raw bytes`` so a
-chunk is never copied through msgpack. Each type has its own size cap,
+chunk is never copied through msgpack, and ``ChunkPacked``:
+``req_id (u32 BE) || codec (u8) || packed bytes``. Each type has its own size cap,
 checked as soon as the 5-byte header is read and before any allocation, and
 each side accepts only the types its role may receive. Any violation raises
 ``RemoteProtocolError`` and the reader is poisoned: the connection must end.
@@ -28,6 +29,7 @@ from p2pckpt.wire.messages import (
     MAX_PUSH_PEERS,
     Cancel,
     ChunkData,
+    ChunkPacked,
     ChunkRequest,
     Error,
     Have,
@@ -42,15 +44,18 @@ from p2pckpt.wire.messages import (
     PushResult,
     VersionInfo,
 )
+from p2pckpt.wire.packing import CODECS
 
 _HEADER = struct.Struct(">BI")
 HEADER_SIZE: Final = _HEADER.size
 _REQ_ID = struct.Struct(">I")
 CHUNK_HEADER_SIZE: Final = HEADER_SIZE + _REQ_ID.size
+PACKED_HEADER_SIZE: Final = CHUNK_HEADER_SIZE + 1  # ... and the codec byte
 
 _T_LIST_REQ, _T_LIST_RESP, _T_MAN_REQ, _T_MAN_RESP, _T_CHUNK_REQ, _T_CHUNK, _T_ERROR = range(1, 8)
 _T_PUSH_REQ, _T_PUSH_RESULT, _T_PUSH_PROGRESS = 8, 9, 10
 _T_HAVE_REQ, _T_HAVE, _T_CANCEL = 11, 12, 13
+_T_PACKED = 14
 
 _CONTROL_CAP = 4096
 _CAPS: Final = {
@@ -67,12 +72,22 @@ _CAPS: Final = {
     _T_HAVE_REQ: _CONTROL_CAP,
     _T_HAVE: 2 * MAX_HAVE_BYTES + 64,
     _T_CANCEL: _CONTROL_CAP,
+    _T_PACKED: _REQ_ID.size + MAX_CHUNK,  # never above a raw chunk's cap
 }
 SERVER_ACCEPTS: Final = frozenset(
     {_T_LIST_REQ, _T_MAN_REQ, _T_CHUNK_REQ, _T_PUSH_REQ, _T_HAVE_REQ, _T_CANCEL}
 )
 CLIENT_ACCEPTS: Final = frozenset(
-    {_T_LIST_RESP, _T_MAN_RESP, _T_CHUNK, _T_ERROR, _T_PUSH_PROGRESS, _T_PUSH_RESULT, _T_HAVE}
+    {
+        _T_LIST_RESP,
+        _T_MAN_RESP,
+        _T_CHUNK,
+        _T_PACKED,
+        _T_ERROR,
+        _T_PUSH_PROGRESS,
+        _T_PUSH_RESULT,
+        _T_HAVE,
+    }
 )
 
 
@@ -106,10 +121,14 @@ def encode(msg: Message) -> bytes:
             return _pack(_T_MAN_REQ, [name, version])
         case ManifestResponse(envelope):
             return _pack(_T_MAN_RESP, [envelope])
-        case ChunkRequest(req_id, root, index):
-            return _pack(_T_CHUNK_REQ, [req_id, root, index])
+        case ChunkRequest(req_id, root, index, accept):
+            # Without codecs, the 3-field form every seeder understands.
+            body = [req_id, root, index, accept] if accept else [req_id, root, index]
+            return _pack(_T_CHUNK_REQ, body)
         case ChunkData(req_id, data):
             return chunk_header(req_id, len(data)) + bytes(data)
+        case ChunkPacked(req_id, codec, data):
+            return packed_header(req_id, codec, len(data)) + bytes(data)
         case PushRequest(name, version, root, port, peers):
             return _pack(_T_PUSH_REQ, [name, version, root, port, [list(p) for p in peers]])
         case HaveRequest(root):
@@ -130,6 +149,13 @@ def encode(msg: Message) -> bytes:
 def chunk_header(req_id: int, length: int) -> bytes:
     """The 9 bytes that precede ``length`` raw chunk bytes."""
     return _HEADER.pack(_T_CHUNK, _REQ_ID.size + length) + _REQ_ID.pack(req_id)
+
+
+def packed_header(req_id: int, codec: int, length: int) -> bytes:
+    """The 10 bytes that precede ``length`` packed chunk bytes."""
+    return (
+        _HEADER.pack(_T_PACKED, _REQ_ID.size + 1 + length) + _REQ_ID.pack(req_id) + bytes((codec,))
+    )
 
 
 def _bad(what: str) -> RemoteProtocolError:
@@ -209,14 +235,15 @@ def _decode(kind: int, body: bytes) -> Message:
         return ManifestResponse(doc[0])
     if kind == _T_CHUNK_REQ:
         if (
-            len(doc) != 3
+            len(doc) not in (3, 4)  # the accepted codecs came later (issue 7)
             or not _is_int(doc[0], (1 << 32) - 1)
             or not isinstance(doc[1], bytes)
             or len(doc[1]) != 32
             or not _is_int(doc[2], 1 << 32)
+            or not (len(doc) == 3 or _is_int(doc[3], (1 << 32) - 1))
         ):
             raise _bad("chunk request")
-        return ChunkRequest(doc[0], doc[1], doc[2])
+        return ChunkRequest(doc[0], doc[1], doc[2], doc[3] if len(doc) == 4 else 0)
     if kind == _T_PUSH_REQ:
         if (
             len(doc) not in (4, 5)  # the peer list came later (issue 5)
@@ -305,6 +332,7 @@ class MessageReader:
         self._need = HEADER_SIZE
         self._kind = 0
         self._req_id = 0
+        self._codec = 0
         self._chunk_len = 0
         self._body: bytearray | None = None
         self._filled = 0
@@ -352,6 +380,8 @@ class MessageReader:
     def _complete(self, body: bytearray) -> Message:
         if self._kind == _T_CHUNK:
             return ChunkData(self._req_id, body)
+        if self._kind == _T_PACKED:
+            return ChunkPacked(self._req_id, self._codec, body)
         return _decode(self._kind, bytes(body))
 
     def _feed(self, view: memoryview) -> list[Message]:
@@ -369,18 +399,32 @@ class MessageReader:
                     kind, length = _HEADER.unpack(self._buf)
                     if kind not in self._accepts:
                         raise RemoteProtocolError(f"unexpected message type {kind}")
-                    if length > _CAPS[kind] or (kind == _T_CHUNK and length < _REQ_ID.size + 1):
+                    if length > _CAPS[kind]:
                         raise RemoteProtocolError(f"message of type {kind} too large ({length} B)")
+                    if (kind == _T_CHUNK and length < _REQ_ID.size + 1) or (
+                        kind == _T_PACKED and length < _REQ_ID.size + 2
+                    ):
+                        raise RemoteProtocolError(f"message of type {kind} too short ({length} B)")
                     self._kind = kind
                     if kind == _T_CHUNK:  # read the request id, then the raw bytes
                         self._chunk_len = length - _REQ_ID.size
                         self._need = CHUNK_HEADER_SIZE
                         continue
+                    if kind == _T_PACKED:  # the request id and codec, then the packed bytes
+                        self._chunk_len = length - _REQ_ID.size - 1
+                        self._need = PACKED_HEADER_SIZE
+                        continue
                     self._body = bytearray(length)
                 else:
                     (self._req_id,) = _REQ_ID.unpack_from(self._buf, HEADER_SIZE)
                     self._need = HEADER_SIZE
-                    self._body = self._alloc(self._chunk_len)
+                    if self._kind == _T_PACKED:
+                        self._codec = self._buf[CHUNK_HEADER_SIZE]
+                        if self._codec not in CODECS:
+                            raise RemoteProtocolError(f"unknown chunk codec {self._codec}")
+                        self._body = bytearray(self._chunk_len)  # odd sizes: not pooled
+                    else:
+                        self._body = self._alloc(self._chunk_len)
                 self._buf.clear()
                 self._filled = 0
             body = self._body

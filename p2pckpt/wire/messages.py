@@ -7,7 +7,9 @@ that turns them into bytes. The conversation is request/response, client
     ListRequest            -> ListResponse | Error
     ManifestRequest        -> ManifestResponse | Error
     ChunkRequest (pipelined, at most MAX_OUTSTANDING per connection)
-                           -> ChunkData | Error(req_id)
+                           -> ChunkData | ChunkPacked | Error(req_id)
+                              (ChunkPacked only with a codec the request's
+                              ``accept`` bitmask offers, see packing.py)
     Cancel(req_id)         -> nothing (a queued request is dropped; one already
                               sent still arrives and is ignored)
     HaveRequest(root)      -> Have | Error   (which chunks the server holds:
@@ -33,7 +35,8 @@ PUSH_PROGRESS_INTERVAL = 0.5
 MAX_LIST_ENTRIES = 4096
 MAX_PUSH_PEERS = 64  # co-targets named in one PushRequest
 # Manifest meta keys a listing carries (what `ls` shows), each value at most
-# LIST_META_VALUE characters; the rest stays in the manifest.
+# LIST_META_VALUE bytes of UTF-8 (so 4096 entries fit the ListResponse cap);
+# the rest stays in the manifest.
 LIST_META_KEYS = ("base_model", "format", "license", "step")
 LIST_META_VALUE = 128
 
@@ -66,14 +69,16 @@ class VersionInfo:
         _check(keys == sorted(set(keys)), "list meta keys sorted and unique")
         for key, value in self.meta:
             _check(key in LIST_META_KEYS, "list meta key")
-            _check(len(value) <= LIST_META_VALUE, "list meta value too long")
+            _check(len(value.encode()) <= LIST_META_VALUE, "list meta value too long")
 
 
 def list_meta(meta: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     """The part of a manifest's meta that a listing carries (long values are
     left out rather than cut: a clipped licence or model name would mislead)."""
     return tuple(
-        (k, meta[k]) for k in LIST_META_KEYS if k in meta and len(meta[k]) <= LIST_META_VALUE
+        (k, meta[k])
+        for k in LIST_META_KEYS
+        if k in meta and len(meta[k].encode()) <= LIST_META_VALUE
     )
 
 
@@ -103,13 +108,18 @@ class ManifestResponse:
 
 @dataclass(frozen=True, slots=True)
 class ChunkRequest:
+    """``accept``: the codecs the puller can unpack (bit c = codec c of
+    ``wire/packing.py``); 0 (or absent on the wire) means raw only."""
+
     req_id: int
     root: bytes
     index: int
+    accept: int = 0
 
     def __post_init__(self) -> None:
         _check(0 <= self.req_id < 1 << 32, "req_id out of range")
         _check(len(self.root) == 32, "root is 32 bytes")
+        _check(0 <= self.accept < 1 << 32, "accept out of range")
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +202,20 @@ class ChunkData:
     data: bytes | bytearray
 
 
+@dataclass(frozen=True, slots=True)
+class ChunkPacked:
+    """A chunk packed with ``codec``; ``data`` is shorter than the chunk and
+    unpacks to exactly its length (checked by the puller, then the hash)."""
+
+    req_id: int
+    codec: int
+    data: bytes | bytearray
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.req_id < 1 << 32, "req_id out of range")
+        _check(0 < self.codec < 256, "codec out of range")
+
+
 MAX_ERROR_CODE_BYTES = 64
 MAX_ERROR_MESSAGE_BYTES = 1000
 
@@ -215,5 +239,14 @@ class Error:
 
 
 Request = ListRequest | ManifestRequest | ChunkRequest | PushRequest | HaveRequest | Cancel
-Response = ListResponse | ManifestResponse | ChunkData | Error | PushProgress | PushResult | Have
+Response = (
+    ListResponse
+    | ManifestResponse
+    | ChunkData
+    | ChunkPacked
+    | Error
+    | PushProgress
+    | PushResult
+    | Have
+)
 Message = Request | Response

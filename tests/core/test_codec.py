@@ -22,11 +22,13 @@ from p2pckpt.wire.codec import (
     MessageReader,
     chunk_header,
     encode,
+    packed_header,
 )
 from p2pckpt.wire.messages import (
     MAX_PUSH_PEERS,
     Cancel,
     ChunkData,
+    ChunkPacked,
     ChunkRequest,
     Error,
     Have,
@@ -61,6 +63,7 @@ T_PUSH_PROGRESS = encode(PushProgress(0, 0))[0]
 T_HAVE_REQ = encode(HaveRequest(ROOT))[0]
 T_HAVE = encode(Have(ROOT, True))[0]
 T_CANCEL = encode(Cancel(0))[0]
+T_PACKED = packed_header(0, 1, 1)[0]
 
 
 def frame(kind: int, body: Any) -> bytes:
@@ -104,9 +107,11 @@ def feed_split(reader: MessageReader, data: bytes, cuts: list[int]) -> list[Mess
 
 
 def normal(msg: Message) -> Message:
-    """ChunkData decodes with a bytearray body; compare as bytes."""
+    """ChunkData and ChunkPacked decode with a bytearray body; compare as bytes."""
     if isinstance(msg, ChunkData):
         return ChunkData(msg.req_id, bytes(msg.data))
+    if isinstance(msg, ChunkPacked):
+        return ChunkPacked(msg.req_id, msg.codec, bytes(msg.data))
     return msg
 
 
@@ -125,7 +130,9 @@ SAMPLES: list[Message] = [
     ManifestRequest("llama-7b", 0),
     ManifestResponse(b"\x93\x01\x02\x03"),
     ChunkRequest(7, ROOT, 41),
+    ChunkRequest(7, ROOT, 41, 0b1110),
     ChunkData(7, b"chunk bytes"),
+    ChunkPacked(7, 2, b"packed bytes"),
     Error("not_found", "no checkpoint llama-7b"),
     Error("bad_request", "no such chunk", 9),
     PushRequest("llama-7b", 4, ROOT, 7000),
@@ -267,7 +274,7 @@ def test_client_rejects_request_types(msg: Message) -> None:
         MessageReader(CLIENT_ACCEPTS).feed(encode(msg))
 
 
-@pytest.mark.parametrize("kind", [0, 14, 255])
+@pytest.mark.parametrize("kind", [0, 15, 255])
 @pytest.mark.parametrize("accepts", [SERVER_ACCEPTS, CLIENT_ACCEPTS], ids=["server", "client"])
 def test_unknown_type_rejected(kind: int, accepts: frozenset[int]) -> None:
     """A type byte outside the protocol is refused by both roles."""
@@ -285,6 +292,7 @@ def test_unknown_type_rejected(kind: int, accepts: frozenset[int]) -> None:
         (T_LIST_RESP, 4 << 20, CLIENT_ACCEPTS),
         (T_MAN_RESP, MAX_MANIFEST_BYTES + 64, CLIENT_ACCEPTS),
         (T_CHUNK, 4 + MAX_CHUNK, CLIENT_ACCEPTS),
+        (T_PACKED, 4 + MAX_CHUNK, CLIENT_ACCEPTS),
     ],
 )
 def test_oversized_header_rejected_before_body(
@@ -342,7 +350,12 @@ BAD_REQUESTS = {
     "chunk-bool-req-id": (T_CHUNK_REQ, [True, ROOT, 0]),
     "chunk-bool-index": (T_CHUNK_REQ, [1, ROOT, False]),
     "chunk-float-index": (T_CHUNK_REQ, [1, ROOT, 1.0]),
-    "chunk-extra-field": (T_CHUNK_REQ, [1, ROOT, 0, 0]),
+    "chunk-extra-field": (T_CHUNK_REQ, [1, ROOT, 0, 0b10, 0]),
+    "chunk-accept-negative": (T_CHUNK_REQ, [1, ROOT, 0, -1]),
+    "chunk-accept-too-big": (T_CHUNK_REQ, [1, ROOT, 0, 1 << 32]),
+    "chunk-accept-bool": (T_CHUNK_REQ, [1, ROOT, 0, True]),
+    "chunk-accept-nil": (T_CHUNK_REQ, [1, ROOT, 0, None]),
+    "chunk-accept-bytes": (T_CHUNK_REQ, [1, ROOT, 0, b"\x0e"]),
     "chunk-missing-field": (T_CHUNK_REQ, [1, ROOT]),
     "man-req-name-bytes": (T_MAN_REQ, [b"llama", None]),
     "man-req-name-too-long": (T_MAN_REQ, ["x" * 129, None]),
@@ -389,6 +402,7 @@ BAD_RESPONSES = {
     "list-meta-unsorted": (T_LIST_RESP, [[*_GOOD_ENTRY, [["step", "1"], ["format", "x"]]]]),
     "list-meta-duplicate": (T_LIST_RESP, [[*_GOOD_ENTRY, [["step", "1"], ["step", "2"]]]]),
     "list-meta-long-value": (T_LIST_RESP, [[*_GOOD_ENTRY, [["license", "x" * 129]]]]),
+    "list-meta-long-utf8": (T_LIST_RESP, [[*_GOOD_ENTRY, [["license", "\U0001f642" * 33]]]]),
     "list-meta-not-pair": (T_LIST_RESP, [[*_GOOD_ENTRY, [["step"]]]]),
     "list-meta-int-value": (T_LIST_RESP, [[*_GOOD_ENTRY, [["step", 5]]]]),
     "list-meta-too-many": (T_LIST_RESP, [[*_GOOD_ENTRY, [["step", "1"]] * 5]]),
@@ -474,3 +488,73 @@ def test_push_request_with_most_peers_fits_its_cap() -> None:
     peers = tuple((bytes([i]) * 32, "h" * 255, 65535) for i in range(MAX_PUSH_PEERS))
     msg = PushRequest("x" * 128, 1 << 40, ROOT, 65535, peers)
     assert MessageReader(SERVER_ACCEPTS).feed(encode(msg)) == [msg]
+
+
+# --- chunk packing (issue 7) ------------------------------------------------------
+
+
+def test_chunk_request_without_codecs_is_the_three_field_form() -> None:
+    """A request offering no codecs encodes as the 3-field array older seeders
+    know, and a 3-field request decodes as offering none (raw data only)."""
+    assert encode(ChunkRequest(3, ROOT, 9)) == frame(T_CHUNK_REQ, [3, ROOT, 9])
+    (msg,) = MessageReader(SERVER_ACCEPTS).feed(frame(T_CHUNK_REQ, [3, ROOT, 9]))
+    assert msg == ChunkRequest(3, ROOT, 9, 0)
+    (msg,) = MessageReader(SERVER_ACCEPTS).feed(frame(T_CHUNK_REQ, [3, ROOT, 9, 0b1110]))
+    assert msg == ChunkRequest(3, ROOT, 9, 0b1110)
+
+
+def test_unknown_accept_bits_are_kept_for_the_seeder_to_ignore() -> None:
+    """A newer puller may offer codecs we do not know: the request still decodes."""
+    (msg,) = MessageReader(SERVER_ACCEPTS).feed(frame(T_CHUNK_REQ, [3, ROOT, 9, (1 << 32) - 1]))
+    assert isinstance(msg, ChunkRequest) and msg.accept == (1 << 32) - 1
+
+
+@PROPERTY
+@given(
+    req_id=s.req_ids, codec=st.sampled_from([1, 2, 3]), data=st.binary(min_size=1, max_size=4096)
+)
+def test_packed_header_plus_bytes(req_id: int, codec: int, data: bytes) -> None:
+    """``packed_header(req_id, codec, len) + data`` is the frame encode gives ChunkPacked."""
+    wire = packed_header(req_id, codec, len(data)) + data
+    assert len(packed_header(req_id, codec, len(data))) == CHUNK_HEADER_SIZE + 1
+    assert wire == encode(ChunkPacked(req_id, codec, data))
+    assert feed_bytewise(MessageReader(CLIENT_ACCEPTS), wire) == [ChunkPacked(req_id, codec, data)]
+
+
+def test_max_size_packed_chunk_accepted() -> None:
+    """A packed body of MAX_CHUNK - 1 bytes fills exactly the raw chunk's cap."""
+    data = bytes(MAX_CHUNK - 1)
+    (got,) = MessageReader(CLIENT_ACCEPTS).feed(packed_header(1, 2, len(data)) + data)
+    assert isinstance(got, ChunkPacked) and len(got.data) == MAX_CHUNK - 1
+
+
+@pytest.mark.parametrize("codec", [0, 4, 255])
+def test_packed_chunk_with_unknown_codec_rejected(codec: int) -> None:
+    """A codec byte outside the known codecs fails as soon as it is read."""
+    reader = MessageReader(CLIENT_ACCEPTS)
+    wire = packed_header(1, codec, 100)
+    with pytest.raises(RemoteProtocolError, match="codec"):
+        reader.feed(wire)  # no body yet: refused before it is allocated
+    with pytest.raises(RemoteProtocolError, match="already failed"):
+        reader.feed(bytes(100))
+
+
+@pytest.mark.parametrize("length", [0, 1, 4, 5])
+def test_packed_chunk_without_data_rejected(length: int) -> None:
+    """A ChunkPacked frame too short for a req_id, a codec and one byte is refused."""
+    with pytest.raises(RemoteProtocolError, match="too short"):
+        MessageReader(CLIENT_ACCEPTS).feed(struct.pack(">BI", T_PACKED, length))
+
+
+def test_server_rejects_packed_chunks() -> None:
+    """Only a puller receives packed chunks."""
+    with pytest.raises(RemoteProtocolError, match="unexpected message type"):
+        MessageReader(SERVER_ACCEPTS).feed(encode(ChunkPacked(1, 1, b"x")))
+
+
+def test_packed_chunk_truncated_waits_then_nothing() -> None:
+    """A packed frame cut short yields nothing (the connection's end reports it)."""
+    wire = encode(ChunkPacked(1, 3, b"z" * 50))
+    reader = MessageReader(CLIENT_ACCEPTS)
+    assert reader.feed(wire[:-1]) == []
+    assert [normal(m) for m in reader.feed(wire[-1:])] == [ChunkPacked(1, 3, b"z" * 50)]

@@ -129,3 +129,13 @@ def test_bad_daemon_sections(text: str) -> None:
     """Every daemon key is checked; the error names it."""
     with pytest.raises(ConfigError):
         parse(tomllib.loads(text))
+
+
+def test_transfer_compress() -> None:
+    """[transfer] compress is "auto" (the default) or "off"; anything else is an error."""
+    assert Config().compress == "auto"
+    assert parse(tomllib.loads('[transfer]\ncompress = "off"\n')).compress == "off"
+    assert parse(tomllib.loads('[transfer]\ncompress = "auto"\n')).compress == "auto"
+    for bad in ('compress = "zstd"', "compress = false", 'compress = "OFF"', "level = 3"):
+        with pytest.raises(ConfigError, match="transfer"):
+            parse(tomllib.loads(f"[transfer]\n{bad}\n"))

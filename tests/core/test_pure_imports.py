@@ -11,6 +11,7 @@ PURE_MODULES = [
     "p2pckpt.channel.records",
     "p2pckpt.wire.codec",
     "p2pckpt.wire.messages",
+    "p2pckpt.wire.packing",
     "p2pckpt.manifest.manifest",
     "p2pckpt.manifest.chunker",
     "p2pckpt.manifest.paths",
@@ -20,6 +21,7 @@ PURE_MODULES = [
     "p2pckpt.discovery.txt",
     "p2pckpt.discovery.sightings",
     "p2pckpt.transfer.ratelimit",
+    "p2pckpt.transfer.packpolicy",
     "p2pckpt.config",
     "p2pckpt.daemon.completion",
 ]
