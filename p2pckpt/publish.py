@@ -49,10 +49,12 @@ def check_meta(meta: Mapping[str, object]) -> None:
     if len(meta) > MAX_META:
         raise ConfigError(f"at most {MAX_META} meta entries")
     for key, value in meta.items():
-        if not (isinstance(key, str) and 0 < len(key) <= MAX_META_KEY and key.isprintable()):
-            raise ConfigError(f"meta key {str(key)[:20]!r}: 1 to 64 printable characters")
-        if not (isinstance(value, str) and len(value) <= MAX_META_VALUE):
-            raise ConfigError(f"meta {key!r}: the value must be a string of ≤ 1024 characters")
+        if not (isinstance(key, str) and isinstance(value, str)):  # callers pass floats
+            raise ConfigError(f"meta keys and values are strings, got {key!r}: {value!r}")
+        if not (0 < len(key) <= MAX_META_KEY and key.isprintable()):
+            raise ConfigError(f"meta key {key[:20]!r}: 1 to {MAX_META_KEY} printable characters")
+        if len(value) > MAX_META_VALUE:
+            raise ConfigError(f"meta {key!r}: value longer than {MAX_META_VALUE} characters")
 
 
 # What `ls` calls a checkpoint's format, by file extension (weights only:

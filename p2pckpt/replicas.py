@@ -26,6 +26,7 @@ from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.manifest.manifest import Manifest
 from p2pckpt.transfer.peer import PeerConnection
+from p2pckpt.transfer.schedule import bitfield_to_int
 from p2pckpt.wire import messages as m
 
 log = logging.getLogger("p2pckpt.replicas")
@@ -78,7 +79,7 @@ class ReplicaReport:
 def _progress(have: m.Have, chunks: int) -> str:
     if not have.bits:
         return "does not have it yet"
-    held = sum(bin(b).count("1") for b in have.bits)
+    held = bitfield_to_int(have.bits, chunks).bit_count()
     return f"pulling it ({held} of {chunks} chunks verified)"
 
 

@@ -17,13 +17,10 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from p2pckpt.errors import ConfigError, ManifestError
 from p2pckpt.manifest.manifest import (
     MAX_META,
-    MAX_META_KEY,
-    MAX_META_VALUE,
     Manifest,
     validate_name,
 )
@@ -89,13 +86,9 @@ class CheckpointPublisher:
             raise ConfigError(f"meta {reserved} is filled in by the hook; leave it out")
         if len(user_meta) > MAX_META - len(RESERVED_META):
             raise ConfigError(f"at most {MAX_META - len(RESERVED_META)} meta entries")
-        for key, value in user_meta.items():
-            if not all(isinstance(s, str) for s in (key, value)):  # callers pass floats
-                raise ConfigError(f"meta keys and values are strings, got {key!r}: {value!r}")
-            if not 0 < len(key) <= MAX_META_KEY or not key.isprintable():
-                raise ConfigError(f"meta key {key[:20]!r}: 1 to {MAX_META_KEY} characters")
-            if len(value) > MAX_META_VALUE:
-                raise ConfigError(f"meta {key!r}: value longer than {MAX_META_VALUE} characters")
+        from p2pckpt.publish import check_meta  # the manifest's own limits
+
+        check_meta(user_meta)
         if replicas < 0:
             raise ConfigError("replicas is a count of peers, 0 or more")
         if replicas_timeout <= 0:
@@ -113,14 +106,15 @@ class CheckpointPublisher:
         from p2pckpt.api import publish
 
         meta = {**self.meta, "step": str(step), "format": checkpoint_format(path)}
-        # Only asked for when wanted, so that the call stays valid for a
-        # p2pckpt.api.publish without replica waiting.
-        extra: dict[str, Any] = {}
-        if self.replicas > 0:
-            extra = {"replicas": self.replicas, "replicas_timeout": self.replicas_timeout}
         try:
             manifest = publish(
-                path, name=self.name, version=step, meta=meta, home=self.home, **extra
+                path,
+                name=self.name,
+                version=step,
+                meta=meta,
+                home=self.home,
+                replicas=self.replicas,
+                replicas_timeout=self.replicas_timeout,
             )
         except Exception as exc:
             if self.raise_errors:

@@ -27,8 +27,8 @@ from p2pckpt.transfer.pull import (
     Offer,
     Progress,
     PullResult,
-    _result,  # one shape of result for every pull
     pull_offer,
+    pull_result,
 )
 from p2pckpt.transfer.throttle import Throttle
 
@@ -95,7 +95,7 @@ async def pull_into_cache(
                     hfcache.point_ref, repo, hfcache.branch_for(manifest), snapshot.name
                 )
                 home.catalog.add(manifest, envelope, where, "pulled")
-                return _result(manifest, where, 0, manifest.total_bytes, offer.sources, started)
+                return pull_result(manifest, where, 0, manifest.total_bytes, offer.sources, started)
         incoming = repo / f".p2pckpt-incoming-{manifest.root.hex()[:16]}"
         if any(e.root == manifest.root for e in home.catalog.at_location(incoming)):
             differs = await trio.to_thread.run_sync(compare, incoming, manifest)

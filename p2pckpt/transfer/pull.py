@@ -190,7 +190,7 @@ async def choose_source(
     return Offer(manifest, envelope, list(sources.values()))
 
 
-def _result(
+def pull_result(
     manifest: Manifest,
     dest: Path,
     downloaded: int,
@@ -354,7 +354,7 @@ async def pull_offer(
                 if any(e.root != manifest.root for e in home.catalog.at_location(dest)):
                     home.catalog.forget_location(dest)  # a crash right after a swap
                 home.catalog.add(manifest, envelope, dest, "pulled")
-                return _result(manifest, dest, 0, manifest.total_bytes, sources, started)
+                return pull_result(manifest, dest, 0, manifest.total_bytes, sources, started)
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Staging(dest, manifest, envelope)
         joiners = [partial(_dial_hint, home, peer, addr, streams) for peer, addr in hints]
@@ -384,7 +384,7 @@ async def pull_offer(
         if replace:  # the old version's bytes are gone from DEST now
             home.catalog.forget_location(dest)
         home.catalog.add(manifest, envelope, dest, "pulled")
-        result = _result(manifest, dest, downloaded, reused, sources, started)
+        result = pull_result(manifest, dest, downloaded, reused, sources, started)
         for bad in (s for s in sources if s.problem):
             log.warning(
                 'source dropped name=%s version=%d peer=%s status=%s error="%s"',
