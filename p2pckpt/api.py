@@ -41,10 +41,14 @@ def publish(
     replicas: int = 0,
     replicas_timeout: float = 600.0,
     config: str | Path | None = None,
+    expires_in: float | None = None,
 ) -> Manifest:
     """Hash ``path`` (a file or a directory) in place and publish it as
     ``name@version`` (default: newest + 1). Republishing identical bytes is a
     no-op. Blocking; hashing runs at disk speed.
+
+    ``expires_in`` (seconds) signs an expiry into the manifest: pullers and
+    followers refuse it as the newest version after that.
 
     With ``replicas=K``, return only once K trusted peers (found as for a
     pull) hold a verified copy; ``p2pckpt.errors.ReplicasMissing`` after
@@ -56,7 +60,14 @@ def publish(
         raise ConfigError("replicas is a count of peers, 0 or more")
     opened = _home(home)
     try:
-        manifest = do_publish(opened, Path(path), name, version, dict(meta or {}))
+        expires = None
+        if expires_in is not None:
+            if not expires_in > 0:
+                raise ConfigError("expires_in is a number of seconds, more than 0")
+            import time
+
+            expires = int(time.time() + expires_in)
+        manifest = do_publish(opened, Path(path), name, version, dict(meta or {}), expires=expires)
         if replicas:
             import trio
 

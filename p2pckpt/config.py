@@ -31,6 +31,9 @@ the file is data, never code. Example::
     dir = "/srv/models"          # versions in DIR/NAME/<version>, DIR/NAME/current -> newest
     keep = 3                     # newest versions kept on disk (never `current`)
     hook = ["/usr/local/bin/reload-server"]   # argv (no shell); env has P2PCKPT_NAME etc.
+    publishers = ["nas"]         # whose versions are installed (IDs or trusted names);
+                                 # absent: every peer trusted with the "publish" role
+    allow_expired = false        # install a newest version whose signed expiry passed
 
     [limits]
     upload = 0                   # bytes/s for serving, 0 = unlimited
@@ -45,6 +48,7 @@ the file is data, never code. Example::
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -97,6 +101,8 @@ class FollowSpec:
     dir: Path
     keep: int = 3
     hook: tuple[str, ...] = ()
+    publishers: tuple[str, ...] = ()  # IDs or trusted names; () = peers with "publish"
+    allow_expired: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,7 +133,7 @@ _SCHEMA: dict[str, set[str]] = {
     "relay": {"addr"},
     "peer": {"id", "addr", "name"},
     "watch": {"path", "name", "complete", "stable_seconds", "marker", "keep"},
-    "follow": {"name", "dir", "keep", "hook"},
+    "follow": {"name", "dir", "keep", "hook", "publishers", "allow_expired"},
     "limits": {"upload", "download"},
     "metrics": {"listen"},
     "transfer": {"compress"},
@@ -204,12 +210,34 @@ def _follow(entry: dict[str, Any]) -> FollowSpec:
         hook = [hook]
     if not isinstance(hook, list) or not all(isinstance(h, str) and h for h in hook):
         raise ConfigError("follow.hook must be a command as a list of strings (no shell)")
+    publishers = entry.get("publishers", [])
+    if not isinstance(publishers, list) or not all(
+        isinstance(p, str) and 0 < len(p) <= 80 and p.isprintable() for p in publishers
+    ):
+        raise ConfigError("follow.publishers must be a list of peer IDs or trusted peer names")
+    allow_expired = entry.get("allow_expired", False)
+    if not isinstance(allow_expired, bool):
+        raise ConfigError("follow.allow_expired must be true or false")
     return FollowSpec(
         name=_checkpoint_name(entry["name"], "follow.name"),
         dir=Path(_str(entry["dir"], "follow.dir")),
         keep=_int(entry.get("keep", 3), "follow.keep", low=1),
         hook=tuple(hook),
+        publishers=tuple(publishers),
+        allow_expired=allow_expired,
     )
+
+
+_DURATION_RE = re.compile(r"([0-9]{1,9})\s*([smhdw]?)")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> int:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w`` into whole seconds (> 0)."""
+    match = _DURATION_RE.fullmatch(text.strip().lower())
+    if match is None or int(match[1]) == 0:
+        raise ConfigError(f"not a duration: {text!r} (e.g. 90s, 15m, 12h, 7d, 2w)")
+    return int(match[1]) * _UNIT[match[2]]
 
 
 def _str(value: object, what: str) -> str:

@@ -7,7 +7,7 @@
     ├── TrustError ── UnknownPeer, NotAuthorized
     ├── ChannelError ── HandshakeFailed, AuthenticationFailed, ChannelClosed
     ├── ProtocolError ── LocalProtocolError, RemoteProtocolError
-    ├── ManifestError ── UnsafePath, BadSignature, Rollback
+    ├── ManifestError ── UnsafePath, BadSignature, Rollback, Expired, Equivocation
     ├── TransferError ── ChunkCorrupt, SourceChanged, NotFound, NoSpace,
     │                    DestinationExists, PeerUnreachable, RemoteError
     ├── StoreError ── ResumeStateInvalid
@@ -20,6 +20,8 @@ Every error that reaches the CLI maps to one line on stderr and an exit code
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class P2pckptError(Exception):
@@ -100,6 +102,16 @@ class Rollback(ManifestError):
     exit_code = 8
 
 
+class Expired(ManifestError):
+    """The newest version's signed expiry has passed (freeze protection, R-21)."""
+
+    exit_code = 14
+
+
+class Equivocation(ManifestError):
+    """One publisher signed two different manifests for one name@version (R-20)."""
+
+
 class TransferError(P2pckptError):
     """A pull or serve could not complete."""
 
@@ -132,6 +144,11 @@ class NoSpace(TransferError):
     """Disk full (or quota, or file too large); the partial copy stays resumable."""
 
     exit_code = 10
+
+
+# OSError numbers that mean "no room here" (bytes, inodes, quota, file size,
+# a read-only filesystem): each becomes NoSpace at the boundary (R-47).
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 
 
 class DestinationExists(TransferError):

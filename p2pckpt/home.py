@@ -16,7 +16,7 @@ import platformdirs
 
 from p2pckpt.errors import ConfigError
 from p2pckpt.identity.keys import KEY_FILE, NodeKey
-from p2pckpt.identity.trust import TRUST_FILE, TrustStore
+from p2pckpt.identity.trust import TRUST_FILE, TrustFile, TrustStore
 from p2pckpt.store.catalog import CATALOG_FILE, Catalog
 
 
@@ -33,8 +33,14 @@ class Home:
 
     path: Path
     key: NodeKey
-    trust: TrustStore
+    trust_file: TrustFile
     catalog: Catalog
+
+    @property
+    def trust(self) -> TrustStore:
+        """The trust store as ``trust.json`` holds it now (see ``TrustFile``):
+        read it here at each decision, never keep it."""
+        return self.trust_file.current()
 
     @classmethod
     def init(cls, path: Path, force: bool = False) -> tuple[Home, bool]:
@@ -72,7 +78,8 @@ class Home:
         if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
             raise ConfigError(f"{path} is writable by others: chmod 700 it")
         key = NodeKey.load(path)
-        return cls(path, key, TrustStore.load(path), Catalog(path / CATALOG_FILE))
+        return cls(path, key, TrustFile(path), Catalog(path / CATALOG_FILE))
 
-    def save_trust(self) -> None:
-        self.trust.save(self.path)
+    def save_trust(self, store: TrustStore | None = None) -> None:
+        """Persist the trust store (the current one after in-place edits)."""
+        self.trust_file.save(store if store is not None else self.trust)

@@ -17,10 +17,12 @@ from p2pckpt.home import Home
 from p2pckpt.manifest.chunker import hash_reader
 from p2pckpt.manifest.layout import plan, safetensors_cuts, safetensors_header_length
 from p2pckpt.manifest.manifest import (
+    EXPIRES_KEY,
     MAX_META,
     MAX_META_KEY,
     MAX_META_VALUE,
     MAX_VERSION,
+    RESERVED_META,
     FileEntry,
     Manifest,
     sign,
@@ -43,9 +45,12 @@ def parse_meta(pairs: list[str]) -> dict[str, str]:
     return meta
 
 
-def check_meta(meta: Mapping[str, object]) -> None:
+def check_meta(meta: Mapping[str, object], *, ours: bool = False) -> None:
     """The manifest's limits, checked before signing: a manifest that pullers
-    would refuse must not be published."""
+    would refuse must not be published. Keys under ``p2pckpt.`` are ours
+    (``ours``: the final meta, with the expiry added), never a caller's."""
+    if not ours and any(isinstance(k, str) and k.startswith(RESERVED_META) for k in meta):
+        raise ConfigError(f"meta keys starting with {RESERVED_META!r} are reserved")
     if len(meta) > MAX_META:
         raise ConfigError(f"at most {MAX_META} meta entries")
     for key, value in meta.items():
@@ -98,8 +103,13 @@ def publish(
     meta: Mapping[str, str] | None = None,
     on_bytes: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    expires: int | None = None,
 ) -> Manifest:
-    """Hash ``path`` (a file or a directory) and publish it as ``name@version``."""
+    """Hash ``path`` (a file or a directory) and publish it as ``name@version``.
+
+    ``expires`` (seconds since the epoch) is signed into the manifest:
+    followers refuse the version as "latest" after it (publish again, a new
+    version, to extend it; unchanged files are not re-read)."""
     try:
         validate_name(name)
     except ManifestError as exc:
@@ -107,6 +117,8 @@ def publish(
     check_meta(dict(meta or {}))  # before hashing: fail fast
     if version is not None and not 0 <= version <= MAX_VERSION:
         raise ConfigError(f"a version is a whole number from 0 to {MAX_VERSION}")
+    if expires is not None and not time.time() < expires < 10**12:
+        raise ConfigError("an expiry must lie in the future")
     root = path.expanduser().absolute()
     try:
         if is_snapshot(root):  # a Hugging Face cache snapshot: its links' blobs
@@ -143,7 +155,9 @@ def publish(
     fmt = detect_format([s.relpath for s in sources])
     if fmt is not None:
         meta.setdefault("format", fmt)
-    check_meta(meta)
+    if expires is not None:
+        meta[EXPIRES_KEY] = str(int(expires))
+    check_meta(meta, ours=True)
     # Publishing the same bytes and meta again is a no-op: with an explicit
     # version, if that version holds them; without one, if the newest does
     # (a version published before formats were detected counts as the same).

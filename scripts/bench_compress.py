@@ -208,7 +208,15 @@ class Rig:
             self.template / "seeder", "trust", "add", ids["puller"], "--role", "pull", node="seeder"
         )
         self.cli(
-            self.template / "puller", "trust", "add", ids["seeder"], "--name", "s", node="puller"
+            self.template / "puller",
+            "trust",
+            "add",
+            ids["seeder"],
+            "--name",
+            "s",
+            "--role",
+            "publish",
+            node="puller",
         )
         self.cli(
             self.template / "seeder",

@@ -197,7 +197,7 @@ def run_case(
         shutil.rmtree(puller)
     pid = cli(puller, "init").strip()
     (puller / "config.toml").write_text("[discovery]\nmdns = false\n")
-    cli(puller, "trust", "add", seeder_id, "--name", "seeder")
+    cli(puller, "trust", "add", seeder_id, "--name", "seeder", "--role", "publish")
     cli(seeder, "trust", "add", pid, "--role", "pull")
     dest = work / f"dest-{case}"
     cli(puller, "pull", f"{NAME}@1", "--from", addr, "-o", dest)

@@ -130,6 +130,10 @@ class Rig:
                 ids["seeder"],
                 "--name",
                 "seeder",
+                "--role",
+                "publish",
+                "--role",
+                "push",
                 node=puller,
             )
             for other in self.pullers:

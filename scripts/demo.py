@@ -83,7 +83,7 @@ def main() -> int:
         seeder_id = sh("--home", str(seeder), "init").strip()
         puller_id = sh("--home", str(puller), "init").strip()
         sh("--home", str(seeder), "trust", "add", puller_id, "--name", "workstation")
-        sh("--home", str(puller), "trust", "add", seeder_id, "--name", "nas")
+        sh("--home", str(puller), "trust", "add", seeder_id, "--name", "nas", "--role", "publish")
         pub = json.loads(
             sh(
                 "--home",

@@ -79,19 +79,20 @@ def trust() -> None:
     "roles",
     multiple=True,
     type=click.Choice(["pull", "publish", "push"]),
-    help="What the peer may do (repeatable; default: all).",
+    help="What that peer may do here (repeatable; default: pull only): pull = fetch our"
+    " checkpoints, publish = versions it signs are accepted here, push = ask us to pull.",
 )
 def trust_add(peer_id: str, name: str, roles: tuple[str, ...]) -> None:
-    """Trust PEER_ID."""
+    """Trust PEER_ID with ROLEs (adding it again replaces its roles)."""
     from p2pckpt.identity.peer_id import PeerId
-    from p2pckpt.identity.trust import ROLES
+    from p2pckpt.identity.trust import DEFAULT_ROLES
 
     home = open_home()
     pid = PeerId.parse(peer_id)
     if pid == home.key.peer_id:
         fail("that is this node's own ID (a node always trusts itself)")
     old = home.trust.get(pid)
-    peer = home.trust.add(pid, name or (old.name if old else ""), roles or ROLES)
+    peer = home.trust.add(pid, name or (old.name if old else ""), roles or DEFAULT_ROLES)
     home.save_trust()
     verb = "trusted" if old is None else "updated"
     if old is not None and old.roles != peer.roles:
@@ -116,12 +117,23 @@ def trust_ls(as_json: bool) -> None:
 @command(trust, name="rm")
 @click.argument("peer", metavar="PEER_ID|NAME")
 def trust_rm(peer: str) -> None:
-    """Stop trusting a peer (by ID or by its --name)."""
+    """Stop trusting a peer (by ID or by its --name), at once, running daemon included.
+
+    What it signed is forgotten too: the newest versions seen from it (so a
+    stolen key's huge version number blocks nothing) and the versions pulled
+    from it, which are no longer offered (their files stay)."""
     home = open_home()
     pid = home.trust.resolve(peer)
     home.trust.remove(pid)
     home.save_trust()
+    names, rows = home.catalog.forget_publisher(pid.key)
     click.echo(f"removed {pid}")
+    if names or rows:
+        dropped = ", ".join(f"{e.name}@{e.version}" for e in rows) or "none"
+        click.echo(
+            f"forgot what it signed: newest-version records for {names} name(s); versions"
+            f" no longer offered: {dropped} (files left in place)"
+        )
 
 
 def _progress_bar(enabled: bool) -> Any:
@@ -153,6 +165,13 @@ def _progress_bar(enabled: bool) -> Any:
 @click.option("--name", default=None, help="Checkpoint name (with --hf-cache: default NAME).")
 @click.option("--version", type=click.IntRange(0), default=None, help="Default: newest + 1.")
 @click.option("--meta", multiple=True, help="KEY=VALUE metadata (repeatable).")
+@click.option(
+    "--expires",
+    default=None,
+    metavar="DURATION",
+    help="Sign an expiry (e.g. 12h, 7d): after it, pullers refuse this as the newest version"
+    " (publish again to extend).",
+)
 @click.option(
     "--hf-cache",
     "hf_repo",
@@ -190,6 +209,7 @@ def publish(
     name: str | None,
     version: int | None,
     meta: tuple[str, ...],
+    expires: str | None,
     hf_repo: str | None,
     cache_dir: Path | None,
     replicas: int,
@@ -204,6 +224,11 @@ def publish(
     from p2pckpt.publish import publish as do_publish
 
     extra = parse_meta(list(meta))
+    expires_at = None
+    if expires is not None:
+        from p2pckpt.config import parse_duration
+
+        expires_at = int(time.time()) + parse_duration(expires)
     if hf_repo is not None:
         if path is not None:
             raise ConfigError("give PATH or --hf-cache, not both")
@@ -226,7 +251,9 @@ def publish(
     if bar is not None:
         bar.start()
     try:
-        manifest = do_publish(home, path, name, version, extra, on_bytes, on_total)
+        manifest = do_publish(
+            home, path, name, version, extra, on_bytes, on_total, expires=expires_at
+        )
     finally:
         if bar is not None:
             bar.stop()
@@ -240,6 +267,7 @@ def publish(
         "chunks": manifest.chunk_count,
         "bytes": manifest.total_bytes,
         "seconds": round(seconds, 3),
+        "expires": manifest.expires,
     }
     if not as_json:
         rate = manifest.total_bytes / seconds / 1e6 if seconds > 0 else 0
@@ -563,6 +591,19 @@ class _RichProgress:
     metavar="ORG/NAME",
     help="With --into-hf-cache: the repo to file it under (default: the publisher's).",
 )
+@click.option(
+    "--publisher",
+    "publishers",
+    multiple=True,
+    metavar="ID|NAME",
+    help="Only versions signed by this publisher (repeatable; default: every peer trusted"
+    " with the publish role).",
+)
+@click.option(
+    "--allow-expired",
+    is_flag=True,
+    help="Take the newest version even if its signed expiry has passed.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 @config_option
 def pull(
@@ -573,6 +614,8 @@ def pull(
     max_rate: int | None,
     hf_cache: Path | None,
     hf_repo: str | None,
+    publishers: tuple[str, ...],
+    allow_expired: bool,
     as_json: bool,
     config_path: Path | None,
 ) -> None:
@@ -608,6 +651,18 @@ def pull(
     home = open_home()
     cfg = _config(home, config_path)
     targets = [parse_target(s, home) for s in sources] or None
+    for who in publishers:  # a typo must not quietly match nobody
+        try:
+            publisher = home.trust.resolve(who)
+        except ConfigError:
+            publisher = None
+        if publisher is None or (
+            publisher != home.key.peer_id and home.trust.get(publisher) is None
+        ):
+            raise ConfigError(
+                f"--publisher {who}: not a trusted peer's name or ID (see p2pckpt trust ls)"
+            )
+    accept = pulling.Accept(publishers, allow_expired)
     bar = _progress_bar(sys.stderr.isatty())
     progress = _RichProgress(bar) if bar is not None else None
 
@@ -620,7 +675,7 @@ def pull(
         if cache_dir is not None:
             from p2pckpt.transfer.hfpull import pull_into_cache
 
-            offer = await pulling.choose_source(home, conns, name, version)
+            offer = await pulling.choose_source(home, conns, name, version, accept)
             return await pull_into_cache(
                 home,
                 offer,
@@ -639,6 +694,7 @@ def pull(
             streams or pulling.DEFAULT_STREAMS,
             progress,
             throttles=throttles,
+            accept=accept,
         )
 
     if bar is not None:

@@ -203,7 +203,7 @@ async def run_daemon(
     ) -> m.PushResult:
         """Pull what a pusher (checked for the push role) asks for, into the
         follow directory of that name; report the verified result."""
-        from p2pckpt.daemon.follow import install
+        from p2pckpt.daemon.follow import accept_of, install
         from p2pckpt.transfer.peer import connect_direct
 
         spec = next((f for f in cfg.follow if f.name == req.name), None)
@@ -218,7 +218,7 @@ async def run_daemon(
                 conn = await state.finder.connect(peer)
             else:
                 return m.PushResult(False, "cannot reach the pusher")
-            offer = await choose_source(home, [conn], req.name, req.version)
+            offer = await choose_source(home, [conn], req.name, req.version, accept_of(spec))
             if offer.manifest.root != req.root:
                 await offer.aclose()
                 raise ManifestError(f"{req.name}@{req.version} differs from the version pushed")

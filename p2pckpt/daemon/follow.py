@@ -10,8 +10,14 @@ Layout under a followed directory::
                              new version, never a mix (R-44)
 
 A check asks every reachable trusted peer for the newest version (signed by
-a trusted publisher; rollback refused as in any pull) and pulls it if it is
-newer than ``current``. Checks run when mDNS says a peer's catalog epoch
+one of the follow's ``publishers``, or by a peer trusted with "publish" when
+it names none, R-64; rollback and an expired newest version refused as in any
+pull) and pulls it if it is newer than ``current``. ``current`` counts only
+while its own publisher is still accepted: once a (perhaps stolen) key is
+removed from trust, the newest version of an accepted publisher is installed
+whatever its number (R-23). The publisher is checked again after the pull
+and before ``current`` moves or the hook runs, so a ``trust rm`` during a
+pull installs nothing. Checks run when mDNS says a peer's catalog epoch
 changed, and at least every POLL_SECONDS otherwise. A failed check or hook
 is logged and retried at the next trigger; nothing here ends the daemon.
 """
@@ -34,7 +40,16 @@ from p2pckpt.errors import ChunkCorrupt, P2pckptError, first_leaf
 from p2pckpt.home import Home
 from p2pckpt.store.atomic import fsync_dir
 from p2pckpt.transfer.partials import Partials
-from p2pckpt.transfer.pull import Hint, Offer, Progress, PullResult, choose_source, pull_offer
+from p2pckpt.transfer.pull import (
+    Accept,
+    Hint,
+    Offer,
+    Progress,
+    PullResult,
+    choose_source,
+    publisher_refusal,
+    pull_offer,
+)
 from p2pckpt.transfer.throttle import Throttle
 
 log = logging.getLogger("p2pckpt.follow")
@@ -62,6 +77,33 @@ def repoint(root: Path, version: int) -> None:
     os.symlink(str(version), tmp)
     os.replace(tmp, root / CURRENT)
     fsync_dir(root)
+
+
+def accept_of(spec: FollowSpec) -> Accept:
+    """The versions ``spec`` installs."""
+    return Accept(spec.publishers, spec.allow_expired)
+
+
+def baseline(home: Home, spec: FollowSpec) -> int | None:
+    """The version a new one must beat: ``current``, while the publisher that
+    signed it is still accepted by ``spec``; None if there is none (or its
+    publisher was removed from trust, so its number binds nothing)."""
+    root = spec.dir / spec.name
+    have = current_version(root)
+    if have is None:
+        return None
+    roots = home.catalog.roots_under(root / str(have))
+    entries = [e for e in (home.catalog.by_root(r) for r in roots) if e is not None]
+    accept = accept_of(spec)
+    if any(publisher_refusal(home, e.manifest(), accept) is None for e in entries):
+        return have
+    log.warning(
+        "current name=%s version=%d no longer counts: its publisher is not accepted here"
+        " (the newest version of an accepted publisher will be installed)",
+        spec.name,
+        have,
+    )
+    return None
 
 
 def retain(root: Path, keep: int, protect: set[int]) -> list[int]:
@@ -114,9 +156,9 @@ async def check_once(
 ) -> PullResult | None:
     """Pull the newest version of ``spec.name`` if it is newer than ``current``,
     from every reachable peer that offers it."""
-    have = current_version(spec.dir / spec.name)
+    have = baseline(home, spec)
     conns = await finder.connect_all(None)
-    offer = await choose_source(home, conns, spec.name, None)
+    offer = await choose_source(home, conns, spec.name, None, accept_of(spec))
     if have is not None and offer.manifest.version <= have:
         await offer.aclose()
         return None
@@ -176,12 +218,17 @@ async def install(
         result.seconds,
         ",".join(f"{str(p['id']).split('-')[0]}:{p['bytes']}" for p in result.peers),
     )
-    have = current_version(root)
-    if have is None or version > have:
+    have = baseline(home, spec)
+    old = current_version(root)
+    refusal = publisher_refusal(home, manifest, accept_of(spec))
+    if refusal is not None:  # trust changed since the pull committed
+        log.warning('not installed name=%s version=%d error="%s"', spec.name, version, refusal)
+        raise refusal
+    if (have is None or version > have) and old != version:
         repoint(root, version)
         log.info('current name=%s version=%d path="%s"', spec.name, version, target)
         await run_hook(spec, result, target)
-    protect = {version} | ({have} if have is not None else set())
+    protect = {version} | ({old} if old is not None else set())
     busy = serving() if serving is not None else set()
     if busy:  # never delete a version a peer is reading from us right now
         protect |= {

@@ -8,6 +8,12 @@ Canonical encoding (msgpack, arrays only, so the bytes are unique for a value)::
     root = BLAKE3(body)
     envelope = ["p2pckpt-signed-manifest", 1, body, ed25519(SIGN_CONTEXT || root)]
 
+Meta keys under ``p2pckpt.`` are the system's own, never a user's:
+``p2pckpt.expires`` (whole seconds since the epoch) is the publisher's signed
+expiry: after it, a puller refuses the version as "latest" (freeze
+protection, R-21). Old nodes read it as plain meta, so it needs no new
+format.
+
 The root identifies the version everywhere (catalog, wire, journal). Decoding
 validates every field and limit before anything uses it; a signature is
 checked against the publisher key inside the body, and the caller decides
@@ -43,6 +49,9 @@ MAX_META = 64
 MAX_META_KEY = 64
 MAX_META_VALUE = 1024
 MAX_VERSION = (1 << 63) - 1
+RESERVED_META = "p2pckpt."
+EXPIRES_KEY = "p2pckpt.expires"
+_EXPIRES_RE = re.compile(r"[0-9]{1,12}")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 KINDS = ("file", "dir")
 
@@ -83,6 +92,12 @@ class Manifest:
     @property
     def chunk_count(self) -> int:
         return sum(len(f.chunks) for f in self.files)
+
+    @property
+    def expires(self) -> int | None:
+        """The signed expiry (seconds since the epoch), if the publisher set one."""
+        value = self.meta.get(EXPIRES_KEY)
+        return int(value) if value is not None else None
 
     def iter_chunks(self) -> Iterator[tuple[int, FileEntry, Chunk]]:
         """Every chunk with its file, in the global order used on the wire."""
@@ -198,6 +213,8 @@ def decode_body(body: bytes) -> Manifest:
         _need(k not in meta_map, "duplicate meta key")
         meta_map[k] = v
     _need(list(meta_map) == sorted(meta_map), "meta order")
+    expires = meta_map.get(EXPIRES_KEY)
+    _need(expires is None or bool(_EXPIRES_RE.fullmatch(expires)), "expiry")
     _need(kind in KINDS, "kind")
     _need(isinstance(files, list) and 0 < len(files) <= MAX_FILES, "file count")
     _need(kind == "dir" or len(files) == 1, "a file checkpoint has one file")

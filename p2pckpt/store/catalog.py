@@ -369,6 +369,24 @@ class Catalog:
                 self._bump_epoch()
             return int(cur.rowcount)
 
+    def forget_publisher(self, publisher: bytes) -> tuple[int, list[Entry]]:
+        """Forget what ``publisher`` signed (its key was removed from trust,
+        perhaps stolen, R-23): the newest versions seen from it, so a version
+        signed at 2^63-1 blocks nothing once the key is gone, and the versions
+        we pulled from it, so we stop offering them (their files stay).
+        Returns (names whose rollback state was dropped, the dropped rows)."""
+        with self._db:
+            names = self._db.execute(
+                "DELETE FROM highest WHERE publisher = ?", (publisher,)
+            ).rowcount
+            rows = self._rows("WHERE publisher = ? AND origin = 'pulled'", (publisher,))
+            self._db.execute(
+                "DELETE FROM versions WHERE publisher = ? AND origin = 'pulled'", (publisher,)
+            )
+            if rows:
+                self._bump_epoch()
+        return int(names), rows
+
     def retire(self, root: bytes) -> None:
         """Stop offering a published version and remember its location, so
         it is not published again; its files are left where they are."""

@@ -1,10 +1,15 @@
 """The puller: fetch one signed version into DEST from every peer that has it.
 
 Order of trust (SECURITY.md §1.1): the transport peer must be in our trust
-store; the manifest must carry a valid signature of a publisher we trust for
-"publish", name what we asked for, and not roll "latest" back; every chunk
-must hash to its manifest entry before it is written. That last rule is
-what lets any peer, a fellow puller included, serve us chunks.
+store; the manifest must carry a valid signature of a publisher we accept
+(``Accept``: the publishers named, else peers trusted with "publish", R-64),
+name what we asked for, not roll "latest" back, and, asked for "latest",
+not have passed its signed expiry (R-21); two different manifests for one
+publisher's name@version offered at once refuse the pull (R-20); every
+chunk must hash to its manifest entry before it is written. That last rule
+is what lets any peer, a fellow puller included, serve us chunks. Trust is
+read live: a source removed from the trust store mid-pull is dropped, and a
+publisher removed stops the pull before anything is committed (R-63).
 
 A swarm pull (issue 5): every peer offering the chosen version is a
 source, each over ``streams`` connections. A source first says which chunks
@@ -24,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Final, Protocol
@@ -34,6 +39,8 @@ import trio
 from p2pckpt.errors import (
     BadSignature,
     DestinationExists,
+    Equivocation,
+    Expired,
     ManifestError,
     NotFound,
     P2pckptError,
@@ -42,6 +49,7 @@ from p2pckpt.errors import (
 )
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
+from p2pckpt.identity.trust import publisher_problem
 from p2pckpt.manifest.manifest import Manifest, verify
 from p2pckpt.store.catalog import Catalog
 from p2pckpt.store.staging import FSYNC_INTERVAL, Staging, check_free_space
@@ -56,28 +64,44 @@ from p2pckpt.wire import messages as m
 log = logging.getLogger("p2pckpt.pull")
 
 DEFAULT_STREAMS: Final = 2
+TRUST_RECHECK: Final = 0.25  # how often a running pull looks at the trust store
+
+
+@dataclass(frozen=True)
+class Accept:
+    """Which signed versions a pull takes: signed by one of ``publishers``
+    (IDs or trusted names) or, when none are named, by a peer trusted with
+    "publish" (R-64); an expired newest version only with ``allow_expired``."""
+
+    publishers: tuple[str, ...] = ()
+    allow_expired: bool = False
+
+
+def publisher_refusal(home: Home, manifest: Manifest, accept: Accept) -> BadSignature | None:
+    """Why ``manifest``'s publisher is not accepted now, as the error to raise."""
+    problem = publisher_problem(home.trust, home.key.peer_id, manifest.publisher, accept.publishers)
+    if problem is None:
+        return None
+    known = home.trust.get(manifest.publisher)
+    who = known.name if known is not None and known.name else manifest.publisher.short
+    return BadSignature(f"{manifest.name}@{manifest.version} is signed by {who}: {problem}")
 
 
 async def fetch_manifest(
-    home: Home, conn: PeerConnection, name: str, version: int | None
+    home: Home,
+    conn: PeerConnection,
+    name: str,
+    version: int | None,
+    accept: Accept | None = None,
 ) -> tuple[Manifest, bytes]:
     await conn.send(m.ManifestRequest(name, version))
     reply = await conn.receive()
     if not isinstance(reply, m.ManifestResponse):
         raise RemoteProtocolError("expected a manifest")
     manifest = verify(reply.envelope)
-    if manifest.publisher != home.key.peer_id:  # our own signature is always ours
-        known = home.trust.get(manifest.publisher)
-        if known is None:
-            raise BadSignature(
-                f"{name} is signed by {manifest.publisher.short}, not a publisher we trust"
-            )
-        if "publish" not in known.roles:
-            raise BadSignature(
-                f"{name} is signed by {known.name or manifest.publisher.short}, which we trust"
-                f" but not with the 'publish' role (p2pckpt trust add {manifest.publisher}"
-                " --role publish ...)"
-            )
+    refusal = publisher_refusal(home, manifest, accept or Accept())
+    if refusal is not None:
+        raise refusal
     if manifest.name != name or (version is not None and manifest.version != version):
         raise ManifestError(f"peer answered with {manifest.name}@{manifest.version}")
     home.catalog.check_not_rollback(manifest, asked_latest=version is None)
@@ -123,6 +147,7 @@ class Offer:
     manifest: Manifest
     envelope: bytes
     sources: list[Source]
+    accept: Accept = field(default_factory=Accept)
 
     async def aclose(self) -> None:
         for src in self.sources:
@@ -148,19 +173,27 @@ def default_dest(manifest: Manifest) -> Path:
 
 
 async def choose_source(
-    home: Home, conns: list[PeerConnection], name: str, version: int | None
+    home: Home,
+    conns: list[PeerConnection],
+    name: str,
+    version: int | None,
+    accept: Accept | None = None,
 ) -> Offer:
     """Ask every connected peer for ``name``; keep the newest version signed by
-    a publisher we trust, and every peer offering exactly that version as a
-    source (in ``conns`` order; connections to the same peer are grouped).
+    a publisher ``accept`` takes, and every peer offering exactly that version
+    as a source (in ``conns`` order; connections to the same peer are grouped).
     The other connections are closed. If nobody qualifies, the most telling
-    error is raised."""
+    error is raised; so is one publisher's equivocation (two manifests for
+    one name@version), two publishers' different newest versions under one
+    number, and an expired newest version."""
+    accept = accept or Accept()
+    started = time.time()  # the fixed start of this update (R-21)
     offers: dict[int, tuple[Manifest, bytes]] = {}
     errors: list[P2pckptError] = []
 
     async def ask(conn: PeerConnection) -> None:
         try:
-            offers[id(conn)] = await fetch_manifest(home, conn, name, version)
+            offers[id(conn)] = await fetch_manifest(home, conn, name, version, accept)
         except P2pckptError as exc:
             log.info('peer skipped peer=%s error="%s"', conn.label, exc)
             errors.append(exc)
@@ -173,12 +206,17 @@ async def choose_source(
             # A refusal that says something (signature, rollback, trust) beats "not found".
             errors.sort(key=lambda e: isinstance(e, NotFound))
             raise errors[0] if errors else NotFound(f"no peer offers {name}")
+        offered = [(c, offers[id(c)][0]) for c in conns if id(c) in offers]
+        _refuse_equivocation(offered)
+        manifest, envelope = max(
+            (offers[id(c)] for c, _ in offered), key=lambda o: o[0].version
+        )  # first of the newest
+        _refuse_ambiguous(offered, manifest)
+        _check_expiry(manifest, version is None, accept, started)
     except BaseException:
         for conn in conns:
             await conn.aclose()
         raise
-    ordered = [offers[id(c)] for c in conns if id(c) in offers]
-    manifest, envelope = max(ordered, key=lambda o: o[0].version)  # first of the newest
     sources: dict[PeerId, Source] = {}
     for conn in conns:
         offer = offers.get(id(conn))
@@ -187,7 +225,60 @@ async def choose_source(
             src.conns.append(conn)
         else:
             await conn.aclose()
-    return Offer(manifest, envelope, list(sources.values()))
+    return Offer(manifest, envelope, list(sources.values()), accept)
+
+
+def _refuse_equivocation(offered: list[tuple[PeerConnection, Manifest]]) -> None:
+    """Two valid manifests from one publisher for one name@version, offered
+    at once: one of them is a lie or a stolen key; take neither (R-20)."""
+    first: dict[tuple[bytes, int], tuple[PeerConnection, Manifest]] = {}
+    for conn, manifest in offered:
+        key = (manifest.publisher.key, manifest.version)
+        seen = first.setdefault(key, (conn, manifest))
+        if seen[1].root != manifest.root:
+            raise Equivocation(
+                f"{manifest.publisher.short} signed two different {manifest.name}"
+                f"@{manifest.version}: {seen[0].label} offers {seen[1].root.hex()[:16]},"
+                f" {conn.label} offers {manifest.root.hex()[:16]}; refusing both (is that"
+                " publisher's key stolen? 'p2pckpt trust rm' it)"
+            )
+
+
+def _refuse_ambiguous(offered: list[tuple[PeerConnection, Manifest]], newest: Manifest) -> None:
+    """Different publishers' versions under the same newest number: which one
+    is meant is the user's choice (``--publisher``), not the first to answer."""
+    rivals = {
+        m_.publisher.short
+        for _, m_ in offered
+        if m_.version == newest.version and m_.publisher != newest.publisher
+    }
+    if rivals:
+        raise ManifestError(
+            f"{newest.name}@{newest.version} is offered by more than one publisher"
+            f" ({', '.join(sorted({newest.publisher.short, *rivals}))}): choose one with"
+            " --publisher (or a follow's publishers)"
+        )
+
+
+def _check_expiry(manifest: Manifest, latest: bool, accept: Accept, started: float) -> None:
+    """Refuse an expired newest version (a frozen or withheld feed, R-21);
+    an exact version asked for by number is only warned about."""
+    expires = manifest.expires
+    if expires is None or expires > started:
+        return
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(expires))
+    what = f"{manifest.name}@{manifest.version} (signed by {manifest.publisher.short})"
+    if latest and not accept.allow_expired:
+        raise Expired(
+            f"{what}, the newest version offered, expired at {when}: its publisher must publish"
+            " again (or pass --allow-expired to take it anyway)"
+        )
+    log.warning(
+        'version expired name=%s version=%d expired="%s" (taken anyway)',
+        manifest.name,
+        manifest.version,
+        when,
+    )
 
 
 def pull_result(
@@ -288,12 +379,13 @@ async def pull(
     *,
     throttles: list[Throttle] | None = None,
     partials: Partials | None = None,
+    accept: Accept | None = None,
 ) -> PullResult:
     """Pull ``name`` (newest, or ``@version``) from every one of ``conns``
-    that offers the newest version (a swarm pull). Takes ownership of the
-    connections: all are closed on return."""
+    that offers the newest version ``accept`` takes (a swarm pull). Takes
+    ownership of the connections: all are closed on return."""
     started = time.monotonic()
-    offer = await choose_source(home, conns, name, version)
+    offer = await choose_source(home, conns, name, version, accept)
     return await pull_offer(
         home,
         offer,
@@ -359,16 +451,23 @@ async def pull_offer(
         staging = Staging(dest, manifest, envelope)
         joiners = [partial(_dial_hint, home, peer, addr, streams) for peer, addr in hints]
         try:
-            downloaded, reused = await _transfer(
-                staging,
-                sources,
-                streams,
-                progress or NoProgress(),
-                throttles or [],
-                partials,
-                joiners,
-                home.catalog,
-            )
+            revoked: list[BadSignature] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_guard, home, offer, revoked, nursery.cancel_scope)
+                downloaded, reused = await _transfer(
+                    staging,
+                    sources,
+                    streams,
+                    progress or NoProgress(),
+                    throttles or [],
+                    partials,
+                    joiners,
+                    home.catalog,
+                )
+                nursery.cancel_scope.cancel()
+            refusal = revoked[0] if revoked else publisher_refusal(home, manifest, offer.accept)
+            if refusal is not None:  # trust changed under the pull: commit nothing
+                raise refusal
             transferred = time.monotonic()
             await trio.to_thread.run_sync(staging.commit, replace)
             log.info(
@@ -415,6 +514,33 @@ def _replaceable(home: Home, dest: Path, manifest: Manifest, extra: list[str]) -
             ours = {f.path for f in old.files}
             return old.kind == manifest.kind and all(path in ours for path in extra)
     return False
+
+
+async def _guard(
+    home: Home, offer: Offer, revoked: list[BadSignature], scope: trio.CancelScope
+) -> None:
+    """While a pull runs, follow the trust store (R-63): a source no longer
+    trusted is cut off (its chunks go to the others); a publisher no longer
+    accepted stops the pull (``revoked``), the partial copy kept."""
+    while True:
+        await trio.sleep(TRUST_RECHECK)
+        trust = home.trust
+        for src in offer.sources:
+            if src.conns and src.peer != home.key.peer_id and trust.get(src.peer) is None:
+                log.warning("source no longer trusted peer=%s (dropped)", src.peer.short)
+                for conn in list(src.conns):
+                    await conn.aclose()
+        refusal = publisher_refusal(home, offer.manifest, offer.accept)
+        if refusal is not None:
+            log.warning(
+                'pull stopped name=%s version=%d error="%s"',
+                offer.manifest.name,
+                offer.manifest.version,
+                refusal,
+            )
+            revoked.append(refusal)
+            scope.cancel()
+            return
 
 
 async def _dial_hint(

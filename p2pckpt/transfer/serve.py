@@ -4,7 +4,12 @@ Per connection (one nursery)::
 
     admission : per-source rate and pre-auth caps, before any crypto (R-10)
     handshake : slot wait + Noise, one HANDSHAKE_TIMEOUT from accept (R-09)
-    trust     : the peer needs the "pull" role, else one Error and close
+    trust     : the peer must be in the trust store, else one Error and
+                close; each request then needs its role (List, Manifest,
+                Have and chunks "pull", a push "push"), checked against the
+                trust store as it is at that moment; a trust change closes
+                the open connections of every peer no longer trusted
+                within TRUST_RECHECK (R-63)
     reader    : decrypt, parse, queue requests (more than MAX_OUTSTANDING
                 queued = protocol violation, connection closed)
     preparer  : take a buffer from the server-wide budget, read + re-hash
@@ -40,10 +45,8 @@ import trio
 from p2pckpt.channel.stream import HANDSHAKE_TIMEOUT, SecureStream, open_secure
 from p2pckpt.discovery.sightings import Sightings
 from p2pckpt.errors import (
-    ConfigError,
     HandshakeFailed,
     ManifestError,
-    NotAuthorized,
     P2pckptError,
     RemoteProtocolError,
     TrustError,
@@ -52,7 +55,6 @@ from p2pckpt.errors import (
 from p2pckpt.hfcache import real_path, source_path
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
-from p2pckpt.identity.trust import TRUST_FILE, TrustStore
 from p2pckpt.manifest.chunker import Chunk, chunk_hash
 from p2pckpt.manifest.manifest import Manifest, validate_name, verify
 from p2pckpt.manifest.paths import safe_display
@@ -83,6 +85,7 @@ MAX_CONNECTIONS_PER_PEER: Final = 16
 MAX_CHUNK_BUFFERS: Final = 16
 IDLE_TIMEOUT: Final = 300.0
 SEND_TIMEOUT: Final = 60.0
+TRUST_RECHECK: Final = 0.25  # how often the trust file is looked at for open connections
 PREPARED_QUEUE: Final = 2
 REQUEST_WINDOW: Final = 64 * 1024
 VERSION_CACHE: Final = 16
@@ -251,29 +254,41 @@ class Server:
         self._log_limit = RateLimiter(rate=1 / 60, burst=3)
         self._buffers = _BufferBudget(MAX_CHUNK_BUFFERS)
         self._versions: OrderedDict[bytes, _Served] = OrderedDict()
-        self._trust_stamp = self._trust_file_stamp()
+        self._open: dict[PeerId, set[trio.CancelScope]] = {}  # authenticated connections
 
-    # -- configuration that may change while serving ---------------------------
+    # -- trust that may change while serving -------------------------------------
 
-    def _trust_file_stamp(self) -> tuple[int, int] | None:
-        try:
-            st = (self.home.path / TRUST_FILE).stat()
-        except OSError:
-            return None
-        return st.st_mtime_ns, st.st_size
+    def _may(self, peer: PeerId, role: str) -> bool:
+        """Whether ``peer`` holds ``role`` in the trust store as it is now."""
+        known = self.home.trust.get(peer)
+        return known is not None and role in known.roles
 
-    def _current_trust(self) -> TrustStore:
-        """The trust store, re-read when ``trust add/rm`` changed it on disk,
-        so a running server honours edits without a restart."""
-        stamp = self._trust_file_stamp()
-        if stamp != self._trust_stamp:
-            try:
-                self.home.trust = TrustStore.load(self.home.path)
-                self._trust_stamp = stamp
-                log.info("trust store reloaded")
-            except ConfigError as exc:
-                log.error('trust store not reloaded error="%s" (keeping the old one)', exc)
-        return self.home.trust
+    def revoke_stale(self) -> int:
+        """Close every open connection of a peer no longer in the trust store;
+        returns how many were closed."""
+        trust = self.home.trust
+        closed = 0
+        for peer, scopes in self._open.items():
+            if trust.get(peer) is None and scopes:
+                log.warning(
+                    "peer no longer trusted peer=%s closing=%d connection(s)",
+                    peer.short,
+                    len(scopes),
+                )
+                for scope in scopes:
+                    scope.cancel()
+                closed += len(scopes)
+        return closed
+
+    async def watch_trust(self) -> None:
+        """Re-check open connections whenever the trust store changes (R-63)."""
+        seen = self.home.trust_file.generation
+        while True:
+            await trio.sleep(TRUST_RECHECK)
+            self.home.trust_file.current()  # stats the file, re-reads it if changed
+            if self.home.trust_file.generation != seen:
+                seen = self.home.trust_file.generation
+                self.revoke_stale()
 
     async def _served(self, root: bytes) -> _Served | None:
         """A version's chunk table, from a small server-wide cache."""
@@ -315,8 +330,10 @@ class Server:
     ) -> None:
         """Listen and serve until cancelled; reports the listeners when ready."""
         listeners = await open_listeners(host, port, "serve")
-        task_status.started(listeners)
-        await trio.serve_listeners(self.handle, listeners)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.watch_trust)
+            task_status.started(listeners)
+            await trio.serve_listeners(self.handle, listeners)
 
     def _admit(self, source: str) -> bool:
         now = trio.current_time()
@@ -386,15 +403,11 @@ class Server:
                 del self._preauth[source]
         peer = secure.peer
         try:
-            self._current_trust().require(peer, "pull")
+            self.home.trust.require(peer)
         except TrustError as exc:
             if self._log_limit.allow(source, trio.current_time()):
                 log.warning('refused connection peer=%s from=%s error="%s"', peer.short, addr, exc)
-            reason = (
-                "we trust you, but not with the 'pull' role"
-                if isinstance(exc, NotAuthorized)
-                else "we do not trust you (ask our owner to 'trust add' your ID)"
-            )
+            reason = "we do not trust you (ask our owner to 'trust add' your ID)"
             await secure.send_all(encode(m.Error(m.UNAUTHORIZED, reason)))
             return
         if sum(self._peers.values()) >= MAX_CONNECTIONS or (
@@ -406,11 +419,17 @@ class Server:
         if self.sightings is not None:
             route = "direct" if peer_host is not None else "relay"
             self.sightings.saw(peer, route, addr if peer_host else "", inbound=True)
+        scope = trio.CancelScope()
+        self._open.setdefault(peer, set()).add(scope)
         try:
             log.info("peer connected peer=%s from=%s", peer.short, addr)
             hint = (peer_host, 0) if peer_host is not None else None
-            await self._converse(secure, peer, hint, local)
+            with scope:
+                await self._converse(secure, peer, hint, local)
         finally:
+            self._open[peer].discard(scope)
+            if not self._open[peer]:
+                del self._open[peer]
             self._peers[peer] -= 1
             if not self._peers[peer]:
                 del self._peers[peer]
@@ -494,6 +513,14 @@ class Server:
                     finally:
                         busy.working = False
                     continue
+                if not self._may(peer, "pull"):
+                    error = m.Error(
+                        m.UNAUTHORIZED,
+                        "we trust you, but not with the 'pull' role",
+                        req.req_id if isinstance(req, m.ChunkRequest) else None,
+                    )
+                    await prepared.send((encode(error), None))
+                    continue
                 if not isinstance(req, m.ChunkRequest):
                     await prepared.send((await self._answer(req), None))
                     continue
@@ -531,7 +558,7 @@ class Server:
             await out.send((encode(error), None))
             return
         try:
-            self._current_trust().require(peer, "push")
+            self.home.trust.require(peer, "push")
         except TrustError:
             log.warning(
                 'refused push name="%s" version=%d from=%s (no push role)',

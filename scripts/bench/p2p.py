@@ -186,7 +186,7 @@ def bench_p2pckpt(job: Job, exe: Path, streams: list[int]) -> P2pResults:
             ids[tag] = lines[-1]
         log(f"p2pckpt peers: A={ids['A']} B={ids['B']}")
         cli(home_a, "trust", "add", ids["B"], "--name", "b", what="trust add")
-        cli(home_b, "trust", "add", ids["A"], "--name", "a", what="trust add")
+        cli(home_b, "trust", "add", ids["A"], "--name", "a", "--role", "publish", what="trust add")
         res.publish = _publish(job, exe, env, home_a)
 
         argv = [str(exe), "--home", str(home_a), "serve", "--listen", "127.0.0.1:0", "--no-mdns"]

@@ -136,7 +136,9 @@ class Rig:
         self.peer_a = ids["A"]
         log(f"p2pckpt peers: A={ids['A']} B={ids['B']}")
         self.cli("A", "trust", "add", ids["B"], "--name", "b", what="trust add")
-        self.cli("B", "trust", "add", ids["A"], "--name", "a", what="trust add")
+        self.cli(
+            "B", "trust", "add", ids["A"], "--name", "a", "--role", "publish", what="trust add"
+        )
         self.publish = _publish(self.job, self.exe, self.env, self.homes / "A")
 
         exe, scratch = str(self.exe), self.job.scratch

@@ -139,3 +139,39 @@ def test_transfer_compress() -> None:
     for bad in ('compress = "zstd"', "compress = false", 'compress = "OFF"', "level = 3"):
         with pytest.raises(ConfigError, match="transfer"):
             parse(tomllib.loads(f"[transfer]\n{bad}\n"))
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90), ("90s", 90), ("15m", 900), ("12h", 43200), ("7d", 604800), ("2w", 1209600)],
+)
+def test_durations(text: str, seconds: int) -> None:
+    from p2pckpt.config import parse_duration
+
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "0d", "soon", "-5m", "1.5h", "7 days", "9999999999d"])
+def test_bad_durations(text: str) -> None:
+    from p2pckpt.config import parse_duration
+
+    with pytest.raises(ConfigError, match="not a duration"):
+        parse_duration(text)
+
+
+def test_follow_publishers_and_expiry_policy() -> None:
+    """``publishers`` is a list of IDs or names; ``allow_expired`` a bool."""
+    cfg = parse(
+        {"follow": [{"name": "m", "dir": "/m", "publishers": ["nas"], "allow_expired": True}]}
+    )
+    assert cfg.follow[0].publishers == ("nas",)
+    assert cfg.follow[0].allow_expired
+    assert parse({"follow": [{"name": "m", "dir": "/m"}]}).follow[0].publishers == ()
+    for bad in (
+        {"publishers": "nas"},
+        {"publishers": [1]},
+        {"publishers": [""]},
+        {"allow_expired": "yes"},
+    ):
+        with pytest.raises(ConfigError):
+            parse({"follow": [{"name": "m", "dir": "/m", **bad}]})

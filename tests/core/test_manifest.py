@@ -299,6 +299,9 @@ BAD_BODIES: dict[str, tuple[dict[str, Any], str]] = {
     "meta-not-pairs": ({"meta": [["k"]]}, "meta entry"),
     "meta-too-many": ({"meta": [[f"k{i:03}", ""] for i in range(65)]}, "meta"),
     "format-2": ({"format": 2}, "unknown format"),
+    "expiry-not-a-number": ({"meta": [["p2pckpt.expires", "soon"]]}, "expiry"),
+    "expiry-negative": ({"meta": [["p2pckpt.expires", "-5"]]}, "expiry"),
+    "expiry-huge": ({"meta": [["p2pckpt.expires", "9" * 13]]}, "expiry"),
     "wrong-tag": ({"tag": "p2pckpt-manifest-v2"}, "unknown format"),
 }
 
@@ -371,3 +374,10 @@ def test_non_string_path_rejected() -> None:
     """A path that is not a string is a malformed manifest."""
     with pytest.raises(ManifestError):
         verify(envelope_of(raw_body(files=[[b"a.bin", 0, []]])))
+
+
+def test_signed_expiry_is_read_back() -> None:
+    """``p2pckpt.expires`` in the signed meta is the manifest's expiry; absent, none."""
+    dated, envelope = sign(make_manifest(meta={"p2pckpt.expires": "1800000000"}), KEY)
+    assert verify(envelope).expires == dated.expires == 1_800_000_000
+    assert make_manifest().expires is None

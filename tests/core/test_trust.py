@@ -11,7 +11,14 @@ import pytest
 
 from p2pckpt.errors import ConfigError, NotAuthorized, TrustError, UnknownPeer
 from p2pckpt.identity.peer_id import PeerId
-from p2pckpt.identity.trust import ROLES, TRUST_FILE, TrustedPeer, TrustStore
+from p2pckpt.identity.trust import (
+    ROLES,
+    TRUST_FILE,
+    TrustedPeer,
+    TrustFile,
+    TrustStore,
+    publisher_problem,
+)
 
 ALICE = PeerId(bytes(range(32)))
 BOB = PeerId(bytes(range(1, 33)))
@@ -19,10 +26,16 @@ CAROL = PeerId(bytes(range(2, 34)))
 
 
 def test_add_and_require() -> None:
-    """An added peer is returned by require, with every role by default."""
+    """An added peer is returned by require, with the pull role only by
+    default (least privilege, R-64); every role when asked for."""
     store = TrustStore()
     added = store.add(ALICE, "alice")
-    assert added == TrustedPeer(ALICE, "alice", frozenset(ROLES))
+    assert added == TrustedPeer(ALICE, "alice", frozenset({"pull"}))
+    assert store.require(ALICE, "pull") == added
+    for role in ("publish", "push"):
+        with pytest.raises(NotAuthorized):
+            store.require(ALICE, role)
+    added = store.add(ALICE, "alice", ROLES)
     assert store.require(ALICE) == added
     for role in ROLES:
         assert store.require(ALICE, role) == added
@@ -179,3 +192,83 @@ def test_bad_file_rejected(tmp_path: Path, content: str) -> None:
     (tmp_path / TRUST_FILE).write_text(content)
     with pytest.raises(ConfigError):
         TrustStore.load(tmp_path)
+
+
+# --- the live owner of the file, and the publisher rule ---------------------------
+
+
+def test_trust_file_sees_changes_made_by_another_process(tmp_path: Path) -> None:
+    """Every lookup sees trust.json as it is now: a removal written by another
+    writer (``trust rm`` in another process) is seen at the next call, and
+    ``generation`` tells that it changed."""
+    store = TrustStore()
+    store.add(ALICE, "alice", ROLES)
+    store.save(tmp_path)
+    live = TrustFile(tmp_path)
+    assert live.current().get(ALICE) is not None
+    gen = live.generation
+    assert live.current().get(ALICE) is not None and live.generation == gen  # unchanged
+    other = TrustStore.load(tmp_path)
+    other.remove(ALICE)
+    other.add(BOB, "bob")
+    other.save(tmp_path)
+    assert live.current().get(ALICE) is None
+    assert live.current().get(BOB) is not None
+    assert live.generation == gen + 1
+
+
+def test_trust_file_fails_closed_on_a_broken_edit(tmp_path: Path) -> None:
+    """A file that stops parsing trusts nobody (a revocation is never lost to a
+    typo); fixed, it is read again. At start, a broken file is an error."""
+    store = TrustStore()
+    store.add(ALICE, "alice", ROLES)
+    store.save(tmp_path)
+    live = TrustFile(tmp_path)
+    (tmp_path / TRUST_FILE).write_text('{"format": 1, "peers": [')
+    assert list(live.current()) == []
+    store.save(tmp_path)
+    assert live.current().get(ALICE) is not None
+    (tmp_path / TRUST_FILE).write_text("nonsense")
+    with pytest.raises(ConfigError):
+        TrustFile(tmp_path)
+
+
+def test_trust_file_missing_is_empty_and_save_is_seen(tmp_path: Path) -> None:
+    live = TrustFile(tmp_path)
+    assert list(live.current()) == []
+    store = TrustStore()
+    store.add(CAROL, "carol")
+    live.save(store)
+    assert live.current().get(CAROL) is not None
+    assert TrustFile(tmp_path).current().get(CAROL) is not None
+
+
+ME = PeerId(bytes(range(5, 37)))
+
+
+def test_publisher_rule_without_names_needs_the_publish_role() -> None:
+    """Unnamed: ourselves, or a trusted peer holding ``publish``; a peer that
+    may only pull, or a stranger, is refused with the reason (R-64)."""
+    store = TrustStore()
+    store.add(ALICE, "alice", ["publish"])
+    store.add(BOB, "bob")  # pull only
+    assert publisher_problem(store, ME, ALICE) is None
+    assert publisher_problem(store, ME, ME) is None
+    assert "not with the 'publish' role" in (publisher_problem(store, ME, BOB) or "")
+    assert publisher_problem(store, ME, CAROL) == "not a publisher we trust"
+
+
+def test_publisher_rule_with_names_takes_only_those() -> None:
+    """Named (IDs or trusted names): only those, each still in the trust store;
+    another publisher, even one holding ``publish``, is refused."""
+    store = TrustStore()
+    store.add(ALICE, "nas", ["pull"])
+    store.add(BOB, "ws", ["publish"])
+    assert publisher_problem(store, ME, ALICE, ["nas"]) is None
+    assert publisher_problem(store, ME, ALICE, [str(ALICE)]) is None
+    assert "not one of the publishers" in (publisher_problem(store, ME, BOB, ["nas"]) or "")
+    assert publisher_problem(store, ME, ME, ["nas"]) is not None
+    assert publisher_problem(store, ME, CAROL, [str(CAROL)]) is not None  # named, not trusted
+    assert publisher_problem(store, ME, ALICE, ["typo", "nas"]) is None
+    store.remove(ALICE)
+    assert publisher_problem(store, ME, ALICE, ["nas"]) is not None  # revoked: gone at once

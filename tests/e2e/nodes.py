@@ -145,8 +145,34 @@ def make_pair(root: Path) -> Pair:
     b_id = run(b, "init").stdout.strip()
     no_mdns(a)
     no_mdns(b)
-    run(a, "trust", "add", b_id, "--name", "b")
-    run(b, "trust", "add", a_id, "--name", "a")
+    run(
+        a,
+        "trust",
+        "add",
+        b_id,
+        "--name",
+        "b",
+        "--role",
+        "pull",
+        "--role",
+        "publish",
+        "--role",
+        "push",
+    )
+    run(
+        b,
+        "trust",
+        "add",
+        a_id,
+        "--name",
+        "a",
+        "--role",
+        "pull",
+        "--role",
+        "publish",
+        "--role",
+        "push",
+    )
     return Pair(root, a, b, a_id, b_id)
 
 

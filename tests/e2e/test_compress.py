@@ -126,7 +126,20 @@ def test_compress_off_sends_raw(pair: Pair, tmp_path: Path) -> None:
 async def evil(pair: Pair, tmp_path: Path) -> AsyncIterator[EvilSeeder]:
     """A scripted seeder in this process whose key B trusts for every role."""
     key = new_key(tmp_path / "M")
-    await arun(pair.b, "trust", "add", str(key.peer_id), "--name", "m")
+    await arun(
+        pair.b,
+        "trust",
+        "add",
+        str(key.peer_id),
+        "--name",
+        "m",
+        "--role",
+        "pull",
+        "--role",
+        "publish",
+        "--role",
+        "push",
+    )
     seeder = EvilSeeder(key)
     async with trio.open_nursery() as nursery:
         await seeder.start(nursery)

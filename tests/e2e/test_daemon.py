@@ -41,7 +41,20 @@ def nodes(tmp_path: Path):  # type: ignore[no-untyped-def]
     a_id = run(a, "init").stdout.strip()
     b_id = run(b, "init").stdout.strip()
     run(a, "trust", "add", b_id, "--role", "pull")
-    run(b, "trust", "add", a_id, "--name", "nas")
+    run(
+        b,
+        "trust",
+        "add",
+        a_id,
+        "--name",
+        "nas",
+        "--role",
+        "pull",
+        "--role",
+        "publish",
+        "--role",
+        "push",
+    )
     servers: list[Server] = []
     yield a, b, a_id, b_id, servers
     for s in servers:

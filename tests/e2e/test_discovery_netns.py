@@ -40,7 +40,20 @@ class Nodes:
         self.ids = {k: run(h, "init").stdout.strip() for k, h in self.home.items()}
         for puller in "bc":
             run(self.home["a"], "trust", "add", self.ids[puller], "--role", "pull")
-            run(self.home[puller], "trust", "add", self.ids["a"], "--name", "nas")
+            run(
+                self.home[puller],
+                "trust",
+                "add",
+                self.ids["a"],
+                "--name",
+                "nas",
+                "--role",
+                "pull",
+                "--role",
+                "publish",
+                "--role",
+                "push",
+            )
         self.servers: list[Server] = []
 
     def run(self, who: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -174,7 +187,18 @@ def test_pull_through_relay_sees_only_ciphertext(nodes: Nodes, tmp_path: Path) -
 
 def test_spoofed_mdns_record_gets_a_refused_handshake(nodes: Nodes, tmp_path: Path) -> None:
     """M announces A's peer ID at M's address: B's handshake check refuses M."""
-    run(nodes.home["m"], "trust", "add", nodes.ids["b"])  # M would happily serve B
+    run(
+        nodes.home["m"],
+        "trust",
+        "add",
+        nodes.ids["b"],
+        "--role",
+        "pull",
+        "--role",
+        "publish",
+        "--role",
+        "push",
+    )  # M would happily serve B
     f = tmp_path / "evil.pt"
     f.write_bytes(os.urandom(100_000))
     nodes.run("m", "publish", str(f), "--name", NAME)

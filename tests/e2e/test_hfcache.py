@@ -269,8 +269,8 @@ def test_hf_cache_user_errors(pair: Pair, tmp_path: Path) -> None:
     c = tmp_path / "C"
     c_id = run(c, "init").stdout.strip()
     no_mdns(c)
-    run(pair.b, "trust", "add", c_id)
-    run(c, "trust", "add", pair.b_id)
+    run(pair.b, "trust", "add", c_id, "--role", "pull", "--role", "publish", "--role", "push")
+    run(c, "trust", "add", pair.b_id, "--role", "pull", "--role", "publish", "--role", "push")
     run(c, "trust", "add", pair.a_id, "--role", "publish")  # A signed it
     b_server = start_server(pair.b, tmp_path / "b-serve.log")
     try:

@@ -56,8 +56,34 @@ def test_replicas_wait_for_both_followers(tmp_path: Path) -> None:
     a, b, c = tmp_path / "A", tmp_path / "B", tmp_path / "C"
     ids = {h.name: run(h, "init").stdout.strip() for h in (a, b, c)}
     for follower in (b, c):
-        run(a, "trust", "add", ids[follower.name], "--name", follower.name.lower())
-        run(follower, "trust", "add", ids["A"], "--name", "trainer")
+        run(
+            a,
+            "trust",
+            "add",
+            ids[follower.name],
+            "--name",
+            follower.name.lower(),
+            "--role",
+            "pull",
+            "--role",
+            "publish",
+            "--role",
+            "push",
+        )
+        run(
+            follower,
+            "trust",
+            "add",
+            ids["A"],
+            "--name",
+            "trainer",
+            "--role",
+            "pull",
+            "--role",
+            "publish",
+            "--role",
+            "push",
+        )
     servers: list[Server] = []
     try:
         seeder = start_server(a, tmp_path / "a.log")

@@ -215,7 +215,20 @@ class EvilSeeder:
 async def evil(pair: Pair, tmp_path: Path) -> AsyncIterator[EvilSeeder]:
     """A hostile seeder on 127.0.0.1 whose key B trusts for every role."""
     key = new_key(tmp_path / "M")
-    await arun(pair.b, "trust", "add", str(key.peer_id), "--name", "m")
+    await arun(
+        pair.b,
+        "trust",
+        "add",
+        str(key.peer_id),
+        "--name",
+        "m",
+        "--role",
+        "pull",
+        "--role",
+        "publish",
+        "--role",
+        "push",
+    )
     seeder = EvilSeeder(key)
     async with trio.open_nursery() as nursery:
         await seeder.start(nursery)
@@ -235,7 +248,20 @@ def test_untrusted_puller_is_refused(pair: Pair, tmp_path: Path) -> None:
     c = tmp_path / "C"
     c_id = run(c, "init").stdout.strip()
     no_mdns(c)
-    run(c, "trust", "add", pair.a_id, "--name", "a")  # so the refusal is A's, not C's
+    run(
+        c,
+        "trust",
+        "add",
+        pair.a_id,
+        "--name",
+        "a",
+        "--role",
+        "pull",
+        "--role",
+        "publish",
+        "--role",
+        "push",
+    )  # so the refusal is A's, not C's
     dest = tmp_path / "c-out"
     pulled = run(c, "pull", "secret-llama-ft", "--from", server.addr, "-o", str(dest), check=False)
     listed = run(c, "ls", "--peer", server.addr, "--json", check=False)
@@ -492,7 +518,7 @@ async def test_untrusted_publisher_is_refused(pair: Pair, evil: EvilSeeder, tmp_
     stranger = new_key(tmp_path / "Q")
     before = tree(tmp_path, pair.b)
     expected = {
-        puller_only: "which we trust but not with the 'publish' role",
+        puller_only: f"{puller_only.peer_id.short} is trusted here, but not with the 'publish' role",
         stranger: "not a publisher we trust",
     }
     for key in (puller_only, stranger):
@@ -501,7 +527,7 @@ async def test_untrusted_publisher_is_refused(pair: Pair, evil: EvilSeeder, tmp_
         proc = await arun(
             pair.b, "pull", "evil-ft", "--from", evil.addr, "-o", str(tmp_path / "out" / "x")
         )
-        assert_refused(proc, 7, f"signed by {key.peer_id.short}, {expected[key]}")
+        assert_refused(proc, 7, f"signed by {key.peer_id.short}: {expected[key]}")
         assert not [r for r in evil.requests if isinstance(r, m.ChunkRequest)]
     assert tree(tmp_path, pair.b) == before
     listed = await arun(pair.b, "ls", "--local", "--json")

@@ -27,10 +27,36 @@ def _node(
     home = root / name
     pid = run(home, "init").stdout.strip()
     no_mdns(home)
-    run(home, "trust", "add", pair.a_id, "--name", "a")
+    run(
+        home,
+        "trust",
+        "add",
+        pair.a_id,
+        "--name",
+        "a",
+        "--role",
+        "pull",
+        "--role",
+        "publish",
+        "--role",
+        "push",
+    )
     run(home, "trust", "add", pair.b_id, "--name", "b", "--role", "pull")
     run(pair.a, "trust", "add", pid, "--role", "pull")
-    run(pair.b, "trust", "add", pid, "--name", name.lower())
+    run(
+        pair.b,
+        "trust",
+        "add",
+        pid,
+        "--name",
+        name.lower(),
+        "--role",
+        "pull",
+        "--role",
+        "publish",
+        "--role",
+        "push",
+    )
     return home, pid
 
 
@@ -63,7 +89,20 @@ async def test_three_sources_one_corrupt_one_killed(pair: Pair, tmp_path: Path) 
     pair.servers.append(cs)
     # M: the same signed version (A's envelope), every chunk flipped.
     key = new_key(tmp_path / "M")
-    run(pair.b, "trust", "add", str(key.peer_id), "--name", "m")
+    run(
+        pair.b,
+        "trust",
+        "add",
+        str(key.peer_id),
+        "--name",
+        "m",
+        "--role",
+        "pull",
+        "--role",
+        "publish",
+        "--role",
+        "push",
+    )
     entry = Home.open(pair.a).catalog.find(NAME, 3)
     assert entry is not None
     manifest = entry.manifest()

@@ -38,7 +38,7 @@ async def _answers(
     seeder, _ = Home.init(tmp_path / "A")
     puller, _ = Home.init(tmp_path / "B")
     seeder.trust.add(puller.key.peer_id, "b", ["pull"])
-    puller.trust.add(seeder.key.peer_id, "a")
+    puller.trust.add(seeder.key.peer_id, "a", ["pull", "publish"])
     f = tmp_path / "w.bin"
     f.write_bytes(_bf16(12 << 20))
     manifest = publish(seeder, f, "w")

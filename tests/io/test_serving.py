@@ -20,7 +20,7 @@ async def test_serving_tracks_open_connections(tmp_path: Path) -> None:
     seeder, _ = Home.init(tmp_path / "A")
     puller, _ = Home.init(tmp_path / "B")
     seeder.trust.add(puller.key.peer_id, "b", ["pull"])
-    puller.trust.add(seeder.key.peer_id, "a")
+    puller.trust.add(seeder.key.peer_id, "a", ["pull", "publish"])
     f = tmp_path / "m.bin"
     f.write_bytes(os.urandom(100_000))
     manifest = publish(seeder, f, "m")
