@@ -110,8 +110,14 @@ def trust_ls(as_json: bool) -> None:
     if as_json:
         emit_json([{"id": str(p.peer_id), "name": p.name, "roles": sorted(p.roles)} for p in peers])
         return
+    from p2pckpt.identity.trust import ROLE_WORDS, ROLES
+
+    if peers:
+        width = max(len(str(p.peer_id)) for p in peers)
+        click.echo(f"{'PEER ID':<{width}}  {'NAME':<16} ROLES (what that peer may do here)")
     for p in peers:
-        click.echo(f"{p.peer_id}  {p.name or '-':<16} {','.join(sorted(p.roles))}")
+        words = "; ".join(ROLE_WORDS[r] for r in ROLES if r in p.roles)
+        click.echo(f"{p.peer_id}  {p.name or '-':<16} {','.join(sorted(p.roles))}: {words}")
 
 
 @command(trust, name="rm")

@@ -36,7 +36,7 @@ import trio
 
 from p2pckpt.config import FollowSpec
 from p2pckpt.discovery.finder import Finder
-from p2pckpt.errors import ChunkCorrupt, P2pckptError, first_leaf
+from p2pckpt.errors import ChunkCorrupt, Equivocation, Expired, P2pckptError, first_leaf
 from p2pckpt.home import Home
 from p2pckpt.store.atomic import fsync_dir
 from p2pckpt.transfer.partials import Partials
@@ -266,6 +266,8 @@ async def follow(
             log.error('follow failed name=%s error="%s"', spec.name, first_leaf(group))
             if on_corrupt is not None:
                 on_corrupt()
+        except* (Expired, Equivocation) as group:  # a frozen or forked feed: say so loudly
+            log.warning('follow refused name=%s error="%s"', spec.name, first_leaf(group))
         except* P2pckptError as group:
             log.info('follow check name=%s result="%s"', spec.name, first_leaf(group))
         except* OSError as group:

@@ -89,6 +89,9 @@ def test_trust_add_grants_pull_only(tmp_path: Path, servers: list[Server]) -> No
     assert added.stdout.strip().endswith(": pull")
     (entry,) = run_json(b, "trust", "ls")
     assert entry["roles"] == ["pull"]
+    header, line = run(b, "trust", "ls").stdout.splitlines()
+    assert header.startswith("PEER ID") and "ROLES" in header
+    assert line.startswith(a_id) and line.endswith("pull: may pull from us")
     ck = tmp_path / "m.pt"
     ck.write_bytes(os.urandom(100_000))
     run(a, "publish", str(ck), "--name", "m")
