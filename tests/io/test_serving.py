@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
@@ -40,3 +41,47 @@ async def test_serving_tracks_open_connections(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
     assert seeder.catalog.roots_under(f) == {manifest.root}
     assert seeder.catalog.roots_under(tmp_path / "elsewhere") == set()
+
+
+async def test_trust_changes_reach_open_connections(tmp_path: Path, autojump_clock: object) -> None:
+    """Over a memory stream (mock clock): each request needs its role as the
+    trust file says *now*, and removing the peer from trust.json (as ``trust
+    rm`` in another process does) closes its open connection within
+    TRUST_RECHECK (R-63)."""
+    from p2pckpt.errors import ChannelClosed, NotAuthorized
+    from p2pckpt.identity.trust import TrustStore
+    from p2pckpt.transfer.peer import PeerConnection, over_stream
+    from p2pckpt.transfer.serve import TRUST_RECHECK
+
+    seeder, _ = Home.init(tmp_path / "A")
+    puller, _ = Home.init(tmp_path / "B")
+    seeder.trust.add(puller.key.peer_id, "b", ["pull"])
+    seeder.save_trust()
+    puller.trust.add(seeder.key.peer_id, "a", ["publish"])
+    server = Server(seeder)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+
+    async def no_redial() -> PeerConnection:
+        raise AssertionError("not used")
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.watch_trust)
+            nursery.start_soon(server.handle, server_stream, "memory")
+            conn = await over_stream(
+                puller, client_stream, "memory", "direct", seeder.key.peer_id, no_redial, ""
+            )
+            assert isinstance(await conn.request(m.ListRequest()), m.ListResponse)
+            other = TrustStore.load(seeder.path)  # another process edits the file
+            other.add(puller.key.peer_id, "b", ["publish"])
+            other.save(seeder.path)
+            with pytest.raises(NotAuthorized, match="not with the 'pull' role"):
+                await conn.request(m.ListRequest())
+            other.remove(puller.key.peer_id)
+            other.save(seeder.path)
+            removed = trio.current_time()
+            with pytest.raises(ChannelClosed):
+                await conn.receive()
+            assert trio.current_time() - removed <= 2 * TRUST_RECHECK
+            await conn.aclose()
+            nursery.cancel_scope.cancel()
