@@ -217,6 +217,32 @@ class _BufferBudget:
         self._slots.release()
 
 
+class _Lease:
+    """The chunk buffers one connection holds from the server's budget. The
+    connection's end returns every one still held, however it ends (reset,
+    kill, timeout, cancellation with a prepared chunk queued or half sent):
+    a slot lost per dead connection would wedge the server after a few
+    killed pulls (R-66)."""
+
+    def __init__(self, budget: _BufferBudget) -> None:
+        self._budget = budget
+        self.held = 0
+
+    async def acquire(self) -> bytearray:
+        buf = await self._budget.acquire()
+        self.held += 1
+        return buf
+
+    def release(self, buf: bytearray | None) -> None:
+        self.held -= 1
+        self._budget.release(buf)
+
+    def close(self) -> None:
+        """Give back what is still held (buffers not reused: views may remain)."""
+        while self.held:
+            self.release(None)
+
+
 _Prepared = tuple[bytes | memoryview, bytearray | None]
 # (pusher, the address its connection came from or None if relayed, request,
 #  report(bytes done, bytes total) for progress)
@@ -444,13 +470,17 @@ class Server:
         requests_send, requests_recv = trio.open_memory_channel[m.Request](m.MAX_OUTSTANDING)
         prepared_send, prepared_recv = trio.open_memory_channel[_Prepared](PREPARED_QUEUE)
         busy = _Busy(local)
+        lease = _Lease(self._buffers)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._sender, secure, prepared_recv, busy)
-                nursery.start_soon(self._preparer, requests_recv, prepared_send, peer, hint, busy)
+                nursery.start_soon(self._sender, secure, prepared_recv, busy, lease)
+                nursery.start_soon(
+                    self._preparer, requests_recv, prepared_send, peer, hint, busy, lease
+                )
                 await self._reader(secure, requests_send, busy)
                 nursery.cancel_scope.cancel()
         finally:
+            lease.close()
             self._serving.subtract(busy.roots)
             self._serving += Counter()  # drop the zero counts
             if busy.packed:
@@ -503,6 +533,7 @@ class Server:
         peer: PeerId,
         hint: tuple[str, int] | None,
         busy: _Busy,
+        lease: _Lease,
     ) -> None:
         async with prepared:
             async for req in requests:
@@ -527,18 +558,18 @@ class Server:
                 if busy.cancelled and req.req_id in busy.cancelled:
                     del busy.cancelled[req.req_id]
                     continue
-                buf = await self._buffers.acquire()
+                buf = await lease.acquire()
                 try:
                     if req.root not in busy.roots:
                         busy.roots.add(req.root)
                         self._serving[req.root] += 1
                     payload = await self._chunk(req, buf, busy)
                 except BaseException:
-                    self._buffers.release(None)  # the buffer may still be in use
+                    lease.release(None)  # the buffer may still be in use
                     raise
                 # An Error, or a chunk packed into a frame of its own: the buffer is free.
                 if isinstance(payload, bytes) or payload.obj is not buf:
-                    self._buffers.release(buf)
+                    lease.release(buf)
                     await prepared.send((payload, None))
                 else:
                     await prepared.send((payload, buf))
@@ -692,7 +723,11 @@ class Server:
         return framed
 
     async def _sender(
-        self, secure: SecureStream, prepared: trio.MemoryReceiveChannel[_Prepared], busy: _Busy
+        self,
+        secure: SecureStream,
+        prepared: trio.MemoryReceiveChannel[_Prepared],
+        busy: _Busy,
+        lease: _Lease,
     ) -> None:
         """Chunk responses are memoryviews (of a pooled buffer, or of a packed
         frame); the rest bytes. A chunk whose send ends with the next response
@@ -709,7 +744,7 @@ class Server:
                     await secure.send_all(payload)
             except BaseException:
                 if buf is not None:
-                    self._buffers.release(None)
+                    lease.release(None)
                 raise
             if isinstance(payload, memoryview):
                 if busy.policy is not None and prepared.statistics().current_buffer_used:
@@ -718,4 +753,4 @@ class Server:
                     self.on_served(len(payload))
                 payload.release()
             if buf is not None:
-                self._buffers.release(buf)
+                lease.release(buf)

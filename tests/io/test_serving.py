@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -84,4 +85,55 @@ async def test_trust_changes_reach_open_connections(tmp_path: Path, autojump_clo
                 await conn.receive()
             assert trio.current_time() - removed <= 2 * TRUST_RECHECK
             await conn.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def _until(cond: Callable[[], bool]) -> None:
+    """Poll a real condition (the caller bounds the time)."""
+    while not cond():  # noqa: ASYNC110 -- server internals offer no event to wait on
+        await trio.sleep(0.005)
+
+
+async def test_every_chunk_buffer_returns_when_readers_die_mid_send(tmp_path: Path) -> None:
+    """Ten connections that ask for chunks, never read and then drop (their
+    responses queued and one half sent) give every server-wide chunk buffer
+    back; a fresh puller is served at once (R-66, issue 14)."""
+    from p2pckpt.transfer.peer import PeerConnection, over_stream
+    from p2pckpt.transfer.serve import MAX_CHUNK_BUFFERS
+
+    seeder, _ = Home.init(tmp_path / "A")
+    puller, _ = Home.init(tmp_path / "B")
+    seeder.trust.add(puller.key.peer_id, "b", ["pull"])
+    puller.trust.add(seeder.key.peer_id, "a", ["publish"])
+    f = tmp_path / "m.bin"
+    f.write_bytes(os.urandom(300_000))
+    manifest = publish(seeder, f, "m")
+    server = Server(seeder)
+    free = server._buffers._slots  # the budget under test
+
+    async def no_redial() -> PeerConnection:
+        raise AssertionError("not used")
+
+    async def connect(nursery: trio.Nursery) -> PeerConnection:
+        client, serving = trio.testing.lockstep_stream_pair()  # a send waits for a read
+        nursery.start_soon(server.handle, serving, "memory")
+        return await over_stream(
+            puller, client, "memory", "direct", seeder.key.peer_id, no_redial, ""
+        )
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                conn = await connect(nursery)
+                for req_id in range(m.MAX_OUTSTANDING):
+                    await conn.send(m.ChunkRequest(req_id, manifest.root, 0))
+                # blocked sending one, two queued, one more prepared
+                await _until(lambda: free.value <= MAX_CHUNK_BUFFERS - 4)
+                await conn.aclose()  # the reader dies
+                await _until(lambda: free.value == MAX_CHUNK_BUFFERS)
+            conn = await connect(nursery)
+            reply = await conn.request(m.ChunkRequest(0, manifest.root, 0))
+            assert isinstance(reply, m.ChunkData)
+            await conn.aclose()
+            await _until(lambda: free.value == MAX_CHUNK_BUFFERS)
             nursery.cancel_scope.cancel()
