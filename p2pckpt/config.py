@@ -37,6 +37,7 @@ the file is data, never code. Example::
 
     [limits]
     upload = 0                   # bytes/s for serving, 0 = unlimited
+    upload_per_peer = 0          # bytes/s for serving any one peer, 0 = unlimited
     download = 0                 # bytes/s for the daemon's own pulls, 0 = unlimited
 
     [metrics]
@@ -115,6 +116,7 @@ class Config:
     watch: tuple[WatchSpec, ...] = ()
     follow: tuple[FollowSpec, ...] = ()
     bandwidth: int = 0  # upload cap, bytes/s (0: none)
+    upload_per_peer: int = 0  # upload cap for each peer, bytes/s (0: none)
     download: int = 0  # download cap for the daemon's pulls, bytes/s (0: none)
     metrics: Addr | None = None
     compress: str = "auto"  # COMPRESS_MODES: pack served chunks where it pays, or never
@@ -134,7 +136,7 @@ _SCHEMA: dict[str, set[str]] = {
     "peer": {"id", "addr", "name"},
     "watch": {"path", "name", "complete", "stable_seconds", "marker", "keep"},
     "follow": {"name", "dir", "keep", "hook", "publishers", "allow_expired"},
-    "limits": {"upload", "download"},
+    "limits": {"upload", "upload_per_peer", "download"},
     "metrics": {"listen"},
     "transfer": {"compress"},
 }
@@ -271,6 +273,10 @@ def parse(doc: dict[str, Any]) -> Config:
         cfg = replace(cfg, relay=parse_addr(_str(relay["addr"], "relay.addr")))
     if "upload" in limits:
         cfg = replace(cfg, bandwidth=_int(limits["upload"], "limits.upload"))
+    if "upload_per_peer" in limits:
+        cfg = replace(
+            cfg, upload_per_peer=_int(limits["upload_per_peer"], "limits.upload_per_peer")
+        )
     if "download" in limits:
         cfg = replace(cfg, download=_int(limits["download"], "limits.download"))
     if "listen" in metrics:

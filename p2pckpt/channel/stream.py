@@ -32,6 +32,7 @@ from p2pckpt.wire.messages import Message
 HANDSHAKE_TIMEOUT: Final = 10.0
 RECEIVE_BYTES: Final = 64 * 1024
 SEND_SLICE: Final = 16 * MAX_PLAINTEXT  # whole records, about 1 MiB
+STALL_SLICE: Final = 4 * MAX_PLAINTEXT  # what a reading peer takes within a stall timeout
 _LEN = struct.Struct(">H")
 
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
@@ -56,14 +57,26 @@ class SecureStream:
         self._leftover = leftover
         self._send_lock = trio.Lock()
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        """Encrypt and send ``data`` in slices, so the record buffer stays small."""
+    async def send_all(
+        self, data: bytes | bytearray | memoryview, stall: float | None = None
+    ) -> None:
+        """Encrypt and send ``data`` in slices, so the record buffer stays small.
+
+        With ``stall``, each STALL_SLICE must be taken by the peer within
+        ``stall`` seconds, else ``trio.TooSlowError``: a peer that stopped
+        reading is found in seconds, however large ``data`` is (the stream is
+        unusable then: close it)."""
         view = memoryview(data)
+        step = SEND_SLICE if stall is None else STALL_SLICE
         async with self._send_lock:
             try:
-                for start in range(0, max(len(view), 1), SEND_SLICE):
-                    records = self._encoder.encode(view[start : start + SEND_SLICE])
-                    await self.transport.send_all(records)
+                for start in range(0, max(len(view), 1), step):
+                    records = self._encoder.encode(view[start : start + step])
+                    if stall is None:
+                        await self.transport.send_all(records)
+                    else:
+                        with trio.fail_after(stall):
+                            await self.transport.send_all(records)
             except _BROKEN as exc:
                 raise ChannelClosed("connection lost while sending") from exc
             finally:

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from p2pckpt.cli.main import cli, emit_json, fail, home_option, home_path, open_home
+from p2pckpt.cli.main import cli, emit_json, fail, home_option, home_path, open_home, run_stoppable
 from p2pckpt.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -511,7 +511,12 @@ def serve(listen: str | None, no_mdns: bool, relay: str | None, config_path: Pat
     log = logging.getLogger("p2pckpt.serve")
 
     async def run() -> None:
-        server = Server(home, bandwidth=cfg.bandwidth, compress=cfg.compress != "off")
+        server = Server(
+            home,
+            bandwidth=cfg.bandwidth,
+            compress=cfg.compress != "off",
+            per_peer=cfg.upload_per_peer,
+        )
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(server.serve, host, port)
             for lst in listeners:
@@ -628,8 +633,6 @@ def pull(
     """Pull NAME (newest) or NAME@VERSION; exits 0 only once every byte is verified."""
     import dataclasses
 
-    import trio
-
     from p2pckpt.transfer import pull as pulling
     from p2pckpt.transfer.throttle import Throttle
 
@@ -706,7 +709,7 @@ def pull(
     if bar is not None:
         bar.start()
     try:
-        result = trio.run(run)
+        result = run_stoppable(run)  # SIGTERM: a clean stop, resumable, exit 130
     finally:
         if bar is not None:
             bar.stop()

@@ -98,7 +98,12 @@ def push(
     bar = _progress_bar(sys.stderr.isatty() and not as_json)
 
     async def run() -> None:
-        server = Server(home, bandwidth=cfg.bandwidth, compress=cfg.compress != "off")
+        server = Server(
+            home,
+            bandwidth=cfg.bandwidth,
+            compress=cfg.compress != "off",
+            per_peer=cfg.upload_per_peer,
+        )
         server.on_served = served.append
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(server.serve, host, port)

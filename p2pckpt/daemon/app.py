@@ -244,7 +244,13 @@ async def run_daemon(
             return m.PushResult(False, str(exc))
         return m.PushResult(True, f"verified {req.name}@{req.version}", result.bytes_total)
 
-    server = Server(home, on_push=on_push, bandwidth=cfg.bandwidth, compress=cfg.compress != "off")
+    server = Server(
+        home,
+        on_push=on_push,
+        bandwidth=cfg.bandwidth,
+        compress=cfg.compress != "off",
+        per_peer=cfg.upload_per_peer,
+    )
     server.sightings = state.sightings
     partials = server.partials = Partials()  # what we are pulling, we also serve
     throttles = [Throttle(cfg.download)] if cfg.download > 0 else []

@@ -36,7 +36,7 @@ import stat
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -83,8 +83,13 @@ MAX_HANDSHAKES: Final = 32
 MAX_CONNECTIONS: Final = 128
 MAX_CONNECTIONS_PER_PEER: Final = 16
 MAX_CHUNK_BUFFERS: Final = 16
+PEER_BUFFERS: Final = MAX_CHUNK_BUFFERS // 2  # one peer's share, however many connections
 IDLE_TIMEOUT: Final = 300.0
 SEND_TIMEOUT: Final = 60.0
+# A connection whose peer does not take STALL_SLICE bytes within STALL_SECONDS
+# (under ~50 KB/s, after the kernel's buffers filled) is not reading: dropped,
+# so its buffers serve others (R-52, R-65).
+STALL_SECONDS: Final = 5.0
 TRUST_RECHECK: Final = 0.25  # how often the trust file is looked at for open connections
 PREPARED_QUEUE: Final = 2
 REQUEST_WINDOW: Final = 64 * 1024
@@ -217,25 +222,44 @@ class _BufferBudget:
         self._slots.release()
 
 
-class _Lease:
-    """The chunk buffers one connection holds from the server's budget. The
-    connection's end returns every one still held, however it ends (reset,
-    kill, timeout, cancellation with a prepared chunk queued or half sent):
-    a slot lost per dead connection would wedge the server after a few
-    killed pulls (R-66)."""
+@dataclass
+class _Share:
+    """One peer's share of the server, whatever its number of connections: at
+    most PEER_BUFFERS chunk buffers and its own upload rate (``[limits]
+    upload_per_peer``), so no single peer can starve the others (R-65); and
+    its open connections, closed when it stops being trusted."""
 
-    def __init__(self, budget: _BufferBudget) -> None:
+    slots: trio.Semaphore
+    throttle: Throttle | None
+    scopes: set[trio.CancelScope] = field(default_factory=set)
+
+
+class _Lease:
+    """The chunk buffers one connection holds from the server's budget (and
+    its peer's share). The connection's end returns every one still held,
+    however it ends (reset, kill, timeout, cancellation with a prepared chunk
+    queued or half sent): a slot lost per dead connection would wedge the
+    server after a few killed pulls (R-66)."""
+
+    def __init__(self, budget: _BufferBudget, share: _Share) -> None:
         self._budget = budget
+        self._share = share
         self.held = 0
 
     async def acquire(self) -> bytearray:
-        buf = await self._budget.acquire()
+        await self._share.slots.acquire()
+        try:
+            buf = await self._budget.acquire()
+        except BaseException:
+            self._share.slots.release()
+            raise
         self.held += 1
         return buf
 
     def release(self, buf: bytearray | None) -> None:
         self.held -= 1
         self._budget.release(buf)
+        self._share.slots.release()
 
     def close(self) -> None:
         """Give back what is still held (buffers not reused: views may remain)."""
@@ -262,10 +286,12 @@ class Server:
         bandwidth: int = 0,
         *,
         compress: bool = True,
+        per_peer: int = 0,
     ) -> None:
         self.home = home
         self.on_push = on_push
         self._throttle = Throttle(bandwidth) if bandwidth > 0 else None
+        self._per_peer = per_peer  # upload cap per peer, bytes/s (0: none)
         self.compress = compress  # pack chunks where it pays ([transfer] compress)
         self.on_served: Callable[[int], None] | None = None  # chunk bytes sent (metrics)
         self.on_packed: Callable[[int, int], None] | None = None  # (chunk, wire) bytes, packed
@@ -280,7 +306,7 @@ class Server:
         self._log_limit = RateLimiter(rate=1 / 60, burst=3)
         self._buffers = _BufferBudget(MAX_CHUNK_BUFFERS)
         self._versions: OrderedDict[bytes, _Served] = OrderedDict()
-        self._open: dict[PeerId, set[trio.CancelScope]] = {}  # authenticated connections
+        self._shares: dict[PeerId, _Share] = {}  # peers with an authenticated connection
 
     # -- trust that may change while serving -------------------------------------
 
@@ -294,7 +320,8 @@ class Server:
         returns how many were closed."""
         trust = self.home.trust
         closed = 0
-        for peer, scopes in self._open.items():
+        for peer, share in self._shares.items():
+            scopes = share.scopes
             if trust.get(peer) is None and scopes:
                 log.warning(
                     "peer no longer trusted peer=%s closing=%d connection(s)",
@@ -446,16 +473,21 @@ class Server:
             route = "direct" if peer_host is not None else "relay"
             self.sightings.saw(peer, route, addr if peer_host else "", inbound=True)
         scope = trio.CancelScope()
-        self._open.setdefault(peer, set()).add(scope)
+        share = self._shares.get(peer)
+        if share is None:
+            rate = self._per_peer
+            share = _Share(trio.Semaphore(PEER_BUFFERS), Throttle(rate) if rate > 0 else None)
+            self._shares[peer] = share
+        share.scopes.add(scope)
         try:
             log.info("peer connected peer=%s from=%s", peer.short, addr)
             hint = (peer_host, 0) if peer_host is not None else None
             with scope:
-                await self._converse(secure, peer, hint, local)
+                await self._converse(secure, peer, hint, share, local)
         finally:
-            self._open[peer].discard(scope)
-            if not self._open[peer]:
-                del self._open[peer]
+            share.scopes.discard(scope)
+            if not share.scopes:
+                del self._shares[peer]
             self._peers[peer] -= 1
             if not self._peers[peer]:
                 del self._peers[peer]
@@ -465,15 +497,16 @@ class Server:
         secure: SecureStream,
         peer: PeerId,
         hint: tuple[str, int] | None,
+        share: _Share,
         local: bool = False,
     ) -> None:
         requests_send, requests_recv = trio.open_memory_channel[m.Request](m.MAX_OUTSTANDING)
         prepared_send, prepared_recv = trio.open_memory_channel[_Prepared](PREPARED_QUEUE)
         busy = _Busy(local)
-        lease = _Lease(self._buffers)
+        lease = _Lease(self._buffers, share)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._sender, secure, prepared_recv, busy, lease)
+                nursery.start_soon(self._sender, secure, prepared_recv, busy, lease, share)
                 nursery.start_soon(
                     self._preparer, requests_recv, prepared_send, peer, hint, busy, lease
                 )
@@ -728,6 +761,7 @@ class Server:
         prepared: trio.MemoryReceiveChannel[_Prepared],
         busy: _Busy,
         lease: _Lease,
+        share: _Share,
     ) -> None:
         """Chunk responses are memoryviews (of a pooled buffer, or of a packed
         frame); the rest bytes. A chunk whose send ends with the next response
@@ -737,11 +771,13 @@ class Server:
             started = time.perf_counter()
             throttled = 0.0
             try:
-                if self._throttle is not None and isinstance(payload, memoryview):
-                    await self._throttle.take(len(payload))
+                if isinstance(payload, memoryview):
+                    for throttle in (share.throttle, self._throttle):
+                        if throttle is not None:
+                            await throttle.take(len(payload))
                     throttled = time.perf_counter() - started
-                with trio.fail_after(SEND_TIMEOUT):  # a peer that stops reading is dropped
-                    await secure.send_all(payload)
+                with trio.fail_after(SEND_TIMEOUT):  # bounds even a trickling reader
+                    await secure.send_all(payload, stall=STALL_SECONDS)
             except BaseException:
                 if buf is not None:
                     lease.release(None)

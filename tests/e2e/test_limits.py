@@ -84,3 +84,19 @@ def test_serving_bandwidth_limit_applies(pair: Pair, tmp_path: Path) -> None:
     # 12.6 MB at 4 MB/s, minus the 0.25 s burst allowance.
     assert time.monotonic() - started >= (12 << 20) / 4_000_000 - 0.3
     assert (tmp_path / "got").read_bytes() == f.read_bytes()
+
+
+def test_upload_per_peer_caps_each_peer(pair: Pair, tmp_path: Path) -> None:
+    """[limits] upload_per_peer caps what one peer gets, over all its streams."""
+    f = tmp_path / "m.bin"
+    f.write_bytes(os.urandom(8 << 20))
+    run(pair.a, "publish", str(f), "--name", "m")
+    (pair.a / "config.toml").write_text(
+        "[discovery]\nmdns = false\n[limits]\nupload_per_peer = 3000000\n"
+    )
+    server = pair.serve_a()
+    started = time.monotonic()
+    run(pair.b, "pull", "m", "--from", server.addr, "--streams", "4", "-o", str(tmp_path / "got"))
+    # 8.4 MB at 3 MB/s however many streams, minus the 0.25 s burst allowance.
+    assert time.monotonic() - started >= (8 << 20) / 3_000_000 - 0.3
+    assert (tmp_path / "got").read_bytes() == f.read_bytes()

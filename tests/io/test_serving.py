@@ -137,3 +137,54 @@ async def test_every_chunk_buffer_returns_when_readers_die_mid_send(tmp_path: Pa
             await conn.aclose()
             await _until(lambda: free.value == MAX_CHUNK_BUFFERS)
             nursery.cancel_scope.cancel()
+
+
+async def test_one_peer_that_never_reads_cannot_starve_another(tmp_path: Path) -> None:
+    """A trusted peer with 8 connections of 64 requests each that never reads
+    holds at most its share of the chunk buffers: another peer is served at
+    once, and the hog's connections are dropped within seconds (R-65)."""
+    from p2pckpt.transfer.peer import PeerConnection, over_stream
+    from p2pckpt.transfer.serve import MAX_CHUNK_BUFFERS, PEER_BUFFERS, STALL_SECONDS
+
+    seeder, _ = Home.init(tmp_path / "A")
+    hog, _ = Home.init(tmp_path / "H")
+    honest, _ = Home.init(tmp_path / "B")
+    for node in (hog, honest):
+        seeder.trust.add(node.key.peer_id, "", ["pull"])
+        node.trust.add(seeder.key.peer_id, "a", ["publish"])
+    f = tmp_path / "m.bin"
+    f.write_bytes(os.urandom(300_000))
+    manifest = publish(seeder, f, "m")
+    server = Server(seeder)
+    free = server._buffers._slots
+
+    async def no_redial() -> PeerConnection:
+        raise AssertionError("not used")
+
+    async def connect(home: Home, nursery: trio.Nursery) -> PeerConnection:
+        client, serving = trio.testing.lockstep_stream_pair()
+        nursery.start_soon(server.handle, serving, "memory")
+        return await over_stream(
+            home, client, "memory", "direct", seeder.key.peer_id, no_redial, ""
+        )
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            hogs = [await connect(hog, nursery) for _ in range(8)]
+            for conn in hogs:
+                for req_id in range(m.MAX_OUTSTANDING):
+                    await conn.send(m.ChunkRequest(req_id, manifest.root, 0))
+            await _until(lambda: free.value == MAX_CHUNK_BUFFERS - PEER_BUFFERS)
+            asked = trio.current_time()
+            conn = await connect(honest, nursery)
+            reply = await conn.request(m.ChunkRequest(0, manifest.root, 0))
+            assert isinstance(reply, m.ChunkData)
+            # Served while every hog connection is still open (not once some were dropped).
+            assert len(server._shares[hog.key.peer_id].scopes) == len(hogs)
+            assert free.value >= MAX_CHUNK_BUFFERS - PEER_BUFFERS - 4  # the hog got no more
+            await _until(lambda: hog.key.peer_id not in server._shares)  # dropped as stalled
+            assert trio.current_time() - asked < 3 * STALL_SECONDS
+            for c in [*hogs, conn]:
+                await c.aclose()
+            await _until(lambda: free.value == MAX_CHUNK_BUFFERS)
+            nursery.cancel_scope.cancel()
