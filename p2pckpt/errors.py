@@ -5,7 +5,7 @@
     P2pckptError
     ├── ConfigError(P2pckptError, ValueError)     bad home, bad config, bad CLI input
     ├── TrustError ── UnknownPeer, NotAuthorized
-    ├── ChannelError ── HandshakeFailed, AuthenticationFailed, ChannelClosed
+    ├── ChannelError ── HandshakeFailed (Busy), AuthenticationFailed, ChannelClosed
     ├── ProtocolError ── LocalProtocolError, RemoteProtocolError
     ├── ManifestError ── UnsafePath, BadSignature, Rollback, Expired, Equivocation
     ├── TransferError ── ChunkCorrupt, SourceChanged, NotFound, NoSpace,
@@ -58,6 +58,10 @@ class ChannelError(P2pckptError):
 
 class HandshakeFailed(ChannelError):
     """The Noise handshake did not complete (garbage, timeout, wrong prologue)."""
+
+
+class Busy(HandshakeFailed):
+    """The peer is shedding load before any handshake: retry with backoff."""
 
 
 class AuthenticationFailed(ChannelError):

@@ -23,7 +23,7 @@ from p2pckpt.channel.records import (
     RecordDecoder,
     RecordEncoder,
 )
-from p2pckpt.errors import ChannelClosed, HandshakeFailed
+from p2pckpt.errors import Busy, ChannelClosed, HandshakeFailed
 from p2pckpt.identity.keys import NodeKey
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.wire.codec import MessageReader
@@ -175,6 +175,8 @@ async def open_secure(
                     await transport.send_all(_LEN.pack(len(msg)) + msg)
                 else:
                     (length,) = _LEN.unpack(await _read_exact(transport, buf, _LEN.size))
+                    if length == 0 and initiator:  # no handshake message is empty
+                        raise Busy("the peer is busy (shedding connections); retry")
                     if length > MAX_RECORD:  # pragma: no cover - u16 cannot exceed
                         raise HandshakeFailed("handshake message too large")
                     hs.read(await _read_exact(transport, buf, length))

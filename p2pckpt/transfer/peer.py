@@ -8,6 +8,7 @@ can ``redial`` the same way, which is how a pull opens more streams.
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -17,6 +18,7 @@ import trio
 from p2pckpt.channel.stream import SecureStream, open_secure
 from p2pckpt.config import Addr
 from p2pckpt.errors import (
+    Busy,
     ChannelClosed,
     HandshakeFailed,
     NotAuthorized,
@@ -36,6 +38,7 @@ from p2pckpt.wire.codec import CLIENT_ACCEPTS, MessageReader, encode
 
 CONNECT_TIMEOUT: Final = 10.0
 IDLE_TIMEOUT: Final = 60.0
+BUSY_BACKOFF: Final = 0.1  # first wait after a "busy" answer; doubles, within CONNECT_TIMEOUT
 
 
 def remote_error(err: m.Error, peer: str) -> P2pckptError:
@@ -132,8 +135,28 @@ async def over_stream(
     return PeerConnection(secure, f"{secure.peer.short}@{label}", route, redial, addr)
 
 
+async def _retrying_busy(dial: Callable[[], Awaitable[PeerConnection]]) -> PeerConnection:
+    """``dial`` again, with backoff, while the peer answers "busy" (it sheds
+    idle connections under load, so a retry soon gets in), within
+    CONNECT_TIMEOUT."""
+    give_up = trio.current_time() + CONNECT_TIMEOUT
+    delay = BUSY_BACKOFF
+    while True:
+        try:
+            return await dial()
+        except Busy:
+            if trio.current_time() + delay > give_up:
+                raise
+        await trio.sleep(delay * (0.5 + random.random()))  # jittered: not in lockstep
+        delay *= 2
+
+
 async def connect_direct(home: Home, addr: Addr, expect: PeerId | None = None) -> PeerConnection:
-    """Dial ``HOST:PORT`` over TCP."""
+    """Dial ``HOST:PORT`` over TCP (again, while the peer says it is busy)."""
+    return await _retrying_busy(lambda: _connect_direct(home, addr, expect))
+
+
+async def _connect_direct(home: Home, addr: Addr, expect: PeerId | None) -> PeerConnection:
     label = f"{addr[0]}:{addr[1]}"
     try:
         with trio.fail_after(CONNECT_TIMEOUT):
@@ -158,6 +181,10 @@ async def connect_direct(home: Home, addr: Addr, expect: PeerId | None = None) -
 
 async def connect_relay(home: Home, relay: Addr, peer: PeerId) -> PeerConnection:
     """Reach ``peer`` through a relay; the Noise session runs end to end."""
+    return await _retrying_busy(lambda: _connect_relay(home, relay, peer))
+
+
+async def _connect_relay(home: Home, relay: Addr, peer: PeerId) -> PeerConnection:
     from p2pckpt.relay.client import dial  # only nodes that use a relay load it
 
     label = f"relay {relay[0]}:{relay[1]}"

@@ -2,8 +2,11 @@
 
 Per connection (one nursery)::
 
-    admission : per-source rate and pre-auth caps, before any crypto (R-10)
-    handshake : slot wait + Noise, one HANDSHAKE_TIMEOUT from accept (R-09)
+    admission : per-source rate, then a pre-auth pool (``admission``:
+                direct per source and in total, relayed sessions apart);
+                a full pool sheds its oldest waiter, a refused client is
+                told "busy" (an empty handshake frame) and retries (R-10, R-65)
+    handshake : Noise, one HANDSHAKE_TIMEOUT from accept (R-09)
     trust     : the peer must be in the trust store, else one Error and
                 close; each request then needs its role (List, Manifest,
                 Have and chunks "pull", a push "push"), checked against the
@@ -19,10 +22,10 @@ Per connection (one nursery)::
     sender    : encrypt and send prepared responses in order, give the
                 buffer back; time how fast the link takes chunks
 
-Limits (R-50): pre-auth connections per source and in total, handshakes in
-flight, authenticated connections per peer and in total, outstanding
-requests, chunk buffers for the whole server (memory stays bounded however
-many peers pull), send and idle timeouts. Any error ends that one
+Limits (R-50): pre-auth connections per source and in total (and relayed),
+authenticated connections per peer and in total, outstanding requests,
+chunk buffers for the whole server (memory stays bounded however many peers
+pull) and per peer, upload rate per peer, stall, send and idle timeouts. Any error ends that one
 connection and is logged; nothing a peer does ends the server.
 """
 
@@ -59,6 +62,7 @@ from p2pckpt.manifest.chunker import Chunk, chunk_hash
 from p2pckpt.manifest.manifest import Manifest, validate_name, verify
 from p2pckpt.manifest.paths import safe_display
 from p2pckpt.store.staging import Staging
+from p2pckpt.transfer.admission import PreAuth, Ticket
 from p2pckpt.transfer.listen import open_listeners
 from p2pckpt.transfer.packpolicy import PackPolicy
 from p2pckpt.transfer.partials import Partials
@@ -77,9 +81,8 @@ from p2pckpt.wire.codec import (
 
 log = logging.getLogger("p2pckpt.serve")
 
-MAX_PREAUTH: Final = 64
-MAX_PREAUTH_PER_SOURCE: Final = 8
-MAX_HANDSHAKES: Final = 32
+BUSY: Final = b"\x00\x00"  # an empty handshake frame: "busy, retry shortly"
+BUSY_TIMEOUT: Final = 1.0  # a refusal is best effort
 MAX_CONNECTIONS: Final = 128
 MAX_CONNECTIONS_PER_PEER: Final = 16
 MAX_CHUNK_BUFFERS: Final = 16
@@ -298,8 +301,8 @@ class Server:
         self.sightings: Sightings | None = None  # who connected, how (status)
         self.partials: Partials | None = None  # versions being pulled here (swarm)
         self._partial_served: dict[bytes, _Served] = {}
-        self._handshakes = trio.CapacityLimiter(MAX_HANDSHAKES)
-        self._preauth: Counter[str] = Counter()
+        self._preauth = PreAuth()
+        self._shedding: dict[Ticket, trio.CancelScope] = {}
         self._peers: Counter[PeerId] = Counter()
         self._serving: Counter[bytes] = Counter()
         self._per_source = RateLimiter()
@@ -388,21 +391,27 @@ class Server:
             task_status.started(listeners)
             await trio.serve_listeners(self.handle, listeners)
 
-    def _admit(self, source: str) -> bool:
+    def _admit(self, source: str, relayed: bool) -> Ticket | None:
+        """A pre-auth ticket (shedding the oldest waiter of a full pool), or
+        None: over the source's rate or pre-auth cap (see ``admission``)."""
         now = trio.current_time()
-        if (
-            self._per_source.allow(source, now)
-            and self._preauth[source] < MAX_PREAUTH_PER_SOURCE
-            and sum(self._preauth.values()) < MAX_PREAUTH
-        ):
-            return True
-        if self._log_limit.allow(source, now):
+        ticket = victim = None
+        if relayed or self._per_source.allow(source, now):
+            ticket, victim = self._preauth.enter(None if relayed else source, now)
+        if victim is not None:
+            self._shedding[victim].cancel()
+            if self._log_limit.allow("shed", now):
+                log.warning(
+                    "pre-auth pool full: shedding the oldest waiting connection"
+                    " (logged at most once a minute)"
+                )
+        if ticket is None and self._log_limit.allow(source, now):
             log.warning(
                 "dropping connections from=%s (rate or pre-auth limit; logged at most"
                 " once a minute)",
                 source,
             )
-        return False
+        return ticket
 
     async def handle(self, transport: trio.abc.Stream, via: str | None = None) -> None:
         """One connection (accepted, or spliced by a relay: ``via``); never
@@ -415,10 +424,14 @@ class Server:
         addr = f"{host}:{port}"
         try:
             source = source_key(host)
-            if self._admit(source):
+            ticket = self._admit(source, relayed=via is not None)
+            if ticket is None:
+                with trio.move_on_after(BUSY_TIMEOUT):  # so the client retries later
+                    await transport.send_all(BUSY)
+            else:
                 direct = via is None and sock is not None and host != "?"
                 local = sock is not None and direct and _same_host(sock)
-                await self._handle(transport, source, addr, host if direct else None, local)
+                await self._handle(transport, ticket, addr, host if direct else None, local)
         except* P2pckptError as group:
             log.info('connection ended from=%s error="%s"', addr, first_leaf(group))
         except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
@@ -434,31 +447,32 @@ class Server:
     async def _handle(
         self,
         transport: trio.abc.Stream,
-        source: str,
+        ticket: Ticket,
         addr: str,
         peer_host: str | None,
         local: bool = False,
     ) -> None:
-        self._preauth[source] += 1
+        # One deadline from accept to an authenticated peer (slowloris, R-09);
+        # a newcomer to a full pool may shed us first (``admission``).
+        deadline = trio.CancelScope(deadline=trio.current_time() + HANDSHAKE_TIMEOUT)
+        self._shedding[ticket] = deadline
         try:
-            # One deadline from accept to an authenticated peer, including the
-            # wait for a handshake slot (slowloris, R-09).
-            with trio.move_on_after(HANDSHAKE_TIMEOUT) as deadline:
-                async with self._handshakes:
-                    secure = await open_secure(
-                        transport, self.home.key, initiator=False, receive_window=REQUEST_WINDOW
-                    )
+            with deadline:
+                secure = await open_secure(
+                    transport, self.home.key, initiator=False, receive_window=REQUEST_WINDOW
+                )
             if deadline.cancelled_caught:
-                raise HandshakeFailed("handshake timed out")
+                raise HandshakeFailed(
+                    "shed: the pre-auth pool was full" if ticket.shed else "handshake timed out"
+                )
         finally:
-            self._preauth[source] -= 1
-            if not self._preauth[source]:
-                del self._preauth[source]
+            self._preauth.leave(ticket)
+            del self._shedding[ticket]
         peer = secure.peer
         try:
             self.home.trust.require(peer)
         except TrustError as exc:
-            if self._log_limit.allow(source, trio.current_time()):
+            if self._log_limit.allow(ticket.source or "relay", trio.current_time()):
                 log.warning('refused connection peer=%s from=%s error="%s"', peer.short, addr, exc)
             reason = "we do not trust you (ask our owner to 'trust add' your ID)"
             await secure.send_all(encode(m.Error(m.UNAUTHORIZED, reason)))

@@ -21,6 +21,7 @@ PURE_MODULES = [
     "p2pckpt.discovery.txt",
     "p2pckpt.discovery.sightings",
     "p2pckpt.transfer.ratelimit",
+    "p2pckpt.transfer.admission",
     "p2pckpt.transfer.packpolicy",
     "p2pckpt.config",
     "p2pckpt.daemon.completion",
