@@ -57,6 +57,9 @@ MAX_CONNECTIONS_PER_SOURCE: Final = 128  # one NAT may hide a busy node and its 
 MAX_REGISTRATIONS: Final = 1024
 MAX_PENDING_TOKENS: Final = 256  # Connects waiting for the target's Accept
 MAX_PENDING_PER_NODE: Final = 32  # so one popular (or attacked) node cannot take them all
+# Connects (waiting or spliced) from one source to one node: a stranger who
+# knows a node's public ID cannot hold all of its relayed sessions.
+MAX_SESSIONS_PER_REQUESTER: Final = 8
 CONNECT_RATE: Final = 20.0  # new connections per second per source, after a burst
 CONNECT_BURST: Final = 32.0
 FIRST_FRAME_TIMEOUT: Final = 10.0  # slowloris: accept → first frame
@@ -159,6 +162,7 @@ class RelayServer:
         self._rate = RateLimiter(connect_rate, connect_burst)
         self._log_limit = RateLimiter(rate=1 / 60, burst=5)
         self._per_source: Counter[str] = Counter()
+        self._requests: Counter[tuple[str, bytes]] = Counter()  # (source, target): Connects
         self._nodes: dict[bytes, _Node] = {}
         self._pending: dict[bytes, _Pending] = {}
         self._sessions = 0
@@ -306,6 +310,24 @@ class RelayServer:
     async def _connect(self, conn: FrameStream, target: PeerId, source: str) -> None:
         """A client asks for ``target``: summon a data connection, then splice."""
         leftover = conn.leftover()
+        key = (source, target.key)
+        if self._requests[key] >= MAX_SESSIONS_PER_REQUESTER:
+            self._note(
+                source, logging.WARNING, "too many sessions from=%s to=%s", source, target.short
+            )
+            await _refuse(conn, "too many sessions from you to that peer")
+            return
+        self._requests[key] += 1
+        try:
+            await self._connect_counted(conn, target, source, leftover)
+        finally:
+            self._requests[key] -= 1
+            if not self._requests[key]:
+                del self._requests[key]
+
+    async def _connect_counted(
+        self, conn: FrameStream, target: PeerId, source: str, leftover: bytes
+    ) -> None:
         pending = _Pending(trio.current_time() + p.TOKEN_TTL)
         try:
             refusal = await self._summon(self._nodes.get(target.key), pending)

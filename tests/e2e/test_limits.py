@@ -160,3 +160,78 @@ def test_preauth_slowloris_from_many_addresses_does_not_lock_out_a_pull(
     assert doc["bytes_downloaded"] == 200_000
     assert took < HANDSHAKE_TIMEOUT
     assert server.alive()
+
+
+def test_a_stranger_cannot_cut_a_node_off_its_relay(pair: Pair, tmp_path: Path) -> None:
+    """Knowing only A's public ID, a stranger keeps idle relayed sessions to A
+    open (reopening each one closed); B's pull through the relay still
+    succeeds: the relay caps sessions per requester, and A counts relayed
+    sessions apart from each other and from direct ones (R-65)."""
+    import threading
+
+    from p2pckpt.identity.peer_id import PeerId
+    from p2pckpt.relay import protocol as p
+    from tests.e2e.nodes import start_server
+
+    relay = start_server(
+        pair.root / "R",
+        tmp_path / "relay.log",
+        extra=(),
+        command=("relay",),
+        banner=r"relay listening on [0-9.]+:(\d+)",
+    )
+    pair.servers.append(relay)
+    f = tmp_path / "m.bin"
+    f.write_bytes(os.urandom(300_000))
+    run(pair.a, "publish", str(f), "--name", "m")
+    server = start_server(pair.a, tmp_path / "a.log", extra=("--no-mdns", "--relay", relay.addr))
+    pair.servers.append(server)
+    (pair.b / "config.toml").write_text(
+        f'[discovery]\nmdns = false\n[relay]\naddr = "{relay.addr}"\n'
+    )
+    connect = p.encode(p.Connect(PeerId.parse(pair.a_id).key))
+    stop = threading.Event()
+    opened = [0]
+
+    def attack() -> None:
+        socks: list[socket.socket] = []
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            for s in list(socks):
+                if select.select([s], [], [], 0)[0]:
+                    try:
+                        if s.recv(65536):
+                            continue  # a Connected (or the node's handshake bytes): stay idle
+                    except OSError:
+                        pass
+                    socks.remove(s)
+                    s.close()
+            while len(socks) < 12:
+                s = socket.socket()
+                s.bind(("127.0.0.2", 0))
+                s.settimeout(5)
+                s.connect(("127.0.0.1", relay.port))
+                s.sendall(connect)
+                socks.append(s)
+                opened[0] += 1
+            stop.wait(0.05)
+        for s in socks:
+            s.close()
+
+    attacker = threading.Thread(target=attack)
+    attacker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while opened[0] < 12 and time.monotonic() < deadline:
+            stop.wait(0.01)
+        # The relay refusing the 9th means 8 idle sessions to A are up.
+        while "too many sessions from=127.0.0.2" not in relay.log.read_text():
+            assert time.monotonic() < deadline, relay.log.read_text()
+            stop.wait(0.01)
+        doc = run_json(pair.b, "pull", "m", "--from", pair.a_id, "-o", str(tmp_path / "got"))
+    finally:
+        stop.set()
+        attacker.join(30)
+    assert doc["bytes_downloaded"] == 300_000
+    assert {peer["route"] for peer in doc["peers"]} == {"relay"}
+    assert server.alive()

@@ -442,8 +442,11 @@ async def test_an_unanswered_token_expires(
             await s.aclose()
 
 
-async def test_one_node_cannot_take_every_pending_token(nursery: trio.Nursery) -> None:
+async def test_one_node_cannot_take_every_pending_token(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Connects waiting for one silent node are capped; the next gets "peer busy" at once."""
+    monkeypatch.setattr(relay_server, "MAX_SESSIONS_PER_REQUESTER", 1000)  # all from 127.0.0.1
     server = RelayServer(connect_burst=100)
     addr = await start_relay(nursery, server)
     node = NodeKey.generate()
@@ -475,3 +478,31 @@ async def test_tiny_pipes_fall_back_to_copying(
         stream = await dial(addr, node.peer_id)
         assert await exchange(stream, payload) == payload
         await stream.aclose()
+
+
+async def test_one_requester_cannot_hold_every_session_to_a_node(nursery: trio.Nursery) -> None:
+    """A stranger who knows a node's public ID gets at most
+    MAX_SESSIONS_PER_REQUESTER Connects to it (waiting or spliced); the next is
+    refused at once, and a requester from another address still gets through."""
+    server = RelayServer(connect_burst=100)
+    addr = await start_relay(nursery, server)
+    node = NodeKey.generate()
+    cap = relay_server.MAX_SESSIONS_PER_REQUESTER
+    with trio.fail_after(10):
+        control = await raw_register(addr, node)
+        await control.receive(p.Registered)
+        async with trio.open_nursery() as waiting:
+            for _ in range(cap):  # the node never answers: they all wait
+                waiting.start_soon(dial, addr, node.peer_id)
+            await wait_until(lambda: server.statistics().pending_tokens == cap)
+            with trio.fail_after(2), pytest.raises(PeerUnreachable, match="too many sessions"):
+                await dial(addr, node.peer_id)
+            other = trio.socket.socket()
+            await other.bind(("127.0.0.2", 0))
+            await other.connect(addr)
+            stream = trio.SocketStream(other)
+            await stream.send_all(p.encode(p.Connect(node.peer_id.key)))
+            await wait_until(lambda: server.statistics().pending_tokens == cap + 1)
+            await stream.aclose()
+            waiting.cancel_scope.cancel()
+        await control.aclose()
