@@ -7,15 +7,17 @@ failed handshake and nothing else. Only trusted peer IDs are ever dialled
 on discovery's say-so, which bounds the dials a LAN host can trigger (R-14).
 
     finder = Finder(home, config, browser)      # browser: None without mDNS
-    conn = await finder.connect(peer_id)        # direct routes, then the relay
+    conn = await finder.connect(peer_id)        # every direct route at once, then the relay
     conns = await finder.connect_all(targets)   # addresses / IDs, or every trusted peer
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("p2pckpt.discovery")
 
 MDNS_WAIT: Final = 2.5  # how long a lookup waits for a peer's announcement
+RELAY_DELAY: Final = 1.0  # direct routes get this head start over the relay (R-18)
 MAX_DIAL_AT_ONCE: Final = 16
 
 Target = Addr | PeerId
@@ -66,36 +69,70 @@ class Finder:
         self.sightings.saw(conn.peer, conn.route, conn.addr, inbound=False)
         return conn
 
-    async def direct_routes(self, peer: PeerId, wait: float = MDNS_WAIT) -> list[Addr]:
-        """Static addresses first, then what mDNS has heard (waiting briefly)."""
+    def _known_routes(self, peer: PeerId) -> list[Addr]:
+        """Static addresses, then what mDNS has heard so far (no waiting)."""
         routes = list(self.config.static_addrs(peer))
-        if self.browser is not None:
-            seen = self.browser.peers().get(peer)
-            if seen is None and not routes:
-                seen = await self.browser.wait_for(peer, wait)
-            if seen is not None:
-                routes += [a for a in seen.addrs if a not in routes]
+        seen = self.browser.peers().get(peer) if self.browser is not None else None
+        if seen is not None:
+            routes += [a for a in seen.addrs if a not in routes]
         return routes
 
     async def connect(self, peer: PeerId) -> PeerConnection:
-        """A verified connection to ``peer``: each direct route, then the relay."""
-        errors: list[str] = []
-        for addr in await self.direct_routes(peer):
-            try:
-                return self._made(await connect_direct(self.home, addr, expect=peer))
-            except P2pckptError as exc:
-                errors.append(str(exc))
-        if self.config.relay is not None:
-            try:
-                return self._made(await connect_relay(self.home, self.config.relay, peer))
-            except P2pckptError as exc:
-                errors.append(str(exc))
-        if not errors:
+        """A verified connection to ``peer``, happy-eyeballs style (R-67).
+
+        Every known direct address is dialled at once, and every address
+        mDNS reports while we dial (or within MDNS_WAIT) is dialled too, so a
+        spoofed address that accepts TCP and stays silent cannot hide the
+        real one. The relay joins after RELAY_DELAY, or once every direct
+        route failed, or at once if none is known and no mDNS can tell us one
+        (R-18). The first connection whose handshake proves ``peer`` wins;
+        the error names every route tried.
+        """
+        race = _Race()
+        relay = self.config.relay
+        relay_dialled = False
+        tried: set[Addr] = set()
+        started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            while race.won is None:
+                now = trio.current_time()
+                for addr in self._known_routes(peer):
+                    if addr not in tried:
+                        tried.add(addr)
+                        dial = partial(connect_direct, self.home, addr, expect=peer)
+                        race.start(nursery, f"{addr[0]}:{addr[1]}", dial, self._made)
+                listening = self.browser is not None and now < started + MDNS_WAIT
+                if (
+                    relay is not None
+                    and not relay_dialled
+                    and (
+                        now >= started + RELAY_DELAY
+                        or (tried and not race.dialling)
+                        or (not tried and not listening)
+                    )
+                ):
+                    relay_dialled = True
+                    dial = partial(connect_relay, self.home, relay, peer)
+                    race.start(nursery, f"relay {relay[0]}:{relay[1]}", dial, self._made)
+                if not race.dialling and not listening and (relay is None or relay_dialled):
+                    break
+                wake = math.inf
+                if relay is not None and not relay_dialled:
+                    wake = started + RELAY_DELAY
+                if listening:
+                    wake = min(wake, started + MDNS_WAIT)
+                with trio.move_on_at(wake):
+                    await race.changed(self.browser)
+            nursery.cancel_scope.cancel()
+        if race.won is not None:
+            return race.won
+        if not race.errors:
             raise PeerUnreachable(
                 f"no address known for {peer.short}: not seen on the LAN (mDNS), no static"
                 " [[peer]] entry and no relay configured"
             )
-        raise PeerUnreachable(f"cannot reach {peer.short}: " + "; ".join(errors))
+        tried_text = "; ".join(f"{route}: {why}" for route, why in race.errors.items())
+        raise PeerUnreachable(f"cannot reach {peer.short} (tried {len(race.errors)}): {tried_text}")
 
     async def connect_target(self, target: Target) -> PeerConnection:
         if isinstance(target, PeerId):
@@ -160,6 +197,59 @@ class Finder:
         order = {t: i for i, t in enumerate(targets)}
         conns.sort(key=lambda c: order.get(c.peer, len(order)))
         return conns
+
+
+class _Race:
+    """Dials to one peer racing each other: the first proven connection wins
+    (the others are closed as they finish), every failure is kept."""
+
+    def __init__(self) -> None:
+        self.won: PeerConnection | None = None
+        self.errors: dict[str, str] = {}
+        self.dialling = 0
+        self._progress = trio.Event()
+
+    def start(
+        self,
+        nursery: trio.Nursery,
+        label: str,
+        dial: Callable[[], Awaitable[PeerConnection]],
+        made: Callable[[PeerConnection], PeerConnection],
+    ) -> None:
+        self.dialling += 1
+        nursery.start_soon(self._attempt, label, dial, made)
+
+    async def _attempt(
+        self,
+        label: str,
+        dial: Callable[[], Awaitable[PeerConnection]],
+        made: Callable[[PeerConnection], PeerConnection],
+    ) -> None:
+        try:
+            conn = await dial()
+        except P2pckptError as exc:
+            self.errors[label] = str(exc)
+        else:
+            if self.won is None:
+                self.won = made(conn)
+            else:  # another route was first
+                await conn.aclose()
+        finally:
+            self.dialling -= 1
+            self._progress.set()
+            self._progress = trio.Event()
+
+    async def changed(self, browser: Browser | None) -> None:
+        """Wait until a dial ends or mDNS hears something new."""
+        async with trio.open_nursery() as nursery:
+
+            async def first(wait: Callable[[], Awaitable[None]]) -> None:
+                await wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(first, self._progress.wait)
+            if browser is not None:
+                nursery.start_soon(first, browser.changed)
 
 
 @asynccontextmanager
