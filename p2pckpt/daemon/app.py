@@ -29,13 +29,14 @@ from typing import Any
 import trio
 
 from p2pckpt.config import Config, parse_addr
+from p2pckpt.daemon.follow import Installs
 from p2pckpt.discovery.finder import Finder, open_finder
 from p2pckpt.discovery.sightings import Sightings
 from p2pckpt.errors import ConfigError, ManifestError, P2pckptError
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.transfer.partials import Partials
-from p2pckpt.transfer.pull import Progress, choose_source
+from p2pckpt.transfer.pull import Progress, PullResult, choose_source
 from p2pckpt.transfer.serve import Server
 from p2pckpt.transfer.throttle import Throttle
 from p2pckpt.wire import messages as m
@@ -202,7 +203,8 @@ async def run_daemon(
         report: Callable[[int, int], None],
     ) -> m.PushResult:
         """Pull what a pusher (checked for the push role) asks for, into the
-        follow directory of that name; report the verified result."""
+        follow directory of that name; report the verified result. Pushes of
+        a version already being pulled here join that pull (``installs``)."""
         from p2pckpt.daemon.follow import accept_of, install
         from p2pckpt.transfer.peer import connect_direct
 
@@ -210,7 +212,15 @@ async def run_daemon(
         if spec is None:
             return m.PushResult(False, f"this node does not follow {req.name}")
         log.info("push name=%s version=%d from=%s", req.name, req.version, peer.short)
+
+        async def joined() -> PullResult:
+            raise AssertionError("only called when nothing runs")  # pragma: no cover
+
         try:
+            if installs.busy(req.root):
+                log.info("push joins the pull under way name=%s version=%d", req.name, req.version)
+                result = await installs.run(req.root, joined)
+                return m.PushResult(True, f"verified {req.name}@{req.version}", result.bytes_total)
             if addr is not None:
                 conn = await connect_direct(home, addr, expect=peer)
                 state.sightings.saw(peer, conn.route, conn.addr, inbound=False)
@@ -229,15 +239,21 @@ async def run_daemon(
                 log.info(
                     "push hints skipped=%d (peers we do not trust)", len(req.peers) - len(hints)
                 )
-            result = await install(
-                home,
-                spec,
-                offer,
-                lambda name: _Reporting(state.progress(name), report),
-                serving=server.serving,
-                partials=partials,
-                throttles=throttles,
-                hints=[h for h in hints if h[0] != home.key.peer_id and h[0] != peer],
+            if installs.busy(req.root):  # another push got here while we connected
+                await offer.aclose()
+            result = await installs.run(
+                req.root,
+                partial(
+                    install,
+                    home,
+                    spec,
+                    offer,
+                    lambda name: _Reporting(state.progress(name), report),
+                    serving=server.serving,
+                    partials=partials,
+                    throttles=throttles,
+                    hints=[h for h in hints if h[0] != home.key.peer_id and h[0] != peer],
+                ),
             )
         except P2pckptError as exc:
             log.warning('push failed name=%s version=%d error="%s"', req.name, req.version, exc)
@@ -253,6 +269,7 @@ async def run_daemon(
     )
     server.sightings = state.sightings
     partials = server.partials = Partials()  # what we are pulling, we also serve
+    installs = Installs()  # one pull per version, whoever asks (pushes, follows)
     throttles = [Throttle(cfg.download)] if cfg.download > 0 else []
     host, port = parse_addr(cfg.listen, allow_zero=True)
     if cfg.metrics is not None:
@@ -300,6 +317,7 @@ async def run_daemon(
                         serving=server.serving,
                         partials=partials,
                         throttles=throttles,
+                        installs=installs,
                     ),
                     home,
                     finder,

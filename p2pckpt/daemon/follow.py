@@ -28,7 +28,8 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Final
 
@@ -36,7 +37,14 @@ import trio
 
 from p2pckpt.config import FollowSpec
 from p2pckpt.discovery.finder import Finder
-from p2pckpt.errors import ChunkCorrupt, Equivocation, Expired, P2pckptError, first_leaf
+from p2pckpt.errors import (
+    ChunkCorrupt,
+    Equivocation,
+    Expired,
+    P2pckptError,
+    TransferError,
+    first_leaf,
+)
 from p2pckpt.home import Home
 from p2pckpt.store.atomic import fsync_dir
 from p2pckpt.transfer.partials import Partials
@@ -77,6 +85,39 @@ def repoint(root: Path, version: int) -> None:
     os.symlink(str(version), tmp)
     os.replace(tmp, root / CURRENT)
     fsync_dir(root)
+
+
+class Installs:
+    """One pull per version in a daemon: a push or a follow check for a
+    version already being installed waits for that pull and shares its
+    result, instead of racing it for the same staging folder (issue 14.6)."""
+
+    def __init__(self) -> None:
+        self._running: dict[bytes, tuple[trio.Event, list[PullResult | BaseException]]] = {}
+
+    def busy(self, root: bytes) -> bool:
+        return root in self._running
+
+    async def run(self, root: bytes, pull: Callable[[], Awaitable[PullResult]]) -> PullResult:
+        """``pull()``, unless that version is being installed: then its result."""
+        running = self._running.get(root)
+        if running is not None:
+            done, outcome = running
+            await done.wait()
+            if isinstance(outcome[0], BaseException):
+                raise TransferError(f"the pull this joined failed: {outcome[0]}")
+            return outcome[0]
+        done, outcome = self._running[root] = (trio.Event(), [])
+        try:
+            result = await pull()
+            outcome.append(result)
+            return result
+        except BaseException as exc:
+            outcome.append(exc)
+            raise
+        finally:
+            del self._running[root]
+            done.set()
 
 
 def accept_of(spec: FollowSpec) -> Accept:
@@ -153,16 +194,19 @@ async def check_once(
     serving: Callable[[], set[bytes]] | None = None,
     partials: Partials | None = None,
     throttles: list[Throttle] | None = None,
+    installs: Installs | None = None,
 ) -> PullResult | None:
     """Pull the newest version of ``spec.name`` if it is newer than ``current``,
-    from every reachable peer that offers it."""
+    from every reachable peer that offers it (joining a push of that very
+    version already under way, with ``installs``)."""
     have = baseline(home, spec)
     conns = await finder.connect_all(None)
     offer = await choose_source(home, conns, spec.name, None, accept_of(spec))
     if have is not None and offer.manifest.version <= have:
         await offer.aclose()
         return None
-    return await install(
+    run = partial(
+        install,
         home,
         spec,
         offer,
@@ -171,6 +215,11 @@ async def check_once(
         partials=partials,
         throttles=throttles,
     )
+    if installs is None:
+        return await run()
+    if installs.busy(offer.manifest.root):
+        await offer.aclose()  # the running pull has its own sources
+    return await installs.run(offer.manifest.root, run)
 
 
 async def install(
@@ -254,6 +303,7 @@ async def follow(
     serving: Callable[[], set[bytes]] | None = None,
     partials: Partials | None = None,
     throttles: list[Throttle] | None = None,
+    installs: Installs | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Follow ``spec.name`` until cancelled."""
@@ -261,7 +311,7 @@ async def follow(
     wait = MDNS_POLL_SECONDS if finder.browser is not None else POLL_SECONDS
     while True:
         try:
-            await check_once(home, finder, spec, progress, serving, partials, throttles)
+            await check_once(home, finder, spec, progress, serving, partials, throttles, installs)
         except* ChunkCorrupt as group:
             log.error('follow failed name=%s error="%s"', spec.name, first_leaf(group))
             if on_corrupt is not None:

@@ -369,3 +369,45 @@ stable_seconds = 1.5
         assert (entry["name"], entry["version"], entry["bytes"]) == ("llama-ft", 1200, 8 << 20)
     finally:
         daemon.stop()
+
+
+def test_concurrent_pushes_of_one_version_share_one_pull(nodes, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Eight pushes of one version to one daemon at once: the daemon pulls it
+    once, every pusher is told it is verified (issue 14.6)."""
+    import subprocess
+    import sys
+
+    a, b, _a_id, _b_id, servers = nodes
+    (b / "d.toml").write_text(
+        f'[serve]\nlisten = "127.0.0.1:0"\n[discovery]\nmdns = false\n'
+        f'[[follow]]\nname = "llama-ft"\ndir = "{b / "models"}"\n'
+    )
+    db = _daemon(b, tmp_path / "b.log", b / "d.toml")
+    servers.append(db)
+    # A slow uplink on A, so that every push arrives while the first pull runs.
+    (a / "config.toml").write_text("[discovery]\nmdns = false\n[limits]\nupload = 4000000\n")
+    ck = make_checkpoint(tmp_path / "ck", {"model.safetensors": 8 << 20})
+    run(a, "publish", str(ck), "--name", "llama-ft", "--version", "7")
+    argv = [sys.executable, "-m", "p2pckpt", "--home", str(a), "push", "llama-ft@7"]
+    argv += ["--to", db.addr, "--listen", "127.0.0.1:0", "--json"]
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(8)
+    ]
+    outs = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            outs.append((proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=10)
+    assert [code for code, _, _ in outs] == [0] * 8, [err for _, _, err in outs]
+    for _, out, _ in outs:
+        assert json.loads(out)["targets"][db.addr]["ok"] is True
+    log = db.log.read_text()
+    assert log.count("pulling name=llama-ft version=7 ") == 1
+    assert "push joins the pull under way name=llama-ft version=7" in log
+    assert same_tree(ck, b / "models" / "llama-ft" / "current")
