@@ -11,6 +11,7 @@ keep``), so a watcher never publishes them again.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import msgpack
 
-from p2pckpt.errors import ManifestError, Rollback, StoreError
+from p2pckpt.errors import ManifestError, NoSpace, Rollback, StoreError
 from p2pckpt.hfcache import real_path, source_path
 from p2pckpt.manifest.chunker import Chunk
 from p2pckpt.manifest.manifest import Manifest, verify
@@ -122,6 +123,21 @@ class Entry:
         return verify(self.envelope)
 
 
+def _no_room(exc: sqlite3.Error, path: Path) -> bool:
+    """SQLITE_FULL, or an I/O error (SQLite hides the errno) on a filesystem
+    with no free byte or inode left."""
+    code = getattr(exc, "sqlite_errorcode", 0)
+    if code == sqlite3.SQLITE_FULL:
+        return True
+    if code & 0xFF != sqlite3.SQLITE_IOERR:
+        return False
+    try:
+        fs = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return fs.f_bavail == 0 or fs.f_favail == 0
+
+
 class Catalog:
     """Thin typed access to the catalog database."""
 
@@ -143,6 +159,11 @@ class Catalog:
                         )
                     self._db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         except sqlite3.Error as exc:
+            if _no_room(exc, path):  # exit 10, as for any full disk (R-47)
+                raise NoSpace(
+                    f"cannot open catalog {path}: {exc}, its filesystem is full: free some"
+                    " space and run the same command again"
+                ) from exc
             raise StoreError(f"cannot open catalog {path}: {exc}") from exc
 
     def close(self) -> None:

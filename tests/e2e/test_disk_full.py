@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from p2pckpt.store.staging import staging_path
 from tests.e2e.nodes import CLI, Pair, make_checkpoint, run, run_json, same_tree
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
@@ -107,3 +108,80 @@ def test_enospc_mid_pull_keeps_a_resumable_partial(
     assert same_tree(ckpt, dest)
     assert doc["bytes_reused"] > 0
     assert doc["bytes_reused"] + doc["bytes_downloaded"] == doc["bytes_total"]
+
+
+@pytest.fixture
+def few_inodes(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs with bytes to spare but only 64 inodes, unmounted at teardown."""
+    mnt = tmp_path / "inodes"
+    mnt.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=96m,nr_inodes=64", "tmpfs", str(mnt)], check=True
+    )
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _take_every_inode(folder: Path) -> list[Path]:
+    """Create empty files until the filesystem has no inode left (bounded)."""
+    made = []
+    for i in range(10_000):
+        try:
+            (folder / f"{i:05}").touch()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+            return made
+        made.append(folder / f"{i:05}")
+    raise AssertionError("the filesystem never ran out of inodes")
+
+
+def test_inode_exhaustion_exits_10_and_the_pull_resumes(
+    pair: Pair, tmp_path: Path, few_inodes: Path
+) -> None:
+    """ENOSPC from mkdir/open with bytes to spare (no inode left) is disk full
+    too: exit 10 with one line saying so, never exit 1, whether the staging
+    directory itself or one of its files cannot be created; once inodes are
+    free the same pull completes from the partial copy it left."""
+    shards = {f"model-{i:05}.bin": 1 << 20 for i in range(4)}
+    ckpt = make_checkpoint(tmp_path / "ck", {**shards, "config.json": 300})
+    run(pair.a, "publish", str(ckpt), "--name", "many")
+    server = pair.serve_a()
+    dest = few_inodes / "many"
+    fill = few_inodes / "fill"
+    fill.mkdir()
+    fillers = _take_every_inode(fill)
+    args = ("pull", "many", "--from", server.addr, "-o", str(dest))
+    proc = run(pair.b, *args, check=False)  # not even the staging directory fits
+    assert proc.returncode == 10, proc.stderr
+    assert "no free inodes" in proc.stderr and "run the same pull again" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert not dest.exists() and not staging_path(dest).exists()
+    for path in fillers[:6]:  # the directory, its lock, data/, manifest, 2 of 5 files
+        path.unlink()
+    proc = run(pair.b, *args, check=False)
+    assert proc.returncode == 10, proc.stderr
+    assert "no free inodes" in proc.stderr and "Traceback" not in proc.stderr
+    assert staging_path(dest).is_dir() and not dest.exists()
+    for path in fillers[6:]:
+        path.unlink()
+    doc = run_json(pair.b, *args)
+    assert same_tree(ckpt, dest) and doc["bytes_total"] == sum(shards.values()) + 300
+    assert not staging_path(dest).exists()
+
+
+def test_a_full_home_exits_10_not_1(tmp_path: Path, small_fs: Path) -> None:
+    """A node home (its catalog) on a full filesystem: the command fails with
+    exit 10 and one line saying the filesystem is full, as a full DEST does."""
+    home = small_fs / "home"
+    run(home, "init")
+    (home / "config.toml").write_text("[discovery]\nmdns = false\n")
+    ckpt = make_checkpoint(tmp_path / "ck", {"model.bin": 300_000})
+    _fill(small_fs / "filler")
+    proc = run(home, "publish", str(ckpt / "model.bin"), "--name", "m", check=False)
+    assert proc.returncode == 10, proc.stderr
+    assert "filesystem is full" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    (small_fs / "filler").unlink()
+    run(home, "publish", str(ckpt / "model.bin"), "--name", "m")

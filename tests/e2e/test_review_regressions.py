@@ -85,8 +85,8 @@ def test_idle_connections_cannot_lock_out_peers(pair: Pair, tmp_path: Path) -> N
         dropped = 0
         for s in idle:
             s.settimeout(0.2)
-            with contextlib.suppress(TimeoutError):
-                dropped += s.recv(1) == b""
+            with contextlib.suppress(TimeoutError):  # refused: told "busy", or just closed
+                dropped += s.recv(16) in (b"", b"\x00", b"\x00\x00")
         assert dropped >= 30 - 8  # at most 8 pre-auth connections per source
         started = time.monotonic()
         doc = run_json(pair.b, "pull", "m", "--from", server.addr, "-o", str(tmp_path / "o"))

@@ -518,7 +518,8 @@ async def test_untrusted_publisher_is_refused(pair: Pair, evil: EvilSeeder, tmp_
     stranger = new_key(tmp_path / "Q")
     before = tree(tmp_path, pair.b)
     expected = {
-        puller_only: f"{puller_only.peer_id.short} is trusted here, but not with the 'publish' role",
+        puller_only: f"{puller_only.peer_id.short} is trusted here, but not with the"
+        " 'publish' role",
         stranger: "not a publisher we trust",
     }
     for key in (puller_only, stranger):

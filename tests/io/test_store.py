@@ -154,25 +154,30 @@ def test_one_writer_per_staging_set(tmp_path: Path) -> None:
 
 
 def test_staging_refuses_a_symlinked_tree(tmp_path: Path) -> None:
-    """A symlink planted inside the partial tree is not followed (O_NOFOLLOW)."""
+    """A symlink planted inside the partial tree is never followed (O_NOFOLLOW):
+    planted while a pull runs, the write fails; found on resume, the partial
+    copy starts over inside itself instead of failing every run."""
     files = {"d/m.bin": os.urandom(1000), "e.bin": b"e"}
     manifest, env = _manifest("t", 1, files)
     dest = tmp_path / "out"
     st = Staging(dest, manifest, env)
     st.open()
-    st.close()
     data = staging_path(dest) / "data"
     outside = tmp_path / "outside"
     outside.mkdir()
     (data / "d" / "m.bin").unlink()
     (data / "d").rmdir()
     (data / "d").symlink_to(outside)
-    again = Staging(dest, manifest, env)
     with pytest.raises(OSError):
-        again.open()
-        again.write_chunk(0, files["d/m.bin"])
-    again.close()
+        st.write_chunk(0, files["d/m.bin"])
+    st.close()
+    again = Staging(dest, manifest, env)
+    assert again.open() == set()
+    assert not (data / "d").is_symlink()
+    _fill(again, files)
+    again.commit()
     assert list(outside.iterdir()) == []
+    assert (dest / "d" / "m.bin").read_bytes() == files["d/m.bin"]
 
 
 def test_forget_location_drops_only_pulled_rows_under_it(tmp_path: Path) -> None:
