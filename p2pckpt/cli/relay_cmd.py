@@ -14,7 +14,13 @@ from p2pckpt.errors import ConfigError
 @command()
 @click.option("--listen", default="0.0.0.0:7451", show_default=True, metavar="HOST:PORT")
 @click.option("--bandwidth", type=int, default=None, help="per-session cap, bytes/s")
-def relay(listen: str, bandwidth: int | None) -> None:
+@click.option(
+    "--session-bytes",
+    type=int,
+    default=None,
+    help="per-session cap on bytes relayed; a pull reconnects over a new session",
+)
+def relay(listen: str, bandwidth: int | None, session_bytes: int | None) -> None:
     """Relay end-to-end encrypted sessions to nodes that cannot be dialled directly.
 
     The relay needs no home or key: it only pipes ciphertext between nodes
@@ -30,10 +36,12 @@ def relay(listen: str, bandwidth: int | None) -> None:
     host, port = parse_addr(listen, allow_zero=True)
     if bandwidth is not None and bandwidth < 1:
         raise ConfigError("--bandwidth must be a positive number of bytes per second")
+    if session_bytes is not None and session_bytes < 1:
+        raise ConfigError("--session-bytes must be a positive number of bytes")
     logging.getLogger("p2pckpt").setLevel(min(logging.getLogger().level, logging.INFO))
 
     async def run() -> None:
-        server = RelayServer(bandwidth=bandwidth)
+        server = RelayServer(bandwidth=bandwidth, session_bytes=session_bytes)
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(server.serve, host, port)
             for lst in listeners:

@@ -20,6 +20,7 @@ from typing import Final
 import trio
 
 from p2pckpt.errors import (
+    ChannelClosed,
     ChunkCorrupt,
     NotFound,
     P2pckptError,
@@ -77,6 +78,32 @@ class Source:
 
 
 Joiner = Callable[[], Awaitable[Source | None]]  # dials a source that joins mid-pull
+REDIALS: Final = 3  # redials of a broken connection in a row with no chunk in between
+REDIAL_BACKOFF: Final = 0.25
+
+
+def _redialable(lost: BaseException) -> bool:
+    """A broken transport is worth dialling again; a refusal, a protocol
+    violation, a stall or a bad chunk is not."""
+    if isinstance(lost, ChannelClosed | trio.BrokenResourceError | trio.ClosedResourceError):
+        return True
+    return isinstance(lost, OSError)
+
+
+def _corrupt_everywhere(corrupt: list[Source]) -> ChunkCorrupt:
+    """Every source was banned for a bad chunk (most often the same chunk,
+    bad at its origin): an integrity failure naming the chunks and peers."""
+    first = min(s.error.index for s in corrupt if isinstance(s.error, ChunkCorrupt))
+    who = ", ".join(
+        f"{s.peer.short} (chunk {s.error.index})"
+        for s in corrupt
+        if isinstance(s.error, ChunkCorrupt)
+    )
+    return ChunkCorrupt(
+        first,
+        f"hash mismatch from every source: {who}; each was dropped and nothing"
+        " unverified was written (the chunks verified so far are kept for the next run)",
+    )
 
 
 class Swarm:
@@ -151,6 +178,9 @@ class Swarm:
         if not alive:
             if len(self.sources) == 1 and self.sources[0].error is not None:
                 raise self.sources[0].error  # the one source's own error (and exit code)
+            corrupt = [s for s in self.sources if isinstance(s.error, ChunkCorrupt)]
+            if corrupt and all(s.bad for s in self.sources):
+                raise _corrupt_everywhere(corrupt)  # integrity (exit 9), not "the network"
             raise TransferError(
                 "every source failed: "
                 + "; ".join(f"{s.peer.short}: {s.problem}" for s in self.sources)
@@ -180,8 +210,46 @@ class Swarm:
         self._poke()
 
     async def _connection(self, src: Source, conn: PeerConnection) -> None:
-        """Run one connection; its failure loses only this connection (and the
-        source, if it was the last)."""
+        """Run one connection; a connection that breaks (a relay session at
+        its byte or time cap, a reset) is dialled again the same way, up to
+        REDIALS times in a row without a chunk delivered in between; a
+        failure loses only this connection (and the source, if it was the
+        last). A peer that refuses us, or sends garbage, is not redialled."""
+        failures = 0
+        while True:
+            before = src.chunks
+            lost = await self._run_connection(src, conn)
+            if lost is None:
+                return
+            failures = 0 if src.chunks > before else failures + 1
+            again = None
+            if _redialable(lost) and failures <= REDIALS and not self.sched.complete:
+                again = await self._redial(src, conn, failures)
+            if again is None:
+                src.conns.remove(conn)
+                if not src.conns:
+                    self._drop(src, lost)
+                self._poke()
+                return
+            src.conns[src.conns.index(conn)] = again
+            conn = again
+
+    async def _redial(
+        self, src: Source, conn: PeerConnection, failures: int
+    ) -> PeerConnection | None:
+        """A new connection to ``src`` made the way ``conn`` was, or None."""
+        await trio.sleep(REDIAL_BACKOFF * 2 ** max(0, failures - 1))
+        try:
+            again = await conn.redial()
+        except NETWORK_ERRORS as exc:
+            log.info('redial failed peer=%s error="%s"', src.peer.short, exc)
+            return None
+        log.info("redialled peer=%s route=%s", src.peer.short, again.route)
+        return again
+
+    async def _run_connection(self, src: Source, conn: PeerConnection) -> BaseException | None:
+        """Converse over ``conn`` until it ends; the error that broke it, if any
+        (its requests in flight go back to the scheduler)."""
         scope = trio.CancelScope()
         src.scopes.append(scope)
         inflight: dict[int, int] = {}  # req_id -> chunk index: asked, not yet written
@@ -192,14 +260,13 @@ class Swarm:
         except* NETWORK_ERRORS as group:
             lost = first_leaf(group)
         finally:
+            src.scopes.remove(scope)
             await conn.aclose()
         if lost is not None:
             for index in inflight.values():
                 self.sched.failed(index, src.peer)
-            src.conns.remove(conn)
-            if not src.conns:
-                self._drop(src, lost)
             self._poke()
+        return lost
 
     def _unpack_write(self, index: int, codec: int, packed: bytearray, out: bytearray) -> None:
         """Unpack a packed chunk into ``out``, then verify and write it (worker thread)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import socket
@@ -235,3 +236,34 @@ def test_a_stranger_cannot_cut_a_node_off_its_relay(pair: Pair, tmp_path: Path) 
     assert doc["bytes_downloaded"] == 300_000
     assert {peer["route"] for peer in doc["peers"]} == {"relay"}
     assert server.alive()
+
+
+def test_a_pull_outlives_relay_session_caps(pair: Pair, tmp_path: Path) -> None:
+    """A relay that ends every session after 6 MiB does not end the pull: each
+    broken connection is dialled again through a new session, and the pull
+    completes with every byte verified (issue 14.7)."""
+    from tests.e2e.nodes import start_server
+
+    relay = start_server(
+        pair.root / "R",
+        tmp_path / "relay.log",
+        extra=("--session-bytes", str(6 << 20)),
+        command=("relay",),
+        banner=r"relay listening on [0-9.]+:(\d+)",
+    )
+    pair.servers.append(relay)
+    f = tmp_path / "m.bin"
+    f.write_bytes(os.urandom(20 << 20))
+    run(pair.a, "publish", str(f), "--name", "m")
+    server = start_server(pair.a, tmp_path / "a.log", extra=("--no-mdns", "--relay", relay.addr))
+    pair.servers.append(server)
+    (pair.b / "config.toml").write_text(
+        f'[discovery]\nmdns = false\n[relay]\naddr = "{relay.addr}"\n'
+    )
+    got = tmp_path / "got"
+    proc = run(pair.b, "-v", "pull", "m", "--from", pair.a_id, "-o", str(got), "--json")
+    doc = json.loads(proc.stdout)
+    assert doc["bytes_downloaded"] == 20 << 20
+    assert got.read_bytes() == f.read_bytes()
+    assert proc.stderr.count("redialled peer=") >= 2  # 20 MiB over 6 MiB sessions
+    assert "session reached byte cap" in relay.log.read_text()
