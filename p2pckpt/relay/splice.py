@@ -15,6 +15,8 @@ from typing import Final
 
 import trio
 
+from p2pckpt.net.pace import DebtClock
+
 # A 1 MiB splice pipe halves the relay's CPU per byte against the 64 KiB default
 # (fewer syscalls and wakeups; 4 MiB measured no better). Past the per-user pipe
 # quota (fs.pipe-user-pages-soft; root is exempt) the kernel hands out tiny
@@ -37,7 +39,7 @@ class Budget:
     def __init__(self, rate: int | None, cap: int | None) -> None:
         self._rate = rate
         self._cap = cap
-        self._paid_until = 0.0
+        self._clock = DebtClock(rate, BURST_SECONDS) if rate is not None else None
         self.moved = 0
 
     def allowance(self, want: int) -> int:
@@ -51,11 +53,10 @@ class Budget:
 
     async def spend(self, n: int) -> None:
         self.moved += n
-        if self._rate is not None:
-            now = trio.current_time()
-            self._paid_until = max(self._paid_until, now) + n / self._rate
-            if self._paid_until - now > BURST_SECONDS:
-                await trio.sleep_until(self._paid_until - BURST_SECONDS)
+        if self._clock is not None:
+            until = self._clock.charge(n, trio.current_time())
+            if until is not None:
+                await trio.sleep_until(until)
 
 
 async def move_splice(

@@ -22,6 +22,7 @@ PURE_MODULES = [
     "p2pckpt.discovery.sightings",
     "p2pckpt.transfer.ratelimit",
     "p2pckpt.transfer.admission",
+    "p2pckpt.net.pace",
     "p2pckpt.transfer.packpolicy",
     "p2pckpt.config",
     "p2pckpt.daemon.completion",

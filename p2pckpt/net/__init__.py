@@ -1,0 +1,1 @@
+"""Leaf helpers for network code: pacing and rate limits (no imports from the rest)."""
