@@ -69,7 +69,7 @@ def parse_addr(text: str, allow_zero: bool = False) -> Addr:
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
     low = 0 if allow_zero else 1
-    if not sep or not host or not port.isdigit():
+    if not sep or not host or not (port.isascii() and port.isdigit() and len(port) <= 5):
         raise ConfigError(f"bad address {text!r}: use HOST:PORT")
     if not low <= int(port) < 65536:
         raise ConfigError(f"bad address {text!r}: the port must be {low}..65535")
@@ -325,7 +325,7 @@ def load(home: Path, path: Path | None = None) -> Config:
         raise ConfigError(f"cannot read {target}: {exc.strerror}") from None
     try:
         doc = tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:  # deep nesting
         raise ConfigError(f"{target}: {exc}") from None
     try:
         return parse(doc)

@@ -370,7 +370,11 @@ class MessageReader:
         self._filled += size
         if self._filled == len(self._body):
             body, self._body = self._body, None
-            self._ready.append(self._complete(body))
+            try:
+                self._ready.append(self._complete(body))
+            except RemoteProtocolError:
+                self._failed = True  # poisoned, as by absorb
+                raise
 
     def drain(self) -> list[Message]:
         """Messages completed through ``direct``/``advanced`` or ``feed``."""
