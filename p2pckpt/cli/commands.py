@@ -305,15 +305,18 @@ def _wait_replicas(home: Any, cfg: Any, manifest: Any, wanted: int, timeout: flo
 
     from p2pckpt.replicas import wait_for_replicas
 
-    held = [0]
+    reported: list[str] = []
 
     def on_change(report: Any) -> None:
-        if len(report.holding) != held[0]:
-            held[0] = len(report.holding)
-            newest = report.label(report.holding[-1])
-            click.echo(
-                f"replica {held[0]}/{wanted}: {newest} holds it ({report.seconds:.1f}s)", err=True
-            )
+        # One line per peer: two peers can become holders in the same round.
+        for peer in report.holding:
+            if peer not in reported:
+                reported.append(peer)
+                click.echo(
+                    f"replica {len(reported)}/{wanted}: {report.label(peer)} holds it"
+                    f" ({report.seconds:.1f}s)",
+                    err=True,
+                )
 
     click.echo(
         f"waiting up to {timeout:.0f}s for {wanted} trusted peer(s) to hold"
