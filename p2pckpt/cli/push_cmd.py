@@ -103,8 +103,8 @@ def push(
             bandwidth=cfg.bandwidth,
             compress=cfg.compress != "off",
             per_peer=cfg.upload_per_peer,
+            on_served=served.append,
         )
-        server.on_served = served.append
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(server.serve, host, port)
             bound = listeners[0].socket.getsockname()[1]

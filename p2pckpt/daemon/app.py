@@ -260,24 +260,31 @@ async def run_daemon(
             return m.PushResult(False, str(exc))
         return m.PushResult(True, f"verified {req.name}@{req.version}", result.bytes_total)
 
+    def connected(peer: PeerId, route: str, addr: str) -> None:
+        state.sightings.saw(peer, route, addr, inbound=True)
+
+    metrics = None
+    if cfg.metrics is not None:
+        from p2pckpt.daemon.metrics import Metrics
+
+        metrics = Metrics(lambda: server.connected_peers, state.active)
+    partials = Partials()  # what we are pulling, we also serve
     server = Server(
         home,
         on_push=on_push,
         bandwidth=cfg.bandwidth,
         compress=cfg.compress != "off",
         per_peer=cfg.upload_per_peer,
+        partials=partials,
+        on_connect=connected,
+        on_served=metrics.bytes_served.inc if metrics is not None else None,
+        on_packed=metrics.packed if metrics is not None else None,
     )
-    server.sightings = state.sightings
-    partials = server.partials = Partials()  # what we are pulling, we also serve
     installs = Installs()  # one pull per version, whoever asks (pushes, follows)
     throttles = [Throttle(cfg.download)] if cfg.download > 0 else []
     host, port = parse_addr(cfg.listen, allow_zero=True)
-    if cfg.metrics is not None:
-        from p2pckpt.daemon.metrics import Metrics
-
-        metrics = Metrics(lambda: server.connected_peers, state.active)
-        server.on_served = metrics.bytes_served.inc
-        server.on_packed = metrics.packed
+    if metrics is not None:
+        assert cfg.metrics is not None
         state.on_pulled = metrics.bytes_pulled.inc
         state.on_corrupt = metrics.chunks_failed.inc
         try:

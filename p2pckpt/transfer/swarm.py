@@ -1,9 +1,12 @@
 """The trio side of a swarm pull: connections to every source, driven by the
 pure ``Scheduler`` (see ``pull.py`` for the whole story).
 
-One task per connection keeps its pipeline full and receives; one writer
-task per connection hashes and writes in a worker thread and only then
-reports the chunk done, so "done" always means verified and journaled.
+One task per connection pumps that connection's pure ``RequestBook``
+(``requests.py``: request ids, the pipeline, cancels, Have polling, checks
+on every answer): it sends what the book says, receives, and does what the
+book makes of each message. One writer task per connection hashes and
+writes in a worker thread and only then reports the chunk done, so "done"
+always means verified and journaled.
 Requests offer the codecs this node can unpack; a packed chunk is unpacked
 in the writer's worker thread too, into a buffer of exactly the chunk's
 length, then verified like a raw one.
@@ -31,16 +34,15 @@ from p2pckpt.errors import (
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.store.staging import Staging
 from p2pckpt.transfer.peer import PeerConnection, remote_error
-from p2pckpt.transfer.schedule import Scheduler, bitfield_to_int
+from p2pckpt.transfer.requests import HAVE_POLL, PIPELINE, Ignored, Refused, RequestBook, Write
+from p2pckpt.transfer.schedule import Scheduler
 from p2pckpt.transfer.throttle import Throttle
 from p2pckpt.wire import messages as m
 from p2pckpt.wire import packing
 
 log = logging.getLogger("p2pckpt.pull")
 
-PIPELINE: Final = 6  # requests in flight per connection
 WRITE_QUEUE: Final = 3
-HAVE_POLL: Final = 0.5
 STALL_TIMEOUT: Final = 120.0
 # What a peer or the network can do to one connection.
 NETWORK_ERRORS = (P2pckptError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -252,168 +254,119 @@ class Swarm:
         (its requests in flight go back to the scheduler)."""
         scope = trio.CancelScope()
         src.scopes.append(scope)
-        inflight: dict[int, int] = {}  # req_id -> chunk index: asked, not yet written
+        book = RequestBook(
+            self.sched,
+            src,
+            self.root,
+            conn.label,
+            accept=self.accept,
+            max_window=PIPELINE * max(1, self.streams),
+        )
         lost: BaseException | None = None
         try:
             with scope:
-                await self._converse(src, conn, inflight)
+                await self._converse(src, conn, book)
         except* NETWORK_ERRORS as group:
             lost = first_leaf(group)
         finally:
             src.scopes.remove(scope)
             await conn.aclose()
         if lost is not None:
-            for index in inflight.values():
-                self.sched.failed(index, src.peer)
+            book.lost()
             self._poke()
         return lost
 
-    def _unpack_write(self, index: int, codec: int, packed: bytearray, out: bytearray) -> None:
-        """Unpack a packed chunk into ``out``, then verify and write it (worker thread)."""
-        packing.unpack(codec, packed, out)
-        self.staging.write_chunk(index, out)
-
-    async def _converse(self, src: Source, conn: PeerConnection, inflight: dict[int, int]) -> None:
-        # (req_id, chunk bytes or packed bytes, codec: 0 for raw)
-        write_send, write_recv = trio.open_memory_channel[tuple[int, bytearray, int]](WRITE_QUEUE)
-        cancelled: set[int] = set()
-        received: set[int] = set()  # req_ids whose data is with the writer
-        next_id = 0
-        have_pending = False
-        last_have = -math.inf
-
-        async def writer() -> None:
-            async for req_id, data, codec in write_recv:
-                index = inflight[req_id]
-                try:
-                    # Two sources' copies of one chunk (endgame) can both reach a
-                    # writer before either is written: only the first is written
-                    # and counted.
-                    if self.sched.missing >> index & 1 and index not in self._writing:
-                        size = self.sizes[index]
-                        self._writing.add(index)
-                        try:
-                            if codec:
-                                out = conn.buffers.get(size)
-                                try:
-                                    await trio.to_thread.run_sync(
-                                        self._unpack_write, index, codec, data, out
-                                    )
-                                finally:
-                                    conn.buffers.put(out)
-                            else:
-                                await trio.to_thread.run_sync(self.staging.write_chunk, index, data)
-                        finally:
-                            self._writing.discard(index)
-                        self.sched.done(index, src.peer, trio.current_time())
-                        src.bytes += size
-                        src.wire += len(data)
-                        src.chunks += 1
-                        self._last_progress = trio.current_time()
-                        self.on_chunk(size)
-                        self._poke()
-                except (ChunkCorrupt, RemoteProtocolError) as exc:  # never written: out it goes
-                    self._drop(src, exc, bad=True)
-                    return
-                except Exception as exc:  # our disk, not the peer: the whole pull stops
-                    self._fatal = exc
-                    self._scope.cancel()
-                    return
-                finally:
-                    if not codec:  # packed bodies have odd sizes: not worth pooling
-                        conn.buffers.put(data)
-                    received.discard(req_id)
-                    del inflight[req_id]
-
+    async def _converse(self, src: Source, conn: PeerConnection, book: RequestBook) -> None:
+        """Pump ``book``: send what it says, receive, do what it says, until
+        the pull is complete (or the connection fails: raises)."""
+        write_send, write_recv = trio.open_memory_channel[Write](WRITE_QUEUE)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(writer)
+            nursery.start_soon(self._writer, src, conn, book, write_recv)
             async with write_send:
                 while True:
-                    now = trio.current_time()
-                    # Someone else delivered a chunk we asked for: cancel ours.
-                    delivered = [
-                        r
-                        for r, i in inflight.items()
-                        if r not in received and not self.sched.missing >> i & 1
-                    ]
-                    for req_id in delivered:
-                        del inflight[req_id]
-                        cancelled.add(req_id)
-                        await conn.send(m.Cancel(req_id))
-                    polls = src.conns[0] is conn  # one connection per source asks for Have
-                    due = now - last_have >= HAVE_POLL
-                    if polls and due and not (have_pending or src.complete):
-                        await conn.send(m.HaveRequest(self.root))
-                        have_pending = True
-                    while len(inflight) - len(received) < PIPELINE:
-                        index = self.sched.pick(src.peer, now)
-                        if index is None:
-                            break
-                        req_id, next_id = next_id, (next_id + 1) & 0xFFFFFFFF
-                        inflight[req_id] = index
-                        await conn.send(m.ChunkRequest(req_id, self.root, index, self.accept))
-                    if len(inflight) == len(received) and not have_pending:
+                    book.polling = src.conns[0] is conn  # one connection per source asks for Have
+                    for msg in book.to_send(trio.current_time()):
+                        await conn.send(msg)
+                    if book.idle():
                         if self.sched.complete:
                             return
                         # Wake on progress anywhere, or when the next Have is due.
-                        wake = last_have + HAVE_POLL if polls and not src.complete else math.inf
-                        with trio.move_on_at(wake):
+                        due = book.next_deadline()
+                        with trio.move_on_at(math.inf if due is None else due):
                             await self._changed.wait()
                         continue
                     msg = await conn.receive()
-                    if isinstance(msg, m.ChunkData | m.ChunkPacked):
-                        assert isinstance(msg.data, bytearray)
-                        codec = msg.codec if isinstance(msg, m.ChunkPacked) else 0
-                        if msg.req_id not in inflight or msg.req_id in received:
-                            if not codec:
-                                conn.buffers.put(msg.data)
-                            if msg.req_id in cancelled:
-                                cancelled.discard(msg.req_id)
-                                continue
-                            raise RemoteProtocolError(
-                                f"{conn.label} sent an unrequested response (chunk)"
-                            )
-                        if codec and not (
-                            self.accept >> codec & 1
-                            and len(msg.data) < self.sizes[inflight[msg.req_id]]
-                        ):
-                            raise RemoteProtocolError(
-                                f"{conn.label} packed a chunk with codec {codec}, which we did"
-                                " not offer, or into no fewer bytes than the chunk"
-                            )
+                    action = book.on_message(msg, trio.current_time())
+                    if isinstance(action, Write):
                         for throttle in self.throttles:
-                            await throttle.take(len(msg.data))
-                        received.add(msg.req_id)
-                        await write_send.send((msg.req_id, msg.data, codec))
-                    elif isinstance(msg, m.Have) and have_pending and msg.root == self.root:
-                        have_pending, last_have = False, trio.current_time()
-                        src.complete = msg.complete
-                        bits = None if msg.complete else bitfield_to_int(msg.bits, len(self.sizes))
-                        if not src.known:
-                            src.known = True
-                            self.sched.add_peer(
-                                src.peer, bits, max_window=PIPELINE * max(1, self.streams)
-                            )
-                        elif bits is None:
-                            self.sched.update_have(src.peer, (1 << len(self.sizes)) - 1)
-                        else:
-                            self.sched.update_have(src.peer, bits)
-                        fetching = bitfield_to_int(msg.fetching, len(self.sizes))
-                        self.sched.update_soon(src.peer, 0 if msg.complete else fetching)
+                            await throttle.take(len(action.data))
+                        await write_send.send(action)
+                    elif isinstance(action, Refused):
+                        raise remote_error(action.error, conn.label)  # in flight: lost
+                    elif isinstance(action, Ignored):
+                        if isinstance(msg, m.ChunkData) and isinstance(msg.data, bytearray):
+                            conn.buffers.put(msg.data)  # packed bodies are not pooled
+                    else:  # HaveApplied, NotHere: other connections may have work
                         self._poke()
-                    elif isinstance(msg, m.Error) and msg.req_id is not None:
-                        if msg.req_id not in inflight or msg.req_id in received:
-                            if msg.req_id in cancelled:
-                                cancelled.discard(msg.req_id)
-                                continue
-                            raise RemoteProtocolError(
-                                f"{conn.label} sent an unrequested response (error)"
-                            )
-                        if msg.code != m.NOT_FOUND:
-                            raise remote_error(msg, conn.label)  # inflight: failed on the way out
-                        index = inflight.pop(msg.req_id)
-                        self.sched.lacks(src.peer, index)
-                        self.sched.failed(index, src.peer)
-                        self._poke()
-                    else:
-                        raise RemoteProtocolError(f"peer {conn.label} sent an unexpected message")
+
+    async def _writer(
+        self,
+        src: Source,
+        conn: PeerConnection,
+        book: RequestBook,
+        chunks: trio.MemoryReceiveChannel[Write],
+    ) -> None:
+        """Verify and write each chunk ``conn`` received, in a worker thread."""
+        async for chunk in chunks:
+            try:
+                await self._write(src, conn, book, chunk)
+            except (ChunkCorrupt, RemoteProtocolError) as exc:  # never written: out it goes
+                self._drop(src, exc, bad=True)
+                return
+            except Exception as exc:  # our disk, not the peer: the whole pull stops
+                self._fatal = exc
+                self._scope.cancel()
+                return
+            finally:
+                if not chunk.codec and isinstance(chunk.data, bytearray):
+                    conn.buffers.put(chunk.data)  # packed bodies have odd sizes: not pooled
+                book.release(chunk.req_id)
+
+    async def _write(
+        self, src: Source, conn: PeerConnection, book: RequestBook, chunk: Write
+    ) -> None:
+        index = chunk.index
+        # Two sources' copies of one chunk (endgame) can both reach a writer
+        # before either is written: only the first is written and counted.
+        if not self.sched.missing >> index & 1 or index in self._writing:
+            return
+        size = self.sizes[index]
+        self._writing.add(index)
+        try:
+            if chunk.codec:
+                out = conn.buffers.get(size)
+                try:
+                    await trio.to_thread.run_sync(
+                        self._unpack_write, index, chunk.codec, chunk.data, out
+                    )
+                finally:
+                    conn.buffers.put(out)
+            else:
+                await trio.to_thread.run_sync(self.staging.write_chunk, index, chunk.data)
+        finally:
+            self._writing.discard(index)
+        now = trio.current_time()
+        book.written(chunk.req_id, now)
+        src.bytes += size
+        src.wire += len(chunk.data)
+        src.chunks += 1
+        self._last_progress = now
+        self.on_chunk(size)
+        self._poke()
+
+    def _unpack_write(
+        self, index: int, codec: int, packed: bytes | bytearray, out: bytearray
+    ) -> None:
+        """Unpack a packed chunk into ``out``, then verify and write it (worker thread)."""
+        packing.unpack(codec, packed, out)
+        self.staging.write_chunk(index, out)

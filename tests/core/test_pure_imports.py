@@ -24,6 +24,7 @@ PURE_MODULES = [
     "p2pckpt.transfer.admission",
     "p2pckpt.net.pace",
     "p2pckpt.transfer.packpolicy",
+    "p2pckpt.transfer.requests",
     "p2pckpt.config",
     "p2pckpt.daemon.completion",
 ]

@@ -1,0 +1,86 @@
+"""The seeder's answers to List, Manifest and Have requests.
+
+Plain functions of what this node holds: the catalog of published (and
+pulled) versions, and the versions it is pulling right now (``partials``),
+whose verified chunks it already serves (issue 5). A partial newer than
+anything in the catalog is offered by Manifest, so pullers can feed each
+other. Pure: no trio, no sockets (the catalog is SQLite, read in place);
+the server checks the "pull" role before asking.
+"""
+
+from __future__ import annotations
+
+from p2pckpt.errors import ManifestError, RemoteProtocolError
+from p2pckpt.manifest.manifest import validate_name
+from p2pckpt.store.catalog import Catalog
+from p2pckpt.transfer.partials import Partials
+from p2pckpt.wire import messages as m
+
+Answer = m.ListResponse | m.ManifestResponse | m.Have | m.Error
+
+
+def answer(req: m.Request, catalog: Catalog, partials: Partials | None = None) -> Answer:
+    """The response to one List, Manifest or Have request.
+
+    Raises:
+        RemoteProtocolError: any other request (chunks and pushes are not
+            answered here).
+    """
+    match req:
+        case m.ListRequest():
+            return list_versions(catalog)
+        case m.ManifestRequest(name, version):
+            return manifest_of(catalog, partials, name, version)
+        case m.HaveRequest(root):
+            return have(catalog, partials, root)
+    raise RemoteProtocolError(f"unexpected request {type(req).__name__}")
+
+
+def list_versions(catalog: Catalog) -> m.ListResponse:
+    """The newest MAX_LIST_ENTRIES versions held, with their listed metadata."""
+    entries = catalog.summaries()[-m.MAX_LIST_ENTRIES :]
+    metas = catalog.metas()
+    return m.ListResponse(
+        tuple(
+            m.VersionInfo(
+                e.name,
+                e.version,
+                e.publisher,
+                e.root,
+                e.total_bytes,
+                e.file_count,
+                m.list_meta(metas.get(e.root, {})),
+            )
+            for e in entries
+        )
+    )
+
+
+def manifest_of(
+    catalog: Catalog, partials: Partials | None, name: str, version: int | None
+) -> m.ManifestResponse | m.Error:
+    """The manifest of ``name`` (newest, or exactly ``version``): a partial
+    wins over the catalog only when it is newer."""
+    try:
+        validate_name(name)
+    except ManifestError:
+        return m.Error(m.BAD_REQUEST, "bad checkpoint name")
+    entry = catalog.find(name, version)
+    partial = partials.find(name, version) if partials else None
+    if partial is not None and (entry is None or partial.staging.manifest.version > entry.version):
+        return m.ManifestResponse(partial.envelope)
+    if entry is None:
+        what = name if version is None else f"{name}@{version}"
+        return m.Error(m.NOT_FOUND, f"no checkpoint {what}")
+    return m.ManifestResponse(entry.envelope)
+
+
+def have(catalog: Catalog, partials: Partials | None, root: bytes) -> m.Have:
+    """Whether the version is held whole; if it is being pulled, which chunks
+    are verified here and which are being fetched."""
+    if catalog.by_root(root) is not None:
+        return m.Have(root, True)
+    partial = partials.get(root) if partials else None
+    if partial is None:
+        return m.Have(root, False)
+    return m.Have(root, False, partial.bitfield(), partial.fetching_bitfield())

@@ -1,0 +1,156 @@
+"""The seeder's answer to one ChunkRequest: find the version, read, maybe pack.
+
+Theory of operation
+-------------------
+
+``Chunks`` is server-wide. It finds a version's chunk table (``Served``) by
+root: published versions from a small LRU cache (VERSION_CACHE entries;
+decoding a big manifest takes a worker thread), versions this node is still
+pulling from ``partials``, rebuilt whenever their pull's set of verified
+chunks is a new one and never kept past the pull. A chunk of a partial is
+served only once verified here.
+
+``Packing`` is per connection: whether the peer is on this machine, the
+connection's ``PackPolicy`` (made at the first request that offers codecs;
+it learns from packing times and, through the sender, from how fast the link
+takes chunks, issue 7) and what packing saved, for the connection's log
+line. Reading and packing run in a worker thread (``chunk_source``); a file
+changed after publishing becomes one SOURCE_CHANGED Error (R-31).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Final
+
+import trio
+
+from p2pckpt.manifest.paths import safe_display
+from p2pckpt.store.catalog import Catalog
+from p2pckpt.transfer.chunk_source import Served, SourceChanged, read_chunk, read_packed
+from p2pckpt.transfer.packpolicy import PackPolicy
+from p2pckpt.transfer.partials import Partials
+from p2pckpt.wire import messages as m
+from p2pckpt.wire import packing
+from p2pckpt.wire.codec import CHUNK_HEADER_SIZE, encode
+
+log = logging.getLogger("p2pckpt.serve")
+
+VERSION_CACHE: Final = 16
+
+
+class Packing:
+    """One connection's packing: its policy and what it packed."""
+
+    def __init__(self, *, local: bool = False, enabled: bool = True) -> None:
+        self.local = local  # the peer is on this machine
+        self.enabled = enabled  # the server packs at all ([transfer] compress)
+        self.policy: PackPolicy | None = None  # once the peer accepts a codec
+        self.chunks = self.packed = self.chunk_bytes = self.wire_bytes = 0
+
+    def codec(self, req: m.ChunkRequest) -> int:
+        """The codec to pack this chunk with (0: raw), by the connection's policy."""
+        if not (req.accept and self.enabled):
+            return 0
+        if self.policy is None:  # the first request that offers codecs
+            self.policy = PackPolicy(packing.available(), local=self.local)
+        return self.policy.choose(req.accept)
+
+
+class Chunks:
+    """Chunk responses from this node's versions, for every connection."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        partials: Partials | None = None,
+        on_packed: Callable[[int, int], None] | None = None,  # (chunk, wire) bytes
+    ) -> None:
+        self._catalog = catalog
+        self._partials = partials
+        self._on_packed = on_packed
+        self._versions: OrderedDict[bytes, Served] = OrderedDict()
+        self._partial_served: dict[bytes, Served] = {}
+
+    async def served(self, root: bytes) -> Served | None:
+        """A version's chunk table, from a small server-wide cache."""
+        held = self._versions.get(root)
+        if held is not None:
+            self._versions.move_to_end(root)
+            return held
+        entry = self._catalog.by_root(root)
+        if entry is None:
+            return self._partial(root)
+        held = await trio.to_thread.run_sync(Served.load, entry.envelope, entry.location)
+        self._versions[root] = held
+        while len(self._versions) > VERSION_CACHE:
+            self._versions.popitem(last=False)
+        return held
+
+    def _partial(self, root: bytes) -> Served | None:
+        """A version this node is still pulling (never cached past its pull)."""
+        partials = self._partials
+        partial = partials.get(root) if partials is not None else None
+        if partials is None or partial is None:
+            self._partial_served.pop(root, None)
+            return None
+        held = self._partial_served.get(root)
+        if held is None or held.have is not partial.staging.done:
+            held = self._partial_served[root] = Served.partial(partial.staging)
+            for gone in [r for r in self._partial_served if partials.get(r) is None]:
+                del self._partial_served[gone]
+        return held
+
+    async def prepare(
+        self, req: m.ChunkRequest, buf: bytearray, pack: Packing
+    ) -> bytes | memoryview:
+        """The framed chunk (a view of ``buf``, or of its packed frame), or an
+        encoded Error. Cancelling it may leave ``buf`` in use by the worker
+        thread: the caller must not reuse it."""
+        held = await self.served(req.root)
+        if held is None:
+            return encode(m.Error(m.NOT_FOUND, "unknown version", req.req_id))
+        if req.index >= len(held.chunks):
+            return encode(m.Error(m.BAD_REQUEST, "no such chunk", req.req_id))
+        if held.have is not None and req.index not in held.have:
+            return encode(m.Error(m.NOT_FOUND, "chunk not verified here yet", req.req_id))
+        relpath, chunk = held.chunks[req.index]
+        codec = pack.codec(req)
+        path = held.file_path(relpath)
+        try:
+            if codec:
+                framed, size, seconds = await trio.to_thread.run_sync(
+                    read_packed, path, chunk, req.req_id, buf, codec
+                )
+                assert pack.policy is not None
+                pack.policy.packed(codec, chunk.length, size, seconds)
+            else:
+                framed = await trio.to_thread.run_sync(read_chunk, path, chunk, req.req_id, buf)
+        except SourceChanged as exc:
+            what = f"{held.manifest.name}@{held.manifest.version}"
+            log.error(
+                'refused chunk name=%s version=%d error="%s"',
+                held.manifest.name,
+                held.manifest.version,
+                safe_display(str(exc)),
+            )
+            return encode(
+                m.Error(
+                    m.SOURCE_CHANGED,
+                    f"the seeder's copy of {what} changed after publishing",
+                    req.req_id,
+                )
+            )
+        pack.chunks += 1
+        pack.chunk_bytes += chunk.length
+        if framed.obj is buf:
+            pack.wire_bytes += chunk.length
+        else:
+            packed = len(framed) - CHUNK_HEADER_SIZE - 1  # less its header and codec byte
+            pack.packed += 1
+            pack.wire_bytes += packed
+            if self._on_packed is not None:
+                self._on_packed(chunk.length, packed)
+        return framed

@@ -1,0 +1,108 @@
+"""Where a served chunk's bytes come from: the original files, read and verified.
+
+The seeder keeps no copy of what it publishes. A ``Served`` is one version's
+chunk table and where its files live: the published files (or a cache
+snapshot's blobs), or a pull's staging ``data/`` for a version this node is
+still pulling, with the chunks verified there so far. ``read_chunk`` reads a
+chunk into a reusable buffer and hashes it again before it may leave, so a
+file changed after publishing is refused (``SourceChanged``, R-31) instead of
+sent; ``read_packed`` packs it too where the connection's policy asks.
+
+Pure and synchronous (no trio): the server runs these in worker threads.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from p2pckpt.hfcache import real_path, source_path
+from p2pckpt.manifest.chunker import Chunk, chunk_hash
+from p2pckpt.manifest.manifest import Manifest, verify
+from p2pckpt.store.staging import Staging
+from p2pckpt.wire import packing
+from p2pckpt.wire.codec import CHUNK_HEADER_SIZE, chunk_header, packed_header
+
+
+class SourceChanged(Exception):
+    """A published file is gone, no longer regular, or no longer what was published."""
+
+
+@dataclass(frozen=True)
+class Served:
+    """A version being served: its manifest, chunk table and file location."""
+
+    manifest: Manifest
+    location: Path
+    chunks: tuple[tuple[str, Chunk], ...]
+    have: set[int] | None = None  # a version being pulled: its verified chunks
+
+    @classmethod
+    def load(cls, envelope: bytes, location: str) -> Served:
+        """Decode a catalog entry (worker thread: big manifests take a while)."""
+        manifest = verify(envelope)
+        chunks = tuple((f.path, c) for _, f, c in manifest.iter_chunks())
+        return cls(manifest, Path(location), chunks)
+
+    @classmethod
+    def partial(cls, staging: Staging) -> Served:
+        """A version this node is pulling: files under its staging ``data/``."""
+        manifest = staging.manifest
+        chunks = tuple((f.path, c) for _, f, c in manifest.iter_chunks())
+        return cls(manifest, staging.path / "data", chunks, staging.done)
+
+    def file_path(self, relpath: str) -> Path:
+        if self.manifest.kind == "file" and self.have is None:
+            return real_path(self.location)  # a cache snapshot's link: its blob
+        return source_path(self.location, relpath)
+
+
+def read_chunk(path: Path, chunk: Chunk, req_id: int, buf: bytearray) -> memoryview:
+    """Read one chunk from the original file into ``buf`` and check its hash
+    (worker thread). Returns the framed message: header and chunk bytes. No
+    view of ``buf`` outlives a failure, so the buffer can be reused.
+
+    Raises:
+        SourceChanged: the file cannot be opened, is not regular, or differs.
+    """
+    size = CHUNK_HEADER_SIZE + chunk.length
+    if len(buf) < size:
+        buf.extend(bytes(size - len(buf)))
+    buf[:CHUNK_HEADER_SIZE] = chunk_header(req_id, chunk.length)
+    try:  # O_NONBLOCK: a FIFO swapped in for a published file cannot hang us
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise SourceChanged(f"cannot open {path}: {exc.strerror}") from None
+    body = memoryview(buf)[CHUNK_HEADER_SIZE:size]
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SourceChanged(f"{path} is no longer a regular file")
+        got = os.preadv(fd, [body], chunk.offset)
+        good = got == chunk.length and chunk_hash(body) == chunk.digest
+    finally:
+        body.release()
+        os.close(fd)
+    if not good:
+        raise SourceChanged(f"{path} changed after it was published")
+    return memoryview(buf)[:size]
+
+
+def read_packed(
+    path: Path, chunk: Chunk, req_id: int, buf: bytearray, codec: int
+) -> tuple[memoryview, int, float]:
+    """``read_chunk``, then pack the chunk with ``codec`` (worker thread).
+    Returns the frame to send (ChunkPacked if smaller, else the raw
+    ChunkData in ``buf``), the packed size and the seconds packing took."""
+    framed = read_chunk(path, chunk, req_id, buf)
+    started = time.perf_counter()
+    with framed[CHUNK_HEADER_SIZE:] as body:
+        packed = packing.pack(codec, body)
+    seconds = time.perf_counter() - started
+    if len(packed) >= chunk.length:
+        return framed, len(packed), seconds
+    framed.release()
+    frame = packed_header(req_id, codec, len(packed)) + packed
+    return memoryview(frame), len(packed), seconds

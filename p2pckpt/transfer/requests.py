@@ -1,0 +1,336 @@
+"""One connection's requests, as the puller keeps them: the request book.
+
+Pure: no I/O, no trio, no clock of its own. The pump (``swarm.py``) tells
+the book the time, sends what ``to_send`` returns, hands it every message
+that arrives (``on_message``) and does what the returned action says. The
+book drives the swarm's ``Scheduler``: it asks it which chunk to request,
+tells it which chunks were written, which the source lacks and what the
+source holds.
+
+Theory of operation. A request (a req_id for one chunk index) is
+
+    asked      ChunkRequest sent, no answer yet; at most ``depth`` of these
+               (the pipeline)
+    received   its chunk is with the writer (verify, write); it no longer
+               counts toward the pipeline, but is still in flight: if the
+               connection breaks first, it goes back to the scheduler
+    cancelled  the scheduler no longer misses its chunk (another source, or
+               another connection, delivered it): Cancel sent, the request
+               forgotten; a late answer to it is dropped without a word
+
+Who triggers what:
+
+    to_send(now)      Cancels for asked chunks no longer missing; a
+                      HaveRequest when this connection is the source's
+                      ``polling`` one, no Have is awaited, the source is not
+                      known to be complete and HAVE_POLL passed since the
+                      last Have; then ChunkRequests, picked by the
+                      scheduler, until ``depth`` are asked.
+    on_message(msg)   a chunk answering an asked request -> Write (asked ->
+                      received); a late answer to a cancelled one -> Ignored;
+                      the awaited Have -> HaveApplied; Error(not_found) ->
+                      NotHere (the chunk goes back to the scheduler's pool);
+                      any other Error -> Refused (the connection ends);
+                      anything else raises RemoteProtocolError.
+    written(req_id)   the writer verified and wrote the chunk: done in the
+                      scheduler. ``release`` (written or not): forgotten.
+    lost()            the connection broke: what is in flight goes back.
+
+Invariants: req_ids are u32 and wrap at 2**32, never reusing one in flight
+or cancelled; a Have is accepted only while one is awaited (one at a time);
+a packed chunk must use a codec we offered and be shorter than the chunk.
+After a protocol violation, a refusal or ``lost`` the book is finished:
+``to_send`` and ``on_message`` raise LocalProtocolError.
+
+What a source told us (its first Have arrived: ``known``; ``complete``) is
+shared by its connections, so it lives on the source (``SourceStatus``),
+not in one connection's book: whichever connection polls next carries on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+from p2pckpt.errors import LocalProtocolError, RemoteProtocolError
+from p2pckpt.transfer.schedule import Scheduler, bitfield_to_int
+from p2pckpt.wire import messages as m
+
+PIPELINE: Final = 6  # requests asked and unanswered per connection
+HAVE_POLL: Final = 0.5  # seconds between Have requests to a source still pulling
+REQ_ID_MASK: Final = 0xFFFFFFFF  # req_ids are u32 on the wire
+
+
+class SourceStatus(Protocol):
+    """What the book reads and updates about a source (all its connections')."""
+
+    @property
+    def peer(self) -> Hashable: ...  # its key in the scheduler
+
+    known: bool  # its first Have has arrived (it is in the scheduler)
+    complete: bool  # it holds every chunk: no more Have polling
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """Verify and write this chunk (``codec`` 0: raw, else unpack it first),
+    then call ``written`` if it was written and ``release`` either way."""
+
+    req_id: int
+    index: int
+    data: bytes | bytearray
+    codec: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A late answer to a request we cancelled: nothing to do."""
+
+    req_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class HaveApplied:
+    """The source's Have reached the scheduler: other connections may have work."""
+
+    complete: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NotHere:
+    """The source lacks chunk ``index`` after all: it is back in the pool."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The source refused a request (an Error other than not found): the
+    connection ends with this error; its requests are lost."""
+
+    error: m.Error
+
+
+Action = Write | Ignored | HaveApplied | NotHere | Refused
+
+
+@dataclass(frozen=True, slots=True)
+class BookStatistics:
+    asked: int  # requests sent and unanswered (at most the depth)
+    received: int  # answered, with the writer
+    cancelled: int  # cancelled, a late answer still possible
+    have_pending: bool
+
+
+class RequestBook:
+    """The puller's side of one connection to ``source``: what was asked,
+    what came back, and what to do about it."""
+
+    def __init__(
+        self,
+        sched: Scheduler,
+        source: SourceStatus,
+        root: bytes,
+        label: str,
+        *,
+        accept: int = 0,
+        max_window: int = PIPELINE,
+        depth: int = PIPELINE,
+        have_poll: float = HAVE_POLL,
+        polling: bool = True,
+        first_id: int = 0,
+    ) -> None:
+        """Args:
+        sched: the swarm's scheduler (shared by every book).
+        source: the source this connection goes to (shared by its books).
+        root: the version's root digest.
+        label: how errors name the peer.
+        accept: the codecs our chunk requests offer (bit c = codec c).
+        max_window: the most requests the scheduler gives the source at
+            once (all its connections), set when its first Have arrives.
+        depth: requests asked and unanswered at most.
+        have_poll: seconds between Have requests.
+        polling: whether this connection asks for Have (one per source;
+            the pump keeps the attribute up to date as connections come
+            and go).
+        first_id: the first req_id (tests start near the wrap).
+        """
+        self._sched = sched
+        self._source = source
+        self._root = root
+        self._label = label
+        self._accept = accept
+        self._max_window = max_window
+        self._depth = depth
+        self._have_poll = have_poll
+        self.polling = polling
+        self._next_id = first_id & REQ_ID_MASK
+        self._inflight: dict[int, int] = {}  # req_id -> chunk index: asked or received
+        self._received: set[int] = set()  # req_ids whose chunk is with the writer
+        self._cancelled: set[int] = set()  # req_ids cancelled, an answer still possible
+        self._have_pending = False
+        self._last_have = -math.inf  # when the last Have arrived
+        self._finished = False
+
+    # -- what to send ------------------------------------------------------------
+
+    def to_send(self, now: float) -> list[m.Message]:
+        """The messages to send now, in order: Cancels, a HaveRequest, ChunkRequests."""
+        self._check_open()
+        out: list[m.Message] = []
+        missing = self._sched.missing
+        for req_id, index in list(self._inflight.items()):
+            if req_id not in self._received and not missing >> index & 1:
+                del self._inflight[req_id]  # the scheduler already counted it done
+                self._cancelled.add(req_id)
+                out.append(m.Cancel(req_id))
+        if self._have_due(now):
+            self._have_pending = True
+            out.append(m.HaveRequest(self._root))
+        while len(self._inflight) - len(self._received) < self._depth:
+            chosen = self._sched.pick(self._source.peer, now)
+            if chosen is None:
+                break
+            req_id = self._new_id()
+            self._inflight[req_id] = chosen
+            out.append(m.ChunkRequest(req_id, self._root, chosen, self._accept))
+        return out
+
+    def _have_due(self, now: float) -> bool:
+        if not self.polling or self._have_pending or self._source.complete:
+            return False
+        return now - self._last_have >= self._have_poll
+
+    def _new_id(self) -> int:
+        req_id = self._next_id
+        while req_id in self._inflight or req_id in self._cancelled:  # only after a wrap
+            req_id = (req_id + 1) & REQ_ID_MASK
+        self._next_id = (req_id + 1) & REQ_ID_MASK
+        return req_id
+
+    def idle(self) -> bool:
+        """Nothing is asked and no Have awaited: no answer is coming."""
+        return len(self._inflight) == len(self._received) and not self._have_pending
+
+    def next_deadline(self) -> float | None:
+        """When the next HaveRequest is due (absolute; in the past: now), or
+        None if none will be: this connection does not poll, the source is
+        complete, or a Have is awaited already."""
+        if not self.polling or self._have_pending or self._source.complete:
+            return None
+        return self._last_have + self._have_poll
+
+    # -- what arrives ------------------------------------------------------------
+
+    def on_message(self, msg: m.Message, now: float) -> Action:
+        """What to do about ``msg``, received at ``now``.
+
+        Raises:
+            RemoteProtocolError: the peer answered what we did not ask, sent
+                a Have we did not ask for, a message a server never sends,
+                or packed a chunk with a codec we did not offer or into no
+                fewer bytes than the chunk. The book is finished then.
+        """
+        self._check_open()
+        try:
+            if isinstance(msg, m.ChunkData | m.ChunkPacked):
+                return self._on_chunk(msg)
+            if isinstance(msg, m.Have) and self._have_pending and msg.root == self._root:
+                return self._on_have(msg, now)
+            if isinstance(msg, m.Error) and msg.req_id is not None:
+                return self._on_error(msg, msg.req_id)
+            raise RemoteProtocolError(f"peer {self._label} sent an unexpected message")
+        except RemoteProtocolError:
+            self._finished = True
+            raise
+
+    def _answered(self, req_id: int, what: str) -> int | None:
+        """The chunk an answer to ``req_id`` is for; None for a cancelled request."""
+        if req_id in self._inflight and req_id not in self._received:
+            return self._inflight[req_id]
+        if req_id in self._cancelled:
+            self._cancelled.discard(req_id)
+            return None
+        raise RemoteProtocolError(f"{self._label} sent an unrequested response ({what})")
+
+    def _on_chunk(self, msg: m.ChunkData | m.ChunkPacked) -> Action:
+        codec = msg.codec if isinstance(msg, m.ChunkPacked) else 0
+        index = self._answered(msg.req_id, "chunk")
+        if index is None:
+            return Ignored(msg.req_id)
+        # A codec we did not offer, or packing that saves nothing, is a peer
+        # making us unpack for no reason (or into a buffer that does not fit).
+        if codec and not (self._accept >> codec & 1 and len(msg.data) < self._sched.sizes[index]):
+            raise RemoteProtocolError(
+                f"{self._label} packed a chunk with codec {codec}, which we did"
+                " not offer, or into no fewer bytes than the chunk"
+            )
+        self._received.add(msg.req_id)
+        return Write(msg.req_id, index, msg.data, codec)
+
+    def _on_have(self, msg: m.Have, now: float) -> Action:
+        self._have_pending, self._last_have = False, now
+        src, sched = self._source, self._sched
+        src.complete = msg.complete
+        bits = None if msg.complete else bitfield_to_int(msg.bits, sched.count)
+        if not src.known:
+            src.known = True
+            sched.add_peer(src.peer, bits, max_window=self._max_window)
+        else:
+            sched.update_have(src.peer, (1 << sched.count) - 1 if bits is None else bits)
+        fetching = 0 if msg.complete else bitfield_to_int(msg.fetching, sched.count)
+        sched.update_soon(src.peer, fetching)
+        return HaveApplied(msg.complete)
+
+    def _on_error(self, msg: m.Error, req_id: int) -> Action:
+        index = self._answered(req_id, "error")
+        if index is None:
+            return Ignored(req_id)
+        if msg.code != m.NOT_FOUND:
+            self._finished = True  # its request goes back with the rest (``lost``)
+            return Refused(msg)
+        del self._inflight[req_id]
+        self._sched.lacks(self._source.peer, index)
+        self._sched.failed(index, self._source.peer)
+        return NotHere(index)
+
+    # -- the writer and the end --------------------------------------------------
+
+    def written(self, req_id: int, now: float) -> None:
+        """The writer verified and wrote ``req_id``'s chunk at ``now``."""
+        index = self._inflight.get(req_id)
+        if index is not None and req_id in self._received:
+            self._sched.done(index, self._source.peer, now)
+        self.release(req_id)
+
+    def release(self, req_id: int) -> None:
+        """The writer is finished with ``req_id`` (written, a copy another
+        source delivered first, or failed); safe to call twice."""
+        if req_id in self._received:
+            self._received.discard(req_id)
+            del self._inflight[req_id]
+
+    def lost(self) -> list[int]:
+        """The connection broke: every chunk in flight goes back to the
+        scheduler (returned); the book is finished."""
+        indices = list(self._inflight.values())
+        for index in indices:
+            self._sched.failed(index, self._source.peer)
+        self._inflight.clear()
+        self._received.clear()
+        self._finished = True
+        return indices
+
+    def statistics(self) -> BookStatistics:
+        return BookStatistics(
+            asked=len(self._inflight) - len(self._received),
+            received=len(self._received),
+            cancelled=len(self._cancelled),
+            have_pending=self._have_pending,
+        )
+
+    def _check_open(self) -> None:
+        if self._finished:
+            raise LocalProtocolError("this connection's request book is finished")
