@@ -115,7 +115,7 @@ class Config:
     peers: tuple[StaticPeer, ...] = field(default=())
     watch: tuple[WatchSpec, ...] = ()
     follow: tuple[FollowSpec, ...] = ()
-    bandwidth: int = 0  # upload cap, bytes/s (0: none)
+    upload: int = 0  # upload cap for the whole node, bytes/s (0: none)
     upload_per_peer: int = 0  # upload cap for each peer, bytes/s (0: none)
     download: int = 0  # download cap for the daemon's pulls, bytes/s (0: none)
     metrics: Addr | None = None
@@ -140,7 +140,6 @@ _SCHEMA: dict[str, set[str]] = {
     "metrics": {"listen"},
     "transfer": {"compress"},
 }
-_ARRAYS = {"peer", "watch", "follow"}
 
 
 def _table(doc: dict[str, Any], name: str) -> dict[str, Any]:
@@ -272,7 +271,7 @@ def parse(doc: dict[str, Any]) -> Config:
     if "addr" in relay:
         cfg = replace(cfg, relay=parse_addr(_str(relay["addr"], "relay.addr")))
     if "upload" in limits:
-        cfg = replace(cfg, bandwidth=_int(limits["upload"], "limits.upload"))
+        cfg = replace(cfg, upload=_int(limits["upload"], "limits.upload"))
     if "upload_per_peer" in limits:
         cfg = replace(
             cfg, upload_per_peer=_int(limits["upload_per_peer"], "limits.upload_per_peer")

@@ -516,7 +516,7 @@ def serve(listen: str | None, no_mdns: bool, relay: str | None, config_path: Pat
     async def run() -> None:
         server = Server(
             home,
-            bandwidth=cfg.bandwidth,
+            upload=cfg.upload,
             compress=cfg.compress != "off",
             per_peer=cfg.upload_per_peer,
         )

@@ -100,7 +100,7 @@ def push(
     async def run() -> None:
         server = Server(
             home,
-            bandwidth=cfg.bandwidth,
+            upload=cfg.upload,
             compress=cfg.compress != "off",
             per_peer=cfg.upload_per_peer,
             on_served=served.append,

@@ -272,7 +272,7 @@ async def run_daemon(
     server = Server(
         home,
         on_push=on_push,
-        bandwidth=cfg.bandwidth,
+        upload=cfg.upload,
         compress=cfg.compress != "off",
         per_peer=cfg.upload_per_peer,
         partials=partials,

@@ -16,7 +16,6 @@ from typing import BinaryIO
 import blake3
 
 CHUNK_SIZE = 4 << 20
-MIN_CHUNK = 1
 MAX_CHUNK = 16 << 20
 
 

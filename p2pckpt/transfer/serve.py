@@ -55,7 +55,6 @@ from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.transfer.admission import PreAuth, Ticket
 from p2pckpt.transfer.answers import answer
-from p2pckpt.transfer.chunk_serve import VERSION_CACHE as VERSION_CACHE
 from p2pckpt.transfer.chunk_serve import Chunks, Packing
 from p2pckpt.transfer.leases import MAX_CHUNK_BUFFERS as MAX_CHUNK_BUFFERS
 from p2pckpt.transfer.leases import PEER_BUFFERS as PEER_BUFFERS
@@ -121,7 +120,7 @@ class Server:
     Args:
         home: the node (key, trust store as it is at each decision, catalog).
         on_push: pulls what a pusher asks for; None: this node takes no pushes.
-        bandwidth: upload cap for the whole server, bytes/s (0: none).
+        upload: upload cap for the whole server, bytes/s (0: none).
         compress: pack chunks where it pays (``[transfer] compress``).
         per_peer: upload cap per peer, bytes/s (0: none).
         partials: versions being pulled here, served as they verify (swarm).
@@ -135,7 +134,7 @@ class Server:
         self,
         home: Home,
         on_push: PushHandler | None = None,
-        bandwidth: int = 0,
+        upload: int = 0,
         *,
         compress: bool = True,
         per_peer: int = 0,
@@ -146,7 +145,7 @@ class Server:
     ) -> None:
         self.home = home
         self._on_push = on_push
-        self._throttle = Throttle(bandwidth) if bandwidth > 0 else None
+        self._throttle = Throttle(upload) if upload > 0 else None
         self._per_peer = per_peer
         self._compress = compress
         self._partials = partials

@@ -1,4 +1,4 @@
-"""A shared bandwidth limit for serving (``[limits] bandwidth``, bytes/s).
+"""A shared bandwidth limit for serving (``[limits] upload``, bytes/s).
 
 The debt clock of ``net/pace`` with BURST_SECONDS of credit. One shared by
 every connection of a server limits the node; one per peer (``[limits]

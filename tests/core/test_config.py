@@ -108,7 +108,7 @@ listen = "127.0.0.1:9450"
         3,
         ("/usr/bin/reload", "--graceful"),
     )
-    assert cfg.bandwidth == 100_000_000 and cfg.metrics == ("127.0.0.1", 9450)
+    assert cfg.upload == 100_000_000 and cfg.metrics == ("127.0.0.1", 9450)
 
 
 @pytest.mark.parametrize(

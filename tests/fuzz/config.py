@@ -44,7 +44,7 @@ def one_input(data: bytes) -> None:
     assert isinstance(cfg, config.Config)
     config.parse_addr(cfg.listen, allow_zero=True)
     assert all(isinstance(i, str) for i in cfg.interfaces)
-    assert cfg.bandwidth >= 0 and cfg.download >= 0 and cfg.compress in config.COMPRESS_MODES
+    assert cfg.upload >= 0 and cfg.download >= 0 and cfg.compress in config.COMPRESS_MODES
     for spec in cfg.watch:
         assert spec.complete in config.COMPLETE_RULES and 0 < spec.stable_seconds <= 86400
     for follow in cfg.follow:

@@ -31,7 +31,7 @@ def _bf16(values: int) -> bytes:
 
 
 async def _answers(
-    tmp_path: Path, accept: int, bandwidth: int = 0, compress: bool = True
+    tmp_path: Path, accept: int, upload: int = 0, compress: bool = True
 ) -> list[type]:
     """Ask a loopback server for every chunk of a 24 MiB bf16 file twice
     over, pipelined; the types of the answers (each chunk checked)."""
@@ -42,7 +42,7 @@ async def _answers(
     f = tmp_path / "w.bin"
     f.write_bytes(_bf16(12 << 20))
     manifest = publish(seeder, f, "w")
-    server = Server(seeder, bandwidth=bandwidth, compress=compress)
+    server = Server(seeder, upload=upload, compress=compress)
     chunks = [c for _, _, c in manifest.iter_chunks()]
     kinds: list[type] = []
     with trio.fail_after(60):
@@ -88,7 +88,7 @@ async def test_loopback_peer_gets_raw_chunks_without_a_throttle(tmp_path: Path) 
 async def test_throttled_seeder_packs_unless_compress_is_off(tmp_path: Path) -> None:
     """Held to 30 MB/s by its upload cap, the seeder packs the later chunks
     (the first go raw while it measures); with compress off, none."""
-    kinds = await _answers(tmp_path / "auto", available(), bandwidth=30_000_000)
+    kinds = await _answers(tmp_path / "auto", available(), upload=30_000_000)
     assert kinds[0] is m.ChunkData and kinds.count(m.ChunkPacked) >= 4, kinds
-    kinds = await _answers(tmp_path / "off", available(), bandwidth=30_000_000, compress=False)
+    kinds = await _answers(tmp_path / "off", available(), upload=30_000_000, compress=False)
     assert set(kinds) == {m.ChunkData}
