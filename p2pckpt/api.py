@@ -103,17 +103,15 @@ def pull(
     import trio
 
     from p2pckpt.config import load
-    from p2pckpt.discovery.finder import open_finder, parse_target
+    from p2pckpt.discovery.finder import connect_targets, parse_targets
     from p2pckpt.transfer.pull import pull as do_pull
 
     opened = _home(home)
     cfg = load(opened.path, Path(config) if config is not None else None)
-    targets = [parse_target(s, opened) for s in sources] or None
+    targets = parse_targets(sources, opened)
 
     async def run() -> PullResult:
-        need_mdns = targets is None or any(not isinstance(t, tuple) for t in targets)
-        async with open_finder(opened, cfg, use_mdns=need_mdns) as finder:
-            conns = await finder.connect_all(targets)
+        conns = await connect_targets(opened, cfg, targets)
         return await do_pull(
             opened, conns, name, version, Path(dest) if dest is not None else None, streams
         )

@@ -9,25 +9,35 @@
     ├── ProtocolError ── LocalProtocolError, RemoteProtocolError
     ├── ManifestError ── UnsafePath, BadSignature, Rollback, Expired, Equivocation
     ├── TransferError ── ChunkCorrupt, SourceChanged, NotFound, NoSpace,
-    │                    DestinationExists, PeerUnreachable, RemoteError
+    │                    DestinationExists, PeerUnreachable, RemoteError, PushIncomplete
     ├── StoreError ── ResumeStateInvalid
     ├── DiscoveryError                             mDNS could not start (no usable interface)
+    ├── CopyDiffers                                verify: a local copy does not match
     ├── ReplicasMissing                            publish --replicas K timed out
-    └── DaemonNotRunning                           nothing answers on HOME/run/control.sock
+    ├── DaemonNotRunning                           nothing answers on HOME/run/control.sock
+    ├── SystemFailure                              any other OSError that reaches the CLI
+    └── Interrupted                                Ctrl-C or SIGTERM stopped a command
 
 Every error that reaches the CLI maps to one line on stderr and an exit code
-(``EXIT_CODE``); messages never contain key material.
+(``exit_code``; a usage error click reports itself exits ConfigError's 2);
+messages never contain key material. An error whose ``reported`` is true was
+already shown by the command (a --json document, say): the CLI only exits.
 """
 
 from __future__ import annotations
 
 import errno
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from p2pckpt.replicas import ReplicaReport
 
 
 class P2pckptError(Exception):
     """Base of every error p2pckpt raises on purpose."""
 
     exit_code = 1
+    reported = False  # the command already showed it: print nothing more
 
 
 class ConfigError(P2pckptError, ValueError):
@@ -167,6 +177,12 @@ class PeerUnreachable(TransferError):
     exit_code = 4
 
 
+class PushIncomplete(TransferError):
+    """``p2pckpt push``: not every target verified the version."""
+
+    exit_code = 12
+
+
 class RemoteError(TransferError):
     """The peer answered with an error message."""
 
@@ -189,13 +205,24 @@ class DiscoveryError(P2pckptError):
     exit_code = 4
 
 
+class CopyDiffers(P2pckptError):
+    """``p2pckpt verify``: a local copy does not match its signed manifest
+    (integrity, as ChunkCorrupt)."""
+
+    exit_code = 9
+
+    def __init__(self, message: str, reported: bool = False) -> None:
+        super().__init__(message)
+        self.reported = reported
+
+
 class ReplicasMissing(P2pckptError):
     """Fewer than the asked number of trusted peers held a verified copy in time.
     ``report`` (a ``replicas.ReplicaReport``) says who holds it and who does not."""
 
     exit_code = 13
 
-    def __init__(self, message: str, report: object) -> None:
+    def __init__(self, message: str, report: ReplicaReport) -> None:
         super().__init__(message)
         self.report = report
 
@@ -204,6 +231,22 @@ class DaemonNotRunning(P2pckptError):
     """No daemon listens on this home's control socket (``p2pckpt status`` and friends)."""
 
     exit_code = 11
+
+
+class SystemFailure(P2pckptError):
+    """An OSError no more specific error covers reached the CLI (exit 1)."""
+
+
+class Interrupted(P2pckptError):
+    """Ctrl-C or a signal stopped a command after a clean shutdown; running it
+    again resumes. Shown without the "error:" of the others."""
+
+    exit_code = 130
+
+    def __init__(self, by: str = "Ctrl-C") -> None:
+        how = "" if by == "Ctrl-C" else f" ({by})"
+        super().__init__(f"interrupted{how}; run the same command again to resume")
+        self.by = by
 
 
 def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:

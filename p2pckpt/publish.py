@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from p2pckpt.errors import ConfigError, ManifestError, SourceChanged
-from p2pckpt.hfcache import is_snapshot, walk_snapshot
 from p2pckpt.home import Home
+from p2pckpt.interop.hfcache import is_snapshot, walk_snapshot
 from p2pckpt.manifest.chunker import hash_reader
 from p2pckpt.manifest.layout import plan, safetensors_cuts, safetensors_header_length
 from p2pckpt.manifest.manifest import (
@@ -95,6 +95,44 @@ def chunk_plan(fd: int, src: SourceFile) -> list[tuple[int, int]]:
     return plan(src.size)
 
 
+def _check_args(
+    name: str, meta: Mapping[str, str] | None, version: int | None, expires: int | None
+) -> None:
+    """The arguments of ``publish`` that can be refused without reading a byte."""
+    try:
+        validate_name(name)
+    except ManifestError as exc:
+        raise ConfigError(str(exc)) from None
+    check_meta(dict(meta or {}))
+    if version is not None and not 0 <= version <= MAX_VERSION:
+        raise ConfigError(f"a version is a whole number from 0 to {MAX_VERSION}")
+    if expires is not None and not time.time() < expires < 10**12:
+        raise ConfigError("an expiry must lie in the future")
+
+
+def _hash_file(home: Home, src: SourceFile, on_bytes: Callable[[int], None] | None) -> FileEntry:
+    """One file's entry: its chunks as hashed before if it is unchanged since
+    (no second read), else hashed now and remembered."""
+    stat_key = (src.size, src.mtime_ns, src.ino, src.ctime_ns)
+    cached = home.catalog.hashed_chunks(str(src.path), stat_key)
+    if cached is not None:
+        if on_bytes is not None:
+            on_bytes(src.size)
+        return FileEntry(src.relpath, src.size, cached)
+    started_ns = time.time_ns()
+    fd = os.open(src.path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        try:
+            chunks = hash_reader(f, src.size, on_bytes, bounds=chunk_plan(fd, src))
+        except EOFError as exc:
+            raise SourceChanged(f"{src.relpath!r} shrank while publishing") from exc
+        st = os.fstat(f.fileno())
+    if st.st_size != src.size or st.st_mtime_ns != src.mtime_ns:
+        raise SourceChanged(f"{src.relpath!r} changed while publishing; try again")
+    home.catalog.remember_hashed(str(src.path), stat_key, started_ns, tuple(chunks))
+    return FileEntry(src.relpath, src.size, tuple(chunks))
+
+
 def publish(
     home: Home,
     path: Path,
@@ -110,15 +148,7 @@ def publish(
     ``expires`` (seconds since the epoch) is signed into the manifest:
     followers refuse the version as "latest" after it (publish again, a new
     version, to extend it; unchanged files are not re-read)."""
-    try:
-        validate_name(name)
-    except ManifestError as exc:
-        raise ConfigError(str(exc)) from None
-    check_meta(dict(meta or {}))  # before hashing: fail fast
-    if version is not None and not 0 <= version <= MAX_VERSION:
-        raise ConfigError(f"a version is a whole number from 0 to {MAX_VERSION}")
-    if expires is not None and not time.time() < expires < 10**12:
-        raise ConfigError("an expiry must lie in the future")
+    _check_args(name, meta, version, expires)  # before hashing: fail fast
     root = path.expanduser().absolute()
     try:
         if is_snapshot(root):  # a Hugging Face cache snapshot: its links' blobs
@@ -129,27 +159,7 @@ def publish(
         raise ConfigError(str(exc)) from None
     if on_total is not None:
         on_total(sum(s.size for s in sources))
-    entries = []
-    for src in sources:
-        stat_key = (src.size, src.mtime_ns, src.ino, src.ctime_ns)
-        cached = home.catalog.hashed_chunks(str(src.path), stat_key)
-        if cached is not None:  # unchanged since we hashed it: no second read
-            if on_bytes is not None:
-                on_bytes(src.size)
-            entries.append(FileEntry(src.relpath, src.size, cached))
-            continue
-        started_ns = time.time_ns()
-        fd = os.open(src.path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb", buffering=0) as f:
-            try:
-                chunks = hash_reader(f, src.size, on_bytes, bounds=chunk_plan(fd, src))
-            except EOFError as exc:
-                raise SourceChanged(f"{src.relpath!r} shrank while publishing") from exc
-            st = os.fstat(f.fileno())
-        if st.st_size != src.size or st.st_mtime_ns != src.mtime_ns:
-            raise SourceChanged(f"{src.relpath!r} changed while publishing; try again")
-        home.catalog.remember_hashed(str(src.path), stat_key, started_ns, tuple(chunks))
-        entries.append(FileEntry(src.relpath, src.size, tuple(chunks)))
+    entries = [_hash_file(home, src, on_bytes) for src in sources]
     given = dict(meta or {})
     meta = dict(given)
     fmt = detect_format([s.relpath for s in sources])

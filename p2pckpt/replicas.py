@@ -26,8 +26,8 @@ from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.manifest.manifest import Manifest
 from p2pckpt.transfer.peer import PeerConnection
-from p2pckpt.transfer.schedule import bitfield_to_int
 from p2pckpt.wire import messages as m
+from p2pckpt.wire.bitfield import bitfield_to_int
 
 log = logging.getLogger("p2pckpt.replicas")
 
@@ -154,7 +154,7 @@ async def wait_for_replicas(
                     for peer, status in answers.items():
                         key = str(peer)
                         if status.startswith(("unreachable", "no answer")):
-                            failures[peer] = failures.get(peer, 0) + 1  # back off: 2, 4 .. 16 s
+                            failures[peer] = failures.get(peer, 0) + 1  # back off: 2 s, doubling
                             retry_at[peer] = now + min(2.0 ** failures[peer], MAX_BACKOFF)
                         else:
                             failures.pop(peer, None)

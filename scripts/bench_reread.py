@@ -45,7 +45,7 @@ from pathlib import Path
 from p2pckpt.identity.keys import NodeKey
 from p2pckpt.manifest.chunker import CHUNK_SIZE, Chunk, chunk_hash
 from p2pckpt.manifest.manifest import FileEntry, Manifest, sign
-from p2pckpt.store import staging as staging_mod
+from p2pckpt.store import partial_files
 from p2pckpt.store.staging import Staging
 
 UNITS = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
@@ -103,7 +103,7 @@ def main() -> int:
         cold_ok = os.geteuid() == 0
         rows: dict[str, list[tuple[float, float]]] = {}
         for threads in [int(t) for t in args.threads.split(",")]:
-            staging_mod.REREAD_THREADS = threads  # type: ignore[misc]
+            partial_files.REREAD_THREADS = threads  # type: ignore[misc]
             for run in range(args.repeat):
                 dest = work / f"m-{threads}-{run}.bin"
                 st = Staging(dest, manifest, env)

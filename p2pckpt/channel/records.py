@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from typing import Final, Protocol
 
-from p2pckpt.channel.noise import CipherState
+from p2pckpt.channel.cipher import CipherState
 from p2pckpt.errors import AuthenticationFailed, LocalProtocolError, RemoteProtocolError
 
 MAX_RECORD: Final = 65535

@@ -14,8 +14,8 @@ from typing import Final
 
 import trio
 
+from p2pckpt.channel.cipher import CipherState
 from p2pckpt.channel.handshake import ChannelHandshake
-from p2pckpt.channel.noise import CipherState
 from p2pckpt.channel.records import (
     MAX_PLAINTEXT,
     MAX_RECORD,

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from p2pckpt.cli.commands import command, config_option
-from p2pckpt.cli.main import open_home
+from p2pckpt.cli.common import command, config_option, load_config, open_home
+from p2pckpt.cli.stopping import run_until_signalled
+
+if TYPE_CHECKING:
+    import trio
 
 
 @command()
@@ -17,24 +19,13 @@ from p2pckpt.cli.main import open_home
 @click.option("--listen", default=None, metavar="HOST:PORT", help="Override [serve] listen.")
 def daemon(config_path: Path | None, listen: str | None) -> None:
     """Run the daemon: serve, announce, watch, follow, status; until SIGTERM."""
-    import trio
-
-    from p2pckpt.config import load
     from p2pckpt.daemon.app import run_daemon
 
     home = open_home()
-    cfg = load(home.path, config_path).with_flags(listen=listen)
-    logging.getLogger("p2pckpt").setLevel(min(logging.getLogger().level, logging.INFO))
-    log = logging.getLogger("p2pckpt.daemon")
+    cfg = load_config(home, config_path, listen=listen)
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            addrs = await nursery.start(run_daemon, home, cfg)
-            click.echo(f"daemon listening on {', '.join(addrs)}")
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    log.info("shutting down")
-                    nursery.cancel_scope.cancel()
-                    break
+    async def start(nursery: trio.Nursery) -> None:
+        addrs = await nursery.start(run_daemon, home, cfg)
+        click.echo(f"daemon listening on {', '.join(addrs)}")
 
-    trio.run(main)
+    run_until_signalled(start, "p2pckpt.daemon")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
-from p2pckpt.cli.commands import command
+from p2pckpt.cli.common import command
+from p2pckpt.cli.stopping import run_until_signalled
 from p2pckpt.errors import ConfigError
+
+if TYPE_CHECKING:
+    import trio
 
 
 @command()
@@ -26,10 +30,6 @@ def relay(listen: str, bandwidth: int | None, session_bytes: int | None) -> None
     The relay needs no home or key: it only pipes ciphertext between nodes
     that proved their keys and clients that ask for them.
     """
-    import signal
-
-    import trio
-
     from p2pckpt.config import parse_addr
     from p2pckpt.relay.server import RelayServer
 
@@ -38,20 +38,13 @@ def relay(listen: str, bandwidth: int | None, session_bytes: int | None) -> None
         raise ConfigError("--bandwidth must be a positive number of bytes per second")
     if session_bytes is not None and session_bytes < 1:
         raise ConfigError("--session-bytes must be a positive number of bytes")
-    logging.getLogger("p2pckpt").setLevel(min(logging.getLogger().level, logging.INFO))
 
-    async def run() -> None:
+    async def start(nursery: trio.Nursery) -> None:
         server = RelayServer(bandwidth=bandwidth, session_bytes=session_bytes)
-        async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(server.serve, host, port)
-            for lst in listeners:
-                addr = lst.socket.getsockname()
-                click.echo(f"relay listening on {addr[0]}:{addr[1]}")
-            sys.stdout.flush()
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    logging.getLogger("p2pckpt.relay").info("shutting down")
-                    nursery.cancel_scope.cancel()
-                    break
+        listeners = await nursery.start(server.serve, host, port)
+        for lst in listeners:
+            addr = lst.socket.getsockname()
+            click.echo(f"relay listening on {addr[0]}:{addr[1]}")
+        sys.stdout.flush()
 
-    trio.run(run)
+    run_until_signalled(start, "p2pckpt.relay")

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any
 
 import click
 
-from p2pckpt.cli.commands import _human, command
-from p2pckpt.cli.main import emit_json, home_path
+from p2pckpt.cli.common import command, emit_json, home_path, human
 from p2pckpt.manifest.paths import safe_display
 
 
@@ -33,19 +31,19 @@ def status(as_json: bool) -> None:
         click.echo(format_status(doc if isinstance(doc, Mapping) else {}, time.time()))
 
 
-def _str(d: Mapping[str, Any], key: str, default: str = "?") -> str:
+def _str(d: Mapping[str, object], key: str, default: str = "?") -> str:
     value = d.get(key)
     return safe_display(value) if isinstance(value, str) and value else default
 
 
-def _num(d: Mapping[str, Any], key: str) -> float | None:
+def _num(d: Mapping[str, object], key: str) -> float | None:
     value = d.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         return None
     return float(value)
 
 
-def _list(d: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+def _list(d: Mapping[str, object], key: str) -> list[Mapping[str, object]]:
     value = d.get(key)
     if not isinstance(value, list):
         return []
@@ -53,7 +51,7 @@ def _list(d: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
 
 
 def _bytes(n: float | None) -> str:
-    return "?" if n is None or n < 0 or n == float("inf") else _human(int(n))
+    return "?" if n is None or n < 0 or n == float("inf") else human(int(n))
 
 
 def _duration(seconds: float | None) -> str:
@@ -70,7 +68,7 @@ def _duration(seconds: float | None) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-def _ref(d: Mapping[str, Any]) -> str:
+def _ref(d: Mapping[str, object]) -> str:
     version = _num(d, "version")
     return f"{_str(d, 'name')}@{int(version) if version is not None else '?'}"
 
@@ -80,7 +78,7 @@ def _short(peer_id: str) -> str:
     return peer_id.split("-", 1)[0][:8]
 
 
-def _who(peer: Mapping[str, Any], names: Mapping[str, str]) -> str:
+def _who(peer: Mapping[str, object], names: Mapping[str, str]) -> str:
     raw = peer.get("id")
     pid = raw if isinstance(raw, str) and raw else ""
     label = _short(safe_display(pid)) if pid else "?"
@@ -88,13 +86,13 @@ def _who(peer: Mapping[str, Any], names: Mapping[str, str]) -> str:
     return f"{label} ({name})" if name else label
 
 
-def _version_line(v: Mapping[str, Any]) -> str:
+def _version_line(v: Mapping[str, object]) -> str:
     line = f"  {_ref(v)}  {_bytes(_num(v, 'bytes'))}  {_str(v, 'origin')}"
     location = _str(v, "location", "")
     return f"{line}: {location}" if location else line
 
 
-def _transfer_lines(t: Mapping[str, Any], names: Mapping[str, str]) -> list[str]:
+def _transfer_lines(t: Mapping[str, object], names: Mapping[str, str]) -> list[str]:
     done, total, rate = _num(t, "bytes_done"), _num(t, "bytes_total"), _num(t, "rate")
     progress = f"{_bytes(done)} / {_bytes(total)}"
     if done is not None and total:
@@ -110,7 +108,7 @@ def _transfer_lines(t: Mapping[str, Any], names: Mapping[str, str]) -> list[str]
     return lines
 
 
-def _peer_line(p: Mapping[str, Any], now: float) -> str:
+def _peer_line(p: Mapping[str, object], now: float) -> str:
     seen = _num(p, "seen")
     when = f"seen {_duration(now - seen)} ago" if seen is not None else "never seen"
     addr = _str(p, "addr", "")
@@ -124,16 +122,16 @@ def _section(title: str, lines: list[str], count: int) -> list[str]:
     return [f"{title} ({count}):", *lines] if count else [f"{title}: none"]
 
 
-def format_status(doc: Mapping[str, Any], now: float) -> str:
+def format_status(doc: Mapping[str, object], now: float) -> str:
     """The human view of a status document (see ``p2pckpt.daemon.control``)."""
     started = _num(doc, "started")
     uptime = _duration(now - started) if started is not None else "?"
     out = [f"daemon {_str(doc, 'peer_id')}, up {uptime}"]
     peers = _list(doc, "peers")
     names = {
-        p["id"]: _str(p, "name", "")
+        pid: name
         for p in peers
-        if isinstance(p.get("id"), str) and _str(p, "name", "")
+        if isinstance(pid := p.get("id"), str) and (name := _str(p, "name", ""))
     }
     versions = _list(doc, "versions")
     out += _section("served versions", [_version_line(v) for v in versions], len(versions))

@@ -3,18 +3,17 @@ signed manifest and name every file and chunk that differs.
 
 Without NAME@VERSION the manifest is the one the catalog holds for PATH (a
 copy this node pulled or published). Exit 0 only when every byte matches;
-9 (integrity) when anything differs; 3 when no manifest is known for PATH.
+9 (integrity, ``CopyDiffers``) when anything differs; 3 (``NotFound``) when
+no manifest is known for PATH.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from p2pckpt.cli.commands import _parse_ref, command
-from p2pckpt.cli.main import emit_json, open_home
+from p2pckpt.cli.common import command, emit_json, open_home, parse_ref
 
 
 @command()
@@ -23,14 +22,14 @@ from p2pckpt.cli.main import emit_json, open_home
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 def verify(path: Path, ref: str | None, as_json: bool) -> None:
     """Check PATH against its signed manifest; name every file and chunk that differs."""
-    from p2pckpt.errors import NotFound
+    from p2pckpt.errors import CopyDiffers, NotFound
     from p2pckpt.manifest.paths import safe_display
     from p2pckpt.store.verify import compare
 
     home = open_home()
     where = path.expanduser().absolute()
     if ref is not None:
-        name, version = _parse_ref(ref)
+        name, version = parse_ref(ref)
         entry = home.catalog.find(name, version)
         if entry is None:
             raise NotFound(f"this node holds no manifest for {ref}")
@@ -64,9 +63,8 @@ def verify(path: Path, ref: str | None, as_json: bool) -> None:
             click.echo(f"extra: {safe_display(p)}")
         for p in result.damaged:
             click.echo(f"damaged: {safe_display(p)}: {result.details.get(p, '')}")
-        if result:
-            click.echo(f"p2pckpt: error: {where} does not match {label}", err=True)
-        else:
+        if not result:
             click.echo(f"ok: {where} matches {label} ({manifest.total_bytes} bytes verified)")
     if result:
-        sys.exit(9)
+        # --json said so already (ok: false); the text output ends with the error line
+        raise CopyDiffers(f"{where} does not match {label}", reported=as_json)

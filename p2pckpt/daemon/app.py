@@ -3,7 +3,8 @@
 Task tree::
 
     run_daemon
-    ├── Server.serve            listeners on cfg.listen (R-50 limits inside)
+    ├── Server.serve            listeners on cfg.listen (R-50 limits inside);
+    │                           pushes it takes are pulled back (``pushes``)
     ├── announce                mDNS, if enabled: peer ID, port, catalog epoch
     ├── register                relay registration, if a relay is configured
     ├── serve_control           HOME/run/control.sock: `p2pckpt status`
@@ -24,22 +25,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from p2pckpt.config import Config, parse_addr
-from p2pckpt.daemon.follow import Installs
+from p2pckpt.daemon.pushes import Pulls, Pushes
 from p2pckpt.discovery.finder import Finder, open_finder
 from p2pckpt.discovery.sightings import Sightings
-from p2pckpt.errors import ConfigError, ManifestError, P2pckptError
+from p2pckpt.errors import ConfigError
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
-from p2pckpt.transfer.partials import Partials
-from p2pckpt.transfer.pull import Progress, PullResult, choose_source
+from p2pckpt.transfer.pull import Progress
 from p2pckpt.transfer.serve import Server
 from p2pckpt.transfer.throttle import Throttle
-from p2pckpt.wire import messages as m
+
+if TYPE_CHECKING:
+    from p2pckpt.daemon.metrics import Metrics
 
 log = logging.getLogger("p2pckpt.daemon")
 
@@ -85,25 +87,6 @@ class _Tracked(Progress):
             self._on_bytes(n)
 
 
-class _Reporting(Progress):
-    """Also tells a pusher how far its push has got."""
-
-    def __init__(self, inner: Progress, report: Callable[[int, int], None]) -> None:
-        self._inner = inner
-        self._report = report
-        self._done = self._total = 0
-
-    def start(self, name: str, total: int, done: int) -> None:
-        self._inner.start(name, total, done)
-        self._total, self._done = total, done
-        self._report(done, total)
-
-    def advance(self, n: int) -> None:
-        self._inner.advance(n)
-        self._done += n
-        self._report(self._done, self._total)
-
-
 @dataclass
 class DaemonState:
     home: Home
@@ -117,6 +100,10 @@ class DaemonState:
 
     def progress(self, name: str) -> Progress:
         return _Tracked(self.transfers, name, self.on_pulled)
+
+    def connected(self, peer: PeerId, route: str, addr: str) -> None:
+        """An authenticated connection from ``peer`` (the server tells)."""
+        self.sightings.saw(peer, route, addr, inbound=True)
 
     def active(self) -> int:
         return sum(1 for t in self.transfers.values() if t.total == 0 or t.done < t.total)
@@ -192,111 +179,25 @@ async def run_daemon(
     home: Home, cfg: Config, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Run every configured service until cancelled; reports the listen addresses."""
-    from p2pckpt.daemon.control import serve_control
-
     state = DaemonState(home, cfg)
-
-    async def on_push(
-        peer: PeerId,
-        addr: tuple[str, int] | None,
-        req: m.PushRequest,
-        report: Callable[[int, int], None],
-    ) -> m.PushResult:
-        """Pull what a pusher (checked for the push role) asks for, into the
-        follow directory of that name; report the verified result. Pushes of
-        a version already being pulled here join that pull (``installs``)."""
-        from p2pckpt.daemon.follow import accept_of, install
-        from p2pckpt.transfer.peer import connect_direct
-
-        spec = next((f for f in cfg.follow if f.name == req.name), None)
-        if spec is None:
-            return m.PushResult(False, f"this node does not follow {req.name}")
-        log.info("push name=%s version=%d from=%s", req.name, req.version, peer.short)
-
-        async def joined() -> PullResult:
-            raise AssertionError("only called when nothing runs")  # pragma: no cover
-
-        try:
-            if installs.busy(req.root):
-                log.info("push joins the pull under way name=%s version=%d", req.name, req.version)
-                result = await installs.run(req.root, joined)
-                return m.PushResult(True, f"verified {req.name}@{req.version}", result.bytes_total)
-            if addr is not None:
-                conn = await connect_direct(home, addr, expect=peer)
-                state.sightings.saw(peer, conn.route, conn.addr, inbound=False)
-            elif state.finder is not None:
-                conn = await state.finder.connect(peer)
-            else:
-                return m.PushResult(False, "cannot reach the pusher")
-            offer = await choose_source(home, [conn], req.name, req.version, accept_of(spec))
-            if offer.manifest.root != req.root:
-                await offer.aclose()
-                raise ManifestError(f"{req.name}@{req.version} differs from the version pushed")
-            # Only peers we trust: a pusher cannot make us dial arbitrary nodes.
-            peers = [(PeerId(key), (host, port)) for key, host, port in req.peers]
-            hints = [(p, addr) for p, addr in peers if home.trust.get(p) is not None]
-            if len(hints) < len(req.peers):
-                log.info(
-                    "push hints skipped=%d (peers we do not trust)", len(req.peers) - len(hints)
-                )
-            if installs.busy(req.root):  # another push got here while we connected
-                await offer.aclose()
-            result = await installs.run(
-                req.root,
-                partial(
-                    install,
-                    home,
-                    spec,
-                    offer,
-                    lambda name: _Reporting(state.progress(name), report),
-                    serving=server.serving,
-                    partials=partials,
-                    throttles=throttles,
-                    hints=[h for h in hints if h[0] != home.key.peer_id and h[0] != peer],
-                ),
-            )
-        except P2pckptError as exc:
-            log.warning('push failed name=%s version=%d error="%s"', req.name, req.version, exc)
-            return m.PushResult(False, str(exc))
-        return m.PushResult(True, f"verified {req.name}@{req.version}", result.bytes_total)
-
-    def connected(peer: PeerId, route: str, addr: str) -> None:
-        state.sightings.saw(peer, route, addr, inbound=True)
-
-    metrics = None
-    if cfg.metrics is not None:
-        from p2pckpt.daemon.metrics import Metrics
-
-        metrics = Metrics(lambda: server.connected_peers, state.active)
-    partials = Partials()  # what we are pulling, we also serve
+    pulls = Pulls(throttles=[Throttle(cfg.download)] if cfg.download > 0 else [])
+    pushes = Pushes(state, pulls)
+    metrics = _new_metrics(cfg, lambda: server.connected_peers, state.active)
     server = Server(
         home,
-        on_push=on_push,
+        on_push=pushes,
         upload=cfg.upload,
         compress=cfg.compress != "off",
         per_peer=cfg.upload_per_peer,
-        partials=partials,
-        on_connect=connected,
+        partials=pulls.partials,
+        on_connect=state.connected,
         on_served=metrics.bytes_served.inc if metrics is not None else None,
         on_packed=metrics.packed if metrics is not None else None,
     )
-    installs = Installs()  # one pull per version, whoever asks (pushes, follows)
-    throttles = [Throttle(cfg.download)] if cfg.download > 0 else []
+    pushes.serving = server.serving
     host, port = parse_addr(cfg.listen, allow_zero=True)
     if metrics is not None:
-        assert cfg.metrics is not None
-        state.on_pulled = metrics.bytes_pulled.inc
-        state.on_corrupt = metrics.chunks_failed.inc
-        try:
-            metrics.serve(*cfg.metrics)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot serve metrics on {cfg.metrics[0]}:{cfg.metrics[1]}: {exc.strerror}"
-            ) from None
-
-    async def status(_request: dict[str, Any]) -> Any:
-        return state.status()
-
+        _serve_metrics(cfg, state, metrics)
     async with contextlib.AsyncExitStack() as stack:
         # Followers share one finder (and its mDNS browser) for the daemon's life.
         finder = await stack.enter_async_context(open_finder(home, cfg)) if cfg.follow else None
@@ -304,32 +205,76 @@ async def run_daemon(
             finder.sightings = state.sightings
             state.finder = finder
         nursery = await stack.enter_async_context(trio.open_nursery())
-        listeners = await nursery.start(server.serve, host, port)
-        addrs = ["{}:{}".format(*lst.socket.getsockname()[:2]) for lst in listeners]
-        await nursery.start(serve_control, home.path, {"status": status})
-        await start_reachability(nursery, home, cfg, server, listeners)
-        if cfg.watch:
-            from p2pckpt.daemon.watch import watch_folder
-
-            for spec in cfg.watch:
-                await nursery.start(partial(watch_folder, home, spec, serving=server.serving))
-        if finder is not None:
-            from p2pckpt.daemon.follow import follow
-
-            for fspec in cfg.follow:
-                await nursery.start(
-                    partial(
-                        follow,
-                        on_corrupt=state.on_corrupt,
-                        serving=server.serving,
-                        partials=partials,
-                        throttles=throttles,
-                        installs=installs,
-                    ),
-                    home,
-                    finder,
-                    fspec,
-                    state.progress,
-                )
+        addrs = await _start_tasks(nursery, state, server, pulls, (host, port))
         log.info("daemon ready listen=%s peer=%s", ",".join(addrs), home.key.peer_id)
         task_status.started(addrs)
+
+
+def _new_metrics(
+    cfg: Config, peers: Callable[[], int], transfers: Callable[[], int]
+) -> Metrics | None:
+    """The daemon's metrics, if ``[daemon] metrics`` is set (served later)."""
+    if cfg.metrics is None:
+        return None
+    from p2pckpt.daemon.metrics import Metrics
+
+    return Metrics(peers, transfers)
+
+
+def _serve_metrics(cfg: Config, state: DaemonState, metrics: Metrics) -> None:
+    """Count pulled and corrupt chunks too, and serve the metrics endpoint."""
+    assert cfg.metrics is not None
+    state.on_pulled = metrics.bytes_pulled.inc
+    state.on_corrupt = metrics.chunks_failed.inc
+    try:
+        metrics.serve(*cfg.metrics)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve metrics on {cfg.metrics[0]}:{cfg.metrics[1]}: {exc.strerror}"
+        ) from None
+
+
+async def _start_tasks(
+    nursery: trio.Nursery,
+    state: DaemonState,
+    server: Server,
+    pulls: Pulls,
+    listen: tuple[str, int],
+) -> list[str]:
+    """Start every service (the task tree above), each ready when this
+    returns; returns the listen addresses."""
+    from p2pckpt.daemon.control import serve_control
+
+    home, cfg = state.home, state.cfg
+
+    async def status(_request: dict[str, Any]) -> Any:
+        return state.status()
+
+    listeners = await nursery.start(server.serve, *listen)
+    addrs = ["{}:{}".format(*lst.socket.getsockname()[:2]) for lst in listeners]
+    await nursery.start(serve_control, home.path, {"status": status})
+    await start_reachability(nursery, home, cfg, server, listeners)
+    if cfg.watch:
+        from p2pckpt.daemon.watch import watch_folder
+
+        for spec in cfg.watch:
+            await nursery.start(partial(watch_folder, home, spec, serving=server.serving))
+    if state.finder is not None:
+        from p2pckpt.daemon.follow import follow
+
+        for fspec in cfg.follow:
+            await nursery.start(
+                partial(
+                    follow,
+                    on_corrupt=state.on_corrupt,
+                    serving=server.serving,
+                    partials=pulls.partials,
+                    throttles=pulls.throttles,
+                    installs=pulls.installs,
+                ),
+                home,
+                state.finder,
+                fspec,
+                state.progress,
+            )
+    return addrs

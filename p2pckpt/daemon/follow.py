@@ -45,8 +45,8 @@ from p2pckpt.errors import (
     TransferError,
     first_leaf,
 )
+from p2pckpt.fs.atomic import fsync_dir
 from p2pckpt.home import Home
-from p2pckpt.store.atomic import fsync_dir
 from p2pckpt.transfer.partials import Partials
 from p2pckpt.transfer.pull import (
     Accept,

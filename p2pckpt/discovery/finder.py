@@ -9,14 +9,20 @@ on discovery's say-so, which bounds the dials a LAN host can trigger (R-14).
     finder = Finder(home, config, browser)      # browser: None without mDNS
     conn = await finder.connect(peer_id)        # every direct route at once, then the relay
     conns = await finder.connect_all(targets)   # addresses / IDs, or every trusted peer
+
+A command or script that only wants connections uses the one-shot helpers:
+
+    targets = parse_targets(["10.0.0.7:7450", "alice"], home)   # None: find peers
+    conns = await connect_targets(home, config, targets)        # every one that worked
+    each = await connect_each(home, config, targets)            # a connection or an error each
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Final
 
@@ -54,6 +60,12 @@ def parse_target(text: str, home: Home) -> Target:
         raise ConfigError(
             f"{text!r} is not HOST:PORT, a peer ID, or the name of a trusted peer"
         ) from None
+
+
+def parse_targets(texts: Iterable[str], home: Home) -> list[Target] | None:
+    """Targets given by the user (``--from``, ``--peer``, ``--to``), each as
+    ``parse_target``; None when none was given, meaning: find trusted peers."""
+    return [parse_target(text, home) for text in texts] or None
 
 
 class Finder:
@@ -262,3 +274,49 @@ async def open_finder(home: Home, config: Config, use_mdns: bool = True) -> Asyn
 
     async with open_browser(interfaces=list(config.interfaces) or None) as browser:
         yield Finder(home, config, browser)
+
+
+def _finder_for(
+    home: Home, config: Config, targets: Sequence[Target] | None
+) -> AbstractAsyncContextManager[Finder]:
+    """``open_finder``, listening to mDNS only if needed: to resolve a peer ID
+    or to discover peers (``targets`` None); addresses alone need none."""
+    need_mdns = targets is None or any(not isinstance(t, tuple) for t in targets)
+    return open_finder(home, config, use_mdns=need_mdns)
+
+
+async def connect_targets(
+    home: Home, config: Config, targets: list[Target] | None
+) -> list[PeerConnection]:
+    """Connect to every target (None: every reachable trusted peer) at once;
+    the connections that worked, as ``Finder.connect_all`` (which raises if none did)."""
+    async with _finder_for(home, config, targets) as finder:
+        return await finder.connect_all(targets)
+
+
+async def connect_each(
+    home: Home, config: Config, targets: Sequence[Target]
+) -> list[PeerConnection | P2pckptError]:
+    """Connect to every target at once; for each, in order, its connection or
+    why there is none. On cancellation the connections made are closed."""
+    out: list[PeerConnection | P2pckptError] = [PeerUnreachable("not tried")] * len(targets)
+    limit = trio.CapacityLimiter(MAX_DIAL_AT_ONCE)
+    async with _finder_for(home, config, targets) as finder:
+
+        async def one(i: int, target: Target) -> None:
+            async with limit:
+                try:
+                    out[i] = await finder.connect_target(target)
+                except P2pckptError as exc:
+                    out[i] = exc
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for i, target in enumerate(targets):
+                    nursery.start_soon(one, i, target)
+        except BaseException:
+            for made in out:
+                if isinstance(made, PeerConnection):
+                    await made.aclose()
+            raise
+    return out

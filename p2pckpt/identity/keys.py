@@ -10,8 +10,8 @@ import nacl.exceptions
 import nacl.signing
 
 from p2pckpt.errors import AuthenticationFailed, ConfigError
+from p2pckpt.fs.atomic import write_atomic
 from p2pckpt.identity.peer_id import PeerId
-from p2pckpt.store.atomic import write_atomic
 
 KEY_FILE = "node.key"
 _MAGIC = b"p2pckpt-ed25519-v1\n"

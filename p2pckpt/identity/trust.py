@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from p2pckpt.errors import ConfigError, NotAuthorized, UnknownPeer
+from p2pckpt.fs.atomic import write_atomic
 from p2pckpt.identity.peer_id import PeerId
-from p2pckpt.store.atomic import write_atomic
 
 log = logging.getLogger("p2pckpt.trust")
 

@@ -24,7 +24,7 @@ from typing import Final
 from p2pckpt.manifest.chunker import CHUNK_SIZE, boundaries
 
 MIN_SEGMENT: Final = 1 << 20
-MAX_HEADER: Final = 100 << 20  # the safetensors format's own limit
+MAX_HEADER: Final = 100 << 20  # 100 MiB: a little above the format's own 100_000_000
 
 
 def safetensors_header_length(first8: bytes, size: int) -> int | None:

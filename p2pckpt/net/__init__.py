@@ -1,1 +1,1 @@
-"""Leaf helpers for network code: pacing and rate limits (no imports from the rest)."""
+"""Leaf helpers for network code: pacing, rate limits and listeners (imports only errors)."""

@@ -35,7 +35,7 @@ log = logging.getLogger("p2pckpt.relay.client")
 
 CONNECT_TIMEOUT: Final = 10.0  # TCP connect to the relay
 REGISTER_TIMEOUT: Final = 10.0  # Register → Registered, as the relay allows
-IDLE_TIMEOUT: Final = 300.0  # the relay pings every 90 s; silence this long = lost
+IDLE_TIMEOUT: Final = 300.0  # well above the relay's PING_INTERVAL; silence this long = lost
 SEND_TIMEOUT: Final = 60.0
 BACKOFF_MIN: Final = 1.0  # seconds before the first reconnect
 BACKOFF_MAX: Final = 60.0

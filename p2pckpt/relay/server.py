@@ -45,10 +45,10 @@ from p2pckpt.errors import (
 from p2pckpt.errors import RemoteProtocolError as Bad
 from p2pckpt.identity.keys import verify_signature
 from p2pckpt.identity.peer_id import PeerId
+from p2pckpt.net.listen import open_listeners
+from p2pckpt.net.ratelimit import RateLimiter, source_key
 from p2pckpt.relay import protocol as p
 from p2pckpt.relay.splice import HAVE_SPLICE, Budget, CapReached, move_copy, move_splice
-from p2pckpt.transfer.listen import open_listeners
-from p2pckpt.transfer.ratelimit import RateLimiter, source_key
 
 log = logging.getLogger("p2pckpt.relay")
 

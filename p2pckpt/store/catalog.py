@@ -21,9 +21,9 @@ from pathlib import Path
 import msgpack
 
 from p2pckpt.errors import ManifestError, NoSpace, Rollback, StoreError
-from p2pckpt.hfcache import real_path, source_path
 from p2pckpt.manifest.chunker import Chunk
 from p2pckpt.manifest.manifest import Manifest, verify
+from p2pckpt.store.locations import file_path
 
 CATALOG_FILE = "catalog.db"
 _SCHEMA = """
@@ -219,10 +219,7 @@ class Catalog:
         """Record where each chunk of a version lives locally (for reuse)."""
         self._db.execute("DELETE FROM chunks WHERE root = ?", (manifest.root,))
         base = Path(location)
-        where = {
-            f.path: str(real_path(base) if manifest.kind == "file" else source_path(base, f.path))
-            for f in manifest.files
-        }
+        where = {f.path: str(file_path(base, manifest.kind, f.path)) for f in manifest.files}
         self._db.executemany(
             "INSERT INTO chunks VALUES (?,?,?,?,?)",
             (

@@ -3,7 +3,7 @@
 A copy matches when it holds exactly the manifest's files (no more, no
 fewer), each a regular file of the declared size whose every chunk hashes to
 its manifest entry. Links are never followed, except a Hugging Face cache
-snapshot's links into its own ``blobs/`` (``hfcache.source_path``). Hashing runs at disk speed.
+snapshot's links into its own ``blobs/`` (``locations.source_path``). Hashing runs at disk speed.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from p2pckpt.hfcache import real_path, source_path
 from p2pckpt.manifest.chunker import chunk_hash
 from p2pckpt.manifest.manifest import FileEntry, Manifest
+from p2pckpt.store.locations import file_path
 
 _BUF = 4 << 20
 
@@ -116,7 +116,7 @@ def compare(
 
     if manifest.kind == "file":
         entry = manifest.files[0]
-        path = real_path(path)  # a cache snapshot's link: its blob
+        path = file_path(path, manifest.kind, entry.path)  # a cache snapshot's link: its blob
         if not path.is_file() or path.is_symlink():
             result.missing.append(entry.path)
         else:
@@ -132,5 +132,5 @@ def compare(
         if entry.path not in present:
             result.missing.append(entry.path)
         else:
-            check(source_path(path, entry.path), entry)  # a cache snapshot's link: its blob
+            check(file_path(path, manifest.kind, entry.path), entry)  # a snapshot link: its blob
     return result

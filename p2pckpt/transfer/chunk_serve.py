@@ -14,12 +14,15 @@ served only once verified here.
 connection's ``PackPolicy`` (made at the first request that offers codecs;
 it learns from packing times and, through the sender, from how fast the link
 takes chunks, issue 7) and what packing saved, for the connection's log
-line. Reading and packing run in a worker thread (``chunk_source``); a file
-changed after publishing becomes one SOURCE_CHANGED Error (R-31).
+line; ``Busy`` is the rest of what one connection is doing (a push running,
+the versions it reads, cancelled requests). Reading and packing run in a
+worker thread (``chunk_source``); a file changed after publishing becomes
+one SOURCE_CHANGED Error (R-31).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -57,6 +60,33 @@ class Packing:
         if self.policy is None:  # the first request that offers codecs
             self.policy = PackPolicy(packing.available(), local=self.local)
         return self.policy.choose(req.accept)
+
+
+def same_host(sock: trio.socket.SocketType) -> bool:
+    """Whether a connected socket's peer is this machine (loopback, or our
+    own address): no network in between, only CPU."""
+    try:
+        peer, local = sock.getpeername()[0], sock.getsockname()[0]
+        return bool(peer == local or ipaddress.ip_address(str(peer).split("%")[0]).is_loopback)
+    except (OSError, ValueError, IndexError, TypeError):
+        return False
+
+
+class Busy:
+    """What one connection is doing: a long request (a push) in progress, the
+    versions it has been reading (so retention spares them), and its packing."""
+
+    def __init__(self, pack: Packing) -> None:
+        self.working = False
+        self.roots: set[bytes] = set()
+        self.cancelled: OrderedDict[int, None] = OrderedDict()
+        self.pack = pack
+
+    def cancel(self, req_id: int) -> None:
+        """Skip ``req_id`` if it is still queued (bounded: old ids are forgotten)."""
+        self.cancelled[req_id] = None
+        while len(self.cancelled) > 2 * m.MAX_OUTSTANDING:
+            self.cancelled.popitem(last=False)
 
 
 class Chunks:

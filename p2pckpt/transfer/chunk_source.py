@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from p2pckpt.hfcache import real_path, source_path
 from p2pckpt.manifest.chunker import Chunk, chunk_hash
 from p2pckpt.manifest.manifest import Manifest, verify
+from p2pckpt.store.locations import file_path
 from p2pckpt.store.staging import Staging
 from p2pckpt.wire import packing
 from p2pckpt.wire.codec import CHUNK_HEADER_SIZE, chunk_header, packed_header
@@ -55,9 +55,9 @@ class Served:
         return cls(manifest, staging.path / "data", chunks, staging.done)
 
     def file_path(self, relpath: str) -> Path:
-        if self.manifest.kind == "file" and self.have is None:
-            return real_path(self.location)  # a cache snapshot's link: its blob
-        return source_path(self.location, relpath)
+        # a pull's staging data/ holds even a single-file version under its name
+        kind = self.manifest.kind if self.have is None else "dir"
+        return file_path(self.location, kind, relpath)  # a cache snapshot's link: its blob
 
 
 def read_chunk(path: Path, chunk: Chunk, req_id: int, buf: bytearray) -> memoryview:

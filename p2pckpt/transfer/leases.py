@@ -4,7 +4,7 @@ what one connection holds (the client side's pool is ``buffers``).
 Theory of operation
 -------------------
 
-A chunk on its way out sits in a buffer of up to one chunk (4 MiB) from the
+A chunk on its way out sits in a buffer of up to one chunk (MAX_CHUNK) from the
 moment its read starts until its send ends, so the number of buffers bounds
 the server's memory. Three layers hold them:
 

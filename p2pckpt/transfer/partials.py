@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from p2pckpt.store.staging import Staging
-from p2pckpt.transfer.schedule import bits_of, int_to_bitfield
+from p2pckpt.wire.bitfield import bits_of, int_to_bitfield
 
 
 @dataclass

@@ -22,6 +22,10 @@ writes them in a worker thread. A chunk that fails verification bans its
 source for this pull (its chunks go to the others); a source that vanishes
 has its chunks reassigned. The pull fails only when no source is left that
 can supply what is missing; the journal makes the next run resume.
+
+Modules: ``choose`` picks the version and its sources (and says why a
+publisher is refused); ``fill`` fills the staging copy (local copies, then
+the swarm); this one checks DEST, guards trust while filling, and commits.
 """
 
 from __future__ import annotations
@@ -29,35 +33,29 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final, Literal
 
 import trio
 
-from p2pckpt.errors import (
-    BadSignature,
-    DestinationExists,
-    Equivocation,
-    Expired,
-    ManifestError,
-    NotFound,
-    P2pckptError,
-    RemoteProtocolError,
-    TransferError,
-)
+from p2pckpt.errors import BadSignature, DestinationExists, RemoteProtocolError
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
-from p2pckpt.identity.trust import publisher_problem
-from p2pckpt.manifest.manifest import Manifest, verify
-from p2pckpt.store.catalog import Catalog
-from p2pckpt.store.staging import FSYNC_INTERVAL, Staging, check_free_space
+from p2pckpt.manifest.manifest import Manifest
+from p2pckpt.store.staging import Staging
 from p2pckpt.store.verify import compare
+from p2pckpt.transfer.choose import Accept as Accept
+from p2pckpt.transfer.choose import Offer as Offer
+from p2pckpt.transfer.choose import choose_source as choose_source
+from p2pckpt.transfer.choose import fetch_manifest as fetch_manifest
+from p2pckpt.transfer.choose import publisher_refusal as publisher_refusal
+from p2pckpt.transfer.fill import Progress as Progress
+from p2pckpt.transfer.fill import dial_hint, fill
 from p2pckpt.transfer.partials import Partials
-from p2pckpt.transfer.peer import PeerConnection, connect_direct
-from p2pckpt.transfer.reuse import reuse_local
-from p2pckpt.transfer.swarm import NETWORK_ERRORS, Joiner, Source, Swarm
+from p2pckpt.transfer.peer import PeerConnection
+from p2pckpt.transfer.swarm import Source
 from p2pckpt.transfer.throttle import Throttle
 from p2pckpt.wire import messages as m
 
@@ -65,54 +63,6 @@ log = logging.getLogger("p2pckpt.pull")
 
 DEFAULT_STREAMS: Final = 2
 TRUST_RECHECK: Final = 0.25  # how often a running pull looks at the trust store
-
-
-@dataclass(frozen=True)
-class Accept:
-    """Which signed versions a pull takes: signed by one of ``publishers``
-    (IDs or trusted names) or, when none are named, by a peer trusted with
-    "publish" (R-64); an expired newest version only with ``allow_expired``."""
-
-    publishers: tuple[str, ...] = ()
-    allow_expired: bool = False
-
-
-def publisher_refusal(home: Home, manifest: Manifest, accept: Accept) -> BadSignature | None:
-    """Why ``manifest``'s publisher is not accepted now, as the error to raise."""
-    problem = publisher_problem(home.trust, home.key.peer_id, manifest.publisher, accept.publishers)
-    if problem is None:
-        return None
-    known = home.trust.get(manifest.publisher)
-    who = known.name if known is not None and known.name else manifest.publisher.short
-    return BadSignature(f"{manifest.name}@{manifest.version} is signed by {who}: {problem}")
-
-
-async def fetch_manifest(
-    home: Home,
-    conn: PeerConnection,
-    name: str,
-    version: int | None,
-    accept: Accept | None = None,
-) -> tuple[Manifest, bytes]:
-    await conn.send(m.ManifestRequest(name, version))
-    reply = await conn.receive()
-    if not isinstance(reply, m.ManifestResponse):
-        raise RemoteProtocolError("expected a manifest")
-    manifest = verify(reply.envelope)
-    refusal = publisher_refusal(home, manifest, accept or Accept())
-    if refusal is not None:
-        raise refusal
-    if manifest.name != name or (version is not None and manifest.version != version):
-        raise ManifestError(f"peer answered with {manifest.name}@{manifest.version}")
-    home.catalog.check_not_rollback(manifest, asked_latest=version is None)
-    same = home.catalog.find(manifest.name, manifest.version, manifest.publisher.key)
-    if same is not None and same.root != manifest.root:
-        raise ManifestError(
-            f"{manifest.publisher.short} signed two different {manifest.name}"
-            f"@{manifest.version}; refusing this one"
-        )
-    home.catalog.note_seen(manifest)
-    return manifest, reply.envelope
 
 
 @dataclass(frozen=True)
@@ -132,29 +82,6 @@ class PullResult:
     peers: list[dict[str, object]]
 
 
-class Progress(Protocol):
-    """Callbacks for a progress display."""
-
-    def start(self, name: str, total: int, done: int) -> None: ...
-
-    def advance(self, n: int) -> None: ...
-
-
-@dataclass
-class Offer:
-    """The version chosen for a pull and the peers offering exactly it."""
-
-    manifest: Manifest
-    envelope: bytes
-    sources: list[Source]
-    accept: Accept = field(default_factory=Accept)
-
-    async def aclose(self) -> None:
-        for src in self.sources:
-            for conn in src.conns:
-                await conn.aclose()
-
-
 Hint = tuple[PeerId, tuple[str, int]]  # a peer that may join mid-pull, and where
 
 
@@ -170,115 +97,6 @@ def default_dest(manifest: Manifest) -> Path:
     if manifest.kind == "file":
         return Path.cwd() / manifest.files[0].path
     return Path.cwd() / manifest.name
-
-
-async def choose_source(
-    home: Home,
-    conns: list[PeerConnection],
-    name: str,
-    version: int | None,
-    accept: Accept | None = None,
-) -> Offer:
-    """Ask every connected peer for ``name``; keep the newest version signed by
-    a publisher ``accept`` takes, and every peer offering exactly that version
-    as a source (in ``conns`` order; connections to the same peer are grouped).
-    The other connections are closed. If nobody qualifies, the most telling
-    error is raised; so is one publisher's equivocation (two manifests for
-    one name@version), two publishers' different newest versions under one
-    number, and an expired newest version."""
-    accept = accept or Accept()
-    started = time.time()  # the fixed start of this update (R-21)
-    offers: dict[int, tuple[Manifest, bytes]] = {}
-    errors: list[P2pckptError] = []
-
-    async def ask(conn: PeerConnection) -> None:
-        try:
-            offers[id(conn)] = await fetch_manifest(home, conn, name, version, accept)
-        except P2pckptError as exc:
-            log.info('peer skipped peer=%s error="%s"', conn.label, exc)
-            errors.append(exc)
-
-    try:
-        async with trio.open_nursery() as nursery:
-            for conn in conns:
-                nursery.start_soon(ask, conn)
-        if not offers:
-            # A refusal that says something (signature, rollback, trust) beats "not found".
-            errors.sort(key=lambda e: isinstance(e, NotFound))
-            raise errors[0] if errors else NotFound(f"no peer offers {name}")
-        offered = [(c, offers[id(c)][0]) for c in conns if id(c) in offers]
-        _refuse_equivocation(offered)
-        manifest, envelope = max(
-            (offers[id(c)] for c, _ in offered), key=lambda o: o[0].version
-        )  # first of the newest
-        _refuse_ambiguous(offered, manifest)
-        _check_expiry(manifest, version is None, accept, started)
-    except BaseException:
-        for conn in conns:
-            await conn.aclose()
-        raise
-    sources: dict[PeerId, Source] = {}
-    for conn in conns:
-        offer = offers.get(id(conn))
-        if offer is not None and offer[0].root == manifest.root:
-            src = sources.setdefault(conn.peer, Source(conn.peer, [], conn.route, conn.label))
-            src.conns.append(conn)
-        else:
-            await conn.aclose()
-    return Offer(manifest, envelope, list(sources.values()), accept)
-
-
-def _refuse_equivocation(offered: list[tuple[PeerConnection, Manifest]]) -> None:
-    """Two valid manifests from one publisher for one name@version, offered
-    at once: one of them is a lie or a stolen key; take neither (R-20)."""
-    first: dict[tuple[bytes, int], tuple[PeerConnection, Manifest]] = {}
-    for conn, manifest in offered:
-        key = (manifest.publisher.key, manifest.version)
-        seen = first.setdefault(key, (conn, manifest))
-        if seen[1].root != manifest.root:
-            raise Equivocation(
-                f"{manifest.publisher.short} signed two different {manifest.name}"
-                f"@{manifest.version}: {seen[0].label} offers {seen[1].root.hex()[:16]},"
-                f" {conn.label} offers {manifest.root.hex()[:16]}; refusing both (is that"
-                " publisher's key stolen? 'p2pckpt trust rm' it)"
-            )
-
-
-def _refuse_ambiguous(offered: list[tuple[PeerConnection, Manifest]], newest: Manifest) -> None:
-    """Different publishers' versions under the same newest number: which one
-    is meant is the user's choice (``--publisher``), not the first to answer."""
-    rivals = {
-        m_.publisher.short
-        for _, m_ in offered
-        if m_.version == newest.version and m_.publisher != newest.publisher
-    }
-    if rivals:
-        raise ManifestError(
-            f"{newest.name}@{newest.version} is offered by more than one publisher"
-            f" ({', '.join(sorted({newest.publisher.short, *rivals}))}): choose one with"
-            " --publisher (or a follow's publishers)"
-        )
-
-
-def _check_expiry(manifest: Manifest, latest: bool, accept: Accept, started: float) -> None:
-    """Refuse an expired newest version (a frozen or withheld feed, R-21);
-    an exact version asked for by number is only warned about."""
-    expires = manifest.expires
-    if expires is None or expires > started:
-        return
-    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(expires))
-    what = f"{manifest.name}@{manifest.version} (signed by {manifest.publisher.short})"
-    if latest and not accept.allow_expired:
-        raise Expired(
-            f"{what}, the newest version offered, expired at {when}: its publisher must publish"
-            " again (or pass --allow-expired to take it anyway)"
-        )
-    log.warning(
-        'version expired name=%s version=%d expired="%s" (taken anyway)',
-        manifest.name,
-        manifest.version,
-        when,
-    )
 
 
 def pull_result(
@@ -304,68 +122,6 @@ def pull_result(
         seconds=time.monotonic() - started,
         peers=[s.report() for s in sources],
     )
-
-
-async def _transfer(
-    staging: Staging,
-    sources: list[Source],
-    streams: int,
-    progress: Progress,
-    throttles: list[Throttle],
-    partials: Partials | None,
-    joiners: Sequence[Joiner] = (),
-    catalog: Catalog | None = None,
-) -> tuple[int, int]:
-    """Fetch every chunk the partial copy lacks, from local copies first
-    (``catalog``), then from the swarm; returns (downloaded, reused)."""
-    manifest = staging.manifest
-    chunks = [c for _, _, c in manifest.iter_chunks()]
-    copies = catalog.copies(c.digest for c in chunks) if catalog is not None else {}
-    if not staging.belongs_here():  # nothing to resume: preflight before creating files
-        here = sum(c.length for c in chunks if c.digest in copies)  # hoped for, checked below
-        check_free_space(staging.dest, manifest.total_bytes - here)
-    done = await trio.to_thread.run_sync(staging.open)
-    if copies and len(done) < len(chunks):
-        async with trio.open_nursery() as nursery:  # flushing starts the disk early
-            nursery.start_soon(_flusher, staging)
-            local = await trio.to_thread.run_sync(reuse_local, staging, copies)
-            nursery.cancel_scope.cancel()
-        log.info(
-            "reused name=%s version=%d bytes=%d (chunks already on this node)",
-            manifest.name,
-            manifest.version,
-            local,
-        )
-    sizes = [c.length for c in chunks]
-    reused = sum(sizes[i] for i in staging.done)
-    check_free_space(staging.dest, manifest.total_bytes - reused)
-    progress.start(f"{manifest.name}@{manifest.version}", manifest.total_bytes, reused)
-    downloaded = 0
-
-    def on_chunk(n: int) -> None:
-        nonlocal downloaded
-        downloaded += n
-        progress.advance(n)
-
-    if len(staging.done) < len(sizes):
-        async with trio.open_nursery() as nursery:  # more streams to each source
-            for src in sources:
-                for _ in range(streams - 1):
-                    nursery.start_soon(_open_extra, src)
-        swarm = Swarm(staging, sources, on_chunk, throttles, streams, joiners)
-        if partials is not None:  # serve what we verify to other pullers meanwhile
-            partials.add(staging, staging.envelope, swarm.sched.requested)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_flusher, staging)
-                await swarm.run()
-                nursery.cancel_scope.cancel()
-        finally:
-            if partials is not None:
-                partials.remove(manifest.root)
-    if not staging.complete:
-        raise TransferError("transfer ended before every chunk arrived")
-    return downloaded, reused
 
 
 async def pull(
@@ -420,56 +176,21 @@ async def pull_offer(
     """
     started = time.monotonic() if started is None else started
     manifest, envelope, sources = offer.manifest, offer.envelope, offer.sources
-    replace = False
     try:
         dest = (dest or default_dest(manifest)).expanduser().absolute()
+        there = "new"
         if dest.exists() or dest.is_symlink():
-            # Only a byte-for-byte match counts as "already there".
-            differs = await trio.to_thread.run_sync(compare, dest, manifest)
-            if differs and _replaceable(home, dest, manifest, differs.extra):
-                replace = True  # our own pulled copy of this name: updated in place
-            elif differs:
-                raise DestinationExists(
-                    f"{dest} already exists and is not {manifest.name}@{manifest.version}"
-                    f" ({differs.summary()}); remove it or choose another -o"
-                )
-            else:
-                log.info(
-                    'already present name=%s version=%d path="%s" (verified)',
-                    manifest.name,
-                    manifest.version,
-                    dest,
-                )
-                leftover = Staging(dest, manifest, envelope)
-                if leftover.belongs_here():  # a crash between rename and cleanup
-                    leftover.discard()
-                if any(e.root != manifest.root for e in home.catalog.at_location(dest)):
-                    home.catalog.forget_location(dest)  # a crash right after a swap
-                home.catalog.add(manifest, envelope, dest, "pulled")
-                return pull_result(manifest, dest, 0, manifest.total_bytes, sources, started)
+            there = await _at_dest(home, dest, manifest, envelope)
+        if there == "present":
+            return pull_result(manifest, dest, 0, manifest.total_bytes, sources, started)
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Staging(dest, manifest, envelope)
-        joiners = [partial(_dial_hint, home, peer, addr, streams) for peer, addr in hints]
         try:
-            revoked: list[BadSignature] = []
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_guard, home, offer, revoked, nursery.cancel_scope)
-                downloaded, reused = await _transfer(
-                    staging,
-                    sources,
-                    streams,
-                    progress or NoProgress(),
-                    throttles or [],
-                    partials,
-                    joiners,
-                    home.catalog,
-                )
-                nursery.cancel_scope.cancel()
-            refusal = revoked[0] if revoked else publisher_refusal(home, manifest, offer.accept)
-            if refusal is not None:  # trust changed under the pull: commit nothing
-                raise refusal
+            downloaded, reused = await _fetch(
+                home, offer, staging, streams, progress, throttles or [], partials, hints
+            )
             transferred = time.monotonic()
-            await trio.to_thread.run_sync(staging.commit, replace)
+            await trio.to_thread.run_sync(staging.commit, there == "replace")
             log.info(
                 "committed name=%s version=%d transfer_seconds=%.2f commit_seconds=%.2f"
                 " (commit is fsync + rename)",
@@ -480,22 +201,89 @@ async def pull_offer(
             )
         finally:
             staging.close()
-        if replace:  # the old version's bytes are gone from DEST now
+        if there == "replace":  # the old version's bytes are gone from DEST now
             home.catalog.forget_location(dest)
         home.catalog.add(manifest, envelope, dest, "pulled")
         result = pull_result(manifest, dest, downloaded, reused, sources, started)
-        for bad in (s for s in sources if s.problem):
-            log.warning(
-                'source dropped name=%s version=%d peer=%s status=%s error="%s"',
-                manifest.name,
-                manifest.version,
-                bad.peer.short,
-                "bad" if bad.bad else "lost",
-                bad.problem,
-            )
+        _log_dropped(manifest, sources)
         return result
     finally:
         await offer.aclose()
+
+
+async def _at_dest(
+    home: Home, dest: Path, manifest: Manifest, envelope: bytes
+) -> Literal["replace", "present"]:
+    """What ``dest``, which exists, is: our own pulled copy of another version
+    of this name, updated in place ("replace"), or this very version, verified
+    and now catalogued ("present"); anything else raises ``DestinationExists``."""
+    # Only a byte-for-byte match counts as "already there".
+    differs = await trio.to_thread.run_sync(compare, dest, manifest)
+    if differs and _replaceable(home, dest, manifest, differs.extra):
+        return "replace"
+    if differs:
+        raise DestinationExists(
+            f"{dest} already exists and is not {manifest.name}@{manifest.version}"
+            f" ({differs.summary()}); remove it or choose another -o"
+        )
+    log.info(
+        'already present name=%s version=%d path="%s" (verified)',
+        manifest.name,
+        manifest.version,
+        dest,
+    )
+    leftover = Staging(dest, manifest, envelope)
+    if leftover.belongs_here():  # a crash between rename and cleanup
+        leftover.discard()
+    if any(e.root != manifest.root for e in home.catalog.at_location(dest)):
+        home.catalog.forget_location(dest)  # a crash right after a swap
+    home.catalog.add(manifest, envelope, dest, "pulled")
+    return "present"
+
+
+async def _fetch(
+    home: Home,
+    offer: Offer,
+    staging: Staging,
+    streams: int,
+    progress: Progress | None,
+    throttles: list[Throttle],
+    partials: Partials | None,
+    hints: Sequence[Hint],
+) -> tuple[int, int]:
+    """Transfer under ``_guard``; returns (downloaded, reused). A publisher
+    no longer accepted when it ends refuses the pull before any commit."""
+    joiners = [partial(dial_hint, home, peer, addr, streams) for peer, addr in hints]
+    revoked: list[BadSignature] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_guard, home, offer, revoked, nursery.cancel_scope)
+        downloaded, reused = await fill(
+            staging,
+            offer.sources,
+            streams,
+            progress or NoProgress(),
+            throttles,
+            partials,
+            joiners,
+            home.catalog,
+        )
+        nursery.cancel_scope.cancel()
+    refusal = revoked[0] if revoked else publisher_refusal(home, offer.manifest, offer.accept)
+    if refusal is not None:  # trust changed under the pull: commit nothing
+        raise refusal
+    return downloaded, reused
+
+
+def _log_dropped(manifest: Manifest, sources: list[Source]) -> None:
+    for bad in (s for s in sources if s.problem):
+        log.warning(
+            'source dropped name=%s version=%d peer=%s status=%s error="%s"',
+            manifest.name,
+            manifest.version,
+            bad.peer.short,
+            "bad" if bad.bad else "lost",
+            bad.problem,
+        )
 
 
 def _replaceable(home: Home, dest: Path, manifest: Manifest, extra: list[str]) -> bool:
@@ -541,45 +329,6 @@ async def _guard(
             revoked.append(refusal)
             scope.cancel()
             return
-
-
-async def _dial_hint(
-    home: Home, peer: PeerId, addr: tuple[str, int], streams: int
-) -> Source | None:
-    """Connect to a hinted peer; None (logged) if it cannot be reached."""
-    try:
-        conn = await connect_direct(home, addr, expect=peer)
-    except NETWORK_ERRORS as exc:  # a hint that fails never fails the pull
-        log.info('hinted peer unreachable peer=%s error="%s"', peer.short, exc)
-        return None
-    src = Source(peer, [conn], conn.route, conn.label)
-    try:
-        for _ in range(streams - 1):
-            await _open_extra(src)
-    except BaseException:  # cancelled (the pull finished): close what we opened
-        for c in src.conns:
-            await c.aclose()
-        raise
-    return src
-
-
-async def _flusher(staging: Staging) -> None:
-    """Flush written chunks and the journal periodically, off the write path."""
-    while True:
-        await trio.sleep(FSYNC_INTERVAL)
-        await trio.to_thread.run_sync(staging.sync)
-
-
-async def _open_extra(src: Source) -> None:
-    """Open one more stream to a source, the same way; a failure just means
-    fewer streams."""
-    first = src.conns[0]
-    try:
-        conn = await first.redial()
-    except NETWORK_ERRORS as exc:
-        log.info('extra stream failed peer=%s error="%s"', first.label, exc)
-        return
-    src.conns.append(conn)
 
 
 async def list_remote(conn: PeerConnection) -> list[m.VersionInfo]:

@@ -55,8 +55,9 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from p2pckpt.errors import LocalProtocolError, RemoteProtocolError
-from p2pckpt.transfer.schedule import Scheduler, bitfield_to_int
+from p2pckpt.transfer.schedule import Scheduler
 from p2pckpt.wire import messages as m
+from p2pckpt.wire.bitfield import bitfield_to_int
 
 PIPELINE: Final = 6  # requests asked and unanswered per connection
 HAVE_POLL: Final = 0.5  # seconds between Have requests to a source still pulling

@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Final
+
+from p2pckpt.wire.bitfield import bits_of
 
 WINDOW_SECONDS: Final = 2.0
 ENDGAME_COPIES: Final = 2
@@ -53,31 +55,6 @@ FULL_SOURCE_EDGE: Final = 2.0
 PATIENCE: Final = 5.0  # how much faster a full source must be to take a puller's chunks
 
 Key = Hashable
-
-
-def bits_of(indices: Iterable[int]) -> int:
-    out = 0
-    for i in indices:
-        out |= 1 << i
-    return out
-
-
-def indices_of(bits: int) -> list[int]:
-    out = []
-    while bits:
-        low = bits & -bits
-        out.append(low.bit_length() - 1)
-        bits ^= low
-    return out
-
-
-def bitfield_to_int(data: bytes, count: int) -> int:
-    """A wire bitfield (bit i of byte i//8, LSB first) as a bitmap of ``count`` chunks."""
-    return int.from_bytes(data, "little") & ((1 << count) - 1)
-
-
-def int_to_bitfield(bits: int, count: int) -> bytes:
-    return bits.to_bytes((count + 7) // 8, "little")
 
 
 @dataclass

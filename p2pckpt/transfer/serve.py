@@ -12,7 +12,8 @@ Per connection (one nursery)::
                 Have and chunks "pull", a push "push"), checked against the
                 trust store as it is at that moment; a trust change closes
                 the open connections of every peer no longer trusted
-                within TRUST_RECHECK (R-63)
+                within TRUST_RECHECK (R-63; ``trust_watch``)
+    then the connection's pipeline (``pipeline``), three tasks:
     reader    : decrypt, parse, queue requests (more than MAX_OUTSTANDING
                 queued = protocol violation, connection closed)
     preparer  : answer List/Manifest/Have (``answers``) and pushes
@@ -34,39 +35,35 @@ server.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
-import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from typing import Final
 
 import trio
 
 from p2pckpt.channel.stream import HANDSHAKE_TIMEOUT, SecureStream, open_secure
-from p2pckpt.errors import (
-    HandshakeFailed,
-    P2pckptError,
-    RemoteProtocolError,
-    TrustError,
-    first_leaf,
-)
+from p2pckpt.errors import HandshakeFailed, P2pckptError, TrustError, first_leaf
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
+from p2pckpt.net.listen import open_listeners
+from p2pckpt.net.ratelimit import RateLimiter, source_key
 from p2pckpt.transfer.admission import PreAuth, Ticket
-from p2pckpt.transfer.answers import answer
-from p2pckpt.transfer.chunk_serve import Chunks, Packing
+from p2pckpt.transfer.chunk_serve import Chunks, same_host
 from p2pckpt.transfer.leases import MAX_CHUNK_BUFFERS as MAX_CHUNK_BUFFERS
 from p2pckpt.transfer.leases import PEER_BUFFERS as PEER_BUFFERS
-from p2pckpt.transfer.leases import BufferBudget, Lease, Share
-from p2pckpt.transfer.listen import open_listeners
+from p2pckpt.transfer.leases import BufferBudget, Share
 from p2pckpt.transfer.partials import Partials
+from p2pckpt.transfer.pipeline import IDLE_TIMEOUT as IDLE_TIMEOUT
+from p2pckpt.transfer.pipeline import SEND_TIMEOUT as SEND_TIMEOUT
+from p2pckpt.transfer.pipeline import STALL_SECONDS as STALL_SECONDS
+from p2pckpt.transfer.pipeline import Pipeline
 from p2pckpt.transfer.push_serve import PushHandler as PushHandler
-from p2pckpt.transfer.push_serve import serve_push
-from p2pckpt.transfer.ratelimit import RateLimiter, source_key
 from p2pckpt.transfer.throttle import Throttle
+from p2pckpt.transfer.trust_watch import TRUST_RECHECK as TRUST_RECHECK
+from p2pckpt.transfer.trust_watch import revoke_stale, watch
 from p2pckpt.wire import messages as m
-from p2pckpt.wire.codec import SERVER_ACCEPTS, MessageReader, encode
+from p2pckpt.wire.codec import encode
 
 log = logging.getLogger("p2pckpt.serve")
 
@@ -74,44 +71,7 @@ BUSY: Final = b"\x00\x00"  # an empty handshake frame: "busy, retry shortly"
 BUSY_TIMEOUT: Final = 1.0  # a refusal is best effort
 MAX_CONNECTIONS: Final = 128
 MAX_CONNECTIONS_PER_PEER: Final = 16
-IDLE_TIMEOUT: Final = 300.0
-SEND_TIMEOUT: Final = 60.0
-# A connection whose peer does not take STALL_SLICE bytes within STALL_SECONDS
-# (under ~50 KB/s, after the kernel's buffers filled) is not reading: dropped,
-# so its buffers serve others (R-52, R-65).
-STALL_SECONDS: Final = 5.0
-TRUST_RECHECK: Final = 0.25  # how often the trust file is looked at for open connections
-PREPARED_QUEUE: Final = 2
 REQUEST_WINDOW: Final = 64 * 1024
-
-_Prepared = tuple[bytes | memoryview, bytearray | None]  # (response, its leased buffer)
-
-
-def _same_host(sock: trio.socket.SocketType) -> bool:
-    """Whether a connected socket's peer is this machine (loopback, or our
-    own address): no network in between, only CPU."""
-    try:
-        peer, local = sock.getpeername()[0], sock.getsockname()[0]
-        return bool(peer == local or ipaddress.ip_address(str(peer).split("%")[0]).is_loopback)
-    except (OSError, ValueError, IndexError, TypeError):
-        return False
-
-
-class _Busy:
-    """What one connection is doing: a long request (a push) in progress, the
-    versions it has been reading (so retention spares them), and its packing."""
-
-    def __init__(self, pack: Packing) -> None:
-        self.working = False
-        self.roots: set[bytes] = set()
-        self.cancelled: OrderedDict[int, None] = OrderedDict()
-        self.pack = pack
-
-    def cancel(self, req_id: int) -> None:
-        """Skip ``req_id`` if it is still queued (bounded: old ids are forgotten)."""
-        self.cancelled[req_id] = None
-        while len(self.cancelled) > 2 * m.MAX_OUTSTANDING:
-            self.cancelled.popitem(last=False)
 
 
 class Server:
@@ -145,56 +105,36 @@ class Server:
     ) -> None:
         self.home = home
         self._on_push = on_push
-        self._throttle = Throttle(upload) if upload > 0 else None
         self._per_peer = per_peer
-        self._compress = compress
-        self._partials = partials
         self._on_connect = on_connect
-        self._on_served = on_served
-        self._chunks = Chunks(home.catalog, partials, on_packed)
         self._preauth = PreAuth()
         self._shedding: dict[Ticket, trio.CancelScope] = {}
         self._peers: Counter[PeerId] = Counter()
-        self._serving: Counter[bytes] = Counter()
         self._per_source = RateLimiter()
         self._log_limit = RateLimiter(rate=1 / 60, burst=3)
         self._buffers = BufferBudget(MAX_CHUNK_BUFFERS)
         self._shares: dict[PeerId, Share] = {}  # peers with an authenticated connection
+        self._pipeline = Pipeline(
+            home,
+            on_push,
+            partials,
+            Chunks(home.catalog, partials, on_packed),
+            self._buffers,
+            Throttle(upload) if upload > 0 else None,
+            on_served,
+            compress=compress,
+        )
 
-    # -- trust that may change while serving -------------------------------------
-
-    def _may(self, peer: PeerId, role: str) -> bool:
-        """Whether ``peer`` holds ``role`` in the trust store as it is now."""
-        known = self.home.trust.get(peer)
-        return known is not None and role in known.roles
+    # -- trust that may change while serving (``trust_watch``) --------------------
 
     def revoke_stale(self) -> int:
         """Close every open connection of a peer no longer in the trust store;
         returns how many were closed."""
-        trust = self.home.trust
-        closed = 0
-        for peer, share in self._shares.items():
-            scopes = share.scopes
-            if trust.get(peer) is None and scopes:
-                log.warning(
-                    "peer no longer trusted peer=%s closing=%d connection(s)",
-                    peer.short,
-                    len(scopes),
-                )
-                for scope in scopes:
-                    scope.cancel()
-                closed += len(scopes)
-        return closed
+        return revoke_stale(self.home, self._shares)
 
     async def watch_trust(self) -> None:
         """Re-check open connections whenever the trust store changes (R-63)."""
-        seen = self.home.trust_file.generation
-        while True:
-            await trio.sleep(TRUST_RECHECK)
-            self.home.trust_file.current()  # stats the file, re-reads it if changed
-            if self.home.trust_file.generation != seen:
-                seen = self.home.trust_file.generation
-                self.revoke_stale()
+        await watch(self.home, self.revoke_stale)
 
     # -- listening and connections ---------------------------------------------
 
@@ -205,7 +145,7 @@ class Server:
     def serving(self) -> set[bytes]:
         """Roots of versions some connection is reading now (or has read and
         may read again before it closes): not to be deleted under it."""
-        return set(self._serving)
+        return set(self._pipeline.serving)
 
     async def serve(
         self, host: str, port: int, *, task_status: trio.TaskStatus[list[trio.SocketListener]]
@@ -256,7 +196,7 @@ class Server:
                     await transport.send_all(BUSY)
             else:
                 direct = via is None and sock is not None and host != "?"
-                local = sock is not None and direct and _same_host(sock)
+                local = sock is not None and direct and same_host(sock)
                 secure = await self._handshake(transport, ticket)
                 if await self._accept_peer(secure, ticket, addr):
                     await self._attend(secure, addr, host if direct else None, local)
@@ -328,7 +268,7 @@ class Server:
             log.info("peer connected peer=%s from=%s", peer.short, addr)
             hint = (peer_host, 0) if peer_host is not None else None
             with scope:
-                await self._converse(secure, peer, hint, share, local)
+                await self._pipeline.converse(secure, peer, hint, share, local)
         finally:
             share.scopes.discard(scope)
             if not share.scopes:
@@ -336,156 +276,3 @@ class Server:
             self._peers[peer] -= 1
             if not self._peers[peer]:
                 del self._peers[peer]
-
-    async def _converse(
-        self,
-        secure: SecureStream,
-        peer: PeerId,
-        hint: tuple[str, int] | None,
-        share: Share,
-        local: bool = False,
-    ) -> None:
-        requests_send, requests_recv = trio.open_memory_channel[m.Request](m.MAX_OUTSTANDING)
-        prepared_send, prepared_recv = trio.open_memory_channel[_Prepared](PREPARED_QUEUE)
-        busy = _Busy(Packing(local=local, enabled=self._compress))
-        lease = Lease(self._buffers, share)
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._sender, secure, prepared_recv, busy, lease, share)
-                nursery.start_soon(
-                    self._preparer, requests_recv, prepared_send, peer, hint, busy, lease
-                )
-                await self._reader(secure, requests_send, busy)
-                nursery.cancel_scope.cancel()
-        finally:
-            lease.close()
-            self._serving.subtract(busy.roots)
-            self._serving += Counter()  # drop the zero counts
-            pack = busy.pack
-            if pack.packed:
-                log.info(
-                    "packed chunks peer=%s chunks=%d packed=%d chunk_bytes=%d wire_bytes=%d",
-                    peer.short,
-                    pack.chunks,
-                    pack.packed,
-                    pack.chunk_bytes,
-                    pack.wire_bytes,
-                )
-
-    # -- one connection's pipeline: reader -> preparer -> sender ----------------
-
-    async def _reader(
-        self, secure: SecureStream, requests: trio.MemorySendChannel[m.Request], busy: _Busy
-    ) -> None:
-        reader = MessageReader(SERVER_ACCEPTS)
-        async with requests:
-            while True:
-                with trio.move_on_after(IDLE_TIMEOUT) as idle:
-                    data = await secure.receive_some()
-                if idle.cancelled_caught:
-                    if busy.working:  # a long push is running for this peer: not idle
-                        continue
-                    raise trio.TooSlowError
-                if not data:
-                    return  # the peer is done; nobody is left to answer
-                for msg in reader.feed(data):
-                    if isinstance(msg, m.Cancel):
-                        busy.cancel(msg.req_id)
-                        continue
-                    try:
-                        requests.send_nowait(msg)  # type: ignore[arg-type]
-                    except trio.WouldBlock:
-                        await secure.send_all(
-                            encode(m.Error(m.TOO_MANY_REQUESTS, "too many outstanding requests"))
-                        )
-                        raise RemoteProtocolError(
-                            "peer exceeded the outstanding-request limit"
-                        ) from None
-
-    async def _preparer(
-        self,
-        requests: trio.MemoryReceiveChannel[m.Request],
-        prepared: trio.MemorySendChannel[_Prepared],
-        peer: PeerId,
-        hint: tuple[str, int] | None,
-        busy: _Busy,
-        lease: Lease,
-    ) -> None:
-        async def send(data: bytes) -> None:
-            await prepared.send((data, None))
-
-        async with prepared:
-            async for req in requests:
-                if isinstance(req, m.PushRequest):
-                    busy.working = True
-                    try:
-                        await serve_push(self.home, self._on_push, peer, hint, req, send)
-                    finally:
-                        busy.working = False
-                    continue
-                if not self._may(peer, "pull"):
-                    error = m.Error(
-                        m.UNAUTHORIZED,
-                        "we trust you, but not with the 'pull' role",
-                        req.req_id if isinstance(req, m.ChunkRequest) else None,
-                    )
-                    await send(encode(error))
-                    continue
-                if not isinstance(req, m.ChunkRequest):
-                    await send(encode(answer(req, self.home.catalog, self._partials)))
-                    continue
-                if busy.cancelled and req.req_id in busy.cancelled:
-                    del busy.cancelled[req.req_id]
-                    continue
-                buf = await lease.acquire()
-                try:
-                    if req.root not in busy.roots:
-                        busy.roots.add(req.root)
-                        self._serving[req.root] += 1
-                    payload = await self._chunks.prepare(req, buf, busy.pack)
-                except BaseException:
-                    lease.release(None)  # the buffer may still be in use
-                    raise
-                # An Error, or a chunk packed into a frame of its own: the buffer is free.
-                if isinstance(payload, bytes) or payload.obj is not buf:
-                    lease.release(buf)
-                    await prepared.send((payload, None))
-                else:
-                    await prepared.send((payload, buf))
-
-    async def _sender(
-        self,
-        secure: SecureStream,
-        prepared: trio.MemoryReceiveChannel[_Prepared],
-        busy: _Busy,
-        lease: Lease,
-        share: Share,
-    ) -> None:
-        """Chunk responses are memoryviews (of a pooled buffer, or of a packed
-        frame); the rest bytes. A chunk whose send ends with the next response
-        already waiting was paced by the link: it times the link for the
-        connection's pack policy."""
-        pack = busy.pack
-        async for payload, buf in prepared:
-            started = time.perf_counter()
-            throttled = 0.0
-            try:
-                if isinstance(payload, memoryview):
-                    for throttle in (share.throttle, self._throttle):
-                        if throttle is not None:
-                            await throttle.take(len(payload))
-                    throttled = time.perf_counter() - started
-                with trio.fail_after(SEND_TIMEOUT):  # bounds even a trickling reader
-                    await secure.send_all(payload, stall=STALL_SECONDS)
-            except BaseException:
-                if buf is not None:
-                    lease.release(None)
-                raise
-            if isinstance(payload, memoryview):
-                if pack.policy is not None and prepared.statistics().current_buffer_used:
-                    pack.policy.sent(len(payload), time.perf_counter() - started, throttled)
-                if self._on_served is not None:
-                    self._on_served(len(payload))
-                payload.release()
-            if buf is not None:
-                lease.release(buf)

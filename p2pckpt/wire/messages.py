@@ -28,14 +28,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from p2pckpt.errors import LocalProtocolError
+from p2pckpt.manifest.manifest import MAX_CHUNKS
 
 MAX_OUTSTANDING = 64
-MAX_HAVE_BYTES = (1 << 19) // 8  # one bit per chunk, MAX_CHUNKS chunks
+MAX_HAVE_BYTES = MAX_CHUNKS // 8  # one bit per chunk
 PUSH_PROGRESS_INTERVAL = 0.5
 MAX_LIST_ENTRIES = 4096
 MAX_PUSH_PEERS = 64  # co-targets named in one PushRequest
 # Manifest meta keys a listing carries (what `ls` shows), each value at most
-# LIST_META_VALUE bytes of UTF-8 (so 4096 entries fit the ListResponse cap);
+# LIST_META_VALUE bytes of UTF-8 (so MAX_LIST_ENTRIES entries fit the ListResponse cap);
 # the rest stays in the manifest.
 LIST_META_KEYS = ("base_model", "format", "license", "step")
 LIST_META_VALUE = 128

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from p2pckpt.channel import noise
+from p2pckpt.channel import cipher, noise
 from p2pckpt.channel.noise import (
     MAX_MESSAGE_LEN,
     MAX_NONCE,
@@ -187,7 +187,7 @@ def test_bulk_helpers_fallback_path(monkeypatch: pytest.MonkeyPatch) -> None:
     data = os.urandom(4096)
     out_fast = bytearray(len(data) + 16)
     fast.encrypt_into(b"a", data, out_fast)
-    monkeypatch.setattr(noise, "_HAS_INTO", False)
+    monkeypatch.setattr(cipher, "_HAS_INTO", False)
     out_slow = bytearray(len(data) + 32)
     assert slow.encrypt_into(b"a", data, out_slow) == len(data) + 16
     assert bytes(out_slow[: len(data) + 16]) == bytes(out_fast)
@@ -236,7 +236,7 @@ def test_transport_tamper_is_opaque_and_keeps_nonce() -> None:
 def test_decrypt_into_failure_leaves_no_unauthenticated_bytes(
     has_into: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(noise, "_HAS_INTO", has_into and noise._HAS_INTO)
+    monkeypatch.setattr(cipher, "_HAS_INTO", has_into and cipher._HAS_INTO)
     key = os.urandom(32)
     sender, receiver = CipherState(key), CipherState(key)
     tampered = _flip(sender.encrypt_with_ad(b"", b"A" * 64), -1)

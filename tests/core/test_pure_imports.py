@@ -7,11 +7,14 @@ import sys
 
 PURE_MODULES = [
     "p2pckpt.channel.noise",
+    "p2pckpt.channel.cipher",
     "p2pckpt.channel.handshake",
     "p2pckpt.channel.records",
     "p2pckpt.wire.codec",
+    "p2pckpt.wire.bodies",
     "p2pckpt.wire.messages",
     "p2pckpt.wire.packing",
+    "p2pckpt.wire.bitfield",
     "p2pckpt.manifest.manifest",
     "p2pckpt.manifest.chunker",
     "p2pckpt.manifest.paths",
@@ -20,7 +23,7 @@ PURE_MODULES = [
     "p2pckpt.relay.protocol",
     "p2pckpt.discovery.txt",
     "p2pckpt.discovery.sightings",
-    "p2pckpt.transfer.ratelimit",
+    "p2pckpt.net.ratelimit",
     "p2pckpt.transfer.admission",
     "p2pckpt.net.pace",
     "p2pckpt.transfer.packpolicy",

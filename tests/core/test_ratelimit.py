@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from p2pckpt.transfer.ratelimit import RateLimiter
+from p2pckpt.net.ratelimit import RateLimiter
 
 
 def test_burst_then_rate() -> None:
@@ -54,7 +54,7 @@ def test_bad_parameters() -> None:
 
 def test_source_key_groups_ipv6_by_64() -> None:
     """IPv6 sources share a budget per /64; IPv4 (also v4-mapped) per address."""
-    from p2pckpt.transfer.ratelimit import source_key
+    from p2pckpt.net.ratelimit import source_key
 
     assert source_key("2001:db8:1:2::1") == source_key("2001:db8:1:2:ffff::9")
     assert source_key("2001:db8:1:2::1") != source_key("2001:db8:1:3::1")

@@ -23,8 +23,9 @@ from p2pckpt.transfer.requests import (
     RequestBook,
     Write,
 )
-from p2pckpt.transfer.schedule import Scheduler, bits_of, int_to_bitfield
+from p2pckpt.transfer.schedule import Scheduler
 from p2pckpt.wire import messages as m
+from p2pckpt.wire.bitfield import bits_of, int_to_bitfield
 
 ROOT = bytes(range(32))
 SIZE = 1000  # bytes per chunk: small, the book only compares lengths

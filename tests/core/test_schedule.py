@@ -7,16 +7,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pckpt.transfer.schedule import (
-    ENDGAME_COPIES,
-    INITIAL_WINDOW,
-    PATIENCE,
-    Scheduler,
-    bitfield_to_int,
-    bits_of,
-    indices_of,
-    int_to_bitfield,
-)
+from p2pckpt.transfer.schedule import ENDGAME_COPIES, INITIAL_WINDOW, PATIENCE, Scheduler
+from p2pckpt.wire.bitfield import bitfield_to_int, bits_of, indices_of, int_to_bitfield
 
 MB4 = 4 << 20
 

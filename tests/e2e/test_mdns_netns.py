@@ -29,6 +29,7 @@ from typing import IO, Any
 
 import pytest
 import trio
+import trio.testing
 
 from p2pckpt.discovery.mdns import MAX_SERVICES, Browser
 from p2pckpt.discovery.txt import Announcement
@@ -271,7 +272,7 @@ async def test_view_logic_in_process() -> None:
     assert await browser.wait_for(PEER_A, 0.05) is None
 
     async def later() -> None:
-        await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked()  # wait_for is parked, waiting
         browser._apply("a._p2pckpt._tcp.local.", a1)
 
     async with trio.open_nursery() as nursery:

@@ -17,9 +17,10 @@ import random
 
 from p2pckpt.errors import RemoteProtocolError
 from p2pckpt.manifest.manifest import MAX_CHUNKS
-from p2pckpt.transfer.schedule import Scheduler, bitfield_to_int, int_to_bitfield
+from p2pckpt.transfer.schedule import Scheduler
 from p2pckpt.wire import codec
 from p2pckpt.wire import messages as m
+from p2pckpt.wire.bitfield import bitfield_to_int, int_to_bitfield
 from tests.fuzz._input import Input
 from tests.fuzz.values import ROOT
 from tests.fuzz.wire import check_message

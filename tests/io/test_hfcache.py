@@ -1,4 +1,4 @@
-"""hfcache: repo ids, refs, the model card, etags and link confinement (real files)."""
+"""hfcache and store.locations: repo ids, refs, card, etags, link confinement (real files)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from p2pckpt import hfcache
 from p2pckpt.errors import ConfigError, UnsafePath
+from p2pckpt.interop import hfcache
+from p2pckpt.store import locations
 
 COMMIT = "a" * 40
 
@@ -58,9 +59,9 @@ def test_source_path_follows_links_only_into_own_blobs(tmp_path: Path) -> None:
     (snap / "escape").symlink_to("../../blobs/../../outside")
     (snap / "absolute").symlink_to(tmp_path / "outside")
     (snap / "dangling").symlink_to("../../blobs/missing")
-    assert hfcache.source_path(snap, "ok") == (repo / "blobs" / "good").resolve()
+    assert locations.source_path(snap, "ok") == (repo / "blobs" / "good").resolve()
     for name in ("sibling", "escape", "absolute"):
-        assert hfcache.source_path(snap, name) == snap / name  # left to O_NOFOLLOW
+        assert locations.source_path(snap, name) == snap / name  # left to O_NOFOLLOW
     for name in ("sibling", "escape", "absolute", "dangling"):
         solo = tmp_path / name / "models--acme--tiny"
         shutil.copytree(repo, solo, symlinks=True)
@@ -72,7 +73,7 @@ def test_source_path_follows_links_only_into_own_blobs(tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / "l").symlink_to(repo / "blobs" / "good")
-    assert hfcache.source_path(plain, "l") == plain / "l"
+    assert locations.source_path(plain, "l") == plain / "l"
 
 
 def test_walk_snapshot_reports_blob_bytes(tmp_path: Path) -> None:
@@ -130,7 +131,7 @@ def test_a_linked_blobs_folder_is_not_followed(tmp_path: Path) -> None:
     (repo / "blobs").symlink_to(secrets)
     snap = repo / "snapshots" / COMMIT
     (snap / "id_key").symlink_to("../../blobs/id_key")
-    assert hfcache.source_path(snap, "id_key") == snap / "id_key"
+    assert locations.source_path(snap, "id_key") == snap / "id_key"
     with pytest.raises(UnsafePath, match="id_key"):
         hfcache.walk_snapshot(snap)
     (repo / "blobs").unlink()
@@ -142,4 +143,4 @@ def test_a_linked_blobs_folder_is_not_followed(tmp_path: Path) -> None:
     (snap / "sub").rmdir()
     (snap / "sub").symlink_to(elsewhere)
     (elsewhere / "w").symlink_to("../../../blobs/b")
-    assert hfcache.source_path(snap, "sub/w") == snap / "sub/w"
+    assert locations.source_path(snap, "sub/w") == snap / "sub/w"

@@ -13,6 +13,7 @@ from functools import partial
 
 import pytest
 import trio
+import trio.testing
 
 from p2pckpt.channel.stream import open_secure
 from p2pckpt.errors import HandshakeFailed, PeerUnreachable
@@ -309,36 +310,39 @@ async def test_registering_again_replaces_the_old_registration(
             await s.aclose()
 
 
-async def test_per_source_rate_limit_drops_a_flood(nursery: trio.Nursery) -> None:
+async def test_per_source_rate_limit_drops_a_flood(
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
     """Beyond the burst, connections from one source are closed unanswered; the
-    relay answers again once the bucket refills."""
+    relay answers again once the bucket refills. The clock stands still (the
+    relay's bucket reads trio's clock) until the test moves it by exactly one
+    connection's worth of refill; pytest's timeout bounds the test."""
     server = RelayServer(connect_rate=2.0, connect_burst=5.0)
     addr = await start_relay(nursery, server)
     stranger = p.Connect(NodeKey.generate().peer_id.key)
     answered = dropped = 0
-    with trio.fail_after(15):
-        start = trio.current_time()
-        streams = []
-        for _ in range(30):
-            s = await trio.open_tcp_stream(*addr)
-            streams.append(s)
-            with contextlib.suppress(trio.BrokenResourceError):
-                await s.send_all(p.encode(stranger))
-        for s in streams:
-            try:
-                reply = await s.receive_some(100)
-            except trio.BrokenResourceError:
-                reply = b""
-            if reply:
-                answered += 1
-            else:
-                dropped += 1
-            await s.aclose()
-        refilled = int(2.0 * (trio.current_time() - start)) + 1
-        assert 5 <= answered <= 5 + refilled and dropped >= 25 - refilled
-        await trio.sleep(0.6)
-        with pytest.raises(PeerUnreachable, match="not registered"):
-            await dial(addr, PeerId(stranger.target_key))
+    streams = []
+    for _ in range(30):
+        s = await trio.open_tcp_stream(*addr)
+        streams.append(s)
+        with contextlib.suppress(trio.BrokenResourceError):
+            await s.send_all(p.encode(stranger))
+    for s in streams:
+        try:
+            reply = await s.receive_some(100)
+        except trio.BrokenResourceError:
+            reply = b""
+        if reply:
+            answered += 1
+        else:
+            dropped += 1
+        await s.aclose()
+    assert (answered, dropped) == (5, 25)  # the burst, then nothing: no time passed
+    with pytest.raises(PeerUnreachable, match="dropped us"):  # still empty
+        await dial(addr, PeerId(stranger.target_key))
+    mock_clock.jump(1 / 2.0)  # one token at connect_rate
+    with pytest.raises(PeerUnreachable, match="not registered"):
+        await dial(addr, PeerId(stranger.target_key))
 
 
 async def test_keepalive_and_idle_timeout(nursery: trio.Nursery) -> None:
@@ -346,7 +350,7 @@ async def test_keepalive_and_idle_timeout(nursery: trio.Nursery) -> None:
     stops answering is dropped after the idle timeout."""
     server = RelayServer(ping_interval=0.1, idle_timeout=0.5)
     addr = await start_relay(nursery, server)
-    live, mute = NodeKey.generate(), NodeKey.generate()
+    live, mute, later = NodeKey.generate(), NodeKey.generate(), NodeKey.generate()
     with trio.fail_after(15):
         await nursery.start(register, addr, live, echo)
         conn = await raw_register(addr, mute)
@@ -357,7 +361,14 @@ async def test_keepalive_and_idle_timeout(nursery: trio.Nursery) -> None:
         with trio.fail_after(3):  # now silent: closed
             await wait_closed(conn.stream)
         await conn.aclose()
-        await trio.sleep(1.0)
+        # Outlast another idle timeout, as the relay's own clock counts it: a
+        # node registered now and silent is dropped only once it has passed.
+        # The live node must still be registered then (it answers the pings).
+        silent = await raw_register(addr, later)
+        assert await silent.receive(p.Registered) == p.Registered()
+        with trio.fail_after(3):
+            await wait_closed(silent.stream)
+        await silent.aclose()
         assert server.statistics().registrations == 1
         stream = await dial(addr, live.peer_id)
         assert await exchange(stream, b"alive") == b"alive"

@@ -18,6 +18,7 @@ from p2pckpt.identity.keys import NodeKey
 from p2pckpt.manifest.chunker import Chunk, chunk_hash
 from p2pckpt.manifest.manifest import FileEntry, Manifest, sign
 from p2pckpt.store import journal
+from p2pckpt.store.partial_files import PartialFiles
 from p2pckpt.store.staging import Staging, staging_path
 
 KEY = NodeKey.generate()
@@ -313,7 +314,7 @@ def test_a_resumed_pull_reads_every_chunk_back(
     assert again.open() == {0, 1}
     assert again.resumed
     _write(again, pieces, range(2, 4))
-    monkeypatch.setattr(Staging, "_untouched", lambda self, relpath, st: True)
+    monkeypatch.setattr(PartialFiles, "untouched", lambda self, relpath, st: True)
     _flip(staging_path(dest) / "data" / "m.bin", 3 * CHUNK + 1)  # this run's chunk 3
     with pytest.raises(ChunkCorrupt) as caught:
         again.commit()

@@ -9,7 +9,8 @@ The layout ``huggingface_hub`` reads (and ``HF_HUB_OFFLINE=1`` loads from)::
         refs/BRANCH                 the COMMIT a branch points at
 
 A snapshot's links are followed only into its own repository's ``blobs/``
-(R-42: never out of the checkpoint); everything else about the tree is
+(R-42: never out of the checkpoint; the rule is store/locations.py);
+everything else about the tree is
 checked as for any published directory.
 """
 
@@ -23,15 +24,15 @@ import stat
 from pathlib import Path
 
 from p2pckpt.errors import ConfigError, NotFound, UnsafePath
+from p2pckpt.fs.atomic import fsync_dir, write_atomic
 from p2pckpt.manifest.manifest import MAX_FILES, Manifest
 from p2pckpt.manifest.paths import validate_path_set
 from p2pckpt.manifest.walk import SourceFile
-from p2pckpt.store.atomic import fsync_dir, write_atomic
+from p2pckpt.store.locations import real_path, snapshot_of, source_path
 
 _REPO_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
-_KINDS = ("models--", "datasets--", "spaces--")
 # Files that the hub's default .gitattributes stores with LFS (named by sha256).
 _LFS_SUFFIXES = [
     ".safetensors",
@@ -118,40 +119,6 @@ def snapshot(cache: Path, repo_id: str, revision: str | None) -> tuple[Path, str
     return repo / "snapshots" / commit, commit, ref
 
 
-def _snapshot_of(path: Path) -> Path | None:
-    """The cache snapshot folder that ``path`` lies in (or is), else None."""
-    for folder in (path, *path.parents):
-        if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith(_KINDS):
-            return folder
-    return None
-
-
-def real_path(path: Path) -> Path:
-    """Where the bytes of ``path`` live: for a link inside a cache snapshot,
-    the blob it names if its text leads (lexically, one level, no further
-    links) to ``REPO/blobs/NAME`` and ``blobs``, ``snapshots`` and the
-    snapshot folder are real folders; otherwise ``path`` itself, which every
-    reader opens with O_NOFOLLOW, so any other link is refused (R-42)."""
-    snap = _snapshot_of(path)
-    if snap is None or not path.is_symlink():
-        return path
-    blobs = snap.parent.parent / "blobs"
-    folders = [blobs, snap.parent, path.parent]
-    folders += [f for f in path.parent.parents if snap in (f, *f.parents)]
-    try:
-        if not all(stat.S_ISDIR(f.lstat().st_mode) for f in folders):
-            return path
-        target = Path(os.path.normpath(path.parent / os.readlink(path)))
-    except OSError:
-        return path
-    return target if target.parent == blobs else path
-
-
-def source_path(location: Path, relpath: str) -> Path:
-    """``real_path`` of ``relpath`` in a published or pulled directory."""
-    return real_path(location / relpath)
-
-
 def walk_snapshot(location: Path) -> list[SourceFile]:
     """The files of a cache snapshot with their blobs' bytes (R-42: each link
     must lead to a regular file in the repository's ``blobs/``)."""
@@ -184,7 +151,7 @@ def walk_snapshot(location: Path) -> list[SourceFile]:
 
 
 def is_snapshot(path: Path) -> bool:
-    return _snapshot_of(path) == path and path.is_dir() and not path.is_symlink()
+    return snapshot_of(path) == path and path.is_dir() and not path.is_symlink()
 
 
 def card_meta(location: Path) -> dict[str, str]:

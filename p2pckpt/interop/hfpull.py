@@ -18,9 +18,9 @@ from pathlib import Path
 
 import trio
 
-from p2pckpt import hfcache
 from p2pckpt.errors import ConfigError, P2pckptError, StoreError
 from p2pckpt.home import Home
+from p2pckpt.interop import hfcache
 from p2pckpt.store.verify import compare
 from p2pckpt.transfer.pull import (
     DEFAULT_STREAMS,

@@ -1,0 +1,152 @@
+"""What every command shares: the ``p2pckpt`` click group, ``--home`` and
+``--config``, opening the home and its config, and output helpers.
+
+Command modules import this (never each other, never ``main``); ``main``
+imports the command modules to register them on ``cli``. Heavy modules
+(trio, rich, the home's crypto and catalog) are imported only when a command
+runs, so ``p2pckpt --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from p2pckpt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from p2pckpt.config import Config
+    from p2pckpt.home import Home
+
+
+def _set_home(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(dict)["home"] = Path(value)
+
+
+home_option = click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    expose_value=False,
+    callback=_set_home,
+    is_eager=True,
+    help="Node home directory (default: $P2PCKPT_HOME or the user data dir).",
+)
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Config file (default: HOME/config.toml).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@home_option
+@click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    envvar="P2PCKPT_LOG_FORMAT",
+    help="Log lines on stderr: text, or one JSON object per line.",
+)
+@click.version_option(package_name="p2pckpt")
+def cli(verbose: int, log_format: str) -> None:
+    """Peer-to-peer, end-to-end encrypted transfer of AI model checkpoints."""
+    from p2pckpt.logs import setup
+
+    setup(logging.WARNING - 10 * min(verbose, 2), log_format)
+
+
+def command(
+    group: click.Group = cli, name: str | None = None
+) -> Callable[[Callable[..., None]], click.Command]:
+    """A subcommand of ``group`` that also accepts ``--home`` after its name."""
+
+    def wrap(fn: Callable[..., None]) -> click.Command:
+        return group.command(name=name)(home_option(fn))
+
+    return wrap
+
+
+def home_path() -> Path:
+    """The ``--home`` given (before or after the command name), else the default."""
+    from p2pckpt.home import default_home
+
+    ctx: click.Context | None = click.get_current_context()
+    while ctx is not None:
+        if isinstance(ctx.obj, dict) and "home" in ctx.obj:
+            return Path(ctx.obj["home"])
+        ctx = ctx.parent
+    return default_home()
+
+
+def open_home() -> Home:
+    from p2pckpt.home import Home
+
+    return Home.open(home_path())
+
+
+def load_config(home: Home, config_path: Path | None, **flags: object) -> Config:
+    """The home's config (or ``--config``), with command-line flags on top."""
+    from p2pckpt.config import load
+
+    return load(home.path, config_path).with_flags(**flags)
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """``NAME`` or ``NAME@VERSION``."""
+    name, sep, version = ref.partition("@")
+    if not sep:
+        return name, None
+    if not version.isdigit():
+        raise ConfigError(f"bad version in {ref!r}: use NAME@NUMBER")
+    return name, int(version)
+
+
+def emit_json(doc: object) -> None:
+    click.echo(json.dumps(doc, sort_keys=True))
+
+
+def progress_bar(enabled: bool) -> Progress | None:
+    """A rich progress display on stderr, or None when not a terminal."""
+    if not enabled:
+        return None
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
+
+
+def human(n: int) -> str:
+    """Bytes for people: 1 decimal, powers of 1000 (as disk vendors and rates)."""
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")

@@ -1,0 +1,177 @@
+"""``p2pckpt ls``: the versions held here and those reachable trusted peers offer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from p2pckpt.cli.common import command, config_option, emit_json, human, load_config, open_home
+
+if TYPE_CHECKING:
+    from p2pckpt.config import Config
+    from p2pckpt.home import Home
+    from p2pckpt.identity.peer_id import PeerId
+    from p2pckpt.store.catalog import Entry
+    from p2pckpt.wire.messages import VersionInfo
+
+
+@command(name="ls")
+@click.option(
+    "--peer", "peers", multiple=True, metavar="ADDR", help="Only this peer (HOST:PORT, ID or name)."
+)
+@click.option("--local", is_flag=True, help="Only what this node holds; ask no peer.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@config_option
+def ls(peers: tuple[str, ...], local: bool, as_json: bool, config_path: Path | None) -> None:
+    """List versions held here and offered by reachable trusted peers."""
+    home = open_home()
+    who = _namer(home)
+    rows: list[_Row] = []
+    if not peers:
+        metas = home.catalog.metas()
+        rows += [_local(e, metas.get(e.root, {}), who) for e in home.catalog.summaries()]
+    if not local:
+        remote = _remote_versions(home, load_config(home, config_path), peers)
+        rows += [_offered(peer, route, version, who) for peer, route, version in remote]
+    if as_json:
+        emit_json([r.doc for r in rows])
+        return
+    if not rows:
+        click.echo("no checkpoints", err=True)
+        return
+    _print_table(rows)
+
+
+_LS_COLUMNS = ("VERSION", "SIZE", "FILES", "FORMAT", "STEP", "BASE MODEL", "LICENSE", "BY")
+_LISTED = ("format", "step", "base_model", "license")
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One version: its --json object, and its cells in the table."""
+
+    doc: dict[str, object]
+    cells: list[str]  # _LS_COLUMNS
+    where: str  # the last column, WHERE
+
+
+def _namer(home: Home) -> Callable[[bytes], str]:
+    """Who a key is, for people: "self", a trusted peer's name, or a short ID."""
+    from p2pckpt.identity.peer_id import PeerId
+
+    def who(key: bytes) -> str:
+        pid = PeerId(key)
+        if pid == home.key.peer_id:
+            return "self"
+        known = home.trust.get(pid)
+        return known.name if known is not None and known.name else pid.short
+
+    return who
+
+
+def _cells(
+    name: str, version: int, size: int, files: int, meta: Mapping[str, str], by: str
+) -> list[str]:
+    listed = (meta.get(key) or "-" for key in _LISTED)
+    return [f"{name}@{version}", human(size), str(files), *listed, by]
+
+
+def _local(e: Entry, meta: dict[str, str], who: Callable[[bytes], str]) -> _Row:
+    """A version this node holds."""
+    from p2pckpt.identity.peer_id import PeerId
+
+    doc: dict[str, object] = {
+        "name": e.name,
+        "version": e.version,
+        "publisher": str(PeerId(e.publisher)),
+        "publisher_name": who(e.publisher),
+        "bytes": e.total_bytes,
+        "files": e.file_count,
+        "where": "local",
+        "origin": e.origin,
+        "location": e.location,
+        "meta": meta,
+    }
+    where = f"{e.origin}: {e.location}"
+    extra = sorted((k, v) for k, v in meta.items() if k not in _LISTED)
+    if extra:
+        where += "  " + " ".join(f"{k}={v}" for k, v in extra)
+    by = who(e.publisher)
+    return _Row(doc, _cells(e.name, e.version, e.total_bytes, e.file_count, meta, by), where)
+
+
+def _offered(peer: PeerId, route: str, v: VersionInfo, who: Callable[[bytes], str]) -> _Row:
+    """A version a peer offers."""
+    from p2pckpt.identity.peer_id import PeerId
+
+    meta = dict(v.meta)
+    doc: dict[str, object] = {
+        "name": v.name,
+        "version": v.version,
+        "publisher": str(PeerId(v.publisher)),
+        "publisher_name": who(v.publisher),
+        "bytes": v.total_bytes,
+        "files": v.file_count,
+        "where": str(peer),
+        "where_name": who(peer.key),
+        "route": route,
+        "meta": meta,
+    }
+    where = f"offered by {who(peer.key)} ({route})"
+    by = who(v.publisher)
+    return _Row(doc, _cells(v.name, v.version, v.total_bytes, v.file_count, meta, by), where)
+
+
+def _print_table(rows: list[_Row]) -> None:
+    """One line per version under a header; every peer-given string escaped (R-41)."""
+    from p2pckpt.manifest.paths import safe_display
+
+    table = [[*_LS_COLUMNS, "WHERE"]]
+    table += [[safe_display(c) for c in [*r.cells, r.where]] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(_LS_COLUMNS))]
+    right = {1, 2}  # sizes and counts line up on the right
+    for line in table:
+        cells = [
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(line, widths, strict=False))
+        ]
+        click.echo("  ".join([*cells, line[-1]]).rstrip())
+
+
+def _remote_versions(
+    home: Home, cfg: Config, peers: tuple[str, ...]
+) -> list[tuple[PeerId, str, VersionInfo]]:
+    """(peer, route, VersionInfo) for every version the given (or found) peers offer.
+
+    With explicit peers, failures are errors; when discovering, an unreachable
+    peer is only reported on stderr, since local versions are still worth listing.
+    """
+    import trio
+
+    from p2pckpt.discovery.finder import connect_targets, parse_targets
+    from p2pckpt.errors import P2pckptError
+    from p2pckpt.transfer.pull import list_remote
+
+    targets = parse_targets(peers, home)
+
+    async def run() -> list[tuple[PeerId, str, VersionInfo]]:
+        try:
+            conns = await connect_targets(home, cfg, targets)
+        except P2pckptError as exc:
+            if targets is not None:
+                raise
+            click.echo(f"(no peers listed: {exc})", err=True)
+            return []
+        out: list[tuple[PeerId, str, VersionInfo]] = []
+        for conn in conns:
+            try:
+                out += [(conn.peer, conn.route, v) for v in await list_remote(conn)]
+            finally:
+                await conn.aclose()
+        return out
+
+    return trio.run(run)

@@ -1,0 +1,219 @@
+"""``p2pckpt publish``: hash a file, a directory or a Hugging Face snapshot in
+place, sign its manifest and offer it; with ``--replicas K``, wait until K
+trusted peers hold a verified copy."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from p2pckpt.cli.common import (
+    command,
+    config_option,
+    emit_json,
+    load_config,
+    open_home,
+    progress_bar,
+)
+from p2pckpt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
+
+    from p2pckpt.config import Config
+    from p2pckpt.home import Home
+    from p2pckpt.manifest.manifest import Manifest
+    from p2pckpt.replicas import ReplicaReport
+
+
+@command()
+@click.argument("path", type=click.Path(path_type=Path), required=False)
+@click.option("--name", default=None, help="Checkpoint name (with --hf-cache: default NAME).")
+@click.option("--version", type=click.IntRange(0), default=None, help="Default: newest + 1.")
+@click.option("--meta", multiple=True, help="KEY=VALUE metadata (repeatable).")
+@click.option(
+    "--expires",
+    default=None,
+    metavar="DURATION",
+    help="Sign an expiry (e.g. 12h, 7d): after it, pullers refuse this as the newest version"
+    " (publish again to extend).",
+)
+@click.option(
+    "--hf-cache",
+    "hf_repo",
+    default=None,
+    metavar="ORG/NAME[@REV]",
+    help="Publish a snapshot from the Hugging Face cache instead of PATH (REV: branch, tag"
+    " or commit; default main).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The Hugging Face hub cache (default: $HF_HUB_CACHE or ~/.cache/huggingface/hub).",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(0),
+    default=0,
+    metavar="K",
+    help="Return only once K trusted peers hold a verified copy (exit 13 on timeout).",
+)
+@click.option(
+    "--replicas-timeout",
+    "timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=600.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long --replicas waits.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@config_option
+def publish(
+    path: Path | None,
+    name: str | None,
+    version: int | None,
+    meta: tuple[str, ...],
+    expires: str | None,
+    hf_repo: str | None,
+    cache_dir: Path | None,
+    replicas: int,
+    timeout: float,
+    as_json: bool,
+    config_path: Path | None,
+) -> None:
+    """Publish PATH (a file or a directory) as NAME."""
+    from p2pckpt.publish import parse_meta
+
+    extra = parse_meta(list(meta))
+    expires_at = None
+    if expires is not None:
+        from p2pckpt.config import parse_duration
+
+        expires_at = int(time.time()) + parse_duration(expires)
+    if hf_repo is not None:
+        if path is not None:
+            raise ConfigError("give PATH or --hf-cache, not both")
+        path, name, extra = _hf_source(hf_repo, cache_dir, name, extra)
+    elif path is None or name is None:
+        raise ConfigError("publish needs PATH and --name (or --hf-cache ORG/NAME)")
+    home = open_home()
+    started = time.monotonic()
+    manifest = _hash_and_sign(home, path, name, version, extra, expires_at)
+    seconds = time.monotonic() - started
+    doc = _document(manifest, seconds)
+    if not as_json:
+        rate = manifest.total_bytes / seconds / 1e6 if seconds > 0 else 0
+        click.echo(
+            f"published {manifest.name}@{manifest.version}: {len(manifest.files)} file(s),"
+            f" {manifest.total_bytes / 1e6:.1f} MB, {manifest.chunk_count} chunks"
+            f" ({rate:.0f} MB/s)"
+        )
+    if replicas:
+        from p2pckpt.errors import ReplicasMissing
+
+        cfg = load_config(home, config_path)
+        try:
+            report = _wait_replicas(home, cfg, manifest, replicas, timeout)
+        except ReplicasMissing as exc:
+            if as_json:
+                doc["replicas"] = exc.report.as_json()
+                emit_json(doc)
+            raise
+        doc["replicas"] = report.as_json()
+        if not as_json:
+            click.echo(f"safe on {report.describe()}")
+    if as_json:
+        emit_json(doc)
+
+
+def _hash_and_sign(
+    home: Home,
+    path: Path,
+    name: str,
+    version: int | None,
+    meta: dict[str, str],
+    expires: int | None,
+) -> Manifest:
+    """``publish.publish``, with a hashing bar on a terminal."""
+    from p2pckpt.publish import publish as do_publish
+
+    bar = progress_bar(sys.stderr.isatty())
+    if bar is None:
+        return do_publish(home, path, name, version, meta, expires=expires)
+    tasks: list[TaskID] = []
+
+    def on_total(total: int) -> None:
+        tasks.append(bar.add_task(f"hashing {name}", total=total))
+
+    def on_bytes(n: int) -> None:
+        if tasks:
+            bar.advance(tasks[0], n)
+
+    with bar:
+        return do_publish(home, path, name, version, meta, on_bytes, on_total, expires=expires)
+
+
+def _document(manifest: Manifest, seconds: float) -> dict[str, object]:
+    """The --json document (``replicas`` is added once known)."""
+    return {
+        "name": manifest.name,
+        "version": manifest.version,
+        "publisher": str(manifest.publisher),
+        "root": manifest.root.hex(),
+        "files": len(manifest.files),
+        "chunks": manifest.chunk_count,
+        "bytes": manifest.total_bytes,
+        "seconds": round(seconds, 3),
+        "expires": manifest.expires,
+    }
+
+
+def _wait_replicas(
+    home: Home, cfg: Config, manifest: Manifest, wanted: int, timeout: float
+) -> ReplicaReport:
+    """Block until ``wanted`` trusted peers hold the version; progress on stderr."""
+    import trio
+
+    from p2pckpt.replicas import wait_for_replicas
+
+    reported: list[str] = []
+
+    def on_change(report: ReplicaReport) -> None:
+        # One line per peer: two peers can become holders in the same round.
+        for peer in report.holding:
+            if peer not in reported:
+                reported.append(peer)
+                click.echo(
+                    f"replica {len(reported)}/{wanted}: {report.label(peer)} holds it"
+                    f" ({report.seconds:.1f}s)",
+                    err=True,
+                )
+
+    click.echo(
+        f"waiting up to {timeout:.0f}s for {wanted} trusted peer(s) to hold"
+        f" {manifest.name}@{manifest.version}",
+        err=True,
+    )
+    return trio.run(wait_for_replicas, home, cfg, manifest, wanted, timeout, on_change)
+
+
+def _hf_source(
+    spec: str, cache_dir: Path | None, name: str | None, meta: dict[str, str]
+) -> tuple[Path, str, dict[str, str]]:
+    """The snapshot folder, checkpoint name and meta for ``--hf-cache``."""
+    from p2pckpt.interop import hfcache
+
+    repo_id, revision = hfcache.parse_repo(spec)
+    folder, commit, branch = hfcache.snapshot(
+        cache_dir or hfcache.default_cache(), repo_id, revision
+    )
+    found = {"hf_repo": repo_id, "hf_revision": commit, **hfcache.card_meta(folder)}
+    if branch is not None:
+        found["hf_ref"] = branch
+    return folder, name or repo_id.rpartition("/")[2], {**found, **meta}

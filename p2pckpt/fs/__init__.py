@@ -1,0 +1,1 @@
+"""Leaf helpers for the filesystem: durable writes and renames (imports only errors)."""

@@ -1,0 +1,138 @@
+"""Filling a version's staging copy: chunks already on this node, then the swarm.
+
+``fill`` first copies every chunk some catalogued version here already holds
+(``reuse``; free space is checked before any file is created), then fetches
+the rest from the sources (``swarm``), more streams to each, peers named as
+hints joining as they are dialled (``dial_hint``). Written chunks and the
+journal are flushed every FSYNC_INTERVAL, off the write path. Meanwhile the
+verified part is served to other pullers through ``partials``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+import trio
+
+from p2pckpt.errors import TransferError
+from p2pckpt.home import Home
+from p2pckpt.identity.peer_id import PeerId
+from p2pckpt.store.catalog import Catalog
+from p2pckpt.store.space import check_free_space
+from p2pckpt.store.staging import FSYNC_INTERVAL, Staging
+from p2pckpt.transfer.partials import Partials
+from p2pckpt.transfer.peer import connect_direct
+from p2pckpt.transfer.reuse import reuse_local
+from p2pckpt.transfer.swarm import NETWORK_ERRORS, Joiner, Source, Swarm
+from p2pckpt.transfer.throttle import Throttle
+
+log = logging.getLogger("p2pckpt.pull")
+
+
+class Progress(Protocol):
+    """Callbacks for a progress display."""
+
+    def start(self, name: str, total: int, done: int) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+
+async def fill(
+    staging: Staging,
+    sources: list[Source],
+    streams: int,
+    progress: Progress,
+    throttles: list[Throttle],
+    partials: Partials | None,
+    joiners: Sequence[Joiner] = (),
+    catalog: Catalog | None = None,
+) -> tuple[int, int]:
+    """Fetch every chunk the partial copy lacks, from local copies first
+    (``catalog``), then from the swarm; returns (downloaded, reused)."""
+    manifest = staging.manifest
+    chunks = [c for _, _, c in manifest.iter_chunks()]
+    copies = catalog.copies(c.digest for c in chunks) if catalog is not None else {}
+    if not staging.belongs_here():  # nothing to resume: preflight before creating files
+        here = sum(c.length for c in chunks if c.digest in copies)  # hoped for, checked below
+        check_free_space(staging.dest, manifest.total_bytes - here)
+    done = await trio.to_thread.run_sync(staging.open)
+    if copies and len(done) < len(chunks):
+        async with trio.open_nursery() as nursery:  # flushing starts the disk early
+            nursery.start_soon(_flusher, staging)
+            local = await trio.to_thread.run_sync(reuse_local, staging, copies)
+            nursery.cancel_scope.cancel()
+        log.info(
+            "reused name=%s version=%d bytes=%d (chunks already on this node)",
+            manifest.name,
+            manifest.version,
+            local,
+        )
+    sizes = [c.length for c in chunks]
+    reused = sum(sizes[i] for i in staging.done)
+    check_free_space(staging.dest, manifest.total_bytes - reused)
+    progress.start(f"{manifest.name}@{manifest.version}", manifest.total_bytes, reused)
+    downloaded = 0
+
+    def on_chunk(n: int) -> None:
+        nonlocal downloaded
+        downloaded += n
+        progress.advance(n)
+
+    if len(staging.done) < len(sizes):
+        async with trio.open_nursery() as nursery:  # more streams to each source
+            for src in sources:
+                for _ in range(streams - 1):
+                    nursery.start_soon(_open_extra, src)
+        swarm = Swarm(staging, sources, on_chunk, throttles, streams, joiners)
+        if partials is not None:  # serve what we verify to other pullers meanwhile
+            partials.add(staging, staging.envelope, swarm.sched.requested)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_flusher, staging)
+                await swarm.run()
+                nursery.cancel_scope.cancel()
+        finally:
+            if partials is not None:
+                partials.remove(manifest.root)
+    if not staging.complete:
+        raise TransferError("transfer ended before every chunk arrived")
+    return downloaded, reused
+
+
+async def dial_hint(home: Home, peer: PeerId, addr: tuple[str, int], streams: int) -> Source | None:
+    """Connect to a hinted peer; None (logged) if it cannot be reached."""
+    try:
+        conn = await connect_direct(home, addr, expect=peer)
+    except NETWORK_ERRORS as exc:  # a hint that fails never fails the pull
+        log.info('hinted peer unreachable peer=%s error="%s"', peer.short, exc)
+        return None
+    src = Source(peer, [conn], conn.route, conn.label)
+    try:
+        for _ in range(streams - 1):
+            await _open_extra(src)
+    except BaseException:  # cancelled (the pull finished): close what we opened
+        for c in src.conns:
+            await c.aclose()
+        raise
+    return src
+
+
+async def _flusher(staging: Staging) -> None:
+    """Flush written chunks and the journal periodically, off the write path."""
+    while True:
+        await trio.sleep(FSYNC_INTERVAL)
+        await trio.to_thread.run_sync(staging.sync)
+
+
+async def _open_extra(src: Source) -> None:
+    """Open one more stream to a source, the same way; a failure just means
+    fewer streams."""
+    first = src.conns[0]
+    try:
+        conn = await first.redial()
+    except NETWORK_ERRORS as exc:
+        log.info('extra stream failed peer=%s error="%s"', first.label, exc)
+        return
+    src.conns.append(conn)

@@ -1,0 +1,250 @@
+"""Decoding the msgpack bodies of wire messages: one small decoder per type.
+
+``codec.py`` frames messages and hands each complete non-chunk body here;
+``decode_body`` looks its decoder up in ``DECODERS`` (type -> decoder). Every
+decoder checks the shape and ranges of its array and raises
+``RemoteProtocolError`` on anything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+import msgpack
+
+from p2pckpt.errors import LocalProtocolError, RemoteProtocolError
+from p2pckpt.manifest.manifest import MAX_VERSION
+from p2pckpt.wire.messages import (
+    LIST_META_KEYS,
+    MAX_HAVE_BYTES,
+    MAX_LIST_ENTRIES,
+    MAX_PUSH_PEERS,
+    Cancel,
+    ChunkRequest,
+    Error,
+    Have,
+    HaveRequest,
+    ListRequest,
+    ListResponse,
+    ManifestRequest,
+    ManifestResponse,
+    Message,
+    PushProgress,
+    PushRequest,
+    PushResult,
+    VersionInfo,
+)
+
+# Message types (the frame's first byte).
+T_LIST_REQ, T_LIST_RESP, T_MAN_REQ, T_MAN_RESP, T_CHUNK_REQ, T_CHUNK, T_ERROR = range(1, 8)
+T_PUSH_REQ, T_PUSH_RESULT, T_PUSH_PROGRESS = 8, 9, 10
+T_HAVE_REQ, T_HAVE, T_CANCEL = 11, 12, 13
+T_PACKED = 14
+
+_U32: Final = (1 << 32) - 1
+
+
+def _bad(what: str) -> RemoteProtocolError:
+    return RemoteProtocolError(f"malformed message: {what}")
+
+
+def _is_int(v: object, hi: int) -> bool:
+    return type(v) is int and 0 <= v <= hi
+
+
+def _is_name(v: object) -> bool:
+    return isinstance(v, str) and len(v) <= 128
+
+
+def _is_key(v: object) -> bool:
+    return isinstance(v, bytes) and len(v) == 32
+
+
+def _list_request(doc: list[Any]) -> Message:
+    if doc:
+        raise _bad("list request")
+    return ListRequest()
+
+
+def _version_info(v: object) -> VersionInfo:
+    if not (
+        isinstance(v, list)
+        and len(v) in (6, 7)
+        and _is_name(v[0])
+        and _is_int(v[1], MAX_VERSION)
+        and _is_key(v[2])
+        and _is_key(v[3])
+        and _is_int(v[4], 1 << 62)
+        and _is_int(v[5], 1 << 32)
+    ):
+        raise _bad("list entry")
+    meta = v[6] if len(v) == 7 else []
+    if not (
+        isinstance(meta, list)
+        and len(meta) <= len(LIST_META_KEYS)
+        and all(
+            isinstance(kv, list)
+            and len(kv) == 2
+            and isinstance(kv[0], str)
+            and isinstance(kv[1], str)
+            for kv in meta
+        )
+    ):
+        raise _bad("list meta")
+    try:
+        pairs = tuple((k, val) for k, val in meta)
+        return VersionInfo(v[0], v[1], v[2], v[3], v[4], v[5], pairs)
+    except LocalProtocolError as exc:
+        raise _bad(str(exc)) from None
+
+
+def _list_response(doc: list[Any]) -> Message:
+    return ListResponse(tuple(_version_info(v) for v in doc))
+
+
+def _manifest_request(doc: list[Any]) -> Message:
+    if (
+        len(doc) != 2
+        or not _is_name(doc[0])
+        or not (doc[1] is None or _is_int(doc[1], MAX_VERSION))
+    ):
+        raise _bad("manifest request")
+    return ManifestRequest(doc[0], doc[1])
+
+
+def _manifest_response(doc: list[Any]) -> Message:
+    if len(doc) != 1 or not isinstance(doc[0], bytes):
+        raise _bad("manifest response")
+    return ManifestResponse(doc[0])
+
+
+def _chunk_request(doc: list[Any]) -> Message:
+    if (
+        len(doc) not in (3, 4)  # the accepted codecs came later (issue 7)
+        or not _is_int(doc[0], _U32)
+        or not _is_key(doc[1])
+        or not _is_int(doc[2], 1 << 32)
+        or not (len(doc) == 3 or _is_int(doc[3], _U32))
+    ):
+        raise _bad("chunk request")
+    return ChunkRequest(doc[0], doc[1], doc[2], doc[3] if len(doc) == 4 else 0)
+
+
+def _is_push_peer(p: object) -> bool:
+    return (
+        isinstance(p, list)
+        and len(p) == 3
+        and _is_key(p[0])
+        and isinstance(p[1], str)
+        and 0 < len(p[1]) <= 255
+        and p[1].isascii()  # a host name or IP literal; IDNA is not for peers
+        and _is_int(p[2], 65535)
+        and p[2] != 0
+    )
+
+
+def _push_request(doc: list[Any]) -> Message:
+    if (
+        len(doc) not in (4, 5)  # the peer list came later (issue 5)
+        or not _is_name(doc[0])
+        or not _is_int(doc[1], MAX_VERSION)
+        or not _is_key(doc[2])
+        or not _is_int(doc[3], 65535)
+        or doc[3] == 0
+    ):
+        raise _bad("push request")
+    peers = doc[4] if len(doc) == 5 else []
+    if not isinstance(peers, list) or len(peers) > MAX_PUSH_PEERS:
+        raise _bad("push request peers")
+    if not all(_is_push_peer(p) for p in peers):
+        raise _bad("push request peer")
+    return PushRequest(doc[0], doc[1], doc[2], doc[3], tuple((k, h, pt) for k, h, pt in peers))
+
+
+def _push_result(doc: list[Any]) -> Message:
+    if (
+        len(doc) != 3
+        or type(doc[0]) is not bool
+        or not isinstance(doc[1], str)
+        or not _is_int(doc[2], 1 << 62)
+    ):
+        raise _bad("push result")
+    return PushResult(doc[0], doc[1][:1000], doc[2])
+
+
+def _have_request(doc: list[Any]) -> Message:
+    if len(doc) != 1 or not _is_key(doc[0]):
+        raise _bad("have request")
+    return HaveRequest(doc[0])
+
+
+def _have(doc: list[Any]) -> Message:
+    if (
+        len(doc) not in (3, 4)  # fetching came later in issue 5
+        or not _is_key(doc[0])
+        or type(doc[1]) is not bool
+        or not all(isinstance(b, bytes) and len(b) <= MAX_HAVE_BYTES for b in doc[2:])
+    ):
+        raise _bad("have")
+    return Have(doc[0], doc[1], doc[2], doc[3] if len(doc) == 4 else b"")
+
+
+def _cancel(doc: list[Any]) -> Message:
+    if len(doc) != 1 or not _is_int(doc[0], _U32):
+        raise _bad("cancel")
+    return Cancel(doc[0])
+
+
+def _push_progress(doc: list[Any]) -> Message:
+    if len(doc) != 2 or not _is_int(doc[0], 1 << 62) or not _is_int(doc[1], 1 << 62):
+        raise _bad("push progress")
+    return PushProgress(doc[0], doc[1])
+
+
+def _error(doc: list[Any]) -> Message:
+    if (
+        len(doc) != 3
+        or not isinstance(doc[0], str)
+        or not isinstance(doc[1], str)
+        or not (doc[2] is None or _is_int(doc[2], _U32))
+    ):
+        raise _bad("error")
+    return Error(doc[0], doc[1], doc[2])
+
+
+DECODERS: Final[dict[int, Callable[[list[Any]], Message]]] = {
+    T_LIST_REQ: _list_request,
+    T_LIST_RESP: _list_response,
+    T_MAN_REQ: _manifest_request,
+    T_MAN_RESP: _manifest_response,
+    T_CHUNK_REQ: _chunk_request,
+    T_PUSH_REQ: _push_request,
+    T_PUSH_RESULT: _push_result,
+    T_HAVE_REQ: _have_request,
+    T_HAVE: _have,
+    T_CANCEL: _cancel,
+    T_PUSH_PROGRESS: _push_progress,
+    T_ERROR: _error,
+}
+
+
+def decode_body(kind: int, body: bytes) -> Message:
+    """The message of type ``kind`` whose msgpack body is ``body``."""
+    try:
+        doc = msgpack.unpackb(
+            body,
+            raw=False,
+            strict_map_key=True,
+            max_map_len=0,
+            max_ext_len=0,
+            max_array_len=MAX_LIST_ENTRIES,
+        )
+    except Exception as exc:  # msgpack raises a zoo of types on garbage
+        raise _bad("not msgpack") from exc
+    if not isinstance(doc, list):
+        raise _bad("not an array")
+    decoder = DECODERS.get(kind)
+    if decoder is None:  # pragma: no cover - filtered by the reader's accepts
+        raise _bad(f"type {kind}")
+    return decoder(doc)
