@@ -47,6 +47,7 @@ from p2pckpt.errors import (
 )
 from p2pckpt.fs.atomic import fsync_dir
 from p2pckpt.home import Home
+from p2pckpt.transfer.choose import publisher_refusal
 from p2pckpt.transfer.partials import Partials
 from p2pckpt.transfer.pull import (
     Accept,
@@ -55,7 +56,6 @@ from p2pckpt.transfer.pull import (
     Progress,
     PullResult,
     choose_source,
-    publisher_refusal,
     pull_offer,
 )
 from p2pckpt.transfer.throttle import Throttle

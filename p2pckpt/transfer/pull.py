@@ -49,8 +49,7 @@ from p2pckpt.store.verify import compare
 from p2pckpt.transfer.choose import Accept as Accept
 from p2pckpt.transfer.choose import Offer as Offer
 from p2pckpt.transfer.choose import choose_source as choose_source
-from p2pckpt.transfer.choose import fetch_manifest as fetch_manifest
-from p2pckpt.transfer.choose import publisher_refusal as publisher_refusal
+from p2pckpt.transfer.choose import publisher_refusal
 from p2pckpt.transfer.fill import Progress as Progress
 from p2pckpt.transfer.fill import dial_hint, fill
 from p2pckpt.transfer.partials import Partials

@@ -50,17 +50,11 @@ from p2pckpt.net.listen import open_listeners
 from p2pckpt.net.ratelimit import RateLimiter, source_key
 from p2pckpt.transfer.admission import PreAuth, Ticket
 from p2pckpt.transfer.chunk_serve import Chunks, same_host
-from p2pckpt.transfer.leases import MAX_CHUNK_BUFFERS as MAX_CHUNK_BUFFERS
-from p2pckpt.transfer.leases import PEER_BUFFERS as PEER_BUFFERS
-from p2pckpt.transfer.leases import BufferBudget, Share
+from p2pckpt.transfer.leases import MAX_CHUNK_BUFFERS, BufferBudget, Share
 from p2pckpt.transfer.partials import Partials
-from p2pckpt.transfer.pipeline import IDLE_TIMEOUT as IDLE_TIMEOUT
-from p2pckpt.transfer.pipeline import SEND_TIMEOUT as SEND_TIMEOUT
-from p2pckpt.transfer.pipeline import STALL_SECONDS as STALL_SECONDS
 from p2pckpt.transfer.pipeline import Pipeline
-from p2pckpt.transfer.push_serve import PushHandler as PushHandler
+from p2pckpt.transfer.push_serve import PushHandler
 from p2pckpt.transfer.throttle import Throttle
-from p2pckpt.transfer.trust_watch import TRUST_RECHECK as TRUST_RECHECK
 from p2pckpt.transfer.trust_watch import revoke_stale, watch
 from p2pckpt.wire import messages as m
 from p2pckpt.wire.codec import encode

@@ -52,7 +52,7 @@ async def test_trust_changes_reach_open_connections(tmp_path: Path, autojump_clo
     from p2pckpt.errors import ChannelClosed, NotAuthorized
     from p2pckpt.identity.trust import TrustStore
     from p2pckpt.transfer.peer import PeerConnection, over_stream
-    from p2pckpt.transfer.serve import TRUST_RECHECK
+    from p2pckpt.transfer.trust_watch import TRUST_RECHECK
 
     seeder, _ = Home.init(tmp_path / "A")
     puller, _ = Home.init(tmp_path / "B")
@@ -98,8 +98,8 @@ async def test_every_chunk_buffer_returns_when_readers_die_mid_send(tmp_path: Pa
     """Ten connections that ask for chunks, never read and then drop (their
     responses queued and one half sent) give every server-wide chunk buffer
     back; a fresh puller is served at once (R-66, issue 14)."""
+    from p2pckpt.transfer.leases import MAX_CHUNK_BUFFERS
     from p2pckpt.transfer.peer import PeerConnection, over_stream
-    from p2pckpt.transfer.serve import MAX_CHUNK_BUFFERS
 
     seeder, _ = Home.init(tmp_path / "A")
     puller, _ = Home.init(tmp_path / "B")
@@ -143,8 +143,9 @@ async def test_one_peer_that_never_reads_cannot_starve_another(tmp_path: Path) -
     """A trusted peer with 8 connections of 64 requests each that never reads
     holds at most its share of the chunk buffers: another peer is served at
     once, and the hog's connections are dropped within seconds (R-65)."""
+    from p2pckpt.transfer.leases import MAX_CHUNK_BUFFERS, PEER_BUFFERS
     from p2pckpt.transfer.peer import PeerConnection, over_stream
-    from p2pckpt.transfer.serve import MAX_CHUNK_BUFFERS, PEER_BUFFERS, STALL_SECONDS
+    from p2pckpt.transfer.pipeline import STALL_SECONDS
 
     seeder, _ = Home.init(tmp_path / "A")
     hog, _ = Home.init(tmp_path / "H")
