@@ -6,8 +6,12 @@ pull engine drives it and tests drive it the same way, without sockets.
 Policy (issue 5, DESIGN.md "transfer engine"):
 
 - **Rarest first.** Among missing chunks nobody is fetching, a peer gets one
-  the fewest peers have; ties are broken at random, so pullers fetching
-  from the same seeder take different chunks and can trade them.
+  the fewest peers have. Ties: a run of consecutive chunks per peer from a
+  random start (the first free chunk at or after the one it was last
+  given, wrapping), so pullers fetching from the same seeder take different
+  chunks and can trade them, while each source reads its files, and the
+  puller writes them, in order: the disk's readahead and writeback work
+  for sequential runs, not for a random chunk each time.
 - **Windows follow speed.** A peer may have about WINDOW_SECONDS of its
   measured rate in flight (at least 1, at most its ``max_window``; until
   the rate is known, INITIAL_WINDOW): a slow peer never hoards chunks a
@@ -67,6 +71,7 @@ class _Peer:
     received: int = 0  # bytes
     first_request: float | None = None
     last_delivery: float | None = None
+    next_pick: int | None = None  # where its run of consecutive chunks goes on
 
     def rate(self, now: float) -> float | None:
         """Bytes/s since the first request, once enough chunks arrived to say."""
@@ -200,7 +205,7 @@ class Scheduler:
             for level in range(1, len(self._buckets)):
                 offer = self._buckets[level] & peer.bits & ~spare
                 if offer:
-                    index = self._random_bit(offer)
+                    index = self._run_bit(offer, peer)
                     self._buckets[level] &= ~(1 << index)
                     return self._request(index, key, peer, now)
             if held & self._pool():  # pullers that hold them will give them
@@ -338,10 +343,17 @@ class Scheduler:
         while len(self._buckets) > 1 and not self._buckets[-1]:
             self._buckets.pop()
 
-    def _random_bit(self, bits: int) -> int:
-        """A set bit of ``bits``: the first at or after a random position
-        (wrapping), so concurrent pullers spread out."""
-        start = self.rng.randrange(self.count)
+    def _run_bit(self, bits: int, peer: _Peer) -> int:
+        """A set bit of ``bits``: the first at or after where ``peer``'s run
+        goes on (a random position for its first), wrapping."""
+        start = peer.next_pick
+        if start is None:
+            start = self.rng.randrange(self.count)
+        index = self._first_bit_from(bits, start)
+        peer.next_pick = (index + 1) % self.count
+        return index
+
+    def _first_bit_from(self, bits: int, start: int) -> int:
         above = bits >> start
         if above:
             return start + (above & -above).bit_length() - 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from hypothesis import given, settings
@@ -338,4 +339,37 @@ def test_a_stalled_puller_is_not_waited_for() -> None:
         rest.append(i)
         s.done(i, "seeder", later)
     assert s.complete and set(stuck) <= set(rest)  # the stuck requests were copied
+    check_invariants(s)
+
+
+def test_a_source_is_asked_for_a_run_of_consecutive_chunks_from_a_random_start() -> None:
+    """So the seeder reads its files, and the puller writes them, in order
+    (readahead and writeback work); the start is random so pullers spread."""
+    starts = set()
+    for seed in range(8):
+        s = sched(20, have={7}, seed=seed)
+        s.add_peer("a", None, max_window=64)
+        asked = [s.pick("a", 0.0) for _ in range(19)]
+        assert s.pick("a", 0.0) is None  # all 19 missing chunks asked once
+        start = asked[0]
+        assert start is not None
+        starts.add(start)
+        expected = [i % 20 for i in range(start, start + 20) if i % 20 != 7]
+        assert asked == expected
+    assert len(starts) > 1
+
+
+def test_each_source_keeps_its_own_run() -> None:
+    s = sched(40, seed=3)
+    s.add_peer("a", None, max_window=64)
+    s.add_peer("b", None, max_window=64)
+    a = [s.pick("a", 0.0) for _ in range(5)]
+    b = [s.pick("b", 0.0) for _ in range(5)]
+    a += [s.pick("a", 0.0) for _ in range(5)]
+    for run in (a, b):
+        picked = [x for x in run if x is not None]
+        assert len(picked) == len(run)
+        steps = [(y - x) % 40 for x, y in itertools.pairwise(picked)]
+        assert sum(step != 1 for step in steps) <= 1  # one jump at most: past the other's run
+    assert not set(a) & set(b)
     check_invariants(s)
