@@ -1,10 +1,16 @@
-"""The test data: a sharded safetensors checkpoint of incompressible, non-dedupable bytes."""
+"""The test data: safetensors checkpoints of incompressible, non-dedupable bytes.
+
+Shapes (``SHAPES``): ``single`` (one ``model.safetensors``), ``sharded`` (4 shards of a
+quarter each + ``model.safetensors.index.json`` + ``config.json``), ``many`` (10,000 small
+files, ~100 MB, in 100 folders). ``prepare_checkpoint(workdir, size)`` without a shape is
+the original layout (512 MiB shards) that the other benchmark scripts use."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import random
 import shutil
 import time
 from pathlib import Path
@@ -50,10 +56,21 @@ class _ByteStream:
             n -= take
 
 
-def generate_checkpoint(dest: Path, size: int) -> None:
-    """Write a sharded safetensors checkpoint with ``size`` bytes of tensor data."""
+SHAPES = ("single", "sharded", "many")
+SHARDED_SHARDS = 4
+MANY_FILES = 10_000
+MANY_DIRS = 100
+MANY_BYTES = 100 * 1000 * 1000  # total of the ``many`` shape, whatever --size says
+
+
+def generate_checkpoint(
+    dest: Path, size: int, shards: int | None = None, single: bool = False
+) -> None:
+    """Write a safetensors checkpoint with ``size`` bytes of tensor data: ``single`` = one
+    ``model.safetensors``; else ``shards`` shards (default: 512 MiB each) + index + config."""
     total = size // ROW_BYTES * ROW_BYTES
-    shards = 1 if total < 16 * MIB else max(2, math.ceil(total / SHARD_TARGET_BYTES))
+    if shards is None:
+        shards = 1 if total < 16 * MIB else max(2, math.ceil(total / SHARD_TARGET_BYTES))
     per = total // shards // ROW_BYTES * ROW_BYTES
     sizes = [per] * (shards - 1) + [total - per * (shards - 1)]
     stream = _ByteStream()
@@ -61,7 +78,7 @@ def generate_checkpoint(dest: Path, size: int) -> None:
     tensor = 0
     dest.mkdir(parents=True)
     for i, shard_bytes in enumerate(sizes, 1):
-        name = f"model-{i:05d}-of-{shards:05d}.safetensors"
+        name = "model.safetensors" if single else f"model-{i:05d}-of-{shards:05d}.safetensors"
         header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
         offset = 0
         while offset < shard_bytes:
@@ -78,6 +95,8 @@ def generate_checkpoint(dest: Path, size: int) -> None:
             f.write(len(blob).to_bytes(8, "little"))
             f.write(blob)
             stream.write_to(f, shard_bytes)
+    if single:
+        return
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (dest / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     config = {
@@ -91,17 +110,42 @@ def generate_checkpoint(dest: Path, size: int) -> None:
     (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def generate_main(dest: str, size: str) -> int:
+def generate_many(dest: Path) -> None:
+    """``MANY_FILES`` files of 2-18 KB (~``MANY_BYTES`` in all) in ``MANY_DIRS`` folders."""
+    stream = _ByteStream()
+    rng = random.Random(1234)
+    per_dir = MANY_FILES // MANY_DIRS
+    mean = MANY_BYTES // MANY_FILES
+    for d in range(MANY_DIRS):
+        folder = dest / f"part-{d:03d}"
+        folder.mkdir(parents=True)
+        for i in range(per_dir):
+            with open(folder / f"blob-{i:03d}.bin", "wb") as f:
+                stream.write_to(f, rng.randint(mean // 5, mean * 9 // 5))
+
+
+def generate_main(dest: str, size: str, shape: str = "") -> int:
     """Helper-process entry: generate in a child so the parent's RSS high-water mark stays low
     (children inherit it, which would spoil the wait4 fallback)."""
-    generate_checkpoint(Path(dest), int(size))
+    if shape == "many":
+        generate_many(Path(dest))
+    elif shape == "single":
+        generate_checkpoint(Path(dest), int(size), shards=1, single=True)
+    elif shape == "sharded":
+        generate_checkpoint(Path(dest), int(size), shards=SHARDED_SHARDS)
+    else:
+        generate_checkpoint(Path(dest), int(size))
     return 0
 
 
-def prepare_checkpoint(workdir: Path, size: int) -> Path:
-    """The checkpoint for ``size``, reused from an earlier run when its layout matches."""
-    ckpt = workdir / f"ckpt-{size}"
-    marker = workdir / f"ckpt-{size}.done"
+def prepare_checkpoint(workdir: Path, size: int, shape: str | None = None) -> Path:
+    """The checkpoint for ``size`` (and ``shape``; None = the original 512 MiB-shard
+    layout), reused from an earlier run when its layout matches."""
+    if shape == "many":
+        size = MANY_BYTES
+    stem = f"ckpt-{size}" if shape is None else f"ckpt-{shape}-{size}"
+    ckpt = workdir / stem
+    marker = workdir / f"{stem}.done"
     if marker.exists() and ckpt.is_dir():
         try:
             if json.loads(marker.read_text()).get("layout") == LAYOUT_VERSION:
@@ -112,9 +156,10 @@ def prepare_checkpoint(workdir: Path, size: int) -> Path:
     if ckpt.exists():
         shutil.rmtree(ckpt)
     marker.unlink(missing_ok=True)
-    log(f"generating {human_bytes(size)} checkpoint in {ckpt}")
+    log(f"generating {human_bytes(size)} {shape or 'sharded'} checkpoint in {ckpt}")
     t0 = time.perf_counter()
-    run(helper_argv("_generate", ckpt, size), "generate checkpoint", 120 + size / (20 * MB))
+    argv = helper_argv("_generate", ckpt, size, shape or "")
+    run(argv, "generate checkpoint", 300 + size / (20 * MB))
     os.sync()  # flush writeback now, so it does not run during the first measurements
     log(f"generated in {time.perf_counter() - t0:.1f} s")
     marker.write_text(json.dumps({"layout": LAYOUT_VERSION, "size": size}))

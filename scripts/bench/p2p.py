@@ -9,6 +9,7 @@ import os
 import queue
 import re
 import shutil
+import statistics
 import subprocess
 import threading
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import BenchError, log
+from .cache import can_drop, drop_caches
 from .procfs import SystemCpu, proc_status_kib, process_tree, tree_cpu_seconds
 from .procs import run, run_measured, stop_process, tail, track
 from .results import Job, Run, ToolResult, repeat_runs
@@ -145,7 +147,7 @@ class Puller:
 
 
 def _publish(job: Job, exe: Path, env: dict[str, str], home: Path) -> dict[str, Any]:
-    log("p2pckpt publish (page cache warm)")
+    log("p2pckpt publish (set-up for serve)")
     argv = [exe, "--home", home, "publish", job.ckpt, "--name", CKPT_NAME, "--version", "1"]
     pub = run_measured([*argv, "--json"], job.timeout, env).check("p2pckpt publish")
     obj = parse_json_object(pub.stdout)
@@ -159,6 +161,47 @@ def _publish(job: Job, exe: Path, env: dict[str, str], home: Path) -> dict[str, 
         f"publish: {pub.wall:.2f} s wall, JSON seconds={obj.get('seconds')} "
         f"bytes={obj.get('bytes')}, hash {rate:.2f} GB/s"
     )
+    return out
+
+
+def _publish_runs(
+    job: Job, exe: Path, env: dict[str, str], homes: Path, cold: bool
+) -> dict[str, Any]:
+    """``job.repeat`` timed publishes, each into a fresh copy of the initialised home A
+    (nothing cached from earlier publishes); ``cold`` drops the page cache before each."""
+    mode = "cold" if cold else "warm"
+    if cold and (why := can_drop()) is not None:
+        return {"skipped": f"cannot drop caches: {why}"}
+    runs: list[dict[str, Any]] = []
+    for i in range(1, job.repeat + 1):
+        home = homes / f"A-publish-{mode}-{i}"
+        shutil.copytree(homes / "A-init", home, symlinks=True)
+        try:
+            argv = [exe, "--home", home, "publish", job.ckpt, "--name", CKPT_NAME]
+            argv += ["--version", "1", "--json"]
+            if cold:
+                drop_caches()
+            pub = run_measured(argv, job.timeout, env).check(f"p2pckpt publish ({mode})")
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+        obj = parse_json_object(pub.stdout)
+        run_info = {"wall_seconds": pub.wall, "cpu_seconds": pub.cpu, "json": obj}
+        run_info["peak_rss_kib"] = pub.maxrss_kib
+        runs.append(run_info)
+        log(
+            f"publish {mode} run {i}/{job.repeat}: {pub.wall:.3f} s, "
+            f"{job.nbytes / GB / pub.wall:.2f} GB/s, JSON seconds={obj.get('seconds')}, "
+            f"cpu {pub.cpu:.2f} s, peak RSS {pub.maxrss_kib / KIB:.0f} MiB"
+        )
+    walls = [r["wall_seconds"] for r in runs]
+    out: dict[str, Any] = {"runs": runs, "median_seconds": statistics.median(walls)}
+    out.update(min_seconds=min(walls), max_seconds=max(walls))
+    out["gb_per_s"] = job.nbytes / GB / out["median_seconds"]
+    own = [r["json"].get("seconds") for r in runs]
+    if all(isinstance(x, int | float) and x > 0 for x in own):
+        out["hash_gb_per_s"] = job.nbytes / GB / statistics.median(own)
+    out["cpu_seconds"] = statistics.median(r["cpu_seconds"] for r in runs)
+    out["peak_rss_mib"] = max(r["peak_rss_kib"] for r in runs) / KIB
     return out
 
 
@@ -187,7 +230,12 @@ def bench_p2pckpt(job: Job, exe: Path, streams: list[int]) -> P2pResults:
         log(f"p2pckpt peers: A={ids['A']} B={ids['B']}")
         cli(home_a, "trust", "add", ids["B"], "--name", "b", what="trust add")
         cli(home_b, "trust", "add", ids["A"], "--name", "a", "--role", "publish", what="trust add")
-        res.publish = _publish(job, exe, env, home_a)
+        shutil.copytree(home_a, homes / "A-init", symlinks=True)
+        if job.cold:
+            drop_caches()
+        res.publish = {"setup": _publish(job, exe, env, home_a)}  # also the publish warm-up
+        for cold in (True, False):
+            res.publish["cold" if cold else "warm"] = _publish_runs(job, exe, env, homes, cold)
 
         argv = [str(exe), "--home", str(home_a), "serve", "--listen", "127.0.0.1:0", "--no-mdns"]
         serve = Serve(argv, job.scratch / "serve.log")
@@ -195,7 +243,7 @@ def bench_p2pckpt(job: Job, exe: Path, streams: list[int]) -> P2pResults:
         log(f"p2pckpt serve (pid {serve.proc.pid}) listening on 127.0.0.1:{port}")
         puller = Puller(job, exe, env, homes, serve, port)
         for n in streams:
-            result = res.pulls[n] = ToolResult(f"p2pckpt x{n}", job.nbytes)
+            result = res.pulls[n] = ToolResult(f"p2pckpt x{n}", job.nbytes, family="p2pckpt")
             result.notes.append(
                 "client = pull (wait4); server = serve tree via /proc "
                 "(CPU delta, VmHWM); fresh copy of B's home per pull"

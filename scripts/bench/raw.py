@@ -76,7 +76,7 @@ def read_line(stream: IO[bytes], timeout: float) -> str:
 
 def bench_raw(job: Job, fsync: bool) -> ToolResult:
     label = "raw loopback" + (" +fsync" if fsync else "")
-    result = ToolResult(label, job.nbytes)
+    result = ToolResult(label, job.nbytes, family="raw+fsync" if fsync else "raw")
     result.notes.append("python sendfile -> recv_into+write, 1 TCP connection on 127.0.0.1")
     listing = job.scratch / "raw-files.json"
     listing.write_text(json.dumps(checkpoint_files(job.ckpt)))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import BenchError, log
+from .cache import drop_caches
 from .checkpoint import checkpoint_files
 from .units import GB, KIB, MB
 
@@ -24,6 +25,8 @@ class Job:
     scratch: Path
     repeat: int
     timeout: float
+    cold: bool = False  # drop the page cache before every run (warm-up included)
+    warmup: bool = True  # one untimed run first
 
 
 @dataclass
@@ -43,6 +46,7 @@ class ToolResult:
     runs: list[Run] = field(default_factory=list)
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    family: str = ""  # "scp", "rsync", "raw", "p2pckpt": variants of one tool share it
 
     @property
     def ok(self) -> bool:
@@ -89,11 +93,13 @@ class ToolResult:
         return max(r.rss_server_kib for r in self.runs) / KIB
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"label": self.label, "bytes": self.nbytes}
+        out: dict[str, Any] = {"label": self.label, "family": self.family, "bytes": self.nbytes}
         out.update(error=self.error, notes=self.notes)
         if self.ok:
             out.update(
                 median_seconds=self.median_s,
+                min_seconds=min(r.wall for r in self.runs),
+                max_seconds=max(r.wall for r in self.runs),
                 mb_per_s=self.mbps,
                 cpu_s_per_gb=self.cpu_per_gb(),
                 cpu_s_per_gb_client=self.cpu_per_gb("client"),
@@ -109,11 +115,14 @@ def repeat_runs(
     result: ToolResult, job: Job, what: str, measure: Callable[[Path, str], Run]
 ) -> ToolResult:
     """One untimed warm-up then ``job.repeat`` timed runs of ``measure(dest, tag)``, each
-    into a fresh destination that is checked and removed; errors go to ``result.error``."""
+    into a fresh destination that is checked and removed; errors go to ``result.error``.
+    With ``job.cold`` the page cache is dropped before each (warm-up included)."""
     try:
-        for i in range(job.repeat + 1):
-            dest = _fresh_dest(job.scratch, f"{result.label.replace(' ', '_')}-{i}")
+        for i in range(0 if job.warmup else 1, job.repeat + 1):
+            dest = _fresh_dest(job.scratch, f"{_slug(result.label)}-{i}")
             try:
+                if job.cold:
+                    drop_caches()
                 r = measure(dest, f"{i}")
                 _check_copy(dest, job.nbytes, what)
             finally:
@@ -129,6 +138,10 @@ def repeat_runs(
         result.error = str(exc)
         log(f"{what} FAILED: {exc}")
     return result
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
 
 
 def _fresh_dest(scratch: Path, tag: str) -> Path:

@@ -11,7 +11,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,11 +217,37 @@ def bench_ssh_tool(
     return repeat_runs(result, job, label, one)
 
 
-def bench_scp_rsync(job: Job) -> tuple[dict[str, ToolResult], dict[str, str] | None]:
-    """Start our sshd, run both baselines, stop it; (results, ssh info for the report)."""
+def _argv_for(base: list[str], slash: bool) -> Callable[[Path], list[str]]:
+    """The client argv for one destination (rsync wants ``DEST/``)."""
+
+    def make(dest: Path) -> list[str]:
+        return [*base, f"{dest}/" if slash else str(dest)]
+
+    return make
+
+
+def cipher_label(cipher: str) -> str:
+    """Short row label: ``aes128-gcm@openssh.com`` -> ``aes128-gcm``; ``default`` stays."""
+    return cipher.split("@", 1)[0]
+
+
+def negotiated_cipher(server: SshServer, cipher: str) -> str:
+    """What ``ssh -v [-c CIPHER]`` negotiates server->client (raises if refused)."""
+    opt = [] if cipher == "default" else ["-c", cipher]
+    v = run([*server.ssh_argv(), *opt, "-v", server.target, "true"], f"ssh -v -c {cipher}")
+    m = re.search(r"kex: server->client cipher: (\S+)", v.stderr)
+    return m.group(1) if m else "?"
+
+
+def bench_scp_rsync(
+    job: Job, ciphers: Sequence[str] = ("default",)
+) -> tuple[dict[str, ToolResult], dict[str, str] | None]:
+    """Start our sshd, run scp and rsync once per cipher (``default`` = no ``-c``), stop it;
+    (results keyed by row label, ssh info for the report)."""
     tools: dict[str, ToolResult] = {}
     info: dict[str, str] | None = None
     server: SshServer | None = None
+    labels = [(c, f"{tool} [{cipher_label(c)}]") for tool in ("scp", "rsync") for c in ciphers]
     try:
         exes = ensure_ssh_tools()
         server = SshServer(exes, job.scratch / "sshd", pwd.getpwuid(os.getuid()).pw_name)
@@ -230,15 +256,30 @@ def bench_scp_rsync(job: Job) -> tuple[dict[str, ToolResult], dict[str, str] | N
         negotiated = info.get("cipher_negotiated", "?")
         log(f"ssh cipher: default {info['cipher_default']}, negotiated {negotiated}")
         src = f"{server.target}:{job.ckpt}"
-        scp = [exes["scp"], "-r", "-q", *server.client_opts(), "-P", str(server.port), src]
-        tools["scp"] = bench_ssh_tool(job, "scp", server, lambda d: [*scp, str(d)])
-        rsync = [exes["rsync"], "-a", "-e", shlex.join(server.ssh_argv()), f"{src}/"]
-        tools["rsync"] = bench_ssh_tool(job, "rsync", server, lambda d: [*rsync, f"{d}/"])
+        for cipher in ciphers:
+            got = negotiated_cipher(server, cipher)
+            info[f"negotiated[{cipher}]"] = got
+            log(f"ssh cipher {cipher}: negotiated {got}")
+        for cipher in ciphers:
+            opt = [] if cipher == "default" else ["-c", cipher]
+            label = f"scp [{cipher_label(cipher)}]"
+            scp = [exes["scp"], "-r", "-q", *server.client_opts(), *opt, "-P", str(server.port)]
+            scp.append(src)
+            tools[label] = bench_ssh_tool(job, label, server, _argv_for(scp, slash=False))
+            tools[label].notes.append(f"cipher {info[f'negotiated[{cipher}]']}")
+        for cipher in ciphers:
+            opt = [] if cipher == "default" else ["-c", cipher]
+            label = f"rsync [{cipher_label(cipher)}]"
+            rsync = [exes["rsync"], "-a", "-e", shlex.join([*server.ssh_argv(), *opt]), f"{src}/"]
+            tools[label] = bench_ssh_tool(job, label, server, _argv_for(rsync, slash=True))
+            tools[label].notes.append(f"cipher {info[f'negotiated[{cipher}]']}")
     except BenchError as exc:
         log(f"ssh baselines FAILED: {exc}")
-        for name in ("scp", "rsync"):
-            tools.setdefault(name, ToolResult(name, job.nbytes, error=str(exc)))
+        for _, label in labels:
+            tools.setdefault(label, ToolResult(label, job.nbytes, error=str(exc)))
     finally:
         if server is not None:
             server.stop()
+    for label, tool in tools.items():
+        tool.family = label.split()[0]
     return tools, info
