@@ -77,6 +77,19 @@ class PeerConnection:
     async def send(self, msg: m.Message) -> None:
         await self.secure.send_all(encode(msg))
 
+    @property
+    def pending(self) -> bool:
+        """Messages already received and parsed, waiting for ``receive``."""
+        return bool(self._pending)
+
+    async def send_many(self, msgs: list[m.Message]) -> None:
+        """Send ``msgs`` in one write: one syscall (and as few records as
+        fit) for a batch of requests, not one each."""
+        if len(msgs) == 1:
+            await self.send(msgs[0])
+        elif msgs:
+            await self.secure.send_all(b"".join(encode(msg) for msg in msgs))
+
     async def receive(self, idle_timeout: float = IDLE_TIMEOUT) -> m.Message:
         while not self._pending:
             with trio.move_on_after(idle_timeout) as idle:

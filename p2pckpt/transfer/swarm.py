@@ -285,9 +285,11 @@ class Swarm:
             async with write_send:
                 while True:
                     book.polling = src.conns[0] is conn  # one connection per source asks for Have
-                    for msg in book.to_send(trio.current_time()):
-                        await conn.send(msg)
-                    if book.idle():
+                    # Answers already here first: the requests that refill the
+                    # pipeline behind them then go out in one batch.
+                    if not conn.pending:
+                        await conn.send_many(book.to_send(trio.current_time()))
+                    if book.idle() and not conn.pending:
                         if self.sched.complete:
                             return
                         # Wake on progress anywhere, or when the next Have is due.
