@@ -13,6 +13,7 @@ Pure and synchronous (no trio): the server runs these in worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import time
@@ -82,8 +83,10 @@ def read_chunk(path: Path, chunk: Chunk, req_id: int, buf: bytearray) -> memoryv
             raise SourceChanged(f"{path} is no longer a regular file")
         got = os.preadv(fd, [body], chunk.offset)
         # Pullers ask a source for runs of consecutive chunks (``schedule``):
-        # have the disk read the next one while this one is hashed and sent.
-        os.posix_fadvise(fd, chunk.offset + chunk.length, chunk.length, os.POSIX_FADV_WILLNEED)
+        # have the disk read the next one while this one is hashed and sent
+        # (a hint: a filesystem that refuses it costs nothing).
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, chunk.offset + chunk.length, chunk.length, os.POSIX_FADV_WILLNEED)
         good = got == chunk.length and chunk_hash(body) == chunk.digest
     finally:
         body.release()
