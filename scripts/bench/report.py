@@ -73,6 +73,11 @@ def _pull_targets(tag: str, pull: ToolResult, tools: dict[str, ToolResult]) -> l
             out.append(Target(name, ratio, f">= {need}", ratio >= need, shown))
         else:
             out.append(_no_data(name, f">= {need}"))
+    durable = fastest(tools, "rsync-fsync")  # rsync that fsyncs every file, as a pull does
+    if pull.ok and durable is not None:
+        ratio = durable.median_s / pull.median_s
+        name = f"{tag} time <= rsync --fsync's"
+        out.append(Target(name, ratio, ">= 1", ratio >= 1, f"{ratio:.2f}x vs {durable.label}"))
     for part in ("client", "server"):
         name = f"{tag} CPU s/GB {part} <= rsync's {part}"
         base = _cheapest(tools, "rsync", part)
@@ -174,7 +179,7 @@ def _ratios(shape: ShapeResult, pull: ToolResult) -> list[str]:
     head = f"  {pull.label} vs{'':<9}{'speed-up':>9}{'CPU cli':>9}{'CPU srv':>9}{'CPU all':>9}"
     lines = [head]
     for t in [v for f in BASELINES for v in _variants(shape, f)] + [
-        v for f in ("raw", "raw+fsync") for v in _variants(shape, f)
+        v for f in ("rsync-fsync", "raw", "raw+fsync") for v in _variants(shape, f)
     ]:
         if not t.ok:
             continue

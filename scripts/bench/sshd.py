@@ -273,6 +273,15 @@ def bench_scp_rsync(
             rsync = [exes["rsync"], "-a", "-e", shlex.join([*server.ssh_argv(), *opt]), f"{src}/"]
             tools[label] = bench_ssh_tool(job, label, server, _argv_for(rsync, slash=True))
             tools[label].notes.append(f"cipher {info[f'negotiated[{cipher}]']}")
+        # Durable like a pull (every file fsynced): the bar for many small files.
+        cipher = ciphers[0]
+        opt = [] if cipher == "default" else ["-c", cipher]
+        label = f"rsync --fsync [{cipher_label(cipher)}]"
+        labels.append((cipher, label))
+        ssh = shlex.join([*server.ssh_argv(), *opt])
+        rsync = [exes["rsync"], "-a", "--fsync", "-e", ssh, f"{src}/"]
+        tools[label] = bench_ssh_tool(job, label, server, _argv_for(rsync, slash=True))
+        tools[label].notes.append(f"cipher {info[f'negotiated[{cipher}]']}")
     except BenchError as exc:
         log(f"ssh baselines FAILED: {exc}")
         for _, label in labels:
@@ -281,5 +290,5 @@ def bench_scp_rsync(
         if server is not None:
             server.stop()
     for label, tool in tools.items():
-        tool.family = label.split()[0]
+        tool.family = "rsync-fsync" if "--fsync" in label else label.split()[0]
     return tools, info
