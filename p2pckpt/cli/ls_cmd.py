@@ -153,7 +153,7 @@ def _remote_versions(
     import trio
 
     from p2pckpt.discovery.finder import connect_targets, parse_targets
-    from p2pckpt.errors import P2pckptError
+    from p2pckpt.errors import DiscoveryError, P2pckptError
     from p2pckpt.transfer.pull import list_remote
 
     targets = parse_targets(peers, home)
@@ -161,6 +161,8 @@ def _remote_versions(
     async def run() -> list[tuple[PeerId, str, VersionInfo]]:
         try:
             conns = await connect_targets(home, cfg, targets)
+        except DiscoveryError:
+            raise  # discovery itself could not start (exit 4), as before
         except P2pckptError as exc:
             if targets is not None:
                 raise

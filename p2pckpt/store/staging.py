@@ -43,13 +43,14 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
 from p2pckpt.errors import NO_SPACE_ERRNOS, ChunkCorrupt, NoSpace, StoreError
 from p2pckpt.fs.atomic import fsync_dir, write_atomic
 from p2pckpt.fs.rename import rename_exchange, rename_noreplace
-from p2pckpt.fs.sync import syncfs, syncfs_available
 from p2pckpt.manifest.chunker import chunk_hash
 from p2pckpt.manifest.manifest import Manifest
 from p2pckpt.store import journal, journal_file
@@ -61,7 +62,7 @@ log = logging.getLogger("p2pckpt.staging")
 
 SUFFIX: Final = ".p2pckpt-partial"
 FSYNC_INTERVAL: Final = 1.0
-SYNCFS_AFTER: Final = 16  # more files than this to make durable: one syncfs instead
+SYNC_THREADS: Final = 8  # files fsynced at once (``_each_file``)
 
 
 def staging_path(dest: Path) -> Path:
@@ -248,20 +249,7 @@ class Staging:
             dirty, self._dirty = self._dirty, set()
             journal_fd = os.dup(self._journal_fd) if self._journal_fd >= 0 else -1
         try:
-            if journal_fd >= 0 and self._many(len(dirty)):
-                syncfs(journal_fd)  # the journal is on the same filesystem
-                dirty = set()
-            for path in sorted(dirty):
-                try:
-                    fd = self.files.open(path, create=False)
-                except (OSError, StoreError) as exc:
-                    if isinstance(exc, OSError) and exc.errno not in GONE:
-                        raise
-                    continue  # replaced under us: not ours to flush (nor to commit)
-                try:
-                    os.fdatasync(fd)
-                finally:
-                    os.close(fd)
+            self._each_file(sorted(dirty), self._flush_one)
             if journal_fd >= 0:
                 os.fsync(journal_fd)
         except OSError as exc:
@@ -273,13 +261,39 @@ class Staging:
             if journal_fd >= 0:
                 os.close(journal_fd)
 
+    def _flush_one(self, path: str) -> None:
+        try:
+            fd = self.files.open(path, create=False)
+        except (OSError, StoreError) as exc:
+            if isinstance(exc, OSError) and exc.errno not in GONE:
+                raise
+            return  # replaced under us: not ours to flush (nor to commit)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
+    def _fsync_one(self, path: str) -> None:
+        fd = self.files.open(path, create=False)
+        try:
+            os.fsync(fd)  # R-45: an error fails this commit; never retried
+        finally:
+            os.close(fd)
+
     @staticmethod
-    def _many(files: int) -> bool:
-        """Whether to make ``files`` files durable with one syncfs on the
-        staging filesystem rather than one fsync each: one device flush for
-        a folder of thousands of small files (the journal's fd, held since
-        the writes began, carries the filesystem's writeback errors)."""
-        return files > SYNCFS_AFTER and syncfs_available()
+    def _each_file(paths: list[str], sync: Callable[[str], None]) -> None:
+        """``sync`` every path; more than SYNC_THREADS of them from that many
+        threads at once, so the filesystem can write them back together and
+        share its journal commits and device flushes (a folder of thousands
+        of small files), each file's own error still reported. The first
+        error raises once the others are done."""
+        if len(paths) <= SYNC_THREADS:
+            for path in paths:
+                sync(path)
+            return
+        with ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="p2pckpt-fsync") as pool:
+            for _ in pool.map(sync, paths):
+                pass
 
     def _invalidate(self) -> None:
         with self._lock:
@@ -312,7 +326,6 @@ class Staging:
         os.umask(umask)
         try:
             self._read_back()
-            many = self._journal_fd >= 0 and self._many(len(self.manifest.files))
             for entry in self.manifest.files:
                 fd = self.files.open(entry.path, create=False)
                 try:
@@ -322,12 +335,9 @@ class Staging:
                             " run the same pull again"
                         )
                     os.fchmod(fd, 0o644 & ~umask)
-                    if not many:
-                        os.fsync(fd)  # R-45: an error fails this commit; never retried
                 finally:
                     os.close(fd)
-            if many:
-                syncfs(self._journal_fd)  # every file at once (R-45 as for fsync)
+            self._each_file([entry.path for entry in self.manifest.files], self._fsync_one)
             data = self.path / "data"
             for dirpath, _dirs, _files in os.walk(data, topdown=False):
                 os.chmod(dirpath, 0o755 & ~umask)

@@ -6,12 +6,12 @@ pull engine drives it and tests drive it the same way, without sockets.
 Policy (issue 5, DESIGN.md "transfer engine"):
 
 - **Rarest first.** Among missing chunks nobody is fetching, a peer gets one
-  the fewest peers have. Ties: a run of consecutive chunks per peer from a
-  random start (the first free chunk at or after the one it was last
-  given, wrapping), so pullers fetching from the same seeder take different
-  chunks and can trade them, while each source reads its files, and the
-  puller writes them, in order: the disk's readahead and writeback work
-  for sequential runs, not for a random chunk each time.
+  the fewest peers have. Ties: runs of up to MAX_RUN consecutive chunks
+  per peer, each from a random start, so pullers fetching from the same
+  seeder take different chunks and can trade them, while each source
+  reads its files, and the puller writes them, in runs: the disk's
+  readahead and writeback work for sequential runs, not for a random
+  chunk each time. A run ends early at a chunk someone else took.
 - **Windows follow speed.** A peer may have about WINDOW_SECONDS of its
   measured rate in flight (at least 1, at most its ``max_window``; until
   the rate is known, INITIAL_WINDOW): a slow peer never hoards chunks a
@@ -53,6 +53,7 @@ RATE_AFTER_CHUNKS: Final = 2  # chunks a peer must deliver before its rate count
 # Until a peer's rate is known it gets this many requests: a deep blind window at
 # a shared seeder is how pullers end up fetching the same chunks from it.
 INITIAL_WINDOW: Final = 2
+MAX_RUN: Final = 8  # consecutive chunks asked of one source before a new random start
 FULL_SOURCE_EDGE: Final = 2.0
 # A peer that delivered nothing for this long is not waited for: a full source
 # takes the chunks it holds, and endgame copies the requests it sits on.
@@ -72,6 +73,7 @@ class _Peer:
     first_request: float | None = None
     last_delivery: float | None = None
     next_pick: int | None = None  # where its run of consecutive chunks goes on
+    run: int = 0  # chunks in its current run
 
     def rate(self, now: float) -> float | None:
         """Bytes/s since the first request, once enough chunks arrived to say."""
@@ -344,12 +346,19 @@ class Scheduler:
             self._buckets.pop()
 
     def _run_bit(self, bits: int, peer: _Peer) -> int:
-        """A set bit of ``bits``: the first at or after where ``peer``'s run
-        goes on (a random position for its first), wrapping."""
+        """A set bit of ``bits``: the chunk right after ``peer``'s last one
+        while it is free and the run is shorter than MAX_RUN; otherwise the
+        first free one at or after a random position (wrapping). A run that
+        reached chunks someone else took does not follow them: two runs
+        chasing each other would interleave chunk by chunk, and pullers
+        would fetch the same chunks from a seeder instead of trading them."""
         start = peer.next_pick
-        if start is None:
-            start = self.rng.randrange(self.count)
-        index = self._first_bit_from(bits, start)
+        if start is not None and peer.run < MAX_RUN and bits >> start & 1:
+            peer.run += 1
+            index = start
+        else:
+            peer.run = 1
+            index = self._first_bit_from(bits, self.rng.randrange(self.count))
         peer.next_pick = (index + 1) % self.count
         return index
 

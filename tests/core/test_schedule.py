@@ -8,7 +8,13 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pckpt.transfer.schedule import ENDGAME_COPIES, INITIAL_WINDOW, PATIENCE, Scheduler
+from p2pckpt.transfer.schedule import (
+    ENDGAME_COPIES,
+    INITIAL_WINDOW,
+    MAX_RUN,
+    PATIENCE,
+    Scheduler,
+)
 from p2pckpt.wire.bitfield import bitfield_to_int, bits_of, indices_of, int_to_bitfield
 
 MB4 = 4 << 20
@@ -342,34 +348,40 @@ def test_a_stalled_puller_is_not_waited_for() -> None:
     check_invariants(s)
 
 
-def test_a_source_is_asked_for_a_run_of_consecutive_chunks_from_a_random_start() -> None:
-    """So the seeder reads its files, and the puller writes them, in order
-    (readahead and writeback work); the start is random so pullers spread."""
+def test_a_source_is_asked_for_runs_of_consecutive_chunks_from_random_starts() -> None:
+    """So the seeder reads its files, and the puller writes them, in runs
+    (readahead and writeback work); each run starts at random (pullers
+    spread) and is at most MAX_RUN long."""
     starts = set()
     for seed in range(8):
-        s = sched(20, have={7}, seed=seed)
+        s = sched(40, have={7}, seed=seed)
         s.add_peer("a", None, max_window=64)
-        asked = [s.pick("a", 0.0) for _ in range(19)]
-        assert s.pick("a", 0.0) is None  # all 19 missing chunks asked once
-        start = asked[0]
-        assert start is not None
-        starts.add(start)
-        expected = [i % 20 for i in range(start, start + 20) if i % 20 != 7]
-        assert asked == expected
+        asked = []
+        for _ in range(39):
+            asked.append(s.pick("a", 0.0))
+            assert s._peers["a"].run <= MAX_RUN  # a new random start at least that often
+        assert s.pick("a", 0.0) is None
+        picked = [i for i in asked if i is not None]
+        assert sorted(picked) == [i for i in range(40) if i != 7]  # each asked once
+        starts.add(picked[0])
+        steps = [(y - x) % 40 for x, y in itertools.pairwise(picked)]
+        assert sum(step == 1 for step in steps) >= len(steps) * 3 // 4  # runs, not single chunks
     assert len(starts) > 1
 
 
-def test_each_source_keeps_its_own_run() -> None:
-    s = sched(40, seed=3)
+def test_a_run_does_not_follow_chunks_another_source_took() -> None:
+    """Two sources whose runs meet do not interleave chunk by chunk."""
+    s = sched(64, seed=5)
     s.add_peer("a", None, max_window=64)
     s.add_peer("b", None, max_window=64)
-    a = [s.pick("a", 0.0) for _ in range(5)]
-    b = [s.pick("b", 0.0) for _ in range(5)]
-    a += [s.pick("a", 0.0) for _ in range(5)]
+    a, b = [], []
+    for _ in range(16):
+        a.append(s.pick("a", 0.0))
+        b.append(s.pick("b", 0.0))
     for run in (a, b):
         picked = [x for x in run if x is not None]
         assert len(picked) == len(run)
-        steps = [(y - x) % 40 for x, y in itertools.pairwise(picked)]
-        assert sum(step != 1 for step in steps) <= 1  # one jump at most: past the other's run
+        steps = [(y - x) % 64 for x, y in itertools.pairwise(picked)]
+        assert sum(step == 1 for step in steps) >= len(steps) // 2  # mostly consecutive
     assert not set(a) & set(b)
     check_invariants(s)
