@@ -43,8 +43,6 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Final
 
@@ -62,7 +60,6 @@ log = logging.getLogger("p2pckpt.staging")
 
 SUFFIX: Final = ".p2pckpt-partial"
 FSYNC_INTERVAL: Final = 1.0
-SYNC_THREADS: Final = 8  # files fsynced at once (``_each_file``)
 
 
 def staging_path(dest: Path) -> Path:
@@ -249,7 +246,17 @@ class Staging:
             dirty, self._dirty = self._dirty, set()
             journal_fd = os.dup(self._journal_fd) if self._journal_fd >= 0 else -1
         try:
-            self._each_file(sorted(dirty), self._flush_one)
+            for path in sorted(dirty):
+                try:
+                    fd = self.files.open(path, create=False)
+                except (OSError, StoreError) as exc:
+                    if isinstance(exc, OSError) and exc.errno not in GONE:
+                        raise
+                    continue  # replaced under us: not ours to flush (nor to commit)
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
             if journal_fd >= 0:
                 os.fsync(journal_fd)
         except OSError as exc:
@@ -260,40 +267,6 @@ class Staging:
         finally:
             if journal_fd >= 0:
                 os.close(journal_fd)
-
-    def _flush_one(self, path: str) -> None:
-        try:
-            fd = self.files.open(path, create=False)
-        except (OSError, StoreError) as exc:
-            if isinstance(exc, OSError) and exc.errno not in GONE:
-                raise
-            return  # replaced under us: not ours to flush (nor to commit)
-        try:
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
-
-    def _fsync_one(self, path: str) -> None:
-        fd = self.files.open(path, create=False)
-        try:
-            os.fsync(fd)  # R-45: an error fails this commit; never retried
-        finally:
-            os.close(fd)
-
-    @staticmethod
-    def _each_file(paths: list[str], sync: Callable[[str], None]) -> None:
-        """``sync`` every path; more than SYNC_THREADS of them from that many
-        threads at once, so the filesystem can write them back together and
-        share its journal commits and device flushes (a folder of thousands
-        of small files), each file's own error still reported. The first
-        error raises once the others are done."""
-        if len(paths) <= SYNC_THREADS:
-            for path in paths:
-                sync(path)
-            return
-        with ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="p2pckpt-fsync") as pool:
-            for _ in pool.map(sync, paths):
-                pass
 
     def _invalidate(self) -> None:
         with self._lock:
@@ -335,9 +308,9 @@ class Staging:
                             " run the same pull again"
                         )
                     os.fchmod(fd, 0o644 & ~umask)
+                    os.fsync(fd)  # R-45: an error fails this commit; never retried
                 finally:
                     os.close(fd)
-            self._each_file([entry.path for entry in self.manifest.files], self._fsync_one)
             data = self.path / "data"
             for dirpath, _dirs, _files in os.walk(data, topdown=False):
                 os.chmod(dirpath, 0o755 & ~umask)
