@@ -13,16 +13,8 @@ Per connection (one nursery)::
                 trust store as it is at that moment; a trust change closes
                 the open connections of every peer no longer trusted
                 within TRUST_RECHECK (R-63; ``trust_watch``)
-    then the connection's pipeline (``pipeline``), three tasks:
-    reader    : decrypt, parse, queue requests (more than MAX_OUTSTANDING
-                queued = protocol violation, connection closed)
-    preparer  : answer List/Manifest/Have (``answers``) and pushes
-                (``push_serve``); for a chunk, lease a buffer (``leases``),
-                read + re-hash it in a worker thread (a file changed after
-                publishing is caught there, R-31) and pack it there too when
-                the connection's ``PackPolicy`` says it pays (``chunk_serve``)
-    sender    : encrypt and send prepared responses in order, give the
-                buffer back; time how fast the link takes chunks
+    then the connection's pipeline: reader, preparer, sender (see
+    ``pipeline`` for what each does)
 
 Limits (R-50): pre-auth connections per source and in total (and relayed),
 authenticated connections per peer and in total, outstanding requests,
