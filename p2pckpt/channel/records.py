@@ -95,7 +95,9 @@ class RecordDecoder:
     def __init__(self, cipher: CipherState, window: int = RECEIVE_WINDOW) -> None:
         self._cipher = cipher
         self._buf = bytearray(window + _LEN.size + MAX_RECORD)
-        self._out = bytearray(len(self._buf))
+        # Plaintext that is not decrypted in place: one record at a time for
+        # ``commit_to``; ``commit`` grows it to the window on first use.
+        self._out = bytearray(MAX_RECORD)
         self._start = 0
         self._end = 0
         self._failed = False
@@ -146,6 +148,8 @@ class RecordDecoder:
 
     def commit(self, n: int) -> memoryview:
         """Account for ``n`` bytes received into ``window()``; decrypt what is whole."""
+        if len(self._out) < len(self._buf):
+            self._out = bytearray(len(self._buf))
         sink = _Scratch(self._out)
         self.commit_to(n, sink)
         return sink.view[: sink.filled]

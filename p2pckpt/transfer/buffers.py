@@ -1,31 +1,85 @@
-"""A small pool of chunk buffers, so the bulk path does not fault in fresh
-memory for every chunk (a new 4 MiB bytearray costs ~1000 page faults)."""
+"""The memory a pull spends on chunk bodies: a byte budget and a pool.
+
+A chunk body lives in a buffer from the moment its first byte is decrypted
+until its writer has verified and written it. How many exist at once is
+decided when the request goes out, not when the answer comes in (by then
+the peer is already sending):
+
+* ``Room`` is the pull's budget: the bytes of every chunk asked for and not
+  yet written or given up, across all connections and sources. A request
+  goes out only while the room is not full (``RequestBook`` checks it), so
+  at most ``capacity`` plus one chunk is on its way, whatever the number of
+  streams or the size of the checkpoint;
+* ``BufferPool`` hands out the buffers and takes them back for reuse (a
+  fresh 4 MiB bytearray costs about a thousand page faults), keeping what it
+  holds, free and in use together, within its own ``capacity``: a miss
+  drops free buffers of other sizes before allocating.
+
+Both are used from the trio thread only. Memory stays flat: a 16 GiB pull
+holds no more than a 1 GiB one (issue 16).
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Final
 
-MAX_FREE: Final = 8
+from p2pckpt.manifest.chunker import CHUNK_SIZE
+
+ROOM_BYTES: Final = 6 * CHUNK_SIZE  # chunk bodies on their way in one pull
+
+
+class Room:
+    """Bytes of chunk bodies a pull may have asked for and not yet written."""
+
+    def __init__(self, capacity: int = ROOM_BYTES) -> None:
+        self.capacity = capacity
+        self.used = 0
+
+    def has_room(self) -> bool:
+        """Another request may go out (it may take the room past ``capacity``
+        by less than one chunk)."""
+        return self.used < self.capacity
+
+    def take(self, size: int) -> None:
+        self.used += size
+
+    def give(self, size: int) -> None:
+        self.used -= size
+        if self.used < 0:  # pragma: no cover - a bookkeeping bug, not input
+            raise AssertionError("room given back more than was taken")
 
 
 class BufferPool:
-    """Exact-size bytearrays, reused. Not thread-safe: use from one trio thread."""
+    """Exact-size bytearrays, reused, within ``capacity`` bytes in all."""
 
-    def __init__(self, max_free: int = MAX_FREE) -> None:
-        self._free: defaultdict[int, list[bytearray]] = defaultdict(list)
-        self._count = 0
-        self._max_free = max_free
+    def __init__(self, capacity: int = ROOM_BYTES + CHUNK_SIZE) -> None:
+        self.capacity = capacity
+        self._free: dict[int, bytearray] = {}  # by id(), oldest first (a handful)
+        self._free_bytes = 0
+        self.in_use = 0  # bytes handed out and not put back
 
     def get(self, size: int) -> bytearray:
-        free = self._free.get(size)
-        if free:
-            self._count -= 1
-            return free.pop()
-        return bytearray(size)
+        for key, buf in self._free.items():
+            if len(buf) == size:
+                del self._free[key]
+                self._free_bytes -= size
+                break
+        else:
+            while self._free and self.in_use + self._free_bytes + size > self.capacity:
+                oldest = self._free.pop(next(iter(self._free)))
+                self._free_bytes -= len(oldest)
+            buf = bytearray(size)
+        self.in_use += size
+        return buf
 
     def put(self, buf: bytearray) -> None:
-        """Return a buffer; beyond ``max_free`` it is left to the collector."""
-        if self._count < self._max_free:
-            self._free[len(buf)].append(buf)
-            self._count += 1
+        """Take ``buf`` back (a buffer ``get`` gave); kept if it fits."""
+        size = len(buf)
+        self.in_use -= size
+        if self.in_use + self._free_bytes + size <= self.capacity:
+            self._free[id(buf)] = buf
+            self._free_bytes += size
+
+    @property
+    def free_bytes(self) -> int:
+        return self._free_bytes

@@ -36,8 +36,11 @@ import trio
 
 from p2pckpt.transfer.throttle import Throttle
 
-MAX_CHUNK_BUFFERS: Final = 16
-PEER_BUFFERS: Final = MAX_CHUNK_BUFFERS // 2  # one peer's share, however many connections
+# 8 buffers of 4 MiB keep a serving node near 80 MiB (issue 16); one peer
+# fills a fast link with 6 (two per connection at 3 streams), the rest
+# keep other peers served while a hog sits on its share.
+MAX_CHUNK_BUFFERS: Final = 8
+PEER_BUFFERS: Final = 6  # one peer's share, however many connections
 
 
 class BufferBudget:

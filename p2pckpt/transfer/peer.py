@@ -70,8 +70,8 @@ class PeerConnection:
         self.route = route
         self.addr = addr  # HOST:PORT dialled: the peer's, or the relay's
         self.redial = redial
-        self.buffers = BufferPool()
-        self._reader = MessageReader(CLIENT_ACCEPTS, self.buffers.get)
+        self.buffers = BufferPool()  # a pull shares one among its connections
+        self._reader = MessageReader(CLIENT_ACCEPTS, lambda size: self.buffers.get(size))
         self._pending: deque[m.Message] = deque()
 
     async def send(self, msg: m.Message) -> None:

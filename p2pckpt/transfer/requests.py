@@ -10,7 +10,8 @@ source holds.
 Theory of operation. A request (a req_id for one chunk index) is
 
     asked      ChunkRequest sent, no answer yet; at most ``depth`` of these
-               (the pipeline)
+               (the pipeline), and none goes out while the pull's ``Room``
+               is full: asked and received chunks hold their size in it
     received   its chunk is with the writer (verify, write); it no longer
                counts toward the pipeline, but is still in flight: if the
                connection breaks first, it goes back to the scheduler
@@ -25,7 +26,8 @@ Who triggers what:
                       ``polling`` one, no Have is awaited, the source is not
                       known to be complete and HAVE_POLL passed since the
                       last Have; then ChunkRequests, picked by the
-                      scheduler, until ``depth`` are asked.
+                      scheduler, until ``depth`` are asked or the room
+                      is full.
     on_message(msg)   a chunk answering an asked request -> Write (asked ->
                       received); a late answer to a cancelled one -> Ignored;
                       the awaited Have -> HaveApplied; Error(not_found) ->
@@ -55,6 +57,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from p2pckpt.errors import LocalProtocolError, RemoteProtocolError
+from p2pckpt.transfer.buffers import Room
 from p2pckpt.transfer.schedule import Scheduler
 from p2pckpt.wire import messages as m
 from p2pckpt.wire.bitfield import bitfield_to_int
@@ -142,6 +145,7 @@ class RequestBook:
         have_poll: float = HAVE_POLL,
         polling: bool = True,
         first_id: int = 0,
+        room: Room | None = None,
     ) -> None:
         """Args:
         sched: the swarm's scheduler (shared by every book).
@@ -157,6 +161,9 @@ class RequestBook:
             the pump keeps the attribute up to date as connections come
             and go).
         first_id: the first req_id (tests start near the wrap).
+        room: the pull's budget for chunk bodies, shared by every book: a
+            request takes its chunk's size until it is written or given up,
+            and none goes out while the room is full.
         """
         self._sched = sched
         self._source = source
@@ -174,6 +181,7 @@ class RequestBook:
         self._have_pending = False
         self._last_have = -math.inf  # when the last Have arrived
         self._finished = False
+        self._room = room or Room(capacity=1 << 62)
 
     # -- what to send ------------------------------------------------------------
 
@@ -184,18 +192,20 @@ class RequestBook:
         missing = self._sched.missing
         for req_id, index in list(self._inflight.items()):
             if req_id not in self._received and not missing >> index & 1:
-                del self._inflight[req_id]  # the scheduler already counted it done
+                self._forget(req_id)  # the scheduler already counted it done
                 self._cancelled.add(req_id)
                 out.append(m.Cancel(req_id))
         if self._have_due(now):
             self._have_pending = True
             out.append(m.HaveRequest(self._root))
-        while len(self._inflight) - len(self._received) < self._depth:
+        room = self._room
+        while len(self._inflight) - len(self._received) < self._depth and room.has_room():
             chosen = self._sched.pick(self._source.peer, now)
             if chosen is None:
                 break
             req_id = self._new_id()
             self._inflight[req_id] = chosen
+            room.take(self._sched.sizes[chosen])
             out.append(m.ChunkRequest(req_id, self._root, chosen, self._accept))
         return out
 
@@ -292,7 +302,7 @@ class RequestBook:
         if msg.code != m.NOT_FOUND:
             self._finished = True  # its request goes back with the rest (``lost``)
             return Refused(msg)
-        del self._inflight[req_id]
+        self._forget(req_id)
         self._sched.lacks(self._source.peer, index)
         self._sched.failed(index, self._source.peer)
         return NotHere(index)
@@ -311,7 +321,7 @@ class RequestBook:
         source delivered first, or failed); safe to call twice."""
         if req_id in self._received:
             self._received.discard(req_id)
-            del self._inflight[req_id]
+            self._forget(req_id)
 
     def lost(self) -> list[int]:
         """The connection broke: every chunk in flight goes back to the
@@ -319,10 +329,15 @@ class RequestBook:
         indices = list(self._inflight.values())
         for index in indices:
             self._sched.failed(index, self._source.peer)
+            self._room.give(self._sched.sizes[index])
         self._inflight.clear()
         self._received.clear()
         self._finished = True
         return indices
+
+    def _forget(self, req_id: int) -> None:
+        """``req_id`` is no longer in flight: its chunk's bytes leave the room."""
+        self._room.give(self._sched.sizes[self._inflight.pop(req_id)])
 
     def statistics(self) -> BookStatistics:
         return BookStatistics(

@@ -33,6 +33,7 @@ from p2pckpt.errors import (
 )
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.store.staging import Staging
+from p2pckpt.transfer.buffers import BufferPool, Room
 from p2pckpt.transfer.peer import PeerConnection, remote_error
 from p2pckpt.transfer.requests import HAVE_POLL, PIPELINE, Ignored, Refused, RequestBook, Write
 from p2pckpt.transfer.schedule import Scheduler
@@ -133,6 +134,8 @@ class Swarm:
         self.joiners = joiners
         self.accept = packing.available()  # codecs we offer in chunk requests
         self._writing: set[int] = set()  # chunks a writer is writing right now
+        self.room = Room()  # chunk bodies on their way, all connections together
+        self.buffers = BufferPool()  # and the buffers they arrive in
         self._changed = trio.Event()
         self._last_progress = trio.current_time()
 
@@ -261,7 +264,9 @@ class Swarm:
             conn.label,
             accept=self.accept,
             max_window=PIPELINE * max(1, self.streams),
+            room=self.room,
         )
+        conn.buffers = self.buffers
         lost: BaseException | None = None
         try:
             with scope:
@@ -333,6 +338,7 @@ class Swarm:
                 if not chunk.codec and isinstance(chunk.data, bytearray):
                     conn.buffers.put(chunk.data)  # packed bodies have odd sizes: not pooled
                 book.release(chunk.req_id)
+                self._poke()  # its bytes left the room: a connection may ask again
 
     async def _write(
         self, src: Source, conn: PeerConnection, book: RequestBook, chunk: Write

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pckpt.errors import LocalProtocolError, RemoteProtocolError
+from p2pckpt.transfer.buffers import BufferPool, Room
 from p2pckpt.transfer.requests import (
     HAVE_POLL,
     PIPELINE,
@@ -121,6 +122,65 @@ def test_the_depth_is_a_parameter_and_the_scheduler_window_still_applies() -> No
     s2 = sched(20)
     _, narrow = connected(s2, max_window=3)  # the source's window in the scheduler
     assert len(narrow.to_send(0.0)) == 3
+
+
+def test_the_pulls_room_bounds_what_is_asked_across_connections() -> None:
+    """Two connections share one Room of 5 chunks: together they ask for no
+    more than fits (plus at most one chunk), a chunk with the writer still
+    holds its bytes, and its room comes back when it is written, cancelled,
+    not found or lost, so the next request goes out (issue 16: memory stays
+    flat however many streams a pull opens)."""
+    s = sched(40)
+    room = Room(capacity=5 * SIZE)
+    _, b1 = connected(s, "a", room=room)
+    src2 = Src("b")
+    b2 = book(s, src2, room=room)
+    assert b2.to_send(0.0) == [m.HaveRequest(ROOT)]
+    b2.on_message(have(), 0.0)
+    first = requests(b1.to_send(0.0))
+    second = requests(b2.to_send(0.0))
+    assert len(first) + len(second) == 5 and room.used == 5 * SIZE
+    assert not room.has_room() and b1.to_send(0.0) == [] and b2.to_send(0.0) == []
+
+    # With the writer: still in the room; written: out of it, one more goes out.
+    b1.on_message(chunk(first[0]), 1.0)
+    assert b1.to_send(1.0) == [] and room.used == 5 * SIZE
+    b1.written(first[0].req_id, 1.1)
+    assert room.used == 4 * SIZE
+    (again,) = requests(b1.to_send(1.2))
+
+    # Not here: its bytes come back at once.
+    b1.on_message(m.Error(m.NOT_FOUND, "gone", first[1].req_id), 1.3)
+    assert room.used == 4 * SIZE
+    # Lost: every request of that connection comes back.
+    b2.lost()
+    assert room.used == (4 - len(second)) * SIZE
+    # Delivered elsewhere: cancelled, and out of the room.
+    s.done(again.index, "b", 1.4)
+    sent = b1.to_send(1.5)
+    assert m.Cancel(again.req_id) in sent
+    assert (
+        room.used
+        == sum(SIZE for x in sent if isinstance(x, m.ChunkRequest)) + (len(first) - 2) * SIZE
+    )
+
+
+def test_the_pool_reuses_buffers_and_holds_no_more_than_its_capacity() -> None:
+    pool = BufferPool(capacity=10_000)
+    a = pool.get(4000)
+    pool.put(a)
+    assert pool.get(4000) is a  # reused, not a fresh allocation
+    b = pool.get(4000)
+    assert b is not a and pool.in_use == 8000
+    pool.put(a)
+    pool.put(b)
+    assert pool.free_bytes == 8000
+    c = pool.get(3000)  # another size: the oldest free buffer makes way
+    assert len(c) == 3000 and pool.free_bytes == 4000
+    assert pool.in_use + pool.free_bytes <= pool.capacity
+    big = pool.get(20_000)  # more than it may hold: handed out, never kept
+    pool.put(big)
+    assert pool.in_use == 3000 and pool.in_use + pool.free_bytes <= pool.capacity
 
 
 def test_req_ids_wrap_at_2_32() -> None:
