@@ -17,11 +17,12 @@ flusher thread fsyncs files and journal every FSYNC_INTERVAL. An fsync error
 deletes the journal (R-45): the next run re-verifies from scratch rather
 than trust pages the kernel may have dropped.
 
-``commit`` fsyncs every file, deletes the journal, then renames ``data`` (or
-the single file) onto DEST without replacing anything and fsyncs the parent
-(R-44): DEST appears whole or not at all (R-43), and a crash at any point
-leaves either a resumable partial or a complete DEST with a harmless
-leftover that the next run removes.
+``commit`` makes every file durable (an fsync each; for a folder of many
+files, one syncfs where that is as safe: fs/sync.py), deletes the journal,
+then renames ``data`` (or the single file) onto DEST without replacing
+anything and fsyncs the parent (R-44): DEST appears whole or not at all
+(R-43), and a crash at any point leaves either a resumable partial or a
+complete DEST with a harmless leftover that the next run removes.
 
 Healing (issue 13, heal.py): what an earlier run, a crash or someone else
 left here never fails every later run. Before the commit rename, chunks are
@@ -49,6 +50,7 @@ from typing import Final
 from p2pckpt.errors import NO_SPACE_ERRNOS, ChunkCorrupt, NoSpace, StoreError
 from p2pckpt.fs.atomic import fsync_dir, write_atomic
 from p2pckpt.fs.rename import rename_exchange, rename_noreplace
+from p2pckpt.fs.sync import syncfs, syncfs_trusted
 from p2pckpt.manifest.chunker import chunk_hash
 from p2pckpt.manifest.manifest import Manifest
 from p2pckpt.store import journal, journal_file
@@ -60,6 +62,7 @@ log = logging.getLogger("p2pckpt.staging")
 
 SUFFIX: Final = ".p2pckpt-partial"
 FSYNC_INTERVAL: Final = 1.0
+SYNCFS_AFTER: Final = 16  # more files than this to make durable: one syncfs, where trusted
 
 
 def staging_path(dest: Path) -> Path:
@@ -246,7 +249,7 @@ class Staging:
             dirty, self._dirty = self._dirty, set()
             journal_fd = os.dup(self._journal_fd) if self._journal_fd >= 0 else -1
         try:
-            for path in sorted(dirty):
+            for path in [] if self._one_syncfs(len(dirty)) else sorted(dirty):
                 try:
                     fd = self.files.open(path, create=False)
                 except (OSError, StoreError) as exc:
@@ -267,6 +270,24 @@ class Staging:
         finally:
             if journal_fd >= 0:
                 os.close(journal_fd)
+
+    def _one_syncfs(self, files: int) -> bool:
+        """Make everything durable with one syncfs instead of ``files``
+        fsyncs, where that is as safe (fs/sync.py): many files, a fresh run
+        (every byte of ours written since ``_lock_fd`` was opened), a
+        filesystem whose errors syncfs reports. False: the caller fsyncs
+        each file, also after a syncfs that failed, since its error may be
+        another process's; each file's own fsync error is final (R-45)."""
+        if files <= SYNCFS_AFTER or self.resumed or self._lock_fd < 0:
+            return False
+        if not syncfs_trusted(self._lock_fd):
+            return False
+        try:
+            syncfs(self._lock_fd)
+        except OSError as exc:
+            log.warning('syncfs failed, making each file durable in turn error="%s"', exc)
+            return False
+        return True
 
     def _invalidate(self) -> None:
         with self._lock:
@@ -308,13 +329,25 @@ class Staging:
                             " run the same pull again"
                         )
                     os.fchmod(fd, 0o644 & ~umask)
-                    os.fsync(fd)  # R-45: an error fails this commit; never retried
                 finally:
                     os.close(fd)
             data = self.path / "data"
-            for dirpath, _dirs, _files in os.walk(data, topdown=False):
-                os.chmod(dirpath, 0o755 & ~umask)
-                fsync_dir(Path(dirpath))
+            dirs = [Path(dirpath) for dirpath, _, _ in os.walk(data, topdown=False)]
+            for folder in dirs:
+                os.chmod(folder, 0o755 & ~umask)
+            if self._one_syncfs(len(self.manifest.files)):
+                each = [e.path for e in self.manifest.files if e.path in self.files.adopted]
+                dirs = []  # adopted files were written before this run: fsynced here
+            else:
+                each = [e.path for e in self.manifest.files]
+            for relpath in each:
+                fd = self.files.open(relpath, create=False)
+                try:
+                    os.fsync(fd)  # R-45: an error fails this commit; never retried
+                finally:
+                    os.close(fd)
+            for folder in dirs:
+                fsync_dir(folder)
         except OSError:
             self._invalidate()
             raise

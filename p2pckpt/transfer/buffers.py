@@ -26,6 +26,7 @@ from typing import Final
 from p2pckpt.manifest.chunker import CHUNK_SIZE
 
 ROOM_BYTES: Final = 6 * CHUNK_SIZE  # chunk bodies on their way in one pull
+POOLED_MIN: Final = 256 * 1024  # smaller bodies are not worth pooling
 
 
 class Room:
@@ -50,23 +51,32 @@ class Room:
 
 
 class BufferPool:
-    """Exact-size bytearrays, reused, within ``capacity`` bytes in all."""
+    """Exact-size bytearrays, reused, within ``capacity`` bytes in all.
+
+    Bodies under POOLED_MIN are plain allocations: malloc serves them from
+    its arenas without page faults, and a directory of 10,000 small files
+    would otherwise fill the pool with buffers of 10,000 sizes."""
 
     def __init__(self, capacity: int = ROOM_BYTES + CHUNK_SIZE) -> None:
         self.capacity = capacity
-        self._free: dict[int, bytearray] = {}  # by id(), oldest first (a handful)
+        self._free: dict[int, list[bytearray]] = {}  # by size
+        self._order: dict[int, bytearray] = {}  # by id(): free buffers, oldest first
         self._free_bytes = 0
-        self.in_use = 0  # bytes handed out and not put back
+        self.in_use = 0  # pooled bytes handed out and not put back
 
     def get(self, size: int) -> bytearray:
-        for key, buf in self._free.items():
-            if len(buf) == size:
-                del self._free[key]
-                self._free_bytes -= size
-                break
+        if size < POOLED_MIN:
+            return bytearray(size)
+        free = self._free.get(size)
+        if free:
+            buf = free.pop()
+            del self._order[id(buf)]
+            self._free_bytes -= size
         else:
-            while self._free and self.in_use + self._free_bytes + size > self.capacity:
-                oldest = self._free.pop(next(iter(self._free)))
+            while self._order and self.in_use + self._free_bytes + size > self.capacity:
+                oldest = self._order.pop(next(iter(self._order)))
+                same = self._free[len(oldest)]
+                del same[next(i for i, b in enumerate(same) if b is oldest)]  # not by ==
                 self._free_bytes -= len(oldest)
             buf = bytearray(size)
         self.in_use += size
@@ -75,9 +85,12 @@ class BufferPool:
     def put(self, buf: bytearray) -> None:
         """Take ``buf`` back (a buffer ``get`` gave); kept if it fits."""
         size = len(buf)
+        if size < POOLED_MIN:
+            return
         self.in_use -= size
         if self.in_use + self._free_bytes + size <= self.capacity:
-            self._free[id(buf)] = buf
+            self._free.setdefault(size, []).append(buf)
+            self._order[id(buf)] = buf
             self._free_bytes += size
 
     @property

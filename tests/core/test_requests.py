@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pckpt.errors import LocalProtocolError, RemoteProtocolError
-from p2pckpt.transfer.buffers import BufferPool, Room
+from p2pckpt.transfer.buffers import POOLED_MIN, BufferPool, Room
 from p2pckpt.transfer.requests import (
     HAVE_POLL,
     PIPELINE,
@@ -166,21 +166,27 @@ def test_the_pulls_room_bounds_what_is_asked_across_connections() -> None:
 
 
 def test_the_pool_reuses_buffers_and_holds_no_more_than_its_capacity() -> None:
-    pool = BufferPool(capacity=10_000)
-    a = pool.get(4000)
+    k = POOLED_MIN
+    pool = BufferPool(capacity=10 * k)
+    a = pool.get(4 * k)
     pool.put(a)
-    assert pool.get(4000) is a  # reused, not a fresh allocation
-    b = pool.get(4000)
-    assert b is not a and pool.in_use == 8000
+    assert pool.get(4 * k) is a  # reused, not a fresh allocation
+    b = pool.get(4 * k)
+    assert b is not a and pool.in_use == 8 * k
     pool.put(a)
     pool.put(b)
-    assert pool.free_bytes == 8000
-    c = pool.get(3000)  # another size: the oldest free buffer makes way
-    assert len(c) == 3000 and pool.free_bytes == 4000
+    assert pool.free_bytes == 8 * k
+    c = pool.get(3 * k)  # another size: the oldest free buffer makes way
+    assert len(c) == 3 * k and pool.free_bytes == 4 * k
+    assert pool.get(4 * k) is b  # the one left is still found by its size
+    pool.put(b)
     assert pool.in_use + pool.free_bytes <= pool.capacity
-    big = pool.get(20_000)  # more than it may hold: handed out, never kept
+    big = pool.get(20 * k)  # more than it may hold: handed out, never kept
     pool.put(big)
-    assert pool.in_use == 3000 and pool.in_use + pool.free_bytes <= pool.capacity
+    assert pool.in_use == 3 * k and pool.in_use + pool.free_bytes <= pool.capacity
+    small = pool.get(100)  # small bodies are plain allocations, not counted
+    pool.put(small)
+    assert pool.in_use == 3 * k and pool.get(100) is not small
 
 
 def test_req_ids_wrap_at_2_32() -> None:
