@@ -95,6 +95,7 @@ def start_over(files: PartialFiles, manifest: Manifest, envelope: bytes) -> None
             'discarding partial copy path="%s" (it belongs to another version or is damaged)',
             path,
         )
+    files.close_dirs()  # they belong to the tree about to go
     for name in ("data", "journal", "journal.tmp", "manifest", "adopted", ADOPT_TMP):
         remove(path / name)
     files.adopted = set()

@@ -128,6 +128,7 @@ class Staging:
 
     def discard(self) -> None:
         """Remove the staging directory (ours: it holds our manifest)."""
+        self.files.close_dirs()
         shutil.rmtree(self.path, ignore_errors=True)
         with contextlib.suppress(OSError):
             fsync_dir(self.path.parent)
@@ -422,6 +423,7 @@ class Staging:
             with contextlib.suppress(OSError, NoSpace):
                 self.sync()
         self._close_journal()
+        self.files.close_dirs()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1

@@ -32,6 +32,7 @@ from p2pckpt.errors import (
     first_leaf,
 )
 from p2pckpt.identity.peer_id import PeerId
+from p2pckpt.manifest.chunker import CHUNK_SIZE
 from p2pckpt.store.staging import Staging
 from p2pckpt.transfer.buffers import BufferPool, Room
 from p2pckpt.transfer.peer import PeerConnection, remote_error
@@ -43,7 +44,8 @@ from p2pckpt.wire import packing
 
 log = logging.getLogger("p2pckpt.pull")
 
-WRITE_QUEUE: Final = 3
+WRITE_BATCH: Final = 32  # received chunks written in one worker-thread call, at most
+MAX_DEPTH: Final = m.MAX_OUTSTANDING * 3 // 4  # asked at once on one connection, at most
 STALL_TIMEOUT: Final = 120.0
 # What a peer or the network can do to one connection.
 NETWORK_ERRORS = (P2pckptError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -109,6 +111,15 @@ def _corrupt_everywhere(corrupt: list[Source]) -> ChunkCorrupt:
     )
 
 
+def pipeline_depth(sizes: list[int]) -> int:
+    """Requests one connection keeps asked: PIPELINE for full chunks, more
+    for small ones (a folder of small files would otherwise wait a round
+    trip per few kB), within what a server accepts (MAX_OUTSTANDING) and
+    about PIPELINE full chunks' bytes."""
+    mean = sum(sizes) / len(sizes) if sizes else CHUNK_SIZE
+    return max(PIPELINE, min(MAX_DEPTH, int(PIPELINE * CHUNK_SIZE / max(mean, 1))))
+
+
 class Swarm:
     """Fetch every chunk ``staging`` lacks from ``sources``, and from each
     source a joiner produces while the pull runs."""
@@ -126,6 +137,7 @@ class Swarm:
         self.staging = staging
         self.root = manifest.root
         self.sizes = [c.length for _, _, c in manifest.iter_chunks()]
+        self.depth = pipeline_depth(self.sizes)
         self.sched = Scheduler(self.sizes, set(staging.done))
         self.sources = sources
         self.on_chunk = on_chunk
@@ -263,7 +275,8 @@ class Swarm:
             self.root,
             conn.label,
             accept=self.accept,
-            max_window=PIPELINE * max(1, self.streams),
+            max_window=self.depth * max(1, self.streams),
+            depth=self.depth,
             room=self.room,
         )
         conn.buffers = self.buffers
@@ -284,7 +297,7 @@ class Swarm:
     async def _converse(self, src: Source, conn: PeerConnection, book: RequestBook) -> None:
         """Pump ``book``: send what it says, receive, do what it says, until
         the pull is complete (or the connection fails: raises)."""
-        write_send, write_recv = trio.open_memory_channel[Write](WRITE_QUEUE)
+        write_send, write_recv = trio.open_memory_channel[Write](self.depth)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer, src, conn, book, write_recv)
             async with write_send:
@@ -323,10 +336,18 @@ class Swarm:
         book: RequestBook,
         chunks: trio.MemoryReceiveChannel[Write],
     ) -> None:
-        """Verify and write each chunk ``conn`` received, in a worker thread."""
-        async for chunk in chunks:
+        """Verify and write what ``conn`` received, in a worker thread: the
+        chunks waiting together go in one thread call (a folder of small
+        files would otherwise pay a thread hop per file, more than its write)."""
+        async for first in chunks:
+            batch = [first]
+            while len(batch) < WRITE_BATCH:
+                try:
+                    batch.append(chunks.receive_nowait())
+                except trio.WouldBlock:
+                    break
             try:
-                await self._write(src, conn, book, chunk)
+                await self._write(src, conn, book, batch)
             except (ChunkCorrupt, RemoteProtocolError) as exc:  # never written: out it goes
                 self._drop(src, exc, bad=True)
                 return
@@ -335,42 +356,61 @@ class Swarm:
                 self._scope.cancel()
                 return
             finally:
-                if not chunk.codec and isinstance(chunk.data, bytearray):
-                    conn.buffers.put(chunk.data)  # packed bodies have odd sizes: not pooled
-                book.release(chunk.req_id)
-                self._poke()  # its bytes left the room: a connection may ask again
+                for chunk in batch:
+                    if not chunk.codec and isinstance(chunk.data, bytearray):
+                        conn.buffers.put(chunk.data)  # packed bodies have odd sizes
+                    book.release(chunk.req_id)
+                self._poke()  # their bytes left the room: a connection may ask again
 
     async def _write(
-        self, src: Source, conn: PeerConnection, book: RequestBook, chunk: Write
+        self, src: Source, conn: PeerConnection, book: RequestBook, batch: list[Write]
     ) -> None:
-        index = chunk.index
         # Two sources' copies of one chunk (endgame) can both reach a writer
         # before either is written: only the first is written and counted.
-        if not self.sched.missing >> index & 1 or index in self._writing:
+        todo: list[Write] = []
+        for chunk in batch:
+            if self.sched.missing >> chunk.index & 1 and chunk.index not in self._writing:
+                self._writing.add(chunk.index)
+                todo.append(chunk)
+        if not todo:
             return
-        size = self.sizes[index]
-        self._writing.add(index)
+        outs = [conn.buffers.get(self.sizes[c.index]) if c.codec else None for c in todo]
         try:
-            if chunk.codec:
-                out = conn.buffers.get(size)
-                try:
-                    await trio.to_thread.run_sync(
-                        self._unpack_write, index, chunk.codec, chunk.data, out
-                    )
-                finally:
-                    conn.buffers.put(out)
-            else:
-                await trio.to_thread.run_sync(self.staging.write_chunk, index, chunk.data)
+            written, error = await trio.to_thread.run_sync(self._write_batch, todo, outs)
         finally:
-            self._writing.discard(index)
+            for out in outs:
+                if out is not None:
+                    conn.buffers.put(out)
+            self._writing.difference_update(c.index for c in todo)
         now = trio.current_time()
-        book.written(chunk.req_id, now)
-        src.bytes += size
-        src.wire += len(chunk.data)
-        src.chunks += 1
-        self._last_progress = now
-        self.on_chunk(size)
-        self._poke()
+        for chunk in todo[:written]:
+            size = self.sizes[chunk.index]
+            book.written(chunk.req_id, now)
+            src.bytes += size
+            src.wire += len(chunk.data)
+            src.chunks += 1
+            self.on_chunk(size)
+        if written:
+            self._last_progress = now
+            self._poke()
+        if error is not None:
+            raise error
+
+    def _write_batch(
+        self, todo: list[Write], outs: list[bytearray | None]
+    ) -> tuple[int, Exception | None]:
+        """Verify and write ``todo`` in turn (worker thread): how many were
+        written, and the error that stopped the rest (those before it are
+        written and journaled, and must be counted)."""
+        for n, (chunk, out) in enumerate(zip(todo, outs, strict=True)):
+            try:
+                if out is None:
+                    self.staging.write_chunk(chunk.index, chunk.data)
+                else:
+                    self._unpack_write(chunk.index, chunk.codec, chunk.data, out)
+            except Exception as exc:
+                return n, exc
+        return len(todo), None
 
     def _unpack_write(
         self, index: int, codec: int, packed: bytes | bytearray, out: bytearray

@@ -358,3 +358,31 @@ def test_a_partial_file_swapped_for_a_link_mid_pull_is_never_committed(tmp_path:
     again.commit()
     assert (dest / "b.bin").read_bytes() == files["b.bin"] == decoy.read_bytes()
     assert not (dest / "b.bin").is_symlink()
+
+
+def test_a_folder_swapped_for_a_link_mid_pull_never_redirects_a_write(tmp_path: Path) -> None:
+    """A folder of the partial copy renamed away and replaced by a symlink to
+    a folder elsewhere after our first write into it: later writes still go
+    where the walk reached (the held folder), never through the link, and
+    commit refuses what it cannot reach (R-38)."""
+    files = {"d/a.bin": os.urandom(CHUNK), "d/b.bin": os.urandom(CHUNK)}
+    manifest, env = _manifest(files)
+    pieces = _pieces(files)
+    dest = tmp_path / "out"
+    st = Staging(dest, manifest, env)
+    st.open()
+    _write(st, pieces, {0})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "b.bin").write_bytes(b"\0" * CHUNK)
+    folder = staging_path(dest) / "data" / "d"
+    moved = staging_path(dest) / "moved"
+    folder.rename(moved)
+    folder.symlink_to(elsewhere)
+    _write(st, pieces, {1})
+    assert (elsewhere / "b.bin").read_bytes() == b"\0" * CHUNK  # not written through the link
+    assert (moved / "b.bin").read_bytes() == files["d/b.bin"]  # but where the walk went
+    with pytest.raises(ChunkCorrupt):  # the folder is no longer ours: nothing of it counts
+        st.commit()
+    st.close()
+    assert not dest.exists()
