@@ -9,6 +9,8 @@ grown header does not shift every chunk).
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -38,6 +40,14 @@ def boundaries(size: int, chunk_size: int = CHUNK_SIZE) -> list[tuple[int, int]]
     return [(off, min(chunk_size, size - off)) for off in range(0, size, chunk_size)]
 
 
+def _fileno(reader: BinaryIO) -> int:
+    """The reader's file descriptor, or -1 (an in-memory reader)."""
+    try:
+        return reader.fileno()
+    except (AttributeError, OSError, ValueError):
+        return -1
+
+
 def hash_reader(
     reader: BinaryIO,
     size: int,
@@ -55,7 +65,11 @@ def hash_reader(
     buf = bytearray(max((length for _, length in bounds), default=0))
     view = memoryview(buf)
     chunks = []
+    fd = _fileno(reader)
     for offset, length in bounds:
+        if fd >= 0:  # the disk reads the next chunk while this one is hashed
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, offset + length, length, os.POSIX_FADV_WILLNEED)
         got = 0
         while got < length:
             n = reader.readinto(view[got:length])  # type: ignore[attr-defined]
