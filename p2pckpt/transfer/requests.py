@@ -57,14 +57,25 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from p2pckpt.errors import LocalProtocolError, RemoteProtocolError
+from p2pckpt.manifest.chunker import CHUNK_SIZE
 from p2pckpt.transfer.buffers import Room
 from p2pckpt.transfer.schedule import Scheduler
 from p2pckpt.wire import messages as m
 from p2pckpt.wire.bitfield import bitfield_to_int
 
-PIPELINE: Final = 6  # requests asked and unanswered per connection
+PIPELINE: Final = 6  # requests asked and unanswered per connection (full chunks)
+MAX_DEPTH: Final = m.MAX_OUTSTANDING * 3 // 4  # asked at once on one connection, at most
 HAVE_POLL: Final = 0.5  # seconds between Have requests to a source still pulling
 REQ_ID_MASK: Final = 0xFFFFFFFF  # req_ids are u32 on the wire
+
+
+def pipeline_depth(sizes: list[int]) -> int:
+    """Requests one connection keeps asked: PIPELINE for full chunks, more
+    for small ones (a folder of small files would otherwise wait a round
+    trip per few kB), within what a server accepts (MAX_OUTSTANDING) and
+    about PIPELINE full chunks' bytes."""
+    mean = sum(sizes) / len(sizes) if sizes else CHUNK_SIZE
+    return max(PIPELINE, min(MAX_DEPTH, int(PIPELINE * CHUNK_SIZE / max(mean, 1))))
 
 
 class SourceStatus(Protocol):

@@ -32,11 +32,17 @@ from p2pckpt.errors import (
     first_leaf,
 )
 from p2pckpt.identity.peer_id import PeerId
-from p2pckpt.manifest.chunker import CHUNK_SIZE
 from p2pckpt.store.staging import Staging
 from p2pckpt.transfer.buffers import BufferPool, Room
 from p2pckpt.transfer.peer import PeerConnection, remote_error
-from p2pckpt.transfer.requests import HAVE_POLL, PIPELINE, Ignored, Refused, RequestBook, Write
+from p2pckpt.transfer.requests import (
+    HAVE_POLL,
+    Ignored,
+    Refused,
+    RequestBook,
+    Write,
+    pipeline_depth,
+)
 from p2pckpt.transfer.schedule import Scheduler
 from p2pckpt.transfer.throttle import Throttle
 from p2pckpt.wire import messages as m
@@ -45,7 +51,6 @@ from p2pckpt.wire import packing
 log = logging.getLogger("p2pckpt.pull")
 
 WRITE_BATCH: Final = 32  # received chunks written in one worker-thread call, at most
-MAX_DEPTH: Final = m.MAX_OUTSTANDING * 3 // 4  # asked at once on one connection, at most
 STALL_TIMEOUT: Final = 120.0
 # What a peer or the network can do to one connection.
 NETWORK_ERRORS = (P2pckptError, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
@@ -109,15 +114,6 @@ def _corrupt_everywhere(corrupt: list[Source]) -> ChunkCorrupt:
         f"hash mismatch from every source: {who}; each was dropped and nothing"
         " unverified was written (the chunks verified so far are kept for the next run)",
     )
-
-
-def pipeline_depth(sizes: list[int]) -> int:
-    """Requests one connection keeps asked: PIPELINE for full chunks, more
-    for small ones (a folder of small files would otherwise wait a round
-    trip per few kB), within what a server accepts (MAX_OUTSTANDING) and
-    about PIPELINE full chunks' bytes."""
-    mean = sum(sizes) / len(sizes) if sizes else CHUNK_SIZE
-    return max(PIPELINE, min(MAX_DEPTH, int(PIPELINE * CHUNK_SIZE / max(mean, 1))))
 
 
 class Swarm:

@@ -16,6 +16,7 @@ from p2pckpt.errors import LocalProtocolError, RemoteProtocolError
 from p2pckpt.transfer.buffers import POOLED_MIN, BufferPool, Room
 from p2pckpt.transfer.requests import (
     HAVE_POLL,
+    MAX_DEPTH,
     PIPELINE,
     HaveApplied,
     Ignored,
@@ -23,6 +24,7 @@ from p2pckpt.transfer.requests import (
     Refused,
     RequestBook,
     Write,
+    pipeline_depth,
 )
 from p2pckpt.transfer.schedule import Scheduler
 from p2pckpt.wire import messages as m
@@ -489,3 +491,18 @@ def test_two_sources_in_any_order_write_every_chunk_once(
     assert s.complete
     assert sorted(written) == list(range(n))
     assert all(b.idle() for b in books.values())
+
+
+@pytest.mark.parametrize(
+    ("sizes", "depth"),
+    [
+        ([4 << 20] * 100, PIPELINE),  # full chunks: the plain pipeline
+        ([10_000] * 10_000, MAX_DEPTH),  # a folder of small files: as deep as a server allows
+        ([256 << 10] * 100, MAX_DEPTH),
+        ([1 << 20] * 100, 4 * PIPELINE),  # about PIPELINE full chunks' bytes
+        ([], PIPELINE),
+    ],
+)
+def test_small_chunks_keep_more_requests_asked(sizes: list[int], depth: int) -> None:
+    assert pipeline_depth(sizes) == depth
+    assert PIPELINE <= pipeline_depth(sizes) <= MAX_DEPTH < m.MAX_OUTSTANDING
