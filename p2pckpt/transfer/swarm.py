@@ -340,7 +340,7 @@ class Swarm:
             while len(batch) < WRITE_BATCH:
                 try:
                     batch.append(chunks.receive_nowait())
-                except trio.WouldBlock:
+                except (trio.WouldBlock, trio.EndOfChannel):  # the rest comes later, or never
                     break
             try:
                 await self._write(src, conn, book, batch)
