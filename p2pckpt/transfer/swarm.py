@@ -116,6 +116,18 @@ def _corrupt_everywhere(corrupt: list[Source]) -> ChunkCorrupt:
     )
 
 
+def waiting(channel: trio.MemoryReceiveChannel[Write], most: int) -> list[Write]:
+    """Up to ``most`` items already in ``channel``, without waiting (none
+    if it is empty, or closed: the rest comes later, or never)."""
+    out: list[Write] = []
+    while len(out) < most:
+        try:
+            out.append(channel.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            break
+    return out
+
+
 class Swarm:
     """Fetch every chunk ``staging`` lacks from ``sources``, and from each
     source a joiner produces while the pull runs."""
@@ -336,12 +348,7 @@ class Swarm:
         chunks waiting together go in one thread call (a folder of small
         files would otherwise pay a thread hop per file, more than its write)."""
         async for first in chunks:
-            batch = [first]
-            while len(batch) < WRITE_BATCH:
-                try:
-                    batch.append(chunks.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):  # the rest comes later, or never
-                    break
+            batch = [first, *waiting(chunks, WRITE_BATCH - 1)]
             try:
                 await self._write(src, conn, book, batch)
             except (ChunkCorrupt, RemoteProtocolError) as exc:  # never written: out it goes

@@ -292,3 +292,22 @@ async def test_a_cancelled_pull_leaves_a_journal_the_next_pull_resumes(
             assert 5 <= progress.chunks < CHUNKS
             await resume(world, link, progress.bytes)
             nursery.cancel_scope.cancel()
+
+
+async def test_a_writer_takes_what_is_waiting_even_from_a_closed_channel() -> None:
+    """A connection that ends (a refusal, say) closes its writer's channel
+    with chunks still queued: the writer takes them, it does not crash."""
+    from p2pckpt.transfer.requests import Write
+    from p2pckpt.transfer.swarm import waiting
+
+    send, recv = trio.open_memory_channel[Write](8)
+    writes = [Write(i, i, bytearray(10), 0) for i in range(3)]
+    for w in writes:
+        send.send_nowait(w)
+    assert waiting(recv, 2) == writes[:2]  # at most ``most``
+    assert waiting(recv, 2) == writes[2:]  # then what is left, without waiting
+    assert waiting(recv, 2) == []  # empty and open
+    send.send_nowait(writes[0])
+    await send.aclose()
+    assert waiting(recv, 5) == writes[:1]  # closed: what was queued, then nothing
+    assert waiting(recv, 5) == []
