@@ -1,0 +1,339 @@
+#!/usr/bin/env python3
+"""Swarm simulation: the project's real scheduler, a simulated network, a virtual clock.
+
+Every puller runs ``p2pckpt.transfer.schedule.Scheduler`` (the pure core the
+pull engine drives, imported, not copied) with the limits the engine puts
+around it: ``PIPELINE`` requests asked per connection, the pull's ``Room``
+(``ROOM_BYTES``) across all its connections, a source's window of
+``PIPELINE * streams`` requests, and what fellow pullers hold and fetch
+learnt by polling their Have every ``HAVE_POLL`` seconds. The network is a
+fluid model stepped every ``--dt`` seconds: a connection sends the chunk at
+the head of its queue, one at a time and in order (like a seeder's
+connection), after a round trip; the transfers sharing a node's uplink or
+downlink share it equally, and each goes at the lower of its two shares.
+
+The fleet: one seeder (``--seeder-rate``), ``--nodes`` pullers whose up and
+down rates are drawn from ``--mix`` (default 10% at 1 Gbit/s, the rest at
+100 Mbit/s), joining uniformly over ``--join`` seconds, each dialling the
+seeder and up to ``--neighbours`` earlier nodes (which dial back); ``--leave``
+of them (default 5%) leave mid-way. Output, per fleet size: each node's
+completion time against its ideal (checkpoint size over its own down rate,
+and no less than the seeder needs to send one copy), as median / p90 / p99 /
+max ratios, and the seeder's upload as a multiple of the checkpoint.
+
+Target (issue 17): at 1,000 nodes the median node within 1.3x of its ideal,
+p99 within 2x, the seeder uploading at most 1.5x. A MISS does not change the
+exit status. Deterministic for a given ``--seed``.
+
+Usage::
+
+    python scripts/sim_swarm.py                          # 100 and 1,000 nodes, 512 MiB
+    python scripts/sim_swarm.py --nodes 100 --size 256MiB --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from p2pckpt.manifest.chunker import CHUNK_SIZE
+from p2pckpt.transfer.buffers import ROOM_BYTES
+from p2pckpt.transfer.requests import HAVE_POLL, PIPELINE
+from p2pckpt.transfer.schedule import Scheduler
+
+MBIT = 1e6 / 8
+TARGETS = {"median": 1.3, "p99": 2.0, "seeder": 1.5}
+
+
+@dataclass(eq=False)
+class Conn:
+    """One direction of a link: ``src`` sends the chunks ``dst`` asked for, in order."""
+
+    src: Node
+    dst: Node
+    rtt: float
+    queue: deque[tuple[int, float]] = field(default_factory=deque)  # (chunk, asked at)
+    left: float = 0.0  # bytes of the head chunk still to send (0: not started)
+
+
+@dataclass(eq=False)
+class Node:
+    key: int
+    up: float  # bytes/s
+    down: float
+    join: float
+    leave: float | None = None
+    sched: Scheduler | None = None  # None: the seeder (holds everything)
+    have: int = 0
+    fetching: int = 0  # chunks it asked for and has not got
+    out: dict[int, Conn] = field(default_factory=dict)  # by dst key
+    into: dict[int, Conn] = field(default_factory=dict)  # by src key
+    asked: int = 0  # chunks asked and not yet delivered (the Room)
+    uploaded: float = 0.0
+    done_at: float | None = None
+    gone: bool = False
+    next_poll: float = 0.0
+
+
+class Sim:
+    def __init__(self, args: argparse.Namespace, nodes: int) -> None:
+        self.rng = random.Random(args.seed * 7919 + nodes)
+        self.size = args.size
+        self.chunks = max(1, -(-args.size // CHUNK_SIZE))
+        self.sizes = [CHUNK_SIZE] * (self.chunks - 1) + [args.size - CHUNK_SIZE * (self.chunks - 1)]
+        self.all = (1 << self.chunks) - 1
+        self.room = max(1, ROOM_BYTES // CHUNK_SIZE)
+        self.window = PIPELINE * args.streams
+        self.dt = args.dt
+        self.rtt = args.rtt
+        self.neighbours = args.neighbours
+        seeder_rate = args.seeder_rate * MBIT
+        self.seeder = Node(-1, seeder_rate, seeder_rate, 0.0, have=self.all)
+        self.nodes: list[Node] = []
+        for key in range(nodes):
+            fast = self.rng.random() < args.fast_share
+            rate = (args.fast_rate if fast else args.slow_rate) * MBIT
+            node = Node(key, rate, rate, self.rng.uniform(0.0, args.join))
+            node.next_poll = node.join
+            self.nodes.append(node)
+        for node in self.rng.sample(self.nodes, round(nodes * args.leave)):
+            # leaves while downloading: after 20-80% of its own ideal time
+            node.leave = node.join + self.rng.uniform(0.2, 0.8) * self.size / node.down
+        self.nodes.sort(key=lambda n: n.join)
+        self.by_key = {n.key: n for n in [self.seeder, *self.nodes]}
+        self.active: list[Node] = []
+
+    # -- the fleet ---------------------------------------------------------------------
+
+    def _connect(self, a: Node, b: Node) -> None:
+        """A connection each way between ``a`` and ``b``."""
+        for src, dst in ((a, b), (b, a)):
+            if dst.key not in src.out:
+                conn = Conn(src, dst, self.rtt * self.rng.uniform(0.5, 1.5))
+                src.out[dst.key] = conn
+                dst.into[src.key] = conn
+
+    def _join(self, node: Node) -> None:
+        node.sched = Scheduler(self.sizes, set(), random.Random(self.rng.random()))
+        self._connect(node, self.seeder)
+        others = [n for n in self.active if not n.gone and len(n.into) < 2 * self.neighbours]
+        for other in self.rng.sample(others, min(self.neighbours, len(others))):
+            self._connect(node, other)
+        self.active.append(node)
+
+    def _leave(self, node: Node) -> None:
+        node.gone = True
+        for conn in list(node.out.values()):  # what it was sending is lost
+            self._drop(conn)
+        for conn in list(node.into.values()):
+            self._drop(conn)
+
+    def _drop(self, conn: Conn) -> None:
+        src, dst = conn.src, conn.dst
+        src.out.pop(dst.key, None)
+        dst.into.pop(src.key, None)
+        if dst.sched is not None and not dst.gone:
+            dst.asked -= len(conn.queue)
+            dst.sched.remove(src.key)
+            dst.fetching = dst.sched.requested()
+
+    # -- what pullers know and ask -----------------------------------------------------
+
+    def _poll(self, node: Node, now: float) -> None:
+        """Node's Have answers from every peer it is connected to."""
+        sched = node.sched
+        assert sched is not None
+        for key in node.into:
+            peer = self.by_key[key]
+            if key not in sched.peers:
+                bits = None if peer.have == self.all else peer.have
+                sched.add_peer(key, bits, max_window=self.window)
+            else:
+                sched.update_have(key, peer.have)
+            sched.update_soon(key, peer.fetching & ~peer.have)
+        node.next_poll = now + HAVE_POLL
+
+    def _ask(self, node: Node, now: float) -> None:
+        sched = node.sched
+        assert sched is not None
+        progress = True
+        while progress and node.asked < self.room:
+            progress = False
+            for key, conn in node.into.items():
+                if node.asked >= self.room:
+                    break
+                if len(conn.queue) >= PIPELINE or key not in sched.peers:
+                    continue
+                index = sched.pick(key, now)
+                if index is None:
+                    continue
+                conn.queue.append((index, now))
+                node.asked += 1
+                node.fetching |= 1 << index
+                progress = True
+
+    def _deliver(self, conn: Conn, index: int, now: float) -> None:
+        dst = conn.dst
+        assert dst.sched is not None
+        dst.asked -= 1
+        if dst.have >> index & 1:
+            return  # a late duplicate
+        dst.have |= 1 << index
+        for loser in dst.sched.done(index, conn.src.key, now):
+            other = dst.into.get(loser) if isinstance(loser, int) else None  # cancel its copy
+            if other is None:
+                continue
+            for n, (i, _) in enumerate(other.queue):
+                if i == index:
+                    del other.queue[n]
+                    if n == 0:
+                        other.left = 0.0
+                    dst.asked -= 1
+                    break
+        dst.fetching = dst.sched.requested()
+        if dst.have == self.all:
+            dst.done_at = now
+
+    # -- the clock ---------------------------------------------------------------------
+
+    def run(self, limit: float) -> float:
+        now, waiting = 0.0, deque(self.nodes)
+        leaving = sorted((n for n in self.nodes if n.leave is not None), key=lambda n: n.leave or 0)
+        while now < limit:
+            while waiting and waiting[0].join <= now:
+                self._join(waiting.popleft())
+            while leaving and (leaving[0].leave or 0) <= now:
+                gone = leaving.pop(0)
+                if gone.done_at is None and gone.sched is not None:
+                    self._leave(gone)
+            busy = [n for n in self.active if not n.gone and n.done_at is None]
+            if not busy and not waiting:
+                break
+            for node in busy:
+                if now >= node.next_poll:
+                    self._poll(node, now)
+                self._ask(node, now)
+            self._step(now)
+            now += self.dt
+        return now
+
+    def _step(self, now: float) -> None:
+        """Move every connection's head chunk on by one ``dt``."""
+        sending: list[tuple[Conn, int]] = []
+        ups: dict[int, int] = {}
+        downs: dict[int, int] = {}
+        for node in self.active:
+            if node.gone or node.done_at is not None:
+                continue
+            for conn in node.into.values():
+                if conn.queue and now >= conn.queue[0][1] + conn.rtt:
+                    sending.append((conn, conn.queue[0][0]))
+                    ups[conn.src.key] = ups.get(conn.src.key, 0) + 1
+                    downs[node.key] = downs.get(node.key, 0) + 1
+        for conn, index in sending:
+            src, dst = conn.src, conn.dst
+            rate = min(src.up / ups[src.key], dst.down / downs[dst.key])
+            if conn.left <= 0:
+                conn.left = self.sizes[index]
+            step = min(conn.left, rate * self.dt)
+            conn.left -= step
+            src.uploaded += step
+            if conn.left <= 0:
+                conn.queue.popleft()
+                self._deliver(conn, index, now + self.dt)
+
+    # -- the report --------------------------------------------------------------------
+
+    def report(self, wall: float, ended: float) -> dict[str, float]:
+        seeder_floor = self.size / self.seeder.up
+        ratios, unfinished = [], 0
+        for node in self.nodes:
+            if node.leave is not None and (node.done_at is None or node.done_at > node.leave):
+                continue  # left mid-way: not judged
+            if node.done_at is None:
+                unfinished += 1
+                continue
+            ideal = max(self.size / node.down, seeder_floor)
+            ratios.append((node.done_at - node.join) / ideal)
+        ratios.sort()
+
+        def pct(p: float) -> float:
+            return ratios[min(len(ratios) - 1, int(p * len(ratios)))] if ratios else float("nan")
+
+        return {
+            "nodes": len(self.nodes),
+            "judged": len(ratios),
+            "unfinished": unfinished,
+            "median": statistics.median(ratios) if ratios else float("nan"),
+            "p90": pct(0.90),
+            "p99": pct(0.99),
+            "max": ratios[-1] if ratios else float("nan"),
+            "seeder": self.seeder.uploaded / self.size,
+            "sim_seconds": ended,
+            "wall_seconds": wall,
+        }
+
+
+def parse_size(text: str) -> int:
+    units = {"KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "": 1}
+    text = text.strip().upper()
+    for unit, mult in units.items():
+        if unit and text.endswith(unit):
+            return int(float(text[: -len(unit)]) * mult)
+    return int(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--nodes", default="100,1000", help="fleet sizes (default 100,1000)")
+    p.add_argument("--size", type=parse_size, default=512 << 20, help="checkpoint (512MiB)")
+    p.add_argument("--seeder-rate", type=float, default=1000, help="seeder Mbit/s each way")
+    p.add_argument("--fast-share", type=float, default=0.1, help="share of fast nodes (0.1)")
+    p.add_argument("--fast-rate", type=float, default=1000, help="fast nodes, Mbit/s")
+    p.add_argument("--slow-rate", type=float, default=100, help="other nodes, Mbit/s")
+    p.add_argument("--join", type=float, default=60.0, help="nodes join over this many s")
+    p.add_argument("--leave", type=float, default=0.05, help="share leaving mid-way (0.05)")
+    p.add_argument("--neighbours", type=int, default=30, help="peers a node dials (30)")
+    p.add_argument("--streams", type=int, default=1, help="connections per source (1)")
+    p.add_argument("--rtt", type=float, default=0.02, help="mean round trip, s (0.02)")
+    p.add_argument("--dt", type=float, default=0.05, help="clock step, s (0.05)")
+    p.add_argument("--limit", type=float, default=3600.0, help="give up after this sim time")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    args = p.parse_args(argv)
+    results = []
+    for count in (int(x) for x in args.nodes.split(",")):
+        started = time.monotonic()
+        sim = Sim(args, count)
+        ended = sim.run(args.limit)
+        results.append(sim.report(time.monotonic() - started, ended))
+        print(_line(results[-1]), file=sys.stderr if args.json else sys.stdout, flush=True)
+    if args.json:
+        print(json.dumps({"args": vars(args), "results": results}))
+    return 0
+
+
+def _line(r: dict[str, float]) -> str:
+    def judged(name: str) -> str:
+        return f"{r[name]:.2f}x [{'MET' if r[name] <= TARGETS[name] else 'MISS'}]"
+
+    return (
+        f"{r['nodes']:>5.0f} nodes: completion / ideal median {judged('median')}"
+        f"  p90 {r['p90']:.2f}x  p99 {judged('p99')}  max {r['max']:.2f}x"
+        f"  seeder uploaded {judged('seeder')} the checkpoint"
+        f"  ({r['judged']:.0f} judged, {r['unfinished']:.0f} unfinished;"
+        f" {r['sim_seconds']:.0f} s simulated in {r['wall_seconds']:.0f} s)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
