@@ -10,7 +10,10 @@ learnt by polling their Have every ``HAVE_POLL`` seconds. The network is a
 fluid model stepped every ``--dt`` seconds: a connection sends the chunk at
 the head of its queue, one at a time and in order (like a seeder's
 connection), after a round trip; the transfers sharing a node's uplink or
-downlink share it equally, and each goes at the lower of its two shares.
+downlink share it by weight (each connection's weight is drawn from
+0.8-1.2: TCP is not exactly fair, and equal shares would finish chunks in
+lockstep), and each goes at the lower of its two shares. Pullers poll out
+of step with each other.
 
 The fleet: one seeder (``--seeder-rate``), ``--nodes`` pullers whose up and
 down rates are drawn from ``--mix`` (default 10% at 1 Gbit/s, the rest at
@@ -61,6 +64,7 @@ class Conn:
     src: Node
     dst: Node
     rtt: float
+    share: float  # its weight against the other transfers of a link (TCP is not exactly fair)
     queue: deque[tuple[int, float]] = field(default_factory=deque)  # (chunk, asked at)
     left: float = 0.0  # bytes of the head chunk still to send (0: not started)
 
@@ -103,7 +107,7 @@ class Sim:
             fast = self.rng.random() < args.fast_share
             rate = (args.fast_rate if fast else args.slow_rate) * MBIT
             node = Node(key, rate, rate, self.rng.uniform(0.0, args.join))
-            node.next_poll = node.join
+            node.next_poll = node.join + self.rng.uniform(0.0, HAVE_POLL)  # polls out of step
             self.nodes.append(node)
         for node in self.rng.sample(self.nodes, round(nodes * args.leave)):
             # leaves while downloading: after 20-80% of its own ideal time
@@ -118,7 +122,8 @@ class Sim:
         """A connection each way between ``a`` and ``b``."""
         for src, dst in ((a, b), (b, a)):
             if dst.key not in src.out:
-                conn = Conn(src, dst, self.rtt * self.rng.uniform(0.5, 1.5))
+                rtt = self.rtt * self.rng.uniform(0.5, 1.5)
+                conn = Conn(src, dst, rtt, self.rng.uniform(0.8, 1.2))
                 src.out[dst.key] = conn
                 dst.into[src.key] = conn
 
@@ -229,19 +234,19 @@ class Sim:
     def _step(self, now: float) -> None:
         """Move every connection's head chunk on by one ``dt``."""
         sending: list[tuple[Conn, int]] = []
-        ups: dict[int, int] = {}
-        downs: dict[int, int] = {}
+        ups: dict[int, float] = {}
+        downs: dict[int, float] = {}
         for node in self.active:
             if node.gone or node.done_at is not None:
                 continue
             for conn in node.into.values():
                 if conn.queue and now >= conn.queue[0][1] + conn.rtt:
                     sending.append((conn, conn.queue[0][0]))
-                    ups[conn.src.key] = ups.get(conn.src.key, 0) + 1
-                    downs[node.key] = downs.get(node.key, 0) + 1
+                    ups[conn.src.key] = ups.get(conn.src.key, 0.0) + conn.share
+                    downs[node.key] = downs.get(node.key, 0.0) + conn.share
         for conn, index in sending:
             src, dst = conn.src, conn.dst
-            rate = min(src.up / ups[src.key], dst.down / downs[dst.key])
+            rate = conn.share * min(src.up / ups[src.key], dst.down / downs[dst.key])
             if conn.left <= 0:
                 conn.left = self.sizes[index]
             step = min(conn.left, rate * self.dt)
