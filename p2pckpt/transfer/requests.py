@@ -87,6 +87,9 @@ class SourceStatus(Protocol):
     known: bool  # its first Have has arrived (it is in the scheduler)
     complete: bool  # it holds every chunk: no more Have polling
 
+    @property
+    def relayed(self) -> bool: ...  # reached through a relay (the expensive path)
+
 
 @dataclass(frozen=True, slots=True)
 class Write:
@@ -299,7 +302,7 @@ class RequestBook:
         bits = None if msg.complete else bitfield_to_int(msg.bits, sched.count)
         if not src.known:
             src.known = True
-            sched.add_peer(src.peer, bits, max_window=self._max_window)
+            sched.add_peer(src.peer, bits, max_window=self._max_window, relayed=src.relayed)
         else:
             sched.update_have(src.peer, (1 << sched.count) - 1 if bits is None else bits)
         fetching = 0 if msg.complete else bitfield_to_int(msg.fetching, sched.count)

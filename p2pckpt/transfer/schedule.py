@@ -22,6 +22,9 @@ Policy (issue 5, DESIGN.md "transfer engine"):
   is clearly faster than that puller: the seeder's uplink is what the whole
   swarm shares. Chunks other pullers are fetching also count toward
   availability (``update_soon``), so pullers spread over what is rare.
+- **The cheap path first.** A peer reached through a relay is never asked
+  for a chunk a lively direct peer holds (not even as an endgame copy):
+  relayed bytes cross the internet twice and the relay caps them.
 - **Endgame.** When no unrequested chunk is left that a peer has, it
   duplicates the oldest request held by another peer (at most
   ENDGAME_COPIES copies of a chunk at once), unless that peer is measurably
@@ -72,6 +75,7 @@ class _Peer:
     received: int = 0  # bytes
     first_request: float | None = None
     last_delivery: float | None = None
+    relayed: bool = False  # reached through a relay: the expensive path
     next_pick: int | None = None  # where its run of consecutive chunks goes on
     run: int = 0  # chunks in its current run
 
@@ -120,11 +124,12 @@ class Scheduler:
     def peers(self) -> list[Key]:
         return list(self._peers)
 
-    def add_peer(self, key: Key, bits: int | None, max_window: int) -> None:
-        """A peer holding ``bits`` (None: every chunk). Banned peers stay out."""
+    def add_peer(self, key: Key, bits: int | None, max_window: int, relayed: bool = False) -> None:
+        """A peer holding ``bits`` (None: every chunk), reached directly or
+        through a relay (``relayed``). Banned peers stay out."""
         if key in self._banned or key in self._peers:
             return
-        self._peers[key] = _Peer(0, max(1, max_window))
+        self._peers[key] = _Peer(0, max(1, max_window), relayed=relayed)
         self.update_have(key, self._all if bits is None else bits)
 
     def update_have(self, key: Key, bits: int) -> None:
@@ -201,6 +206,8 @@ class Scheduler:
         if peer is None or peer.inflight >= self.window(key, now):
             return None
         held, fetching = self._left_to_pullers(key, now) if peer.bits == self._all else (0, 0)
+        if peer.relayed:  # never through a relay what a direct peer can give
+            held |= self._direct(now)
         # First what nobody else can give; then, once only chunks fellow pullers
         # are still fetching are left, those too (they may never get them).
         for spare in (held | fetching, held) if fetching else (held,):
@@ -239,12 +246,23 @@ class Scheduler:
             pool |= bucket
         return pool
 
+    def _direct(self, now: float) -> int:
+        """What the lively peers reached without a relay hold."""
+        held = 0
+        for other in self._peers.values():
+            if not other.relayed and other.lively(now):
+                held |= other.bits
+        return held
+
     def _endgame(self, key: Key, peer: _Peer, now: float) -> int | None:
         mine = peer.rate(now)
+        direct = self._direct(now) if peer.relayed else 0
         best: tuple[float, int] | None = None
         for index, holders in self._requests.items():
             if key in holders or len(holders) >= ENDGAME_COPIES or not peer.bits >> index & 1:
                 continue
+            if direct >> index & 1:
+                continue  # a direct peer has it: no copy through the relay
             if mine is not None and any(self._faster(h, mine, now) for h in holders):
                 continue  # its holder should beat us to it: a copy would only waste upload
             asked = min(holders.values())

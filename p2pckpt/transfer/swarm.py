@@ -74,6 +74,10 @@ class Source:
     error: BaseException | None = None
     scopes: list[trio.CancelScope] = field(default_factory=list)
 
+    @property
+    def relayed(self) -> bool:
+        return self.route == "relay"
+
     def report(self) -> dict[str, object]:
         return {
             "id": str(self.peer),

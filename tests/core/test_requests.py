@@ -42,6 +42,7 @@ class Src:
     peer: str
     known: bool = False
     complete: bool = False
+    relayed: bool = False
 
 
 def sched(n: int, seed: int = 0) -> Scheduler:

@@ -385,3 +385,43 @@ def test_a_run_does_not_follow_chunks_another_source_took() -> None:
         assert sum(step == 1 for step in steps) >= len(steps) // 2  # mostly consecutive
     assert not set(a) & set(b)
     check_invariants(s)
+
+
+def test_a_relayed_peer_is_never_asked_for_what_a_direct_peer_holds() -> None:
+    """A seeder reached through a relay gives only what the direct peer (a
+    LAN puller) lacks, and no endgame copy of what the direct peer holds;
+    when the direct peer vanishes, the relayed one gives the rest."""
+    s = sched(12)
+    s.add_peer("relayed", None, max_window=12, relayed=True)
+    s.add_peer("lan", bits_of(range(6)), max_window=2)
+    from_relay = []
+    while (i := s.pick("relayed", 0.0)) is not None:
+        from_relay.append(i)
+    assert set(from_relay) == set(range(6, 12))  # only what the LAN peer lacks
+    for i in from_relay:
+        s.done(i, "relayed", 0.1)
+    from_lan = [s.pick("lan", 0.2), s.pick("lan", 0.2)]  # its window: 2 asked
+    assert None not in from_lan
+    assert s.pick("relayed", 0.3) is None  # no copy of the LAN peer's requests either
+    s.remove("lan")  # gone: now the relay is the only way
+    rest = []
+    while (i := s.pick("relayed", 0.4)) is not None:
+        rest.append(i)
+        s.done(i, "relayed", 0.5)
+    assert s.complete and set(rest) == set(range(6))
+    check_invariants(s)
+
+
+def test_a_stalled_direct_peer_does_not_hold_back_the_relay() -> None:
+    s = sched(4)
+    s.add_peer("relayed", None, max_window=4, relayed=True)
+    s.add_peer("lan", bits_of(range(4)), max_window=1)
+    asked = s.pick("lan", 0.0)
+    assert asked is not None and s.pick("relayed", 0.0) is None
+    late = PATIENCE + 1.0  # the LAN peer delivered nothing since it was asked
+    got = []
+    while (i := s.pick("relayed", late)) is not None:
+        got.append(i)
+        s.done(i, "relayed", late)
+    assert s.complete and asked in got
+    check_invariants(s)

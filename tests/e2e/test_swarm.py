@@ -240,3 +240,48 @@ def test_push_targets_feed_each_other(pair: Pair, tmp_path: Path) -> None:
         assert sum(map(int, got.values())) == size
     # A plain fan-out uploads two full copies; the swarm, well under that.
     assert size <= doc["bytes_served"] < 1.8 * size, doc["bytes_served"] / size
+
+
+def test_a_direct_peer_is_preferred_over_the_relay_for_chunks_it_has(
+    pair: Pair, tmp_path: Path
+) -> None:
+    """B pulls from A, reached only through a relay, and from C, a peer on
+    the LAN that already holds the version: every chunk comes from C and
+    nothing crosses the relay but the Have (issue 17, item 3)."""
+    relay = start_server(
+        pair.root / "R",
+        tmp_path / "relay.log",
+        extra=(),
+        command=("relay",),
+        banner=r"relay listening on [0-9.]+:(\d+)",
+    )
+    pair.servers.append(relay)
+    ckpt = make_checkpoint(tmp_path / "ck", {"w.bin": 12 << 20}, seed=5)
+    run(pair.a, "publish", str(ckpt), "--name", NAME, "--version", "1")
+    a = start_server(pair.a, tmp_path / "a.log", extra=("--no-mdns", "--relay", relay.addr))
+    pair.servers.append(a)
+    c, c_id = _node(tmp_path, "C", pair)
+    run(c, "pull", NAME, "--from", a.addr, "-o", str(tmp_path / "c-copy"))  # C holds it now
+    c_server = start_server(c, tmp_path / "c.log")
+    pair.servers.append(c_server)
+    (pair.b / "config.toml").write_text(
+        f'[discovery]\nmdns = false\n[relay]\naddr = "{relay.addr}"\n'
+    )
+    proc = run(
+        pair.b,
+        "pull",
+        NAME,
+        "--from",
+        pair.a_id,  # by peer ID: through the relay
+        "--from",
+        c_server.addr,
+        "-o",
+        str(tmp_path / "got"),
+        "--json",
+    )
+    doc = json.loads(proc.stdout)
+    assert same_tree(ckpt, tmp_path / "got") or same_tree(ckpt / "w.bin", tmp_path / "got")
+    by_id = {p["id"]: p for p in doc["peers"]}
+    assert by_id[pair.a_id]["route"] == "relay" and by_id[c_id]["route"] == "direct"
+    assert by_id[pair.a_id]["bytes"] == 0, doc  # nothing through the relay
+    assert by_id[c_id]["bytes"] == doc["bytes_downloaded"] == 12 << 20
