@@ -10,8 +10,10 @@ local filesystems whose errors reach the superblock (not FUSE, NFS or
 overlay, where syncfs may succeed having flushed nothing of ours).
 
 What it does not give: an error it reports may be another process's. The
-caller then falls back to one fsync per file, whose errors are ours alone
-(R-45), so a neighbour's failing write costs time, never a wrong answer.
+caller treats it as its own all the same (R-45: the partial copy is
+re-verified on the next run). Falling back to an fsync per file would not
+be safe: a fresh descriptor's fsync misses an error whose inode the kernel
+has already evicted, and would report lost data as durable.
 """
 
 from __future__ import annotations

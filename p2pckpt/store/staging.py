@@ -277,17 +277,16 @@ class Staging:
         fsyncs, where that is as safe (fs/sync.py): many files, a fresh run
         (every byte of ours written since ``_lock_fd`` was opened), a
         filesystem whose errors syncfs reports. False: the caller fsyncs
-        each file, also after a syncfs that failed, since its error may be
-        another process's; each file's own fsync error is final (R-45)."""
+        each file. A syncfs error is final, as an fsync error is (R-45):
+        fsyncing each file afresh could miss an error whose inode the
+        kernel has already dropped, and report lost data as durable. The
+        error may be another process's; then the next run re-verifies and
+        completes."""
         if files <= SYNCFS_AFTER or self.resumed or self._lock_fd < 0:
             return False
         if not syncfs_trusted(self._lock_fd):
             return False
-        try:
-            syncfs(self._lock_fd)
-        except OSError as exc:
-            log.warning('syncfs failed, making each file durable in turn error="%s"', exc)
-            return False
+        syncfs(self._lock_fd)
         return True
 
     def _invalidate(self) -> None:

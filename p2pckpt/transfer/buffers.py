@@ -21,6 +21,7 @@ holds no more than a 1 GiB one (issue 16).
 
 from __future__ import annotations
 
+import weakref
 from typing import Final
 
 from p2pckpt.manifest.chunker import CHUNK_SIZE
@@ -50,6 +51,12 @@ class Room:
             raise AssertionError("room given back more than was taken")
 
 
+class _Buffer(bytearray):
+    """A pooled buffer: a bytearray the pool can hold a weak reference to."""
+
+    __slots__ = ("__weakref__",)
+
+
 class BufferPool:
     """Exact-size bytearrays, reused, within ``capacity`` bytes in all.
 
@@ -59,10 +66,17 @@ class BufferPool:
 
     def __init__(self, capacity: int = ROOM_BYTES + CHUNK_SIZE) -> None:
         self.capacity = capacity
-        self._free: dict[int, list[bytearray]] = {}  # by size
-        self._order: dict[int, bytearray] = {}  # by id(): free buffers, oldest first
+        self._free: dict[int, list[_Buffer]] = {}  # by size
+        self._order: dict[int, _Buffer] = {}  # by id(): free buffers, oldest first
         self._free_bytes = 0
-        self.in_use = 0  # pooled bytes handed out and not put back
+        # Handed out and not put back. Weak: a buffer lost with a connection
+        # that died mid-chunk is not counted once it is gone.
+        self._lent: weakref.WeakValueDictionary[int, _Buffer] = weakref.WeakValueDictionary()
+
+    @property
+    def in_use(self) -> int:
+        """Pooled bytes handed out and not put back (nor collected)."""
+        return sum(len(buf) for buf in list(self._lent.values()))
 
     def get(self, size: int) -> bytearray:
         if size < POOLED_MIN:
@@ -73,21 +87,22 @@ class BufferPool:
             del self._order[id(buf)]
             self._free_bytes -= size
         else:
-            while self._order and self.in_use + self._free_bytes + size > self.capacity:
+            in_use = self.in_use
+            while self._order and in_use + self._free_bytes + size > self.capacity:
                 oldest = self._order.pop(next(iter(self._order)))
                 same = self._free[len(oldest)]
                 del same[next(i for i, b in enumerate(same) if b is oldest)]  # not by ==
                 self._free_bytes -= len(oldest)
-            buf = bytearray(size)
-        self.in_use += size
+            buf = _Buffer(size)
+        self._lent[id(buf)] = buf
         return buf
 
     def put(self, buf: bytearray) -> None:
         """Take ``buf`` back (a buffer ``get`` gave); kept if it fits."""
         size = len(buf)
-        if size < POOLED_MIN:
-            return
-        self.in_use -= size
+        if not isinstance(buf, _Buffer) or self._lent.get(id(buf)) is not buf:
+            return  # small, or not ours (or given back twice)
+        del self._lent[id(buf)]
         if self.in_use + self._free_bytes + size <= self.capacity:
             self._free.setdefault(size, []).append(buf)
             self._order[id(buf)] = buf

@@ -231,9 +231,12 @@ class Scheduler:
         held = fetching = 0
         if mine is None:
             return held, fetching
+        relayed = self._peers[key].relayed
         for other_key, other in self._peers.items():
             if other_key == key or other.bits == self._all:
                 continue
+            if other.relayed and not relayed:
+                continue  # it is not asked for what we hold: no leaving chunks to it
             theirs = other.hopeful_rate(now, self._mean)
             if other.lively(now) and (theirs is None or mine < FULL_SOURCE_EDGE * theirs):
                 held |= other.bits

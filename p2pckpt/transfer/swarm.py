@@ -300,10 +300,12 @@ class Swarm:
             lost = first_leaf(group)
         finally:
             src.scopes.remove(scope)
-            await conn.aclose()
-        if lost is not None:
+            # However it ended (broken, its source dropped or banned, the pull
+            # done): what it still had in flight goes back to the scheduler,
+            # and its bytes leave the room, or no connection could ask again.
             book.lost()
             self._poke()
+            await conn.aclose()
         return lost
 
     async def _converse(self, src: Source, conn: PeerConnection, book: RequestBook) -> None:
@@ -318,7 +320,10 @@ class Swarm:
                     # Answers already here first: the requests that refill the
                     # pipeline behind them then go out in one batch.
                     if not conn.pending:
+                        used = self.room.used
                         await conn.send_many(book.to_send(trio.current_time()))
+                        if self.room.used < used:  # Cancels freed room: others may ask
+                            self._poke()
                     if book.idle() and not conn.pending:
                         if self.sched.complete:
                             return

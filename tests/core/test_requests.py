@@ -187,6 +187,10 @@ def test_the_pool_reuses_buffers_and_holds_no_more_than_its_capacity() -> None:
     big = pool.get(20 * k)  # more than it may hold: handed out, never kept
     pool.put(big)
     assert pool.in_use == 3 * k and pool.in_use + pool.free_bytes <= pool.capacity
+    lost = pool.get(4 * k)  # a connection died with it: never put back
+    assert pool.in_use == 7 * k
+    del lost  # collected: no longer counted
+    assert pool.in_use == 3 * k
     small = pool.get(100)  # small bodies are plain allocations, not counted
     pool.put(small)
     assert pool.in_use == 3 * k and pool.get(100) is not small

@@ -425,3 +425,21 @@ def test_a_stalled_direct_peer_does_not_hold_back_the_relay() -> None:
         s.done(i, "relayed", late)
     assert s.complete and asked in got
     check_invariants(s)
+
+
+def test_a_direct_seeder_does_not_leave_chunks_to_a_relayed_puller() -> None:
+    """The relayed puller is not asked for what the direct seeder holds, so
+    the seeder must not leave those chunks to it either: no waiting out
+    PATIENCE with nobody asked."""
+    s = sched(8)
+    s.add_peer("seeder", None, max_window=8)
+    s.add_peer("relayed", bits_of(range(4)), max_window=8, relayed=True)
+    for i in [s.pick("seeder", 0.0), s.pick("seeder", 0.0)]:  # its rate becomes known
+        assert i is not None
+        s.done(i, "seeder", 0.1)
+    got = []
+    while (i := s.pick("seeder", 0.2)) is not None:
+        got.append(i)
+        s.done(i, "seeder", 0.2)
+    assert s.complete and s.pick("relayed", 0.3) is None
+    check_invariants(s)

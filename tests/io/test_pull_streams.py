@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -311,3 +312,61 @@ async def test_a_writer_takes_what_is_waiting_even_from_a_closed_channel() -> No
     await send.aclose()
     assert waiting(recv, 5) == writes[:1]  # closed: what was queued, then nothing
     assert waiting(recv, 5) == []
+
+
+async def test_a_banned_source_gives_back_the_room_it_held(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second source (C, holding the same version) sends a chunk that fails
+    its hash and is banned while it has requests in flight: those requests'
+    bytes leave the pull's Room (before, they stayed there and a pull could
+    wait out its stall timeout with honest sources left)."""
+    from p2pckpt.transfer import chunk_serve, swarm
+    from p2pckpt.transfer.buffers import Room
+
+    copy = tmp_path / "c-copy"
+    shutil.copytree(world.source, copy)
+    holder, _ = Home.init(tmp_path / "C")
+    holder.trust.add(world.puller.key.peer_id, "b", ["pull"])
+    world.puller.trust.add(holder.key.peer_id, "c", ["pull"])
+    entry = world.seeder.catalog.by_root(world.manifest.root)
+    assert entry is not None
+    holder.catalog.add(world.manifest, entry.envelope, copy, "pulled")
+    real_read = chunk_serve.read_chunk
+
+    def corrupt_at_c(path: Path, chunk: Any, req_id: int, buf: bytearray) -> memoryview:
+        framed = real_read(path, chunk, req_id, buf)
+        if copy in path.parents:
+            framed[-1] ^= 0xFF  # after C's own check: the puller's check must catch it
+        return framed
+
+    monkeypatch.setattr(chunk_serve, "read_chunk", corrupt_at_c)
+    rooms: list[Room] = []
+
+    class Recorded(Room):
+        def __init__(self) -> None:
+            super().__init__()
+            rooms.append(self)
+
+    monkeypatch.setattr(swarm, "Room", Recorded)
+    c_server = Server(holder)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            link = Link(world, nursery)
+
+            async def dial_c() -> PeerConnection:
+                client, serving = trio.testing.memory_stream_pair()
+                nursery.start_soon(c_server.handle, serving, "memory")
+                return await over_stream(
+                    world.puller, client, "c", "direct", holder.key.peer_id, dial_c, ""
+                )
+
+            result = await pull(
+                world.puller, [await dial_c(), await link.dial()], "m", None, world.dest
+            )
+            nursery.cancel_scope.cancel()
+    by_id = {p["id"]: p for p in result.peers}
+    assert by_id[str(holder.key.peer_id)]["status"] == "bad"
+    for path in sorted(world.source.iterdir()):
+        assert (world.dest / path.name).read_bytes() == path.read_bytes()
+    assert rooms and all(room.used == 0 for room in rooms), [r.used for r in rooms]
