@@ -47,32 +47,40 @@ def kernel_version(release: str | None = None) -> tuple[int, int]:
     return (int(match[1]), int(match[2])) if match else (0, 0)
 
 
-def fs_type(dev: int, mountinfo: str = "/proc/self/mountinfo") -> str | None:
-    """The type of the filesystem mounted from device ``dev`` (an ``st_dev``),
-    or None if no mount of it is listed."""
-    want = f"{os.major(dev)}:{os.minor(dev)}"
+def _unescape(field: str) -> str:
+    """A mountinfo path: spaces, tabs, newlines and backslashes come octal-escaped."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
+
+
+def fs_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The type of the filesystem mounted where ``path`` (absolute, resolved)
+    lies: the listed mount point that is its longest prefix. By path, not by
+    ``st_dev``: a file on overlayfs can report its upper layer's device."""
+    best: tuple[int, str] | None = None
     try:
         with open(mountinfo, encoding="utf-8", errors="replace") as f:
             for line in f:
                 fields = line.split()
-                if len(fields) > 2 and fields[2] == want and " - " in line:
-                    return line.split(" - ", 1)[1].split()[0]
+                if len(fields) < 5 or " - " not in line:
+                    continue
+                point = _unescape(fields[4])
+                inside = path == point or path.startswith(point.rstrip("/") + "/")
+                if inside and (best is None or len(point) >= best[0]):
+                    best = (len(point), line.split(" - ", 1)[1].split()[0])
     except OSError:
         return None
-    return None
+    return None if best is None else best[1]
 
 
 @functools.lru_cache(maxsize=16)
-def _trusted_dev(dev: int) -> bool:
-    return _SYNCFS is not None and kernel_version() >= MIN_KERNEL and fs_type(dev) in TRUSTED_TYPES
-
-
-def syncfs_trusted(fd: int) -> bool:
-    """Whether ``syncfs(fd)`` reports writeback errors as fsync would (see above)."""
-    try:
-        return _trusted_dev(os.fstat(fd).st_dev)
-    except OSError:
-        return False
+def syncfs_trusted(path: str) -> bool:
+    """Whether ``syncfs`` on a descriptor of ``path`` (a directory or file,
+    absolute) reports writeback errors as fsync would (see above)."""
+    return (
+        _SYNCFS is not None
+        and kernel_version() >= MIN_KERNEL
+        and fs_type(os.path.realpath(path)) in TRUSTED_TYPES
+    )
 
 
 def syncfs(fd: int) -> None:

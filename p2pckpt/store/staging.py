@@ -284,7 +284,7 @@ class Staging:
         completes."""
         if files <= SYNCFS_AFTER or self.resumed or self._lock_fd < 0:
             return False
-        if not syncfs_trusted(self._lock_fd):
+        if not syncfs_trusted(str(self.path)):
             return False
         syncfs(self._lock_fd)
         return True

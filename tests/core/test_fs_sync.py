@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ MOUNTINFO = """\
 45 27 254:0 /run/netns /run/netns rw,relatime shared:1 - ext4 /dev/vda rw
 50 27 0:52 / /mnt/fuse rw,nosuid,nodev,relatime shared:2 - fuse.sshfs host:/x rw
 51 27 8:17 / /srv/weird\\040name rw - xfs /dev/sdb1 rw
+60 27 0:70 / /var/lib/docker/overlay/merged rw - overlay overlay rw,lowerdir=/l
 """
 
 
@@ -39,20 +39,23 @@ def test_before_linux_5_8_syncfs_is_not_trusted() -> None:
 
 
 @pytest.mark.parametrize(
-    ("dev", "kind"),
+    ("path", "kind"),
     [
-        (os.makedev(254, 0), "ext4"),
-        (os.makedev(0, 52), "fuse.sshfs"),
-        (os.makedev(8, 17), "xfs"),
-        (os.makedev(9, 9), None),
+        ("/home/me/x", "ext4"),
+        ("/", "ext4"),
+        ("/mnt/fuse/a/b", "fuse.sshfs"),  # the longest mount point wins
+        ("/mnt/fusebox", "ext4"),  # a prefix of the name is not a parent
+        ("/srv/weird name/x", "xfs"),  # mountinfo escapes the space
+        ("/var/lib/docker/overlay/merged/f", "overlay"),
+        ("/proc/1", "proc"),
     ],
 )
-def test_a_devices_filesystem_type_comes_from_mountinfo(
-    tmp_path: Path, dev: int, kind: str | None
+def test_a_paths_filesystem_type_comes_from_its_mount_point(
+    tmp_path: Path, path: str, kind: str
 ) -> None:
     info = tmp_path / "mountinfo"
     info.write_text(MOUNTINFO)
-    assert fs_type(dev, str(info)) == kind
+    assert fs_type(path, str(info)) == kind
 
 
 def test_network_and_fuse_filesystems_are_not_trusted() -> None:
@@ -61,4 +64,4 @@ def test_network_and_fuse_filesystems_are_not_trusted() -> None:
 
 
 def test_an_unreadable_mountinfo_trusts_nothing(tmp_path: Path) -> None:
-    assert fs_type(os.makedev(254, 0), str(tmp_path / "missing")) is None
+    assert fs_type("/home/me", str(tmp_path / "missing")) is None
