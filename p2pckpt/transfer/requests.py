@@ -35,7 +35,9 @@ Who triggers what:
                       any other Error -> Refused (the connection ends);
                       anything else raises RemoteProtocolError.
     written(req_id)   the writer verified and wrote the chunk: done in the
-                      scheduler. ``release`` (written or not): forgotten.
+                      scheduler. ``skipped``: another copy was being
+                      written, this request ended without the chunk.
+                      ``release`` (written or not): forgotten.
     lost()            the connection broke: what is in flight goes back.
 
 Invariants: req_ids are u32 and wrap at 2**32, never reusing one in flight
@@ -328,6 +330,16 @@ class RequestBook:
         index = self._inflight.get(req_id)
         if index is not None and req_id in self._received:
             self._sched.done(index, self._source.peer, now)
+        self.release(req_id)
+
+    def skipped(self, req_id: int) -> None:
+        """The writer did not write ``req_id``'s chunk: another source's copy
+        was being written. This request ends without the chunk, so if that
+        copy fails verification the chunk goes back to the pool (else the
+        scheduler would wait forever for this source to deliver it)."""
+        index = self._inflight.get(req_id)
+        if index is not None and req_id in self._received:
+            self._sched.failed(index, self._source.peer)
         self.release(req_id)
 
     def release(self, req_id: int) -> None:

@@ -384,6 +384,8 @@ class Swarm:
             if self.sched.missing >> chunk.index & 1 and chunk.index not in self._writing:
                 self._writing.add(chunk.index)
                 todo.append(chunk)
+            else:  # if the copy being written fails, the chunk must be asked again
+                book.skipped(chunk.req_id)
         if not todo:
             return
         outs = [conn.buffers.get(self.sizes[c.index]) if c.codec else None for c in todo]

@@ -265,6 +265,28 @@ def test_a_chunk_with_the_writer_is_not_cancelled() -> None:
     assert a.idle() and a.statistics().received == 0
 
 
+def test_a_copy_skipped_while_another_is_written_is_asked_again_if_that_one_fails() -> None:
+    """Two sources' copies of one chunk reach the writer together: one is
+    written, the other skipped. If the written one then fails verification
+    (its source banned), the chunk goes back to the pool and the other
+    source is asked again; before, the scheduler kept waiting for the
+    skipped request and the pull stalled until its timeout."""
+    s = sched(1)
+    _, a = connected(s, "a")
+    _, b = connected(s, "b")
+    (ra,) = requests(a.to_send(0.0))
+    (rb,) = requests(b.to_send(0.0))  # an endgame copy of the same chunk
+    assert ra.index == rb.index == 0
+    assert isinstance(a.on_message(chunk(ra), 0.1), Write)
+    assert isinstance(b.on_message(chunk(rb), 0.1), Write)
+    b.skipped(rb.req_id)  # a's copy is being written
+    s.ban("a")  # and it failed verification
+    a.lost()
+    assert s.missing == 1 and b.idle()
+    (again,) = requests(b.to_send(0.2))
+    assert again.index == 0
+
+
 # -- protocol violations ------------------------------------------------------------
 
 
