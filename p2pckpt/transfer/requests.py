@@ -67,17 +67,20 @@ from p2pckpt.wire.bitfield import bitfield_to_int
 
 PIPELINE: Final = 6  # requests asked and unanswered per connection (full chunks)
 MAX_DEPTH: Final = m.MAX_OUTSTANDING * 3 // 4  # asked at once on one connection, at most
+SMALL_PIPELINE_BYTES: Final = 1 << 20  # what tiny chunks may have asked on one connection
 HAVE_POLL: Final = 0.5  # seconds between Have requests to a source still pulling
 REQ_ID_MASK: Final = 0xFFFFFFFF  # req_ids are u32 on the wire
 
 
 def pipeline_depth(sizes: list[int]) -> int:
-    """Requests one connection keeps asked: PIPELINE for full chunks, more
-    for small ones (a folder of small files would otherwise wait a round
-    trip per few kB), within what a server accepts (MAX_OUTSTANDING) and
-    about PIPELINE full chunks' bytes."""
+    """Requests one connection keeps asked: PIPELINE, and more for tiny
+    chunks (a folder of small files would otherwise wait a round trip per
+    few kB): about SMALL_PIPELINE_BYTES of them, within what a server
+    accepts (MAX_OUTSTANDING). Not more for chunks of a few hundred kB: a
+    deep blind pipeline at a shared seeder is how pullers of one swarm end
+    up fetching the same chunks from it."""
     mean = sum(sizes) / len(sizes) if sizes else CHUNK_SIZE
-    return max(PIPELINE, min(MAX_DEPTH, int(PIPELINE * CHUNK_SIZE / max(mean, 1))))
+    return max(PIPELINE, min(MAX_DEPTH, int(SMALL_PIPELINE_BYTES / max(mean, 1))))
 
 
 class SourceStatus(Protocol):

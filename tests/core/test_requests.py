@@ -525,8 +525,8 @@ def test_two_sources_in_any_order_write_every_chunk_once(
     [
         ([4 << 20] * 100, PIPELINE),  # full chunks: the plain pipeline
         ([10_000] * 10_000, MAX_DEPTH),  # a folder of small files: as deep as a server allows
-        ([256 << 10] * 100, MAX_DEPTH),
-        ([1 << 20] * 100, 4 * PIPELINE),  # about PIPELINE full chunks' bytes
+        ([32 << 10] * 100, 32),  # about SMALL_PIPELINE_BYTES of tiny chunks
+        ([256 << 10] * 100, PIPELINE),  # not for chunks a swarm trades (push test, 1.94x)
         ([], PIPELINE),
     ],
 )
