@@ -113,6 +113,17 @@ def start_server(
     raise AssertionError(f"server did not start: {log.read_text()}")
 
 
+def start_relay(root: Path, log: Path, *extra: str) -> Server:
+    """A ``p2pckpt relay`` on 127.0.0.1 (its home under ``root``)."""
+    return start_server(
+        root / "R",
+        log,
+        extra=extra,
+        command=("relay",),
+        banner=r"relay listening on [0-9.]+:(\d+)",
+    )
+
+
 @dataclass
 class Pair:
     """Two initialised nodes that trust each other: A publishes, B pulls."""

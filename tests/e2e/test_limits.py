@@ -172,15 +172,9 @@ def test_a_stranger_cannot_cut_a_node_off_its_relay(pair: Pair, tmp_path: Path) 
 
     from p2pckpt.identity.peer_id import PeerId
     from p2pckpt.relay import protocol as p
-    from tests.e2e.nodes import start_server
+    from tests.e2e.nodes import start_relay, start_server
 
-    relay = start_server(
-        pair.root / "R",
-        tmp_path / "relay.log",
-        extra=(),
-        command=("relay",),
-        banner=r"relay listening on [0-9.]+:(\d+)",
-    )
+    relay = start_relay(pair.root, tmp_path / "relay.log")
     pair.servers.append(relay)
     f = tmp_path / "m.bin"
     f.write_bytes(os.urandom(300_000))
@@ -242,15 +236,9 @@ def test_a_pull_outlives_relay_session_caps(pair: Pair, tmp_path: Path) -> None:
     """A relay that ends every session after 6 MiB does not end the pull: each
     broken connection is dialled again through a new session, and the pull
     completes with every byte verified (issue 14.7)."""
-    from tests.e2e.nodes import start_server
+    from tests.e2e.nodes import start_relay, start_server
 
-    relay = start_server(
-        pair.root / "R",
-        tmp_path / "relay.log",
-        extra=("--session-bytes", str(6 << 20)),
-        command=("relay",),
-        banner=r"relay listening on [0-9.]+:(\d+)",
-    )
+    relay = start_relay(pair.root, tmp_path / "relay.log", "--session-bytes", str(6 << 20))
     pair.servers.append(relay)
     f = tmp_path / "m.bin"
     f.write_bytes(os.urandom(20 << 20))

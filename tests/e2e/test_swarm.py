@@ -14,7 +14,16 @@ import trio
 from p2pckpt.home import Home
 from p2pckpt.wire import messages as m
 from p2pckpt.wire.codec import chunk_header
-from tests.e2e.nodes import Pair, Server, make_checkpoint, no_mdns, run, same_tree, start_server
+from tests.e2e.nodes import (
+    Pair,
+    Server,
+    make_checkpoint,
+    no_mdns,
+    run,
+    same_tree,
+    start_relay,
+    start_server,
+)
 from tests.e2e.test_security import EvilSeeder, arun, new_key
 
 NAME = "swarm-ft"
@@ -248,13 +257,7 @@ def test_a_direct_peer_is_preferred_over_the_relay_for_chunks_it_has(
     """B pulls from A, reached only through a relay, and from C, a peer on
     the LAN that already holds the version: every chunk comes from C and
     nothing crosses the relay but the Have (issue 17, item 3)."""
-    relay = start_server(
-        pair.root / "R",
-        tmp_path / "relay.log",
-        extra=(),
-        command=("relay",),
-        banner=r"relay listening on [0-9.]+:(\d+)",
-    )
+    relay = start_relay(pair.root, tmp_path / "relay.log")
     pair.servers.append(relay)
     ckpt = make_checkpoint(tmp_path / "ck", {"w.bin": 12 << 20}, seed=5)
     run(pair.a, "publish", str(ckpt), "--name", NAME, "--version", "1")
