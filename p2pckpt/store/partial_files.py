@@ -145,29 +145,33 @@ class PartialFiles:
     def open(self, relpath: str, create: bool) -> int:
         """Open ``data/relpath`` without following any link (fd-relative walk
         to its directory, once: then held, see ``close_dirs``)."""
-        folder, _, name = relpath.rpartition("/")
         flags = os.O_RDWR | os.O_NOFOLLOW | (os.O_CREAT | os.O_EXCL if create else 0)
-        with self._dirs_lock:
-            dir_fd = self._dirs.get(folder)
-            if dir_fd is None:
-                if len(self._dirs) >= MAX_HELD_DIRS:
-                    dir_fd = -1
-                else:
-                    dir_fd, _ = self.parent(relpath, create)
-                    self._dirs[folder] = dir_fd
-        if dir_fd < 0:  # too many folders to hold them all open
-            dir_fd, _ = self.parent(relpath, create)
-            try:
-                fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
-            finally:
-                os.close(dir_fd)
-        else:
+        dir_fd, name, held = self._held_parent(relpath, create)
+        try:
             fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
+        finally:
+            if not held:
+                os.close(dir_fd)
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or (st.st_nlink != 1 and relpath not in self.adopted):
             os.close(fd)
             raise StoreError(f"unexpected file type in {self.path}")
         return fd
+
+    def _held_parent(self, relpath: str, create: bool) -> tuple[int, str, bool]:
+        """``parent``, from the held directories where it can be: the fd, the
+        file's name, and whether the fd is held (else the caller closes it,
+        past MAX_HELD_DIRS folders)."""
+        folder, _, name = relpath.rpartition("/")
+        with self._dirs_lock:
+            dir_fd = self._dirs.get(folder)
+            if dir_fd is None and len(self._dirs) < MAX_HELD_DIRS:
+                dir_fd, _ = self.parent(relpath, create)
+                self._dirs[folder] = dir_fd
+        if dir_fd is not None:
+            return dir_fd, name, True
+        dir_fd, _ = self.parent(relpath, create)
+        return dir_fd, name, False
 
     def close_dirs(self) -> None:
         """Close the held directories (when data/ is laid out afresh, and at

@@ -250,7 +250,8 @@ class Staging:
             dirty, self._dirty = self._dirty, set()
             journal_fd = os.dup(self._journal_fd) if self._journal_fd >= 0 else -1
         try:
-            for path in [] if self._one_syncfs(len(dirty)) else sorted(dirty):
+            synced = self._one_syncfs(len(dirty))  # the journal too
+            for path in [] if synced else sorted(dirty):
                 try:
                     fd = self.files.open(path, create=False)
                 except (OSError, StoreError) as exc:
@@ -261,7 +262,7 @@ class Staging:
                     os.fdatasync(fd)
                 finally:
                     os.close(fd)
-            if journal_fd >= 0:
+            if journal_fd >= 0 and not synced:
                 os.fsync(journal_fd)
         except OSError as exc:
             self._invalidate()
@@ -335,12 +336,11 @@ class Staging:
             dirs = [Path(dirpath) for dirpath, _, _ in os.walk(data, topdown=False)]
             for folder in dirs:
                 os.chmod(folder, 0o755 & ~umask)
-            if self._one_syncfs(len(self.manifest.files)):
-                each = [e.path for e in self.manifest.files if e.path in self.files.adopted]
-                dirs = []  # adopted files were written before this run: fsynced here
-            else:
-                each = [e.path for e in self.manifest.files]
-            for relpath in each:
+            files = [e.path for e in self.manifest.files]
+            if self._one_syncfs(len(files)):  # files and folders alike
+                # but adopted files were written before this run: fsynced here
+                files, dirs = [f for f in files if f in self.files.adopted], []
+            for relpath in files:
                 fd = self.files.open(relpath, create=False)
                 try:
                     os.fsync(fd)  # an error fails this commit; never retried
