@@ -24,7 +24,10 @@ Policy (issue 5, DESIGN.md "transfer engine"):
   availability (``update_soon``), so pullers spread over what is rare.
 - **The cheap path first.** A peer reached through a relay is never asked
   for a chunk a lively direct peer holds (not even as an endgame copy):
-  relayed bytes cross the internet twice and the relay caps them.
+  relayed bytes cross the internet twice and the relay caps them. Nor,
+  for DIRECT_GRACE after the pull starts, for anything while a direct peer
+  it was told to ``expect`` has not said what it holds: whichever Have
+  arrives first must not decide the route.
 - **Endgame.** When no unrequested chunk is left that a peer has, it
   duplicates the oldest request held by another peer (at most
   ENDGAME_COPIES copies of a chunk at once), unless that peer is measurably
@@ -57,10 +60,13 @@ RATE_AFTER_CHUNKS: Final = 2  # chunks a peer must deliver before its rate count
 # a shared seeder is how pullers end up fetching the same chunks from it.
 INITIAL_WINDOW: Final = 2
 MAX_RUN: Final = 8  # consecutive chunks asked of one source before a new random start
-FULL_SOURCE_EDGE: Final = 2.0
+FULL_SOURCE_EDGE: Final = 2.0  # how much faster a full source must be to take a puller's chunks
 # A peer that delivered nothing for this long is not waited for: a full source
 # takes the chunks it holds, and endgame copies the requests it sits on.
-PATIENCE: Final = 5.0  # how much faster a full source must be to take a puller's chunks
+PATIENCE: Final = 5.0
+# How long relayed peers wait for the direct peers a pull dialled to say what
+# they hold (their connections are up already: one round trip is all it takes).
+DIRECT_GRACE: Final = 2.0
 
 Key = Hashable
 
@@ -117,6 +123,7 @@ class Scheduler:
         self._banned: set[Key] = set()
         self._requests: dict[int, dict[Key, float]] = {}  # chunk -> {peer: when asked}
         self._buckets: list[int] = [self.missing]  # pool chunks by how many peers have them
+        self._expected: dict[Key, float] = {}  # direct peers yet to say what they hold: until when
 
     # -- peers -----------------------------------------------------------------
 
@@ -127,10 +134,18 @@ class Scheduler:
     def add_peer(self, key: Key, bits: int | None, max_window: int, relayed: bool = False) -> None:
         """A peer holding ``bits`` (None: every chunk), reached directly or
         through a relay (``relayed``). Banned peers stay out."""
+        self._expected.pop(key, None)
         if key in self._banned or key in self._peers:
             return
         self._peers[key] = _Peer(0, max(1, max_window), relayed=relayed)
         self.update_have(key, self._all if bits is None else bits)
+
+    def expect(self, key: Key, until: float) -> None:
+        """A direct peer is connected but has not said what it holds: until
+        ``until`` (or its ``add_peer``, or ``remove``), relayed peers are asked
+        for nothing, or the relay would carry chunks the LAN peer holds."""
+        if key not in self._peers and key not in self._banned:
+            self._expected[key] = until
 
     def update_have(self, key: Key, bits: int) -> None:
         """The peer now also holds ``bits`` (what it held before stays)."""
@@ -168,6 +183,7 @@ class Scheduler:
 
     def remove(self, key: Key) -> list[int]:
         """Forget a peer (it vanished); returns the chunks it was fetching."""
+        self._expected.pop(key, None)
         peer = self._peers.pop(key, None)
         if peer is None:
             return []
@@ -205,6 +221,8 @@ class Scheduler:
         peer = self._peers.get(key)
         if peer is None or peer.inflight >= self.window(key, now):
             return None
+        if peer.relayed and any(until > now for until in self._expected.values()):
+            return None  # a direct peer may hold it: wait for its Have
         held, fetching = self._left_to_pullers(key, now) if peer.bits == self._all else (0, 0)
         if peer.relayed:  # never through a relay what a direct peer can give
             held |= self._direct(now)

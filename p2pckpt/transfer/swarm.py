@@ -43,7 +43,7 @@ from p2pckpt.transfer.requests import (
     Write,
     pipeline_depth,
 )
-from p2pckpt.transfer.schedule import Scheduler
+from p2pckpt.transfer.schedule import DIRECT_GRACE, Scheduler
 from p2pckpt.transfer.throttle import Throttle
 from p2pckpt.wire import messages as m
 from p2pckpt.wire import packing
@@ -171,6 +171,7 @@ class Swarm:
         self._fatal: BaseException | None = None
         async with trio.open_nursery() as nursery:
             self._scope = nursery.cancel_scope
+            self._await_direct(nursery)
             for src in self.sources:
                 for conn in list(src.conns):
                     nursery.start_soon(self._connection, src, conn)
@@ -183,6 +184,22 @@ class Swarm:
             nursery.cancel_scope.cancel()
         if self._fatal is not None:  # a local failure (disk full, ...): the pull stops
             raise self._fatal
+
+    def _await_direct(self, nursery: trio.Nursery) -> None:
+        """Relayed sources wait (up to DIRECT_GRACE) for the direct ones to
+        say what they hold; when the grace ends, the waiting ones are woken."""
+        direct = [s for s in self.sources if not s.relayed]
+        if not direct or len(direct) == len(self.sources):
+            return
+        until = trio.current_time() + DIRECT_GRACE
+        for src in direct:
+            self.sched.expect(src.peer, until)
+
+        async def wake() -> None:
+            await trio.sleep_until(until)
+            self._poke()
+
+        nursery.start_soon(wake)
 
     async def _join(self, joiner: Joiner, nursery: trio.Nursery) -> None:
         try:

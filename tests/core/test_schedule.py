@@ -5,10 +5,12 @@ from __future__ import annotations
 import itertools
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pckpt.transfer.schedule import (
+    DIRECT_GRACE,
     ENDGAME_COPIES,
     INITIAL_WINDOW,
     MAX_RUN,
@@ -410,6 +412,43 @@ def test_a_relayed_peer_is_never_asked_for_what_a_direct_peer_holds() -> None:
         s.done(i, "relayed", 0.5)
     assert s.complete and set(rest) == set(range(6))
     check_invariants(s)
+
+
+def test_the_relay_waits_for_a_direct_peer_to_say_what_it_holds() -> None:
+    """The relayed seeder's Have arrived first: it is asked for nothing
+    until the direct peer, dialled already, answers with its Have; then
+    only for what the direct peer lacks."""
+    s = sched(6)
+    s.expect("lan", until=DIRECT_GRACE)
+    s.add_peer("relayed", None, max_window=6, relayed=True)
+    assert s.pick("relayed", 0.0) is None
+    assert s.pick("relayed", DIRECT_GRACE - 0.01) is None
+    s.add_peer("lan", bits_of(range(4)), max_window=2)
+    got = []
+    while (i := s.pick("relayed", 0.5)) is not None:
+        got.append(i)
+    assert set(got) == {4, 5}
+    check_invariants(s)
+
+
+@pytest.mark.parametrize("how", ["silent", "vanished"])
+def test_a_direct_peer_that_never_answers_holds_the_relay_back_only_briefly(how: str) -> None:
+    s = sched(3)
+    s.expect("lan", until=DIRECT_GRACE)
+    s.add_peer("relayed", None, max_window=3, relayed=True)
+    when = DIRECT_GRACE  # silent: the grace ran out
+    if how == "vanished":
+        s.remove("lan")  # its connection broke before its Have
+        when = 0.0
+    assert {s.pick("relayed", when) for _ in range(3)} == {0, 1, 2}
+    check_invariants(s)
+
+
+def test_expecting_a_direct_peer_does_not_hold_back_direct_ones() -> None:
+    s = sched(2)
+    s.expect("lan", until=DIRECT_GRACE)
+    s.add_peer("other-lan", None, max_window=2)
+    assert s.pick("other-lan", 0.0) is not None
 
 
 def test_a_stalled_direct_peer_does_not_hold_back_the_relay() -> None:

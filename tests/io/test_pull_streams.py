@@ -89,6 +89,19 @@ def world(tmp_path: Path, inline_threads: None) -> World:
     return World(seeder, puller, manifest, source, tmp_path / "out" / "m", Server(seeder))
 
 
+def second_holder(world: World, tmp_path: Path) -> tuple[Home, Path]:
+    """C: a node that pulled the same version to its own copy, trusted both ways."""
+    copy = tmp_path / "c-copy"
+    shutil.copytree(world.source, copy)
+    holder, _ = Home.init(tmp_path / "C")
+    holder.trust.add(world.puller.key.peer_id, "b", ["pull"])
+    world.puller.trust.add(holder.key.peer_id, "c", ["pull"])
+    entry = world.seeder.catalog.by_root(world.manifest.root)
+    assert entry is not None
+    holder.catalog.add(world.manifest, entry.envelope, copy, "pulled")
+    return holder, copy
+
+
 class Hole(trio.abc.Stream):
     """The seeder's end of a memory connection; once ``cut`` is set, what it
     sends (its close included) never arrives."""
@@ -324,14 +337,7 @@ async def test_a_banned_source_gives_back_the_room_it_held(
     from p2pckpt.transfer import chunk_serve, swarm
     from p2pckpt.transfer.buffers import Room
 
-    copy = tmp_path / "c-copy"
-    shutil.copytree(world.source, copy)
-    holder, _ = Home.init(tmp_path / "C")
-    holder.trust.add(world.puller.key.peer_id, "b", ["pull"])
-    world.puller.trust.add(holder.key.peer_id, "c", ["pull"])
-    entry = world.seeder.catalog.by_root(world.manifest.root)
-    assert entry is not None
-    holder.catalog.add(world.manifest, entry.envelope, copy, "pulled")
+    holder, copy = second_holder(world, tmp_path)
     real_read = chunk_serve.read_chunk
 
     def corrupt_at_c(path: Path, chunk: Any, req_id: int, buf: bytearray) -> memoryview:
@@ -370,3 +376,67 @@ async def test_a_banned_source_gives_back_the_room_it_held(
     for path in sorted(world.source.iterdir()):
         assert (world.dest / path.name).read_bytes() == path.read_bytes()
     assert rooms and all(room.used == 0 for room in rooms), [r.used for r in rooms]
+
+
+class Late(trio.abc.Stream):
+    """A stream whose next send, once ``late`` is set, arrives that many
+    seconds later (a LAN peer slower to answer its first Have than a relay)."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.late = 0.0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        late, self.late = self.late, 0.0
+        await trio.sleep(late)
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_the_relay_carries_nothing_a_direct_peer_slow_to_answer_holds(
+    world: World, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The seeder, reached through a relay, answers its Have at once; C, a
+    LAN peer holding the same version, half a second later: every chunk
+    still comes from C (issue 17, item 3; CI once saw two chunks cross the
+    relay because its Have won the race)."""
+    holder, _ = second_holder(world, tmp_path)
+    c_server = Server(holder)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            late: list[Late] = []
+
+            async def dial_c() -> PeerConnection:
+                client, serving = trio.testing.memory_stream_pair()
+                late.append(Late(serving))
+                nursery.start_soon(c_server.handle, late[-1], "memory")
+                return await over_stream(
+                    world.puller, client, "c", "direct", holder.key.peer_id, dial_c, ""
+                )
+
+            async def dial_relayed() -> PeerConnection:
+                client, serving = trio.testing.memory_stream_pair()
+                nursery.start_soon(world.server.handle, serving, "memory")
+                w = world
+                return await over_stream(
+                    w.puller, client, "a", "relay", w.seeder.key.peer_id, dial_relayed, ""
+                )
+
+            c_conn = await dial_c()
+            late[-1].late = 0.5  # its first answer after the handshake: the Have
+            result = await pull(world.puller, [await dial_relayed(), c_conn], "m", None, world.dest)
+            nursery.cancel_scope.cancel()
+    by_id = {p["id"]: p for p in result.peers}
+    assert by_id[str(world.seeder.key.peer_id)]["route"] == "relay"
+    assert by_id[str(world.seeder.key.peer_id)]["bytes"] == 0, result.peers
+    assert by_id[str(holder.key.peer_id)]["bytes"] == world.total
+    for path in sorted(world.source.iterdir()):
+        assert (world.dest / path.name).read_bytes() == path.read_bytes()
