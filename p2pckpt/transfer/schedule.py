@@ -32,7 +32,10 @@ Policy (issue 5, DESIGN.md "transfer engine"):
   duplicates the oldest request held by another peer (at most
   ENDGAME_COPIES copies of a chunk at once), unless that peer is measurably
   faster: a slow seeder must not spend its scarce upload on copies a fast
-  peer is about to deliver. The first copy to arrive wins; ``done`` names
+  peer is about to deliver. Nor does a full source copy what a lively
+  fellow puller is giving: every puller's last few chunks are an endgame,
+  and in simulation at 100 pullers those copies were most of what the
+  seeder uploaded. The first copy to arrive wins; ``done`` names
   the peers whose copies should be cancelled.
 - **Faults.** ``ban`` drops a peer for this transfer (it sent a chunk that
   failed verification); ``remove`` forgets one that vanished. Either way
@@ -244,11 +247,11 @@ class Scheduler:
         pullers) that hold or are fetching them (as two bitmaps): a seeder's
         upload is what the whole swarm shares, so it goes to chunks nobody
         else can give. Not so for a puller the full source is clearly
-        (FULL_SOURCE_EDGE x) faster than, nor before its own rate is known."""
+        (FULL_SOURCE_EDGE x) faster than, once its own rate is known (before,
+        it is not: at a thousand pullers, every puller's first requests to
+        the seeder were for what its neighbours held)."""
         mine = self._peers[key].rate(now)
         held = fetching = 0
-        if mine is None:
-            return held, fetching
         relayed = self._peers[key].relayed
         for other_key, other in self._peers.items():
             if other_key == key or other.bits == self._all:
@@ -256,7 +259,9 @@ class Scheduler:
             if other.relayed and not relayed:
                 continue  # it is not asked for what we hold: no leaving chunks to it
             theirs = other.hopeful_rate(now, self._mean)
-            if other.lively(now) and (theirs is None or mine < FULL_SOURCE_EDGE * theirs):
+            if other.lively(now) and (
+                theirs is None or mine is None or mine < FULL_SOURCE_EDGE * theirs
+            ):
                 held |= other.bits
                 fetching |= other.soon
         return held, fetching
@@ -278,18 +283,26 @@ class Scheduler:
     def _endgame(self, key: Key, peer: _Peer, now: float) -> int | None:
         mine = peer.rate(now)
         direct = self._direct(now) if peer.relayed else 0
+        full = peer.bits == self._all
         best: tuple[float, int] | None = None
         for index, holders in self._requests.items():
             if key in holders or len(holders) >= ENDGAME_COPIES or not peer.bits >> index & 1:
                 continue
             if direct >> index & 1:
                 continue  # a direct peer has it: no copy through the relay
+            if full and any(self._pulling(h, now) for h in holders):
+                continue  # a fellow puller is giving it: the seeder's upload is the swarm's
             if mine is not None and any(self._faster(h, mine, now) for h in holders):
                 continue  # its holder should beat us to it: a copy would only waste upload
             asked = min(holders.values())
             if best is None or asked < best[0]:
                 best = (asked, index)
         return None if best is None else self._request(best[1], key, peer, now)
+
+    def _pulling(self, key: Key, now: float) -> bool:
+        """``key`` is a lively partial source: a fellow puller."""
+        holder = self._peers.get(key)
+        return holder is not None and holder.bits != self._all and holder.lively(now)
 
     def _faster(self, key: Key, rate: float, now: float) -> bool:
         holder = self._peers.get(key)

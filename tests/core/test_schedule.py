@@ -322,6 +322,37 @@ def test_chunks_another_puller_is_fetching_are_left_to_it() -> None:
     check_invariants(s)
 
 
+def test_a_seeder_new_to_us_is_asked_for_what_no_fellow_puller_holds() -> None:
+    """Before the seeder's rate is known, its first requests go to chunks no
+    fellow puller holds or fetches (at a thousand pullers, in simulation,
+    those first requests made the seeder upload 16 copies)."""
+    s = sched(8, initial=3)
+    s.add_peer("seeder", None, max_window=8)
+    s.add_peer("puller", bits_of(range(4)), max_window=8)
+    s.update_soon("puller", bits_of([4, 5]))
+    first = {s.pick("seeder", 0.0), s.pick("seeder", 0.0)}
+    assert first == {6, 7}
+    assert s.pick("seeder", 0.0) is None  # its window has room, but the rest is the puller's
+    check_invariants(s)
+
+
+def test_a_seeder_does_not_copy_what_a_lively_puller_is_giving() -> None:
+    """The endgame of one puller: its last chunk is on its way from a fellow
+    puller; the seeder (here the faster) makes no copy while that puller
+    delivers, and one once it has gone quiet for PATIENCE."""
+    s = sched(4)
+    s.add_peer("seeder", None, max_window=4)
+    s.add_peer("puller", bits_of([0]), max_window=4)
+    last = s.pick("puller", 0.0)
+    assert last == 0
+    for i in [s.pick("seeder", 0.0), s.pick("seeder", 0.0), s.pick("seeder", 0.0)]:
+        assert i is not None
+        s.done(i, "seeder", 0.1)
+    assert s.pick("seeder", 0.2) is None  # no copy: the swarm shares the seeder's upload
+    assert s.pick("seeder", PATIENCE + 0.1) == last  # stuck: now it is copied
+    check_invariants(s)
+
+
 def test_a_stalled_puller_is_not_waited_for() -> None:
     """A full source leaves a fellow puller's chunks to it only while that
     puller delivers; after PATIENCE seconds of silence the full source takes

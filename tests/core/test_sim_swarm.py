@@ -29,6 +29,8 @@ def test_a_small_fleet_obeys_the_physics_and_repeats() -> None:
     assert first["median"] >= 0.95  # nobody beats its own downlink (one clock step of slack)
     assert first["seeder"] >= 1.0  # every chunk left the seeder at least once
     assert first["max"] >= first["p99"] >= first["median"]
+    # a fair share is never more than a node's own link: no ratio against it is larger
+    assert first["median_fair"] <= first["median"] and first["max_fair"] <= first["max"]
     again = _run()
     assert {k: again[k] for k in ("median", "p99", "seeder")} == {
         k: first[k] for k in ("median", "p99", "seeder")
