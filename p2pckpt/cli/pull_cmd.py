@@ -99,6 +99,12 @@ class _RichProgress:
     is_flag=True,
     help="Take the newest version even if its signed expiry has passed.",
 )
+@click.option(
+    "--share/--no-share",
+    default=True,
+    help="While pulling, serve verified chunks to trusted peers pulling the same version,"
+    " and pull from those found on the LAN (mDNS; default: on).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 @config_option
 def pull(
@@ -111,6 +117,7 @@ def pull(
     hf_repo: str | None,
     publishers: tuple[str, ...],
     allow_expired: bool,
+    share: bool,
     as_json: bool,
     config_path: Path | None,
 ) -> None:
@@ -118,6 +125,7 @@ def pull(
     import contextlib
 
     from p2pckpt.discovery.finder import connect_targets, parse_targets
+    from p2pckpt.discovery.sharing import sharing
     from p2pckpt.transfer import pull as pulling
     from p2pckpt.transfer.throttle import Throttle
 
@@ -143,9 +151,20 @@ def pull(
             return await pull_into_cache(
                 home, offer, cache_dir, hf_repo, streams, progress, throttles
             )
-        return await pulling.pull(
-            home, conns, name, version, dest, streams, progress, throttles=throttles, accept=accept
-        )
+        async with sharing(home, cfg, share) as shared:
+            return await pulling.pull(
+                home,
+                conns,
+                name,
+                version,
+                dest,
+                streams,
+                progress,
+                throttles=throttles,
+                accept=accept,
+                partials=shared.partials if shared is not None else None,
+                found=shared.found if shared is not None else None,
+            )
 
     with bar if bar is not None else contextlib.nullcontext():
         result = run_stoppable(run)  # SIGTERM: a clean stop, resumable, exit 130

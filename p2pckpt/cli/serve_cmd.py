@@ -38,12 +38,7 @@ def serve(listen: str | None, no_mdns: bool, relay: str | None, config_path: Pat
     host, port = parse_addr(cfg.listen, allow_zero=True)
 
     async def start(nursery: trio.Nursery) -> None:
-        server = Server(
-            home,
-            upload=cfg.upload,
-            compress=cfg.compress != "off",
-            per_peer=cfg.upload_per_peer,
-        )
+        server = Server.configured(home, cfg)
         listeners = await nursery.start(server.serve, host, port)
         for lst in listeners:
             addr = lst.socket.getsockname()

@@ -183,12 +183,10 @@ async def run_daemon(
     pulls = Pulls(throttles=[Throttle(cfg.download)] if cfg.download > 0 else [])
     pushes = Pushes(state, pulls)
     metrics = _new_metrics(cfg, lambda: server.connected_peers, state.active)
-    server = Server(
+    server = Server.configured(
         home,
+        cfg,
         on_push=pushes,
-        upload=cfg.upload,
-        compress=cfg.compress != "off",
-        per_peer=cfg.upload_per_peer,
         partials=pulls.partials,
         on_connect=state.connected,
         on_served=metrics.bytes_served.inc if metrics is not None else None,

@@ -34,6 +34,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Final
 
 import trio
@@ -157,6 +158,7 @@ async def announce(
     epoch: Callable[[], int],
     *,
     interfaces: list[str] | None = None,
+    brief: bool = False,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Announce this node on the LAN until cancelled.
@@ -169,6 +171,11 @@ async def announce(
     during registration waits for it to finish first. A name already taken
     on the LAN (even by a spoofer) gets a ``-2`` style suffix. Raises
     DiscoveryError if mDNS cannot start or register on the given interfaces.
+
+    ``brief``: an announcer about to exit (a pull sharing what it fetched)
+    abandons a registration under way when cancelled, rather than wait up
+    to 2 s for it: a record left without its goodbye at worst points a
+    peer at a closed port for the record's lifetime.
     """
     bound = _resolve_interfaces(interfaces)
     addresses = bound if bound is not None else await trio.to_thread.run_sync(_local_ipv4)
@@ -178,13 +185,18 @@ async def announce(
     current = epoch()
     info = _service_info(peer, port, current, addresses)
     zc = await trio.to_thread.run_sync(_open_zeroconf, bound)
+    registered = False
     try:
         # Not abandoned on cancel: a registration finishing after close would
         # leave peers with a record that has no goodbye.
         try:
-            await trio.to_thread.run_sync(lambda: zc.register_service(info, allow_name_change=True))
+            await trio.to_thread.run_sync(
+                lambda: zc.register_service(info, allow_name_change=True),
+                abandon_on_cancel=brief,
+            )
         except ZeroconfError as exc:
             raise DiscoveryError(f"cannot announce on mDNS: {exc!r}") from exc
+        registered = True
         log.info(
             "announcing peer=%s instance=%s addresses=%s port=%d",
             peer.short,
@@ -206,7 +218,10 @@ async def announce(
                 log.debug("announced epoch=%d previous=%d", new, current)
                 current = new
     finally:
-        await _close_bounded(zc)
+        if brief and not registered:  # nothing to say goodbye for: not waited for
+            trio.lowlevel.start_thread_soon(partial(_close_zeroconf, zc), lambda _: None)
+        else:
+            await _close_bounded(zc)
 
 
 class Browser:

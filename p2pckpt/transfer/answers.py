@@ -19,8 +19,9 @@ from p2pckpt.wire import messages as m
 Answer = m.ListResponse | m.ManifestResponse | m.Have | m.Error
 
 
-def answer(req: m.Request, catalog: Catalog, partials: Partials | None = None) -> Answer:
-    """The response to one List, Manifest or Have request.
+def answer(req: m.Request, catalog: Catalog | None, partials: Partials | None = None) -> Answer:
+    """The response to one List, Manifest or Have request (``catalog`` None:
+    a plain pull's server, which offers only what it is pulling).
 
     Raises:
         RemoteProtocolError: any other request (chunks and pushes are not
@@ -36,8 +37,10 @@ def answer(req: m.Request, catalog: Catalog, partials: Partials | None = None) -
     raise RemoteProtocolError(f"unexpected request {type(req).__name__}")
 
 
-def list_versions(catalog: Catalog) -> m.ListResponse:
+def list_versions(catalog: Catalog | None) -> m.ListResponse:
     """The newest MAX_LIST_ENTRIES versions held, with their listed metadata."""
+    if catalog is None:
+        return m.ListResponse(())
     entries = catalog.summaries()[-m.MAX_LIST_ENTRIES :]
     metas = catalog.metas()
     return m.ListResponse(
@@ -57,7 +60,7 @@ def list_versions(catalog: Catalog) -> m.ListResponse:
 
 
 def manifest_of(
-    catalog: Catalog, partials: Partials | None, name: str, version: int | None
+    catalog: Catalog | None, partials: Partials | None, name: str, version: int | None
 ) -> m.ManifestResponse | m.Error:
     """The manifest of ``name`` (newest, or exactly ``version``): a partial
     wins over the catalog only when it is newer."""
@@ -65,7 +68,7 @@ def manifest_of(
         validate_name(name)
     except ManifestError:
         return m.Error(m.BAD_REQUEST, "bad checkpoint name")
-    entry = catalog.find(name, version)
+    entry = catalog.find(name, version) if catalog is not None else None
     partial = partials.find(name, version) if partials else None
     if partial is not None and (entry is None or partial.staging.manifest.version > entry.version):
         return m.ManifestResponse(partial.envelope)
@@ -75,10 +78,10 @@ def manifest_of(
     return m.ManifestResponse(entry.envelope)
 
 
-def have(catalog: Catalog, partials: Partials | None, root: bytes) -> m.Have:
+def have(catalog: Catalog | None, partials: Partials | None, root: bytes) -> m.Have:
     """Whether the version is held whole; if it is being pulled, which chunks
     are verified here and which are being fetched."""
-    if catalog.by_root(root) is not None:
+    if catalog is not None and catalog.by_root(root) is not None:
         return m.Have(root, True)
     partial = partials.get(root) if partials else None
     if partial is None:

@@ -94,7 +94,7 @@ class Chunks:
 
     def __init__(
         self,
-        catalog: Catalog,
+        catalog: Catalog | None,
         partials: Partials | None = None,
         on_packed: Callable[[int, int], None] | None = None,  # (chunk, wire) bytes
     ) -> None:
@@ -110,7 +110,7 @@ class Chunks:
         if held is not None:
             self._versions.move_to_end(root)
             return held
-        entry = self._catalog.by_root(root)
+        entry = self._catalog.by_root(root) if self._catalog is not None else None
         if entry is None:
             return self._partial(root)
         held = await trio.to_thread.run_sync(Served.load, entry.envelope, entry.location)

@@ -3,7 +3,8 @@
 ``fill`` first copies every chunk some catalogued version here already holds
 (``reuse``; free space is checked before any file is created), then fetches
 the rest from the sources (``swarm``), more streams to each, peers named as
-hints joining as they are dialled (``dial_hint``). Written chunks and the
+hints joining as they are dialled (``dial_hint``), and peers a plain pull
+finds on the LAN (``discovered``) likewise. Written chunks and the
 journal are flushed every FSYNC_INTERVAL, off the write path. Meanwhile the
 verified part is served to other pullers through ``partials``.
 """
@@ -11,7 +12,8 @@ verified part is served to other pullers through ``partials``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Protocol
 
 import trio
@@ -25,10 +27,15 @@ from p2pckpt.store.staging import FSYNC_INTERVAL, Staging
 from p2pckpt.transfer.partials import Partials
 from p2pckpt.transfer.peer import connect_direct
 from p2pckpt.transfer.reuse import reuse_local
-from p2pckpt.transfer.swarm import NETWORK_ERRORS, Joiner, Source, Swarm
+from p2pckpt.transfer.swarm import NETWORK_ERRORS, Discover, Joiner, Source, Swarm
 from p2pckpt.transfer.throttle import Throttle
 
 log = logging.getLogger("p2pckpt.pull")
+
+Hint = tuple[PeerId, tuple[str, int]]  # a peer that may join mid-pull, and where
+# Runs for the whole pull, calling back with each peer found meanwhile (a plain
+# pull's fellow pullers on the LAN: ``discovery.sharing``).
+Found = Callable[[Callable[[Hint], None]], Awaitable[None]]
 
 
 class Progress(Protocol):
@@ -48,6 +55,7 @@ async def fill(
     partials: Partials | None,
     joiners: Sequence[Joiner] = (),
     catalog: Catalog | None = None,
+    discover: Discover | None = None,
 ) -> tuple[int, int]:
     """Fetch every chunk the partial copy lacks, from local copies first
     (``catalog``), then from the swarm; returns (downloaded, reused)."""
@@ -85,7 +93,7 @@ async def fill(
             for src in sources:
                 for _ in range(streams - 1):
                     nursery.start_soon(_open_extra, src)
-        swarm = Swarm(staging, sources, on_chunk, throttles, streams, joiners)
+        swarm = Swarm(staging, sources, on_chunk, throttles, streams, joiners, discover)
         if partials is not None:  # serve what we verify to other pullers meanwhile
             partials.add(staging, staging.envelope, swarm.sched.requested)
         try:
@@ -117,6 +125,16 @@ async def dial_hint(home: Home, peer: PeerId, addr: tuple[str, int], streams: in
             await c.aclose()
         raise
     return src
+
+
+def discovered(found: Found, home: Home, streams: int) -> Discover:
+    """The peers ``found`` reports, as joiners a swarm dials (unless the peer
+    is a source already)."""
+
+    async def discover(offer: Callable[[PeerId, Joiner], None]) -> None:
+        await found(lambda hint: offer(hint[0], partial(dial_hint, home, *hint, streams)))
+
+    return discover
 
 
 async def _flusher(staging: Staging) -> None:

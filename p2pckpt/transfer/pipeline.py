@@ -28,6 +28,7 @@ from p2pckpt.channel.stream import SecureStream
 from p2pckpt.errors import RemoteProtocolError
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
+from p2pckpt.store.catalog import Catalog
 from p2pckpt.transfer.answers import answer
 from p2pckpt.transfer.chunk_serve import Busy, Chunks, Packing
 from p2pckpt.transfer.leases import BufferBudget, Lease, Share
@@ -65,8 +66,10 @@ class Pipeline:
         on_served: Callable[[int], None] | None,
         *,
         compress: bool,
+        catalog: Catalog | None,
     ) -> None:
         self.home = home
+        self._catalog = catalog
         self._on_push = on_push
         self._partials = partials
         self._chunks = chunks
@@ -170,7 +173,7 @@ class Pipeline:
                     await send(encode(error))
                     continue
                 if not isinstance(req, m.ChunkRequest):
-                    await send(encode(answer(req, self.home.catalog, self._partials)))
+                    await send(encode(answer(req, self._catalog, self._partials)))
                     continue
                 if busy.cancelled and req.req_id in busy.cancelled:
                     del busy.cancelled[req.req_id]

@@ -42,7 +42,6 @@ import trio
 
 from p2pckpt.errors import BadSignature, DestinationExists, RemoteProtocolError
 from p2pckpt.home import Home
-from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.manifest.manifest import Manifest
 from p2pckpt.store.staging import Staging
 from p2pckpt.store.verify import compare
@@ -50,8 +49,9 @@ from p2pckpt.transfer.choose import Accept as Accept
 from p2pckpt.transfer.choose import Offer as Offer
 from p2pckpt.transfer.choose import choose_source as choose_source
 from p2pckpt.transfer.choose import publisher_refusal
+from p2pckpt.transfer.fill import Found, dial_hint, discovered, fill
+from p2pckpt.transfer.fill import Hint as Hint
 from p2pckpt.transfer.fill import Progress as Progress
-from p2pckpt.transfer.fill import dial_hint, fill
 from p2pckpt.transfer.partials import Partials
 from p2pckpt.transfer.peer import PeerConnection
 from p2pckpt.transfer.swarm import Source
@@ -79,9 +79,6 @@ class PullResult:
     streams: int
     seconds: float
     peers: list[dict[str, object]]
-
-
-Hint = tuple[PeerId, tuple[str, int]]  # a peer that may join mid-pull, and where
 
 
 class NoProgress:
@@ -135,6 +132,7 @@ async def pull(
     throttles: list[Throttle] | None = None,
     partials: Partials | None = None,
     accept: Accept | None = None,
+    found: Found | None = None,
 ) -> PullResult:
     """Pull ``name`` (newest, or ``@version``) from every one of ``conns``
     that offers the newest version ``accept`` takes (a swarm pull). Takes
@@ -149,6 +147,7 @@ async def pull(
         progress,
         throttles=throttles,
         partials=partials,
+        found=found,
         started=started,
     )
 
@@ -163,6 +162,7 @@ async def pull_offer(
     throttles: list[Throttle] | None = None,
     partials: Partials | None = None,
     hints: Sequence[Hint] = (),
+    found: Found | None = None,
     started: float | None = None,
 ) -> PullResult:
     """Pull the version ``offer`` chose from its sources.
@@ -170,7 +170,8 @@ async def pull_offer(
     ``throttles`` cap the download rate (per pull, per daemon); with
     ``partials``, chunks verified so far are served to other pullers while
     this pull runs; ``hints`` are peers (a push's other targets) dialled
-    once the pull starts and used as sources as soon as they hold chunks.
+    once the pull starts and used as sources as soon as they hold chunks;
+    ``found`` reports more such peers while the pull runs (``sharing``).
     Takes ownership of the offer's connections: all are closed on return.
     """
     started = time.monotonic() if started is None else started
@@ -186,7 +187,7 @@ async def pull_offer(
         staging = Staging(dest, manifest, envelope)
         try:
             downloaded, reused = await _fetch(
-                home, offer, staging, streams, progress, throttles or [], partials, hints
+                home, offer, staging, streams, progress, throttles or [], partials, hints, found
             )
             transferred = time.monotonic()
             await trio.to_thread.run_sync(staging.commit, there == "replace")
@@ -249,10 +250,12 @@ async def _fetch(
     throttles: list[Throttle],
     partials: Partials | None,
     hints: Sequence[Hint],
+    found: Found | None,
 ) -> tuple[int, int]:
     """Transfer under ``_guard``; returns (downloaded, reused). A publisher
     no longer accepted when it ends refuses the pull before any commit."""
     joiners = [partial(dial_hint, home, peer, addr, streams) for peer, addr in hints]
+    discover = None if found is None else discovered(found, home, streams)
     revoked: list[BadSignature] = []
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_guard, home, offer, revoked, nursery.cancel_scope)
@@ -265,6 +268,7 @@ async def _fetch(
             partials,
             joiners,
             home.catalog,
+            discover,
         )
         nursery.cancel_scope.cancel()
     refusal = revoked[0] if revoked else publisher_refusal(home, offer.manifest, offer.accept)

@@ -82,13 +82,7 @@ async def push_version(
         if on_result is not None:
             on_result(label, result)
 
-    server = Server(
-        home,
-        upload=config.upload,
-        compress=config.compress != "off",
-        per_peer=config.upload_per_peer,
-        on_served=served.append,
-    )
+    server = Server.configured(home, config, on_served=served.append)
     conns: dict[str, PeerConnection] = {}
     for label, made in targets:
         if isinstance(made, PeerConnection):

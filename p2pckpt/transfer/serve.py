@@ -30,11 +30,12 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import trio
 
 from p2pckpt.channel.stream import HANDSHAKE_TIMEOUT, SecureStream, open_secure
+from p2pckpt.config import Config
 from p2pckpt.errors import HandshakeFailed, P2pckptError, TrustError, first_leaf
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
@@ -74,6 +75,8 @@ class Server:
             each authenticated connection (the daemon's sightings).
         on_served: told the size of each chunk frame sent (metrics).
         on_packed: told (chunk bytes, wire bytes) of each packed chunk (metrics).
+        catalog: serve the catalog's versions; False: only ``partials`` (a
+            plain pull serving what it verifies, and nothing else of this home).
     """
 
     def __init__(
@@ -88,6 +91,7 @@ class Server:
         on_connect: Callable[[PeerId, str, str], None] | None = None,
         on_served: Callable[[int], None] | None = None,
         on_packed: Callable[[int, int], None] | None = None,
+        catalog: bool = True,
     ) -> None:
         self.home = home
         self._on_push = on_push
@@ -100,15 +104,26 @@ class Server:
         self._log_limit = RateLimiter(rate=1 / 60, burst=3)
         self._buffers = BufferBudget(MAX_CHUNK_BUFFERS)
         self._shares: dict[PeerId, Share] = {}  # peers with an authenticated connection
+        served = home.catalog if catalog else None
         self._pipeline = Pipeline(
             home,
             on_push,
             partials,
-            Chunks(home.catalog, partials, on_packed),
+            Chunks(served, partials, on_packed),
             self._buffers,
             Throttle(upload) if upload > 0 else None,
             on_served,
             compress=compress,
+            catalog=served,
+        )
+
+    @classmethod
+    def configured(cls, home: Home, cfg: Config, **extra: Any) -> Server:
+        """A server with the node's serving settings (upload caps, packing);
+        ``extra``: the other arguments, as for the constructor."""
+        per_peer = cfg.upload_per_peer
+        return cls(
+            home, upload=cfg.upload, compress=cfg.compress != "off", per_peer=per_peer, **extra
         )
 
     # -- trust that may change while serving (``trust_watch``) --------------------

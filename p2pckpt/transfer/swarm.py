@@ -18,6 +18,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Final
 
 import trio
@@ -92,6 +93,8 @@ class Source:
 
 
 Joiner = Callable[[], Awaitable[Source | None]]  # dials a source that joins mid-pull
+# Runs for the whole pull, offering (peer, joiner) for each peer it finds.
+Discover = Callable[[Callable[[PeerId, Joiner], None]], Awaitable[None]]
 REDIALS: Final = 3  # redials of a broken connection in a row with no chunk in between
 REDIAL_BACKOFF: Final = 0.25
 
@@ -144,6 +147,7 @@ class Swarm:
         throttles: list[Throttle],
         streams: int,
         joiners: Sequence[Joiner] = (),
+        discover: Discover | None = None,
     ) -> None:
         manifest = staging.manifest
         self.staging = staging
@@ -156,6 +160,7 @@ class Swarm:
         self.throttles = throttles
         self.streams = streams
         self.joiners = joiners
+        self.discover = discover
         self.accept = packing.available()  # codecs we offer in chunk requests
         self._writing: set[int] = set()  # chunks a writer is writing right now
         self.room = Room()  # chunk bodies on their way, all connections together
@@ -177,6 +182,8 @@ class Swarm:
                     nursery.start_soon(self._connection, src, conn)
             for joiner in self.joiners:
                 nursery.start_soon(self._join, joiner, nursery)
+            if self.discover is not None:
+                nursery.start_soon(self.discover, partial(self._offered, nursery))
             while not self.sched.complete:
                 self._check_hope()
                 with trio.move_on_after(HAVE_POLL):
@@ -200,6 +207,11 @@ class Swarm:
             self._poke()
 
         nursery.start_soon(wake)
+
+    def _offered(self, nursery: trio.Nursery, peer: PeerId, joiner: Joiner) -> None:
+        """A peer found mid-pull: dialled unless it is a source already."""
+        if not self.sched.complete and all(s.peer != peer for s in self.sources):
+            nursery.start_soon(self._join, joiner, nursery)
 
     async def _join(self, joiner: Joiner, nursery: trio.Nursery) -> None:
         try:

@@ -24,6 +24,22 @@ def ip(*args: str, ns: str | None = None, check: bool = True) -> None:
     subprocess.run(cmd, check=check, capture_output=True, timeout=20)
 
 
+def _attach(label: str, ns: str, sw: str, address: str) -> None:
+    """Plug namespace ``ns`` into the bridge in ``sw`` as eth0 at ``address``,
+    multicast on (mDNS)."""
+    host_if, sw_if = f"{label}h", f"{label}s"
+    ip("link", "add", host_if, "type", "veth", "peer", "name", sw_if)
+    ip("link", "set", host_if, "netns", ns)
+    ip("link", "set", sw_if, "netns", sw)
+    ip("link", "set", sw_if, "master", "br0", ns=sw)
+    ip("link", "set", sw_if, "up", ns=sw)
+    ip("link", "set", host_if, "name", "eth0", ns=ns)
+    ip("addr", "add", f"{address}/24", "dev", "eth0", ns=ns)
+    ip("link", "set", "eth0", "multicast", "on", ns=ns)
+    ip("link", "set", "eth0", "up", ns=ns)
+    ip("route", "add", "224.0.0.0/4", "dev", "eth0", ns=ns)
+
+
 @dataclass(frozen=True)
 class Lan:
     sw: str
@@ -40,9 +56,10 @@ class Lan:
 
 
 @contextmanager
-def lan() -> Iterator[Lan]:
-    tag = f"p2p{os.getpid() % 100000}"
-    names = {k: f"{tag}{k}" for k in ("sw", "a", "b", "m", "r", "c")}
+def _namespaces(tag: str, keys: list[str]) -> Iterator[dict[str, str]]:
+    """A namespace per key (named tag+key) and one more, ``sw``, holding a
+    bridge with multicast flooding on; all removed at exit, even after failures."""
+    names = {k: f"{tag}{k}" for k in ["sw", *keys]}
     created: list[str] = []
     try:
         for ns in names.values():
@@ -53,20 +70,20 @@ def lan() -> Iterator[Lan]:
         ip("link", "add", "br0", "type", "bridge", ns=sw)
         ip("link", "set", "br0", "type", "bridge", "mcast_snooping", "0", ns=sw)
         ip("link", "set", "br0", "up", ns=sw)
+        yield names
+    finally:
+        for ns in reversed(created):
+            subprocess.run(["ip", "netns", "del", ns], check=False, timeout=20)
+
+
+@contextmanager
+def lan() -> Iterator[Lan]:
+    tag = f"p2p{os.getpid() % 100000}"
+    with _namespaces(tag, ["a", "b", "m", "r", "c"]) as names:
+        sw = names["sw"]
         addr = {"a": "10.231.0.1", "b": "10.231.0.2", "r": "10.231.0.3", "m": "10.231.0.4"}
         for key, address in addr.items():
-            ns = names[key]
-            host_if, sw_if = f"{tag}{key}h", f"{tag}{key}s"
-            ip("link", "add", host_if, "type", "veth", "peer", "name", sw_if)
-            ip("link", "set", host_if, "netns", ns)
-            ip("link", "set", sw_if, "netns", sw)
-            ip("link", "set", sw_if, "master", "br0", ns=sw)
-            ip("link", "set", sw_if, "up", ns=sw)
-            ip("link", "set", host_if, "name", "eth0", ns=ns)
-            ip("addr", "add", f"{address}/24", "dev", "eth0", ns=ns)
-            ip("link", "set", "eth0", "multicast", "on", ns=ns)
-            ip("link", "set", "eth0", "up", ns=ns)
-            ip("route", "add", "224.0.0.0/4", "dev", "eth0", ns=ns)
+            _attach(f"{tag}{key}", names[key], sw, address)
         # The relay's second leg, to C only.
         ip("link", "add", f"{tag}rc", "type", "veth", "peer", "name", f"{tag}cr")
         ip("link", "set", f"{tag}rc", "netns", names["r"])
@@ -80,6 +97,48 @@ def lan() -> Iterator[Lan]:
         addr["r2"] = "10.232.0.1"
         addr["c"] = "10.232.0.2"
         yield Lan(addr=addr, **names)
-    finally:
-        for ns in reversed(created):
-            subprocess.run(["ip", "netns", "del", ns], check=False, timeout=20)
+
+
+@dataclass(frozen=True)
+class Bridge:
+    """Namespaces on one bridged LAN, 10.233.0.1, .2, ... in the order named."""
+
+    ns: dict[str, str]  # key -> namespace
+    addr: dict[str, str]  # key -> IPv4 address
+
+    def cmd(self, key: str, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.ns[key], *argv]
+
+    def tx_bytes(self, key: str) -> int:
+        """Bytes the host ``key`` has sent on the LAN so far (every protocol)."""
+        out = subprocess.run(
+            self.cmd(key, ["cat", "/sys/class/net/eth0/statistics/tx_bytes"]),
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        return int(out.stdout)
+
+    def shape(self, key: str, rate: str) -> None:
+        """Cap what ``key`` sends (its uplink) at ``rate`` (tc syntax, e.g. 32mbit)."""
+        ip_tc = ["tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", rate]
+        subprocess.run(
+            self.cmd(key, [*ip_tc, "burst", "64kb", "latency", "400ms"]),
+            check=True,
+            capture_output=True,
+            timeout=20,
+        )
+
+
+@contextmanager
+def bridge(keys: list[str]) -> Iterator[Bridge]:
+    """Namespaces for ``keys`` on one bridge with multicast flooding (mDNS
+    works across it); all removed at exit, even after failures."""
+    tag = f"p2q{os.getpid() % 100000}"
+    with _namespaces(tag, keys) as names:
+        addr = {}
+        for n, key in enumerate(keys, start=1):
+            addr[key] = f"10.233.0.{n}"
+            _attach(f"{tag}{n}", names[key], names["sw"], addr[key])
+        yield Bridge({k: names[k] for k in keys}, addr)
