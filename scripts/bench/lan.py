@@ -52,6 +52,18 @@ class Lan:
         """Argv prefix that runs a command inside ``node``'s namespace."""
         return ["ip", "netns", "exec", self.ns(node)]
 
+    def sent(self, node: str) -> int:
+        """Bytes ``node`` has sent on its link so far (every protocol)."""
+        path = "/sys/class/net/eth0/statistics/tx_bytes"
+        done = subprocess.run(
+            [*self.prefix(node), "cat", path],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        return int(done.stdout)
+
 
 @contextmanager
 def shaped_lan(names: list[str], rate: str) -> Iterator[Lan]:
@@ -67,6 +79,7 @@ def shaped_lan(names: list[str], rate: str) -> Iterator[Lan]:
             created.append(ns)
             _ip("link", "set", "lo", "up", ns=ns)
         _ip("link", "add", "br0", "type", "bridge", ns=sw)
+        _ip("link", "set", "br0", "type", "bridge", "mcast_snooping", "0", ns=sw)  # mDNS
         _ip("link", "set", "br0", "up", ns=sw)
         nodes = {}
         for i, name in enumerate(names):
@@ -79,7 +92,9 @@ def shaped_lan(names: list[str], rate: str) -> Iterator[Lan]:
             _ip("link", "set", sw_if, "up", ns=sw)
             _ip("link", "set", host_if, "name", "eth0", ns=ns)
             _ip("addr", "add", f"{address}/24", "dev", "eth0", ns=ns)
+            _ip("link", "set", "eth0", "multicast", "on", ns=ns)
             _ip("link", "set", "eth0", "up", ns=ns)
+            _ip("route", "add", "224.0.0.0/4", "dev", "eth0", ns=ns)
             _shape("eth0", ns, rate)
             _shape(sw_if, sw, rate)
             nodes[name] = (ns, address)
