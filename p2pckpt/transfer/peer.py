@@ -90,9 +90,15 @@ class PeerConnection:
         elif msgs:
             await self.secure.send_all(b"".join(encode(msg) for msg in msgs))
 
-    async def receive(self, idle_timeout: float = IDLE_TIMEOUT) -> m.Message:
+    async def receive(
+        self, idle_timeout: float = IDLE_TIMEOUT, since: float | None = None
+    ) -> m.Message:
+        """The next message; TransferError if none arrives within
+        ``idle_timeout`` seconds of ``since`` (default: now), i.e. of when
+        the caller began to wait for one."""
+        start = trio.current_time() if since is None else since
         while not self._pending:
-            with trio.move_on_after(idle_timeout) as idle:
+            with trio.move_on_at(start + idle_timeout) as idle:
                 ready = await self.secure.receive_messages(self._reader)
             if idle.cancelled_caught:
                 raise TransferError(

@@ -16,12 +16,17 @@ Theory of operation. A request (a req_id for one chunk index) is
                counts toward the pipeline, but is still in flight: if the
                connection breaks first, it goes back to the scheduler
     cancelled  the scheduler no longer misses its chunk (another source, or
-               another connection, delivered it): Cancel sent, the request
-               forgotten; a late answer to it is dropped without a word
+               another connection, delivered it), or the connection was
+               quiet for STALL_RELEASE and another lively source holds it:
+               Cancel sent, the request forgotten; a late answer to it is
+               dropped without a word
 
 Who triggers what:
 
-    to_send(now)      Cancels for asked chunks no longer missing; a
+    to_send(now)      Cancels for asked chunks no longer missing, and for
+                      those released from a quiet connection
+                      (``stall_deadline``: none is asked again on it until
+                      it says something); a
                       HaveRequest when this connection is the source's
                       ``polling`` one, no Have is awaited, the source is not
                       known to be complete and HAVE_POLL passed since the
@@ -61,7 +66,7 @@ from typing import Final, Protocol
 from p2pckpt.errors import LocalProtocolError, RemoteProtocolError
 from p2pckpt.manifest.chunker import CHUNK_SIZE
 from p2pckpt.transfer.buffers import Room
-from p2pckpt.transfer.schedule import Scheduler
+from p2pckpt.transfer.schedule import PATIENCE, Scheduler
 from p2pckpt.wire import messages as m
 from p2pckpt.wire.bitfield import bitfield_to_int
 
@@ -69,6 +74,12 @@ PIPELINE: Final = 6  # requests asked and unanswered per connection (full chunks
 MAX_DEPTH: Final = m.MAX_OUTSTANDING * 3 // 4  # asked at once on one connection, at most
 SMALL_PIPELINE_BYTES: Final = 1 << 20  # what tiny chunks may have asked on one connection
 HAVE_POLL: Final = 0.5  # seconds between Have requests to a source still pulling
+# A connection that answered nothing for this long, with requests asked, gives
+# back those another lively source holds (and asks nothing more until it says
+# something): a wedged peer must not hold part of the pull's Room until the
+# idle timeout. Twice PATIENCE: a source shared by a swarm may take a few
+# seconds per chunk and still be sound.
+STALL_RELEASE: Final = 2 * PATIENCE
 REQ_ID_MASK: Final = 0xFFFFFFFF  # req_ids are u32 on the wire
 
 
@@ -201,6 +212,9 @@ class RequestBook:
         self._last_have = -math.inf  # when the last Have arrived
         self._finished = False
         self._room = room or Room(capacity=1 << 62)
+        self._quiet_since = -math.inf  # last chunk answer, or when asking began after none was
+        self._muted = False  # released stalled requests: ask nothing until it answers
+        self.released = 0  # requests given back from this connection for its quiet
 
     # -- what to send ------------------------------------------------------------
 
@@ -209,16 +223,31 @@ class RequestBook:
         self._check_open()
         out: list[m.Message] = []
         missing = self._sched.missing
+        deadline = self.stall_deadline()
+        stalled = deadline is not None and now >= deadline
         for req_id, index in list(self._inflight.items()):
-            if req_id not in self._received and not missing >> index & 1:
+            if req_id in self._received:
+                continue
+            if not missing >> index & 1:
                 self._forget(req_id)  # the scheduler already counted it done
-                self._cancelled.add(req_id)
-                out.append(m.Cancel(req_id))
+            elif stalled and self._sched.held_elsewhere(index, self._source.peer, now):
+                self._forget(req_id)
+                self._sched.failed(index, self._source.peer)  # back to the pool
+                self._muted = True
+                self.released += 1
+            else:
+                continue
+            self._cancelled.add(req_id)
+            out.append(m.Cancel(req_id))
+        if stalled:
+            self._quiet_since = now  # what is left waits another STALL_RELEASE
         if self._have_due(now):
             self._have_pending = True
             out.append(m.HaveRequest(self._root))
         room = self._room
-        while len(self._inflight) - len(self._received) < self._depth and room.has_room():
+        if self._asked() == 0:
+            self._quiet_since = now  # nothing was awaited: the quiet starts now
+        while not self._muted and self._asked() < self._depth and room.has_room():
             chosen = self._sched.pick(self._source.peer, now)
             if chosen is None:
                 break
@@ -240,9 +269,19 @@ class RequestBook:
         self._next_id = (req_id + 1) & REQ_ID_MASK
         return req_id
 
+    def _asked(self) -> int:
+        return len(self._inflight) - len(self._received)
+
     def idle(self) -> bool:
         """Nothing is asked and no Have awaited: no answer is coming."""
-        return len(self._inflight) == len(self._received) and not self._have_pending
+        return self._asked() == 0 and not self._have_pending
+
+    def stall_deadline(self) -> float | None:
+        """When the chunks asked on this connection count as stalled if
+        nothing arrives before (absolute), or None: none is asked."""
+        if self._asked() == 0:
+            return None
+        return self._quiet_since + STALL_RELEASE
 
     def next_deadline(self) -> float | None:
         """When the next HaveRequest is due (absolute; in the past: now), or
@@ -264,6 +303,8 @@ class RequestBook:
                 fewer bytes than the chunk. The book is finished then.
         """
         self._check_open()
+        if isinstance(msg, m.ChunkData | m.ChunkPacked | m.Error):  # not a Have: chunks flow
+            self._quiet_since, self._muted = now, False
         try:
             if isinstance(msg, m.ChunkData | m.ChunkPacked):
                 return self._on_chunk(msg)

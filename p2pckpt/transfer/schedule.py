@@ -205,6 +205,12 @@ class Scheduler:
     def banned(self) -> set[Key]:
         return set(self._banned)
 
+    def held_elsewhere(self, index: int, key: Key, now: float) -> bool:
+        """Some lively peer other than ``key`` holds chunk ``index``."""
+        return any(
+            k != key and p.bits >> index & 1 and p.lively(now) for k, p in self._peers.items()
+        )
+
     def holds(self, key: Key) -> int:
         peer = self._peers.get(key)
         return peer.bits if peer is not None else 0

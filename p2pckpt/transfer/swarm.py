@@ -341,6 +341,7 @@ class Swarm:
         """Pump ``book``: send what it says, receive, do what it says, until
         the pull is complete (or the connection fails: raises)."""
         write_send, write_recv = trio.open_memory_channel[Write](self.depth)
+        waiting_since = trio.current_time()  # for an answer: the idle timeout counts from here
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer, src, conn, book, write_recv)
             async with write_send:
@@ -350,7 +351,16 @@ class Swarm:
                     # pipeline behind them then go out in one batch.
                     if not conn.pending:
                         used = self.room.used
+                        if book.idle():
+                            waiting_since = trio.current_time()
+                        released = book.released
                         await conn.send_many(book.to_send(trio.current_time()))
+                        if book.released > released:
+                            log.info(
+                                "quiet source peer=%s gave back %d requests to other sources",
+                                src.peer.short,
+                                book.released - released,
+                            )
                         if self.room.used < used:  # Cancels freed room: others may ask
                             self._poke()
                     if book.idle() and not conn.pending:
@@ -361,7 +371,15 @@ class Swarm:
                         with trio.move_on_at(math.inf if due is None else due):
                             await self._changed.wait()
                         continue
-                    msg = await conn.receive()
+                    # Wake when what is asked here counts as stalled (to_send
+                    # gives it back), without restarting the idle timeout.
+                    stall = book.stall_deadline()
+                    msg: m.Message | None = None
+                    with trio.move_on_at(math.inf if stall is None else stall):
+                        msg = await conn.receive(since=waiting_since)
+                        waiting_since = trio.current_time()
+                    if msg is None:
+                        continue
                     action = book.on_message(msg, trio.current_time())
                     if isinstance(action, Write):
                         for throttle in self.throttles:

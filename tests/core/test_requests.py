@@ -18,6 +18,7 @@ from p2pckpt.transfer.requests import (
     HAVE_POLL,
     MAX_DEPTH,
     PIPELINE,
+    STALL_RELEASE,
     HaveApplied,
     Ignored,
     NotHere,
@@ -125,6 +126,41 @@ def test_the_depth_is_a_parameter_and_the_scheduler_window_still_applies() -> No
     s2 = sched(20)
     _, narrow = connected(s2, max_window=3)  # the source's window in the scheduler
     assert len(narrow.to_send(0.0)) == 3
+
+
+def test_a_quiet_connection_gives_back_what_another_source_holds() -> None:
+    """A wedged source sits on its asked chunks: after STALL_RELEASE without a
+    chunk, those another lively source holds are cancelled, go back to the
+    pool and leave the room, and the quiet connection is asked nothing more
+    until a chunk arrives on it."""
+    s = sched(6)
+    room = Room(capacity=6 * SIZE)
+    _, wedged = connected(s, "a", room=room, depth=2)
+    asked = requests(wedged.to_send(0.0))
+    _, other = connected(s, "b", room=room, depth=2)
+    theirs = requests(other.to_send(0.0))
+    assert room.used == 4 * SIZE and wedged.stall_deadline() == STALL_RELEASE
+    for req in theirs:  # b delivers, late enough to be lively at the deadline
+        other.on_message(chunk(req), STALL_RELEASE - 1.0)
+        other.written(req.req_id, STALL_RELEASE - 1.0)
+    assert wedged.to_send(STALL_RELEASE - 0.1) == []  # patience: not yet
+    assert wedged.to_send(STALL_RELEASE) == [m.Cancel(r.req_id) for r in asked]
+    assert not s.requested() & bits_of(r.index for r in asked)  # back in the pool
+    assert room.used == 0
+    assert wedged.to_send(STALL_RELEASE + 1.0) == []  # muted: asks nothing more
+    late = wedged.on_message(chunk(asked[0]), STALL_RELEASE + 2.0)
+    assert isinstance(late, Ignored)
+    assert requests(wedged.to_send(STALL_RELEASE + 2.0))  # it spoke: asked again
+
+
+def test_a_quiet_connection_keeps_what_nobody_else_holds() -> None:
+    """The only source of a chunk is waited for (the idle timeout decides)."""
+    s = sched(4)
+    _, only = connected(s, "a", depth=2)
+    asked = requests(only.to_send(0.0))
+    assert only.to_send(STALL_RELEASE + 1.0) == []  # nothing released, nothing asked
+    assert s.requested() == bits_of(r.index for r in asked)
+    assert only.stall_deadline() == STALL_RELEASE + 1.0 + STALL_RELEASE  # waits again
 
 
 def test_the_pulls_room_bounds_what_is_asked_across_connections() -> None:

@@ -26,6 +26,7 @@ import re
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from p2pckpt.publish import publish
 from p2pckpt.store.staging import staging_path
 from p2pckpt.transfer.peer import IDLE_TIMEOUT, PeerConnection, over_stream
 from p2pckpt.transfer.pull import PullResult, choose_source, pull, pull_offer
+from p2pckpt.transfer.requests import STALL_RELEASE
 from p2pckpt.transfer.serve import Server
 
 CHUNK = 16 * 1024
@@ -438,5 +440,45 @@ async def test_the_relay_carries_nothing_a_direct_peer_slow_to_answer_holds(
     assert by_id[str(world.seeder.key.peer_id)]["route"] == "relay"
     assert by_id[str(world.seeder.key.peer_id)]["bytes"] == 0, result.peers
     assert by_id[str(holder.key.peer_id)]["bytes"] == world.total
+    for path in sorted(world.source.iterdir()):
+        assert (world.dest / path.name).read_bytes() == path.read_bytes()
+
+
+async def test_a_wedged_second_source_gives_its_requests_back(
+    world: World,
+    tmp_path: Path,
+    autojump_clock: trio.testing.MockClock,
+    pull_log: pytest.LogCaptureFixture,
+) -> None:
+    """C holds the version too, but goes silent once the first chunk is in (a
+    wedged peer). The seeder, capped at a chunk a second, is busy for most
+    of a minute, so C's requests would sit in the pull's room until the
+    endgame or the idle timeout; after STALL_RELEASE they are cancelled and
+    go to the seeder instead, and C stays a source (it was only quiet)."""
+    holder, _ = second_holder(world, tmp_path)
+    c_server, a_server = Server(holder), Server(world.seeder, upload=CHUNK)
+    with trio.fail_after(10 * IDLE_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            cut = trio.Event()
+
+            async def dial(server: Server, home: Home, label: str) -> PeerConnection:
+                client, serving = trio.testing.memory_stream_pair()
+                stream = Hole(serving, cut) if server is c_server else serving
+                nursery.start_soon(server.handle, stream, "memory")
+                peer = home.key.peer_id
+                redial = partial(dial, server, home, label)
+                return await over_stream(world.puller, client, label, "direct", peer, redial, "")
+
+            conns = [await dial(c_server, holder, "c"), await dial(a_server, world.seeder, "a")]
+            progress = Counting(after=1, then=cut.set)  # from then on, nothing from C arrives
+            result = await pull(world.puller, conns, "m", None, world.dest, 1, progress)
+            assert progress.at is not None
+            assert trio.current_time() - progress.at > STALL_RELEASE  # long enough to tell
+            nursery.cancel_scope.cancel()
+    released = [r for r in pull_log.records if "quiet source" in r.getMessage()]
+    assert released, "C's requests were never given back"
+    by_id = {p["id"]: p for p in result.peers}
+    assert by_id[str(holder.key.peer_id)]["status"] == "ok"  # quiet, not given up
+    assert sum(p["bytes"] for p in result.peers) == world.total
     for path in sorted(world.source.iterdir()):
         assert (world.dest / path.name).read_bytes() == path.read_bytes()
