@@ -15,9 +15,10 @@ from it.
   pullers to each other would need a message older nodes reject (issue 20).
 - **Only after SHARE_AFTER seconds**: a pull that ends sooner has nobody
   to serve, and should not wait for mDNS name probing (about 2 s) to end.
-- **Bounded**: only peers in the trust store are dialled (R-14), each once
-  per pull, at most MAX_FELLOWS of them; the server admits and limits peers
-  as a daemon's does, serving only the pull's own partial version.
+- **Bounded**: only peers in the trust store are dialled (R-14), each
+  address a peer is heard at once per pull (a peer already a source is not
+  dialled again), at most MAX_FELLOWS peers; the server admits and limits
+  peers as a daemon's does, serving only the pull's own partial version.
 
 Off with ``[discovery] mdns = false`` or ``p2pckpt pull --no-share``.
 """
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from p2pckpt.config import Config, parse_addr
-from p2pckpt.errors import P2pckptError
+from p2pckpt.errors import P2pckptError, first_leaf
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.transfer.fill import Hint
@@ -67,16 +68,20 @@ class Sharing:
             return
         me = self.home.key.peer_id
         told: set[PeerId] = set()
+        tried: set[Hint] = set()
         while True:
             for peer, heard in browser.peers().items():
-                if peer == me or peer in told or not heard.addrs:
-                    continue
-                if self.home.trust.get(peer) is None:
+                if peer == me or self.home.trust.get(peer) is None:
                     continue  # only trusted peers are dialled on mDNS's say-so (R-14)
-                if len(told) >= MAX_FELLOWS:
+                if peer not in told and len(told) >= MAX_FELLOWS:
                     return
-                told.add(peer)
-                add((peer, heard.addrs[0]))
+                # Every address it is heard at, each once: a record forged
+                # for its ID must not hide the real one (R-67).
+                for addr in heard.addrs:
+                    if (peer, addr) not in tried:
+                        told.add(peer)
+                        tried.add((peer, addr))
+                        add((peer, addr))
             await browser.changed()
 
 
@@ -113,7 +118,7 @@ async def _share(share: Sharing, cfg: Config) -> None:
                 share.ready.set()
                 log.info("sharing this pull port=%d (mDNS)", port)
                 await announce(home.key.peer_id, port, lambda: 0, interfaces=interfaces, brief=True)
-    except (P2pckptError, OSError) as exc:
-        log.warning('not sharing this pull with other pullers error="%s"', exc)
+    except* (P2pckptError, OSError) as group:  # the nursery's: one failure in a group
+        log.warning('not sharing this pull with other pullers error="%s"', first_leaf(group))
     finally:
         share.ready.set()

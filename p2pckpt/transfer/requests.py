@@ -25,8 +25,8 @@ Who triggers what:
 
     to_send(now)      Cancels for asked chunks no longer missing, and for
                       those released from a quiet connection
-                      (``stall_deadline``: none is asked again on it until
-                      it says something); a
+                      (``stall_deadline``: it keeps one request asked, a
+                      probe, until a chunk arrives); a
                       HaveRequest when this connection is the source's
                       ``polling`` one, no Have is awaited, the source is not
                       known to be complete and HAVE_POLL passed since the
@@ -75,10 +75,10 @@ MAX_DEPTH: Final = m.MAX_OUTSTANDING * 3 // 4  # asked at once on one connection
 SMALL_PIPELINE_BYTES: Final = 1 << 20  # what tiny chunks may have asked on one connection
 HAVE_POLL: Final = 0.5  # seconds between Have requests to a source still pulling
 # A connection that answered nothing for this long, with requests asked, gives
-# back those another lively source holds (and asks nothing more until it says
-# something): a wedged peer must not hold part of the pull's Room until the
-# idle timeout. Twice PATIENCE: a source shared by a swarm may take a few
-# seconds per chunk and still be sound.
+# back those another lively source holds (and keeps one request asked, a
+# probe, until a chunk arrives): a wedged peer must not hold part of the
+# pull's Room until the idle timeout. Twice PATIENCE: a source shared by a
+# swarm may take a few seconds per chunk and still be sound.
 STALL_RELEASE: Final = 2 * PATIENCE
 REQ_ID_MASK: Final = 0xFFFFFFFF  # req_ids are u32 on the wire
 
@@ -213,7 +213,7 @@ class RequestBook:
         self._finished = False
         self._room = room or Room(capacity=1 << 62)
         self._quiet_since = -math.inf  # last chunk answer, or when asking began after none was
-        self._muted = False  # released stalled requests: ask nothing until it answers
+        self._muted = False  # released stalled requests: one asked at a time until it answers
         self.released = 0  # requests given back from this connection for its quiet
 
     # -- what to send ------------------------------------------------------------
@@ -247,7 +247,10 @@ class RequestBook:
         room = self._room
         if self._asked() == 0:
             self._quiet_since = now  # nothing was awaited: the quiet starts now
-        while not self._muted and self._asked() < self._depth and room.has_room():
+        # A muted connection keeps one request asked, as a probe: an idle book
+        # is not read from, and one with nothing asked would never be heard again.
+        depth = 1 if self._muted else self._depth
+        while self._asked() < depth and room.has_room():
             chosen = self._sched.pick(self._source.peer, now)
             if chosen is None:
                 break

@@ -131,8 +131,8 @@ def test_the_depth_is_a_parameter_and_the_scheduler_window_still_applies() -> No
 def test_a_quiet_connection_gives_back_what_another_source_holds() -> None:
     """A wedged source sits on its asked chunks: after STALL_RELEASE without a
     chunk, those another lively source holds are cancelled, go back to the
-    pool and leave the room, and the quiet connection is asked nothing more
-    until a chunk arrives on it."""
+    pool and leave the room, and the quiet connection keeps one request
+    asked (a probe, so the pump still reads from it) until a chunk arrives."""
     s = sched(6)
     room = Room(capacity=6 * SIZE)
     _, wedged = connected(s, "a", room=room, depth=2)
@@ -144,13 +144,14 @@ def test_a_quiet_connection_gives_back_what_another_source_holds() -> None:
         other.on_message(chunk(req), STALL_RELEASE - 1.0)
         other.written(req.req_id, STALL_RELEASE - 1.0)
     assert wedged.to_send(STALL_RELEASE - 0.1) == []  # patience: not yet
-    assert wedged.to_send(STALL_RELEASE) == [m.Cancel(r.req_id) for r in asked]
+    sent = wedged.to_send(STALL_RELEASE)
+    assert sent[:2] == [m.Cancel(r.req_id) for r in asked]
+    (probe,) = requests(sent[2:])  # one request stays asked, so the pump keeps listening
     assert not s.requested() & bits_of(r.index for r in asked)  # back in the pool
-    assert room.used == 0
-    assert wedged.to_send(STALL_RELEASE + 1.0) == []  # muted: asks nothing more
-    late = wedged.on_message(chunk(asked[0]), STALL_RELEASE + 2.0)
-    assert isinstance(late, Ignored)
-    assert requests(wedged.to_send(STALL_RELEASE + 2.0))  # it spoke: asked again
+    assert room.used == SIZE  # the probe's
+    assert wedged.to_send(STALL_RELEASE + 1.0) == []  # no more than the probe
+    assert isinstance(wedged.on_message(chunk(probe), STALL_RELEASE + 2.0), Write)
+    assert len(requests(wedged.to_send(STALL_RELEASE + 2.0))) == 2  # it spoke: full depth again
 
 
 def test_a_quiet_connection_keeps_what_nobody_else_holds() -> None:

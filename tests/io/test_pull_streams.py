@@ -482,3 +482,73 @@ async def test_a_wedged_second_source_gives_its_requests_back(
     assert sum(p["bytes"] for p in result.peers) == world.total
     for path in sorted(world.source.iterdir()):
         assert (world.dest / path.name).read_bytes() == path.read_bytes()
+
+
+class Paused(trio.abc.Stream):
+    """The seeder's end of a memory connection that reads no request while
+    ``resume`` is set and not yet fired: a seeder too busy to get to them
+    (it answers what it read before, and its sends never block)."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.resume: trio.Event | None = None
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self.resume is not None:
+            await self.resume.wait()
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_source_quiet_for_a_while_is_asked_again_when_it_resumes(
+    world: World, tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The seeder goes quiet for 12 s (its requests go to C meanwhile), then
+    resumes; then C goes silent for good. The seeder, still probed while it
+    was quiet, is heard again and gives the rest, well within the idle
+    timeout (review: a connection muted with nothing asked was never read
+    again, and the pull failed on its stall timeout)."""
+    holder, _ = second_holder(world, tmp_path)
+    a_server, c_server = Server(world.seeder, upload=2 * CHUNK), Server(holder, upload=CHUNK // 4)
+    with trio.fail_after(10 * IDLE_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            c_cut, a_streams = trio.Event(), []
+
+            async def dial(server: Server, home: Home, label: str) -> PeerConnection:
+                client, serving = trio.testing.memory_stream_pair()
+                if server is a_server:
+                    a_streams.append(Paused(serving))
+                    stream: trio.abc.Stream = a_streams[-1]
+                else:
+                    stream = Hole(serving, c_cut)
+                nursery.start_soon(server.handle, stream, "memory")
+                peer = home.key.peer_id
+                redial = partial(dial, server, home, label)
+                return await over_stream(world.puller, client, label, "direct", peer, redial, "")
+
+            async def script() -> None:
+                resume = trio.Event()
+                for s in a_streams:
+                    s.resume = resume
+                await trio.sleep(STALL_RELEASE + 2)
+                resume.set()
+                await trio.sleep(2)
+                c_cut.set()
+
+            conns = [await dial(a_server, world.seeder, "a"), await dial(c_server, holder, "c")]
+            progress = Counting(after=1, then=lambda: nursery.start_soon(script))
+            result = await pull(world.puller, conns, "m", None, world.dest, 1, progress)
+            assert progress.at is not None
+            assert trio.current_time() - progress.at < IDLE_TIMEOUT
+            nursery.cancel_scope.cancel()
+    assert sum(p["bytes"] for p in result.peers) == world.total
+    for path in sorted(world.source.iterdir()):
+        assert (world.dest / path.name).read_bytes() == path.read_bytes()

@@ -8,6 +8,7 @@ The mDNS view is a real ``Browser`` fed records directly (the netns test
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,7 @@ from p2pckpt.transfer.partials import Partials
 from p2pckpt.transfer.peer import connect_direct
 from p2pckpt.transfer.pull import pull
 from p2pckpt.transfer.serve import Server
+from p2pckpt.wire import messages as m
 
 LOCAL = "127.0.0.1"
 
@@ -57,10 +59,14 @@ async def test_only_trusted_peers_are_reported_each_once_never_itself(tmp_path: 
         _heard(share.browser, friend.key.peer_id, 3, "friend")
         await _found(share, got, nursery)
         assert got == [(friend.key.peer_id, (LOCAL, 3))]
-        _heard(share.browser, friend.key.peer_id, 4, "friend-again")  # a second record
+        _heard(share.browser, friend.key.peer_id, 3, "friend")  # heard again: not re-dialled
+        _heard(share.browser, friend.key.peer_id, 4, "friend-2")  # a second address: tried too
         _heard(share.browser, later.key.peer_id, 5, "later")
         await trio.testing.wait_all_tasks_blocked()
-        assert got == [(friend.key.peer_id, (LOCAL, 3)), (later.key.peer_id, (LOCAL, 5))]
+        friend_id, later_id = friend.key.peer_id, later.key.peer_id
+        assert sorted(got, key=str) == sorted(
+            [(friend_id, (LOCAL, 3)), (friend_id, (LOCAL, 4)), (later_id, (LOCAL, 5))], key=str
+        )
         nursery.cancel_scope.cancel()
 
 
@@ -101,13 +107,45 @@ async def test_a_pulls_server_serves_nothing_of_its_catalog(tmp_path: Path) -> N
     asker.trust.add(node.key.peer_id, "node", ["pull", "publish"])
     f = tmp_path / "private.bin"
     f.write_bytes(os.urandom(5000))
-    publish(node, f, "private")
+    root = publish(node, f, "private").root
     async with trio.open_nursery() as nursery:
         server = Server(node, partials=Partials(), catalog=False)
         (listener,) = await nursery.start(server.serve, LOCAL, 0)
         port = listener.socket.getsockname()[1]
         conn = await connect_direct(asker, (LOCAL, port), expect=node.key.peer_id)
+        # Asked by its root, as a swarm source would be: not held, no chunk.
+        assert await conn.request(m.HaveRequest(root)) == m.Have(root, False)
+        answer = await conn.request(m.ChunkRequest(7, root, 0, 0))
+        assert isinstance(answer, m.Error) and answer.code == m.NOT_FOUND
+        assert (await conn.request(m.ListRequest())) == m.ListResponse(())
         with pytest.raises(NotFound):
             await pull(asker, [conn], "private", None, tmp_path / "got")
         assert not (tmp_path / "got").exists()
         nursery.cancel_scope.cancel()
+
+
+async def test_when_mdns_cannot_start_the_pull_goes_on_without_sharing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A host without multicast: sharing logs why and ends, the pull is untouched
+    (review: the nursery's error group escaped and cancelled the pull)."""
+    from contextlib import asynccontextmanager
+
+    from p2pckpt.config import Config
+    from p2pckpt.discovery import mdns
+    from p2pckpt.errors import DiscoveryError
+
+    @asynccontextmanager
+    async def broken(**_kw: object) -> AsyncIterator[Browser]:
+        raise DiscoveryError("cannot start mDNS: no multicast here")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(mdns, "open_browser", broken)
+    me, _ = Home.init(tmp_path / "me")
+    got: list[Hint] = []
+    async with sharing_mod.sharing(me, Config(mdns=True, listen=f"{LOCAL}:0")) as share:
+        assert share is not None
+        await trio.sleep(sharing_mod.SHARE_AFTER + 1)  # the pull goes on
+        with trio.fail_after(1):
+            await share.found(got.append)
+    assert got == []
