@@ -312,6 +312,8 @@ class Rig:
             log(f"  {p} took from: {found.group(1) if found else '?'}")
             for bad in corrupt:
                 banned[bad] = banned.get(bad, 0) + (f"bad source peer={bad}" in text)
+        quiet = sum((run / f"{p}.log").read_text().count("quiet source") for p in pullers)
+        log(f"  connections that gave back requests for being quiet: {quiet}")
         for bad, count in banned.items():
             log(f"  the corrupting puller {bad} was banned by {count} of {len(pullers) - 1}")
         return elapsed, int(doc["bytes_served"])
