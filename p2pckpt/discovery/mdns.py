@@ -187,8 +187,8 @@ async def announce(
     zc = await trio.to_thread.run_sync(_open_zeroconf, bound)
     registered = False
     try:
-        # Not abandoned on cancel: a registration finishing after close would
-        # leave peers with a record that has no goodbye.
+        # Not abandoned on cancel (unless ``brief``): a registration finishing
+        # after close would leave peers with a record that has no goodbye.
         try:
             await trio.to_thread.run_sync(
                 lambda: zc.register_service(info, allow_name_change=True),
