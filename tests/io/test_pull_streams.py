@@ -104,17 +104,14 @@ def second_holder(world: World, tmp_path: Path) -> tuple[Home, Path]:
     return holder, copy
 
 
-class Hole(trio.abc.Stream):
-    """The seeder's end of a memory connection; once ``cut`` is set, what it
-    sends (its close included) never arrives."""
+class Wrapped(trio.abc.Stream):
+    """A memory stream end that passes everything through; the test streams
+    below change one thing each."""
 
-    def __init__(self, inner: trio.abc.Stream, cut: trio.Event) -> None:
+    def __init__(self, inner: trio.abc.Stream) -> None:
         self.inner = inner
-        self.cut = cut
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self.cut.is_set():
-            await trio.sleep_forever()
         await self.inner.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -122,6 +119,23 @@ class Hole(trio.abc.Stream):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class Hole(Wrapped):
+    """The seeder's end of a memory connection; once ``cut`` is set, what it
+    sends (its close included) never arrives."""
+
+    def __init__(self, inner: trio.abc.Stream, cut: trio.Event) -> None:
+        super().__init__(inner)
+        self.cut = cut
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.cut.is_set():
+            await trio.sleep_forever()
+        await self.inner.send_all(data)
 
     async def aclose(self) -> None:
         if self.cut.is_set():
@@ -380,27 +394,18 @@ async def test_a_banned_source_gives_back_the_room_it_held(
     assert rooms and all(room.used == 0 for room in rooms), [r.used for r in rooms]
 
 
-class Late(trio.abc.Stream):
+class Late(Wrapped):
     """A stream whose next send, once ``late`` is set, arrives that many
     seconds later (a LAN peer slower to answer its first Have than a relay)."""
 
     def __init__(self, inner: trio.abc.Stream) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.late = 0.0
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         late, self.late = self.late, 0.0
         await trio.sleep(late)
         await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 async def test_the_relay_carries_nothing_a_direct_peer_slow_to_answer_holds(
@@ -484,28 +489,19 @@ async def test_a_wedged_second_source_gives_its_requests_back(
         assert (world.dest / path.name).read_bytes() == path.read_bytes()
 
 
-class Paused(trio.abc.Stream):
+class Paused(Wrapped):
     """The seeder's end of a memory connection that reads no request while
     ``resume`` is set and not yet fired: a seeder too busy to get to them
     (it answers what it read before, and its sends never block)."""
 
     def __init__(self, inner: trio.abc.Stream) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.resume: trio.Event | None = None
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if self.resume is not None:
             await self.resume.wait()
         return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 async def test_a_source_quiet_for_a_while_is_asked_again_when_it_resumes(
