@@ -54,7 +54,7 @@ MAX_FELLOWS: Final = 32  # peers one pull dials on mDNS's say-so
 class Sharing:
     """What a pull needs to join the swarm: the registry its server serves
     from, and ``found``, which reports the trusted peers heard of on the LAN
-    (each once) for as long as it runs."""
+    (each address a peer is heard at, once) for as long as it runs."""
 
     home: Home
     partials: Partials = field(default_factory=Partials)
