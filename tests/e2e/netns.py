@@ -122,9 +122,9 @@ class Bridge:
 
     def shape(self, key: str, rate: str) -> None:
         """Cap what ``key`` sends (its uplink) at ``rate`` (tc syntax, e.g. 32mbit)."""
-        ip_tc = ["tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", rate]
+        tbf = ["tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", rate]
         subprocess.run(
-            self.cmd(key, [*ip_tc, "burst", "64kb", "latency", "400ms"]),
+            self.cmd(key, [*tbf, "burst", "64kb", "latency", "400ms"]),
             check=True,
             capture_output=True,
             timeout=20,
