@@ -6,7 +6,8 @@ pull engine drives, imported, not copied) with the limits the engine puts
 around it: ``PIPELINE`` requests asked per connection, the pull's ``Room``
 (``ROOM_BYTES``) across all its connections, a source's window of
 ``PIPELINE * streams`` requests, and what fellow pullers hold and fetch
-learnt by polling their Have every ``HAVE_POLL`` seconds. The network is a
+learnt by polling their Have every ``HAVE_POLL`` seconds (the seeder's
+says which chunks it was asked for, as a real seeder's does). The network is a
 fluid model stepped every ``--dt`` seconds: a connection sends the chunk at
 the head of its queue, one at a time and in order (like a seeder's
 connection), after a round trip; the transfers sharing a node's uplink or
@@ -88,6 +89,7 @@ class Node:
     done_at: float | None = None
     gone: bool = False
     next_poll: float = 0.0
+    given: int = 0  # the seeder: chunks some puller asked it for (its Have says so)
 
 
 class Sim:
@@ -167,6 +169,8 @@ class Sim:
             else:
                 sched.update_have(key, peer.have)
             sched.update_soon(key, peer.fetching & ~peer.have)
+            if peer.sched is None:
+                sched.update_given(key, peer.given)
         node.next_poll = now + HAVE_POLL
 
     def _ask(self, node: Node, now: float) -> None:
@@ -190,6 +194,7 @@ class Sim:
                 if index is None:
                     continue
                 conn.queue.append((index, now))
+                conn.src.given |= 1 << index
                 node.asked += 1
                 node.fetching |= 1 << index
                 progress = True

@@ -10,6 +10,8 @@ the server checks the "pull" role before asking.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from p2pckpt.errors import ManifestError, RemoteProtocolError
 from p2pckpt.manifest.manifest import validate_name
 from p2pckpt.store.catalog import Catalog
@@ -19,9 +21,15 @@ from p2pckpt.wire import messages as m
 Answer = m.ListResponse | m.ManifestResponse | m.Have | m.Error
 
 
-def answer(req: m.Request, catalog: Catalog | None, partials: Partials | None = None) -> Answer:
+def answer(
+    req: m.Request,
+    catalog: Catalog | None,
+    partials: Partials | None = None,
+    given: Callable[[bytes], int] | None = None,
+) -> Answer:
     """The response to one List, Manifest or Have request (``catalog`` None:
-    a plain pull's server, which offers only what it is pulling).
+    a plain pull's server, which offers only what it is pulling; ``given``:
+    which chunks of a version this server's connected peers were given).
 
     Raises:
         RemoteProtocolError: any other request (chunks and pushes are not
@@ -33,7 +41,7 @@ def answer(req: m.Request, catalog: Catalog | None, partials: Partials | None = 
         case m.ManifestRequest(name, version):
             return manifest_of(catalog, partials, name, version)
         case m.HaveRequest(root):
-            return have(catalog, partials, root)
+            return have(catalog, partials, root, given)
     raise RemoteProtocolError(f"unexpected request {type(req).__name__}")
 
 
@@ -78,11 +86,21 @@ def manifest_of(
     return m.ManifestResponse(entry.envelope)
 
 
-def have(catalog: Catalog | None, partials: Partials | None, root: bytes) -> m.Have:
-    """Whether the version is held whole; if it is being pulled, which chunks
-    are verified here and which are being fetched."""
+def have(
+    catalog: Catalog | None,
+    partials: Partials | None,
+    root: bytes,
+    given: Callable[[bytes], int] | None = None,
+) -> m.Have:
+    """Whether the version is held whole (and then, with ``given``, which
+    chunks of it peers connected now were given: never empty, so a puller
+    tells "none yet" from a server that does not say); if it is being
+    pulled, which chunks are verified here and which are being fetched."""
     if catalog is not None and catalog.by_root(root) is not None:
-        return m.Have(root, True)
+        if given is None:
+            return m.Have(root, True)
+        bits = given(root)
+        return m.Have(root, True, bits.to_bytes(max(1, (bits.bit_length() + 7) // 8), "little"))
     partial = partials.get(root) if partials else None
     if partial is None:
         return m.Have(root, False)

@@ -74,11 +74,14 @@ def same_host(sock: trio.socket.SocketType) -> bool:
 
 class Busy:
     """What one connection is doing: a long request (a push) in progress, the
-    versions it has been reading (so retention spares them), and its packing."""
+    versions it has been reading (so retention spares them), the chunks of
+    each it was given (a seeder's Have says which chunks pullers connected
+    now hold from it), and its packing."""
 
     def __init__(self, pack: Packing) -> None:
         self.working = False
         self.roots: set[bytes] = set()
+        self.given: dict[bytes, int] = {}  # root -> bitmap of chunks asked for here
         self.cancelled: OrderedDict[int, None] = OrderedDict()
         self.pack = pack
 

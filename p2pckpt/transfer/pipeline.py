@@ -78,6 +78,16 @@ class Pipeline:
         self._on_served = on_served
         self._compress = compress
         self.serving: Counter[bytes] = Counter()  # roots open connections read
+        self._open: set[Busy] = set()  # the connections being served
+
+    def given(self, root: bytes) -> int:
+        """The chunks of ``root`` the peers connected now were given (or asked
+        for): out in the swarm, so a seeder's Have says so (``Scheduler.
+        update_given``) and its upload goes to what nobody has yet."""
+        bits = 0
+        for busy in self._open:
+            bits |= busy.given.get(root, 0)
+        return bits
 
     async def converse(
         self,
@@ -92,6 +102,7 @@ class Pipeline:
         prepared_send, prepared_recv = trio.open_memory_channel[_Prepared](PREPARED_QUEUE)
         busy = Busy(Packing(local=local, enabled=self._compress))
         lease = Lease(self._buffers, share)
+        self._open.add(busy)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._sender, secure, prepared_recv, busy, lease, share)
@@ -101,6 +112,7 @@ class Pipeline:
                 await self._reader(secure, requests_send, busy)
                 nursery.cancel_scope.cancel()
         finally:
+            self._open.discard(busy)
             lease.close()
             self.serving.subtract(busy.roots)
             self.serving += Counter()  # drop the zero counts
@@ -173,7 +185,7 @@ class Pipeline:
                     await send(encode(error))
                     continue
                 if not isinstance(req, m.ChunkRequest):
-                    await send(encode(answer(req, self._catalog, self._partials)))
+                    await send(encode(answer(req, self._catalog, self._partials, self.given)))
                     continue
                 if busy.cancelled and req.req_id in busy.cancelled:
                     del busy.cancelled[req.req_id]
@@ -187,6 +199,8 @@ class Pipeline:
                 except BaseException:
                     lease.release(None)  # the buffer may still be in use
                     raise
+                if isinstance(payload, memoryview):  # a chunk (index checked), not an Error
+                    busy.given[req.root] = busy.given.get(req.root, 0) | 1 << req.index
                 # An Error, or a chunk packed into a frame of its own: the buffer is free.
                 if isinstance(payload, bytes) or payload.obj is not buf:
                     lease.release(buf)

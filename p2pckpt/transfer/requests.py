@@ -29,7 +29,8 @@ Who triggers what:
                       probe, until a chunk arrives); a
                       HaveRequest when this connection is the source's
                       ``polling`` one, no Have is awaited, the source is not
-                      known to be complete and HAVE_POLL passed since the
+                      known to be complete (or is, but says what it has
+                      given: ``giving``) and HAVE_POLL passed since the
                       last Have; then ChunkRequests, picked by the
                       scheduler, until ``depth`` are asked or the room
                       is full.
@@ -101,7 +102,8 @@ class SourceStatus(Protocol):
     def peer(self) -> Hashable: ...  # its key in the scheduler
 
     known: bool  # its first Have has arrived (it is in the scheduler)
-    complete: bool  # it holds every chunk: no more Have polling
+    complete: bool  # it holds every chunk: no more Have polling, unless ``giving``
+    giving: bool  # complete, and says which chunks it has given other pullers: polled on
 
     @property
     def relayed(self) -> bool: ...  # reached through a relay (the expensive path)
@@ -261,9 +263,12 @@ class RequestBook:
         return out
 
     def _have_due(self, now: float) -> bool:
-        if not self.polling or self._have_pending or self._source.complete:
+        if not self.polling or self._have_pending or self._done_polling():
             return False
         return now - self._last_have >= self._have_poll
+
+    def _done_polling(self) -> bool:
+        return self._source.complete and not self._source.giving
 
     def _new_id(self) -> int:
         req_id = self._next_id
@@ -289,8 +294,8 @@ class RequestBook:
     def next_deadline(self) -> float | None:
         """When the next HaveRequest is due (absolute; in the past: now), or
         None if none will be: this connection does not poll, the source is
-        complete, or a Have is awaited already."""
-        if not self.polling or self._have_pending or self._source.complete:
+        complete (and not ``giving``), or a Have is awaited already."""
+        if not self.polling or self._have_pending or self._done_polling():
             return None
         return self._last_have + self._have_poll
 
@@ -356,6 +361,12 @@ class RequestBook:
             sched.update_have(src.peer, (1 << sched.count) - 1 if bits is None else bits)
         fetching = 0 if msg.complete else bitfield_to_int(msg.fetching, sched.count)
         sched.update_soon(src.peer, fetching)
+        # A complete source may say what it has given other pullers (older
+        # ones send no bits): followed until it has given everything.
+        given = bitfield_to_int(msg.bits, sched.count) if msg.complete else 0
+        src.giving = msg.complete and bool(msg.bits) and given != (1 << sched.count) - 1
+        if given:
+            sched.update_given(src.peer, given)
         return HaveApplied(msg.complete)
 
     def _on_error(self, msg: m.Error, req_id: int) -> Action:

@@ -66,6 +66,7 @@ class Source:
     route: str = ""
     via: str = ""
     complete: bool = False
+    giving: bool = False  # complete, and says which chunks it gave others (polled on)
     known: bool = False  # its first Have has arrived
     bytes: int = 0
     chunks: int = 0

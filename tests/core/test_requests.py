@@ -43,6 +43,7 @@ class Src:
     peer: str
     known: bool = False
     complete: bool = False
+    giving: bool = False
     relayed: bool = False
 
 
@@ -445,6 +446,34 @@ def test_only_the_polling_connection_asks_and_another_carries_on() -> None:
     assert [r.index for r in requests(msgs[1:])] == [0]
     second.on_message(have(False, {1}, n), 0.3)  # known already: an update, not a join
     assert s.holds("p") == bits_of({0, 1})
+
+
+def test_a_seeder_saying_what_it_gave_others_is_polled_until_it_gave_everything() -> None:
+    """A complete Have with bits is a seeder saying which chunks it gave
+    pullers connected to it: followed every HAVE_POLL (it changes as they
+    pull), until every chunk is out. An older seeder sends no bits: not
+    polled again, nothing counts as given."""
+    n = 4
+    s = sched(n)
+    src = Src("seeder")
+    b = book(s, src)
+    assert b.to_send(0.0) == [m.HaveRequest(ROOT)]
+    assert b.on_message(m.Have(ROOT, True, b"\x00"), 0.0) == HaveApplied(complete=True)
+    assert src.complete and src.giving and s._peers["seeder"].given == 0
+    b.to_send(0.0)  # chunks asked
+    assert b.next_deadline() == HAVE_POLL
+    assert m.HaveRequest(ROOT) in b.to_send(HAVE_POLL)
+    b.on_message(m.Have(ROOT, True, int_to_bitfield(bits_of({1, 3}), n)), 0.6)
+    assert src.giving and s._peers["seeder"].given == bits_of({1, 3})
+    assert m.HaveRequest(ROOT) in b.to_send(0.6 + HAVE_POLL)
+    b.on_message(m.Have(ROOT, True, b"\xff"), 1.2)  # past the last chunk: masked
+    assert not src.giving and s._peers["seeder"].given == bits_of(range(n))
+    assert b.next_deadline() is None and m.HaveRequest(ROOT) not in b.to_send(100.0)
+    older = Src("older")
+    b2 = book(sched(n), older)
+    b2.to_send(0.0)
+    b2.on_message(m.Have(ROOT, True), 0.0)
+    assert older.complete and not older.giving and b2.next_deadline() is None
 
 
 def test_what_a_partial_source_is_fetching_counts_as_soon_available() -> None:

@@ -513,3 +513,52 @@ def test_a_direct_seeder_does_not_leave_chunks_to_a_relayed_puller() -> None:
         s.done(i, "seeder", 0.2)
     assert s.complete and s.pick("relayed", 0.3) is None
     check_invariants(s)
+
+
+def test_a_seeder_is_asked_first_for_what_it_has_given_nobody() -> None:
+    """What a seeder says it gave other pullers is out in the swarm: its
+    upload goes to the rest first (super-seeding from the puller's side)."""
+    s = sched(8, initial=8)
+    s.add_peer("seeder", None, max_window=8)
+    s.update_given("seeder", bits_of(range(6)))
+    asked = {s.pick("seeder", 0.0), s.pick("seeder", 0.0)}
+    assert asked == {6, 7}
+    check_invariants(s)
+
+
+def test_what_a_seeder_gave_others_waits_while_fellow_pullers_have_work_for_us() -> None:
+    """A chunk the seeder gave someone else, held by no fellow we see, is not
+    asked of the seeder while a fellow puller holds anything we still need:
+    our fellows will get it from theirs. Once they hold nothing we lack, the
+    seeder gives it (no pull waits on a chunk nobody will bring)."""
+    s = sched(6, initial=6)
+    s.add_peer("seeder", None, max_window=6)
+    s.add_peer("puller", bits_of([0, 1]), max_window=6)
+    s.update_given("seeder", bits_of(range(6)))
+    assert s.pick("seeder", 0.0) is None  # 2..5 were given to others; the puller has 0 and 1
+    assert {s.pick("puller", 0.0), s.pick("puller", 0.0)} == {0, 1}
+    assert s.pick("seeder", 0.0) is None  # 0 and 1 are asked of the puller, not yet here
+    s.done(0, "puller", 0.1)
+    s.done(1, "puller", 0.2)
+    assert s.pick("seeder", 0.3) in {2, 3, 4, 5}  # fellows hold nothing we lack now
+    check_invariants(s)
+
+
+def test_a_lone_puller_is_not_held_back_by_what_the_seeder_gave_others() -> None:
+    """No fellow puller: what the seeder gave others changes only the order."""
+    s = sched(4, initial=4)
+    s.add_peer("seeder", None, max_window=4)
+    s.update_given("seeder", bits_of([0, 1, 2]))
+    asked = [s.pick("seeder", 0.0) for _ in range(4)]
+    assert asked[0] == 3 and sorted(asked) == [0, 1, 2, 3]
+    check_invariants(s)
+
+
+def test_only_a_full_source_says_what_it_gave() -> None:
+    """A partial source's ``given`` means nothing: it is asked as before."""
+    s = sched(4, initial=4)
+    s.add_peer("puller", bits_of([0, 1]), max_window=4)
+    s.update_given("puller", bits_of([0]))
+    s.update_given("stranger", bits_of([1]))  # not a peer: ignored
+    assert {s.pick("puller", 0.0), s.pick("puller", 0.0)} == {0, 1}
+    check_invariants(s)

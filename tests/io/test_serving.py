@@ -88,6 +88,53 @@ async def test_trust_changes_reach_open_connections(tmp_path: Path, autojump_clo
             nursery.cancel_scope.cancel()
 
 
+async def test_a_seeders_have_says_which_chunks_connected_pullers_were_given(
+    tmp_path: Path,
+) -> None:
+    """A complete Have carries the chunks peers connected now were sent (never
+    empty: one zero byte when none); requests it refused count for nothing,
+    and a closed connection's chunks drop out."""
+    seeder, _ = Home.init(tmp_path / "A")
+    pullers = [Home.init(tmp_path / name)[0] for name in "BC"]
+    for i, puller in enumerate(pullers):
+        seeder.trust.add(puller.key.peer_id, f"p{i}", ["pull"])
+        puller.trust.add(seeder.key.peer_id, "a", ["pull", "publish"])
+    f = tmp_path / "m.bin"
+    f.write_bytes(os.urandom((4 << 20) + 1000))  # two chunks
+    manifest = publish(seeder, f, "m")
+    server = Server(seeder)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            (listener,) = await nursery.start(server.serve, "127.0.0.1", 0)
+            port = listener.socket.getsockname()[1]
+            a, b = [
+                await connect_direct(p, ("127.0.0.1", port), expect=seeder.key.peer_id)
+                for p in pullers
+            ]
+            assert await b.request(m.HaveRequest(manifest.root)) == m.Have(
+                manifest.root, True, b"\x00"
+            )
+            assert isinstance(await a.request(m.ChunkRequest(0, manifest.root, 1)), m.ChunkData)
+            for bad in (
+                m.ChunkRequest(1, manifest.root, 2),
+                m.ChunkRequest(2, manifest.root, 1 << 31),
+            ):
+                reply = await a.request(bad)
+                assert isinstance(reply, m.Error) and reply.code == m.BAD_REQUEST
+            reply = await a.request(m.ChunkRequest(3, bytes(32), 0))
+            assert isinstance(reply, m.Error) and reply.code == m.NOT_FOUND
+            assert await b.request(m.HaveRequest(manifest.root)) == m.Have(
+                manifest.root, True, b"\x02"
+            )
+            await a.aclose()
+            await trio.testing.wait_all_tasks_blocked()  # the server has seen the close
+            assert await b.request(m.HaveRequest(manifest.root)) == m.Have(
+                manifest.root, True, b"\x00"
+            )
+            await b.aclose()
+            nursery.cancel_scope.cancel()
+
+
 async def _until(cond: Callable[[], bool]) -> None:
     """Poll a real condition (the caller bounds the time)."""
     while not cond():  # noqa: ASYNC110 -- server internals offer no event to wait on
