@@ -10,11 +10,12 @@ learnt by polling their Have every ``HAVE_POLL`` seconds (the seeder's
 says which chunks it was asked for, as a real seeder's does). The network is a
 fluid model stepped every ``--dt`` seconds: a connection sends the chunk at
 the head of its queue, one at a time and in order (like a seeder's
-connection), after a round trip; the transfers sharing a node's uplink or
-downlink share it by weight (each connection's weight is drawn from
-0.8-1.2: TCP is not exactly fair, and equal shares would finish chunks in
-lockstep), and each goes at the lower of its two shares. Pullers poll out
-of step with each other.
+connection), after a round trip; the transfers crossing a node's uplink or
+downlink share it max-min fairly by weight, as TCP flows share a
+bottleneck: one held back at its other end leaves its share to the rest
+(``Sim._rates``; each connection's weight is drawn from 0.8-1.2: TCP is
+not exactly fair, and equal shares would finish chunks in lockstep).
+Pullers poll out of step with each other.
 
 The fleet: one seeder (``--seeder-rate``), ``--nodes`` pullers whose up and
 down rates are drawn from ``--mix`` (default 10% at 1 Gbit/s, the rest at
@@ -49,6 +50,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from p2pckpt.manifest.chunker import CHUNK_SIZE
@@ -58,6 +61,7 @@ from p2pckpt.transfer.schedule import Scheduler
 
 MBIT = 1e6 / 8
 TARGETS = {"median": 1.3, "p99": 2.0, "seeder": 1.5}
+FILL_ROUNDS = 4  # water-filling rounds per clock step (see Sim._rates)
 
 
 @dataclass(eq=False)
@@ -118,6 +122,9 @@ class Sim:
             node.leave = node.join + self.rng.uniform(0.2, 0.8) * self.size / node.down
         self.nodes.sort(key=lambda n: n.join)
         self.by_key = {n.key: n for n in [self.seeder, *self.nodes]}
+        # link capacities by key + 1 (the seeder, key -1, at 0)
+        self._up = np.array([self.by_key[k].up for k in range(-1, nodes)], float)
+        self._down = np.array([self.by_key[k].down for k in range(-1, nodes)], float)
         self.active: list[Node] = []
 
     # -- the fleet ---------------------------------------------------------------------
@@ -246,28 +253,58 @@ class Sim:
 
     def _step(self, now: float) -> None:
         """Move every connection's head chunk on by one ``dt``."""
-        sending: list[tuple[Conn, int]] = []
-        ups: dict[int, float] = {}
-        downs: dict[int, float] = {}
+        sending: list[Conn] = []
         for node in self.active:
             if node.gone or node.done_at is not None:
                 continue
             for conn in node.into.values():
                 if conn.queue and now >= conn.queue[0][1] + conn.rtt:
-                    sending.append((conn, conn.queue[0][0]))
-                    ups[conn.src.key] = ups.get(conn.src.key, 0.0) + conn.share
-                    downs[node.key] = downs.get(node.key, 0.0) + conn.share
-        for conn, index in sending:
-            src, dst = conn.src, conn.dst
-            rate = conn.share * min(src.up / ups[src.key], dst.down / downs[dst.key])
+                    sending.append(conn)
+        if not sending:
+            return
+        heads = [conn.queue[0][0] for conn in sending]
+        for conn, index, rate in zip(sending, heads, self._rates(sending), strict=True):
+            if not conn.queue or conn.queue[0][0] != index:
+                continue  # cancelled this step: another copy arrived first
             if conn.left <= 0:
                 conn.left = self.sizes[index]
-            step = min(conn.left, rate * self.dt)
+            step = min(conn.left, float(rate) * self.dt)
             conn.left -= step
-            src.uploaded += step
+            conn.src.uploaded += step
             if conn.left <= 0:
                 conn.queue.popleft()
                 self._deliver(conn, index, now + self.dt)
+
+    def _rates(self, sending: list[Conn]) -> np.ndarray:
+        """Each transfer's rate: the links' capacity shared max-min fairly, by
+        weight (TCP-like: a transfer held back at one end leaves the other
+        end's capacity to the rest). Water-filling in FILL_ROUNDS rounds:
+        each round every transfer not yet at a full link gains its weight
+        times the lower of its two links' remaining capacity per unit of
+        weight. Never more than a link's capacity; the first round alone is
+        plain proportional sharing, which left fast uplinks 90% idle."""
+        count, n = len(sending), len(self._up)
+        src = np.fromiter((c.src.key + 1 for c in sending), np.intp, count)
+        dst = np.fromiter((c.dst.key + 1 for c in sending), np.intp, count)
+        weight = np.fromiter((c.share for c in sending), float, count)
+        up_left, down_left = self._up.copy(), self._down.copy()
+        rate = np.zeros(count)
+        live = np.ones(count, bool)
+        with np.errstate(divide="ignore", invalid="ignore"):  # idle links: inf; 0 x inf: nan
+            for _ in range(FILL_ROUNDS):
+                w = np.where(live, weight, 0.0)
+                per_up = up_left / np.bincount(src, w, n)
+                per_down = down_left / np.bincount(dst, w, n)
+                gain = np.nan_to_num(w * np.minimum(per_up[src], per_down[dst]), posinf=0.0)
+                rate += gain
+                up_left = np.maximum(up_left - np.bincount(src, gain, n), 0.0)
+                down_left = np.maximum(down_left - np.bincount(dst, gain, n), 0.0)
+                live &= (up_left[src] > 1e-6 * self._up[src]) & (
+                    down_left[dst] > 1e-6 * self._down[dst]
+                )
+                if not live.any():
+                    break
+        return rate
 
     # -- the report --------------------------------------------------------------------
 
