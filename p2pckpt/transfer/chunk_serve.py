@@ -32,7 +32,14 @@ import trio
 
 from p2pckpt.manifest.paths import safe_display
 from p2pckpt.store.catalog import Catalog
-from p2pckpt.transfer.chunk_source import Served, SourceChanged, read_chunk, read_packed
+from p2pckpt.transfer.chunk_source import (
+    Served,
+    SourceChanged,
+    read_chunk,
+    read_packed,
+    read_pieces,
+    read_ranges,
+)
 from p2pckpt.transfer.packpolicy import PackPolicy
 from p2pckpt.transfer.partials import Partials
 from p2pckpt.wire import messages as m
@@ -42,6 +49,9 @@ from p2pckpt.wire.codec import CHUNK_HEADER_SIZE, encode
 log = logging.getLogger("p2pckpt.serve")
 
 VERSION_CACHE: Final = 16
+# Piece lists and ranges read a chunk (and a little around it) into memory of
+# their own: at most this many at once, server-wide.
+PIECE_READERS: Final = 2
 
 
 class Packing:
@@ -106,6 +116,7 @@ class Chunks:
         self._on_packed = on_packed
         self._versions: OrderedDict[bytes, Served] = OrderedDict()
         self._partial_served: dict[bytes, Served] = {}
+        self._piece_readers = trio.CapacityLimiter(PIECE_READERS)
 
     async def served(self, root: bytes) -> Served | None:
         """A version's chunk table, from a small server-wide cache."""
@@ -135,6 +146,42 @@ class Chunks:
             for gone in [r for r in self._partial_served if partials.get(r) is None]:
                 del self._partial_served[gone]
         return held
+
+    async def pieces_or_ranges(self, req: m.PiecesRequest | m.RangeRequest) -> bytes:
+        """The encoded answer to a PiecesRequest (a PieceList) or a RangeRequest
+        (a ChunkData), or an Error. Only versions held whole: a version still
+        being pulled lacks the bytes around its chunks."""
+        held = await self.served(req.root)
+        if held is None or held.have is not None:
+            return encode(m.Error(m.NOT_FOUND, "unknown version", req.req_id))
+        if req.index >= len(held.chunks):
+            return encode(m.Error(m.BAD_REQUEST, "no such chunk", req.req_id))
+        relpath, chunk = held.chunks[req.index]
+        path = held.file_path(relpath)
+        try:
+            if isinstance(req, m.RangeRequest):
+                if any(a + n > chunk.length for a, n in req.ranges):
+                    return encode(m.Error(m.BAD_REQUEST, "range past the chunk", req.req_id))
+                data = await trio.to_thread.run_sync(
+                    read_ranges, path, chunk, req.ranges, limiter=self._piece_readers
+                )
+                return encode(m.ChunkData(req.req_id, data))
+            pieces = await trio.to_thread.run_sync(
+                read_pieces, path, chunk, limiter=self._piece_readers
+            )
+        except SourceChanged:
+            what = f"{held.manifest.name}@{held.manifest.version}"
+            return encode(
+                m.Error(
+                    m.SOURCE_CHANGED,
+                    f"the seeder's copy of {what} changed after publishing",
+                    req.req_id,
+                )
+            )
+        if len(pieces) > m.MAX_PIECES:
+            return encode(m.Error(m.BAD_REQUEST, "too many pieces to list", req.req_id))
+        listed = tuple((p.start, p.length, p.digest) for p in pieces)
+        return encode(m.PieceList(req.req_id, listed))
 
     async def prepare(
         self, req: m.ChunkRequest, buf: bytearray, pack: Packing

@@ -7,6 +7,8 @@ still pulling, with the chunks verified there so far. ``read_chunk`` reads a
 chunk into a reusable buffer and hashes it again before it may leave, so a
 file changed after publishing is refused (``SourceChanged``, R-31) instead of
 sent; ``read_packed`` packs it too where the connection's policy asks.
+``read_pieces`` and ``read_ranges`` serve updates at piece granularity
+(issue 18), from a chunk checked the same way.
 
 Pure and synchronous (no trio): the server runs these in worker threads.
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from p2pckpt.manifest.chunker import Chunk, chunk_hash
 from p2pckpt.manifest.manifest import Manifest, verify
+from p2pckpt.manifest.pieces import PAD, Piece, chunk_pieces
 from p2pckpt.store.locations import file_path
 from p2pckpt.store.staging import Staging
 from p2pckpt.wire import packing
@@ -112,3 +115,45 @@ def read_packed(
     framed.release()
     frame = packed_header(req_id, codec, len(packed)) + packed
     return memoryview(frame), len(packed), seconds
+
+
+def _read_verified(path: Path, chunk: Chunk, before: int, after: int) -> tuple[bytearray, int, int]:
+    """The chunk with up to ``before``/``after`` bytes of the file around it
+    (worker thread), its own bytes checked against the manifest first.
+    Returns (bytes, where they start in the file, the file's size)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise SourceChanged(f"cannot open {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SourceChanged(f"{path} is no longer a regular file")
+        start = max(0, chunk.offset - before)
+        end = min(st.st_size, chunk.offset + chunk.length + after)
+        data = bytearray(max(0, end - start))
+        got = os.preadv(fd, [data], start) if data else 0
+    finally:
+        os.close(fd)
+    inner = chunk.offset - start
+    if got != len(data) or end < chunk.offset + chunk.length:
+        raise SourceChanged(f"{path} changed after it was published")
+    with memoryview(data)[inner : inner + chunk.length] as body:
+        if chunk_hash(body) != chunk.digest:
+            raise SourceChanged(f"{path} changed after it was published")
+    return data, start, st.st_size
+
+
+def read_pieces(path: Path, chunk: Chunk) -> list[Piece]:
+    """The content-defined pieces covering one chunk (worker thread), cut
+    from a window PAD bytes wider each side, so they fall where the puller's
+    cuts of its own copy of the file fall (``manifest/pieces.py``)."""
+    data, start, size = _read_verified(path, chunk, PAD, PAD)
+    return chunk_pieces(data, start, size, chunk.offset, chunk.length)
+
+
+def read_ranges(path: Path, chunk: Chunk, ranges: tuple[tuple[int, int], ...]) -> bytes:
+    """Byte ranges of one verified chunk, concatenated (worker thread)."""
+    data, _, _ = _read_verified(path, chunk, 0, 0)
+    view = memoryview(data)
+    return b"".join(view[a : a + n] for a, n in ranges)

@@ -1,8 +1,10 @@
 """Filling a version's staging copy: chunks already on this node, then the swarm.
 
 ``fill`` first copies every chunk some catalogued version here already holds
-(``reuse``; free space is checked before any file is created), then fetches
-the rest from the sources (``swarm``), more streams to each, peers named as
+(``reuse``; free space is checked before any file is created), then
+assembles chunks an older copy holds most of from its pieces and the byte
+ranges it lacks (``delta``), then fetches the rest from the sources
+(``swarm``), more streams to each, peers named as
 hints joining as they are dialled (``dial_hint``), and peers a plain pull
 finds on the LAN (``discovered``) likewise. Written chunks and the
 journal are flushed every FSYNC_INTERVAL, off the write path. Meanwhile the
@@ -24,6 +26,7 @@ from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.store.catalog import Catalog
 from p2pckpt.store.space import check_free_space
 from p2pckpt.store.staging import FSYNC_INTERVAL, Staging
+from p2pckpt.transfer.delta import fill_pieces
 from p2pckpt.transfer.partials import Partials
 from p2pckpt.transfer.peer import connect_direct
 from p2pckpt.transfer.reuse import reuse_local
@@ -88,6 +91,11 @@ async def fill(
         downloaded += n
         progress.advance(n)
 
+    if len(staging.done) < len(sizes) and sources and (copies or catalog is not None):
+        # Chunks an older copy holds most of: only the bytes it lacks (issue 18).
+        pieces = await fill_pieces(staging, sources, copies, catalog, progress.advance)
+        downloaded += pieces.fetched
+        reused += pieces.local
     if len(staging.done) < len(sizes):
         async with trio.open_nursery() as nursery:  # more streams to each source
             for src in sources:

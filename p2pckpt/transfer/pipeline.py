@@ -184,6 +184,12 @@ class Pipeline:
                     )
                     await send(encode(error))
                     continue
+                if isinstance(req, m.PiecesRequest | m.RangeRequest):
+                    if req.req_id in busy.cancelled:
+                        del busy.cancelled[req.req_id]
+                        continue
+                    await send(await self._chunks.pieces_or_ranges(req))
+                    continue
                 if not isinstance(req, m.ChunkRequest):
                     await send(encode(answer(req, self._catalog, self._partials, self.given)))
                     continue

@@ -66,8 +66,8 @@ def reuse_local(staging: Staging, copies: Copies) -> int:
                     continue
                 fd = fds.get(file)
                 if fd is None:
-                    fd = fds[file] = _open_regular(file)
-                if fd < 0 or not _read_exactly(fd, view[:length], pos):
+                    fd = fds[file] = open_regular(file)
+                if fd < 0 or not read_exactly(fd, view[:length], pos):
                     continue
                 try:
                     staging.write_chunk(index, view[:length])
@@ -81,7 +81,7 @@ def reuse_local(staging: Staging, copies: Copies) -> int:
     return sum(sizes[i] for i in staging.done - before)
 
 
-def _open_regular(path: str) -> int:
+def open_regular(path: str) -> int:
     """An fd for a regular file, or -1 (never blocks: a FIFO put in its place
     is opened non-blocking and refused)."""
     try:
@@ -97,7 +97,7 @@ def _open_regular(path: str) -> int:
     return -1
 
 
-def _read_exactly(fd: int, view: memoryview, pos: int) -> bool:
+def read_exactly(fd: int, view: memoryview, pos: int) -> bool:
     got = 0
     while got < len(view):
         try:

@@ -19,6 +19,7 @@ from p2pckpt.wire.messages import (
     LIST_META_KEYS,
     MAX_HAVE_BYTES,
     MAX_LIST_ENTRIES,
+    MAX_PIECES,
     MAX_PUSH_PEERS,
     Cancel,
     ChunkRequest,
@@ -30,9 +31,12 @@ from p2pckpt.wire.messages import (
     ManifestRequest,
     ManifestResponse,
     Message,
+    PieceList,
+    PiecesRequest,
     PushProgress,
     PushRequest,
     PushResult,
+    RangeRequest,
     VersionInfo,
 )
 
@@ -41,6 +45,7 @@ T_LIST_REQ, T_LIST_RESP, T_MAN_REQ, T_MAN_RESP, T_CHUNK_REQ, T_CHUNK, T_ERROR = 
 T_PUSH_REQ, T_PUSH_RESULT, T_PUSH_PROGRESS = 8, 9, 10
 T_HAVE_REQ, T_HAVE, T_CANCEL = 11, 12, 13
 T_PACKED = 14
+T_PIECES_REQ, T_PIECES, T_RANGE_REQ = 15, 16, 17
 
 _U32: Final = (1 << 32) - 1
 
@@ -196,6 +201,55 @@ def _cancel(doc: list[Any]) -> Message:
     return Cancel(doc[0])
 
 
+def _pieces_request(doc: list[Any]) -> Message:
+    if len(doc) != 3 or not _is_int(doc[0], _U32) or not _is_key(doc[1]) or type(doc[2]) is not int:
+        raise _bad("pieces request")
+    return _built("pieces request", PiecesRequest, doc[0], doc[1], doc[2])
+
+
+def _piece_list(doc: list[Any]) -> Message:
+    if (
+        len(doc) != 2
+        or not _is_int(doc[0], _U32)
+        or not isinstance(doc[1], list)
+        or len(doc[1]) > MAX_PIECES
+        or not all(
+            isinstance(p, list)
+            and len(p) == 3
+            and type(p[0]) is int
+            and type(p[1]) is int
+            and isinstance(p[2], bytes)
+            for p in doc[1]
+        )
+    ):
+        raise _bad("piece list")
+    return _built("piece list", PieceList, doc[0], tuple(tuple(p) for p in doc[1]))
+
+
+def _range_request(doc: list[Any]) -> Message:
+    if (
+        len(doc) != 4
+        or not _is_int(doc[0], _U32)
+        or not _is_key(doc[1])
+        or type(doc[2]) is not int
+        or not isinstance(doc[3], list)
+        or len(doc[3]) > MAX_PIECES
+        or not all(
+            isinstance(r, list) and len(r) == 2 and all(type(x) is int for x in r) for r in doc[3]
+        )
+    ):
+        raise _bad("range request")
+    return _built("range request", RangeRequest, doc[0], doc[1], doc[2], tuple(map(tuple, doc[3])))
+
+
+def _built(what: str, kind: Callable[..., Message], *args: Any) -> Message:
+    """The message, its constructor's range checks failing as a malformed message."""
+    try:
+        return kind(*args)
+    except LocalProtocolError as exc:
+        raise _bad(f"{what}: {exc}") from None
+
+
 def _push_progress(doc: list[Any]) -> Message:
     if len(doc) != 2 or not _is_int(doc[0], 1 << 62) or not _is_int(doc[1], 1 << 62):
         raise _bad("push progress")
@@ -226,6 +280,9 @@ DECODERS: Final[dict[int, Callable[[list[Any]], Message]]] = {
     T_CANCEL: _cancel,
     T_PUSH_PROGRESS: _push_progress,
     T_ERROR: _error,
+    T_PIECES_REQ: _pieces_request,
+    T_PIECES: _piece_list,
+    T_RANGE_REQ: _range_request,
 }
 
 

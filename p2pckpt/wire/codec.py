@@ -35,13 +35,17 @@ from p2pckpt.wire.bodies import (
     T_MAN_REQ,
     T_MAN_RESP,
     T_PACKED,
+    T_PIECES,
+    T_PIECES_REQ,
     T_PUSH_PROGRESS,
     T_PUSH_REQ,
     T_PUSH_RESULT,
+    T_RANGE_REQ,
     decode_body,
 )
 from p2pckpt.wire.messages import (
     MAX_HAVE_BYTES,
+    MAX_PIECES,
     MAX_PUSH_PEERS,
     Cancel,
     ChunkData,
@@ -55,9 +59,12 @@ from p2pckpt.wire.messages import (
     ManifestRequest,
     ManifestResponse,
     Message,
+    PieceList,
+    PiecesRequest,
     PushProgress,
     PushRequest,
     PushResult,
+    RangeRequest,
 )
 from p2pckpt.wire.packing import CODECS
 
@@ -83,9 +90,21 @@ _CAPS: Final = {
     T_HAVE: 2 * MAX_HAVE_BYTES + 64,
     T_CANCEL: _CONTROL_CAP,
     T_PACKED: _REQ_ID.size + MAX_CHUNK,  # never above a raw chunk's cap
+    T_PIECES_REQ: _CONTROL_CAP,
+    T_PIECES: 64 + MAX_PIECES * 32,  # [start, length, 16-byte digest]: under 30 bytes each
+    T_RANGE_REQ: 64 + MAX_PIECES * 20,
 }
 SERVER_ACCEPTS: Final = frozenset(
-    {T_LIST_REQ, T_MAN_REQ, T_CHUNK_REQ, T_PUSH_REQ, T_HAVE_REQ, T_CANCEL}
+    {
+        T_LIST_REQ,
+        T_MAN_REQ,
+        T_CHUNK_REQ,
+        T_PUSH_REQ,
+        T_HAVE_REQ,
+        T_CANCEL,
+        T_PIECES_REQ,
+        T_RANGE_REQ,
+    }
 )
 CLIENT_ACCEPTS: Final = frozenset(
     {
@@ -97,6 +116,7 @@ CLIENT_ACCEPTS: Final = frozenset(
         T_PUSH_PROGRESS,
         T_PUSH_RESULT,
         T_HAVE,
+        T_PIECES,
     }
 )
 
@@ -147,6 +167,12 @@ def encode(msg: Message) -> bytes:
             return _pack(T_HAVE, [root, complete, bits, fetching])
         case Cancel(req_id):
             return _pack(T_CANCEL, [req_id])
+        case PiecesRequest(req_id, root, index):
+            return _pack(T_PIECES_REQ, [req_id, root, index])
+        case PieceList(req_id, pieces):
+            return _pack(T_PIECES, [req_id, [list(p) for p in pieces]])
+        case RangeRequest(req_id, root, index, ranges):
+            return _pack(T_RANGE_REQ, [req_id, root, index, [list(r) for r in ranges]])
         case PushProgress(done, total):
             return _pack(T_PUSH_PROGRESS, [done, total])
         case PushResult(ok, message, total):

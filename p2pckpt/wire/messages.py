@@ -15,6 +15,11 @@ that turns them into bytes. The conversation is request/response, client
     HaveRequest(root)      -> Have | Error   (which chunks the server holds:
                               all of a catalogued version, or the verified
                               part of one it is pulling itself)
+    PiecesRequest          -> PieceList | Error(req_id)   (a chunk's content-
+                              defined pieces, to match against local bytes)
+    RangeRequest           -> ChunkData | Error(req_id)   (byte ranges of one
+                              chunk, concatenated; the puller assembles the
+                              chunk and checks its hash)
     PushRequest            -> PushProgress* then PushResult | Error
                               (needs the "push" role; progress about every
                               PUSH_PROGRESS_INTERVAL while the target pulls)
@@ -28,13 +33,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from p2pckpt.errors import LocalProtocolError
+from p2pckpt.manifest.chunker import MAX_CHUNK
 from p2pckpt.manifest.manifest import MAX_CHUNKS
+from p2pckpt.manifest.pieces import DIGEST_BYTES, MAX_PIECE, PAD
 
 MAX_OUTSTANDING = 64
 MAX_HAVE_BYTES = MAX_CHUNKS // 8  # one bit per chunk
 PUSH_PROGRESS_INTERVAL = 0.5
 MAX_LIST_ENTRIES = 4096
 MAX_PUSH_PEERS = 64  # co-targets named in one PushRequest
+MAX_PIECES = 4096  # pieces listed for one chunk (16 MiB of 4 KiB ones), ranges asked at once
 # Manifest meta keys a listing carries (what `ls` shows), each value at most
 # LIST_META_VALUE bytes of UTF-8 (so MAX_LIST_ENTRIES entries fit the ListResponse cap);
 # the rest stays in the manifest.
@@ -239,9 +247,68 @@ class Error:
         object.__setattr__(self, "message", clip_utf8(self.message, MAX_ERROR_MESSAGE_BYTES))
 
 
-Request = ListRequest | ManifestRequest | ChunkRequest | PushRequest | HaveRequest | Cancel
+@dataclass(frozen=True, slots=True)
+class PiecesRequest:
+    """The content-defined pieces of chunk ``index`` (``manifest/pieces.py``)."""
+
+    req_id: int
+    root: bytes
+    index: int
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.req_id < 1 << 32, "req_id out of range")
+        _check(len(self.root) == 32, "root is 32 bytes")
+        _check(0 <= self.index < MAX_CHUNKS, "index out of range")
+
+
+@dataclass(frozen=True, slots=True)
+class PieceList:
+    """``(start, length, digest)`` per piece, ``start`` relative to the chunk
+    (a first piece may begin up to PAD bytes before it, a last one end after it)."""
+
+    req_id: int
+    pieces: tuple[tuple[int, int, bytes], ...]
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.req_id < 1 << 32, "req_id out of range")
+        _check(len(self.pieces) <= MAX_PIECES, "too many pieces")
+        for start, length, digest in self.pieces:
+            _check(-PAD <= start <= MAX_CHUNK and 0 < length <= MAX_PIECE, "piece out of range")
+            _check(len(digest) == DIGEST_BYTES, "piece digest size")
+
+
+@dataclass(frozen=True, slots=True)
+class RangeRequest:
+    """Bytes ``[start, start + length)`` of chunk ``index``, for each range, in
+    order and concatenated (one ChunkData answers it)."""
+
+    req_id: int
+    root: bytes
+    index: int
+    ranges: tuple[tuple[int, int], ...]
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.req_id < 1 << 32, "req_id out of range")
+        _check(len(self.root) == 32, "root is 32 bytes")
+        _check(0 <= self.index < MAX_CHUNKS, "index out of range")
+        _check(0 < len(self.ranges) <= MAX_PIECES, "range count")
+        _check(all(a >= 0 and n > 0 and a + n <= MAX_CHUNK for a, n in self.ranges), "range bounds")
+        _check(sum(n for _, n in self.ranges) <= MAX_CHUNK, "ranges longer than a chunk")
+
+
+Request = (
+    ListRequest
+    | ManifestRequest
+    | ChunkRequest
+    | PushRequest
+    | HaveRequest
+    | Cancel
+    | PiecesRequest
+    | RangeRequest
+)
 Response = (
-    ListResponse
+    PieceList
+    | ListResponse
     | ManifestResponse
     | ChunkData
     | ChunkPacked

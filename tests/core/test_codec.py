@@ -38,9 +38,12 @@ from p2pckpt.wire.messages import (
     ManifestRequest,
     ManifestResponse,
     Message,
+    PieceList,
+    PiecesRequest,
     PushProgress,
     PushRequest,
     PushResult,
+    RangeRequest,
     VersionInfo,
 )
 from tests import strategies as s
@@ -50,6 +53,9 @@ PROPERTY = settings(max_examples=150, database=None, deadline=None)
 ROOT = bytes(range(32))
 
 # Type bytes, taken from the encoder rather than from private constants.
+T_PIECES_REQ = encode(PiecesRequest(0, ROOT, 0))[0]
+T_PIECES = encode(PieceList(0, ()))[0]
+T_RANGE_REQ = encode(RangeRequest(0, ROOT, 0, ((0, 1),)))[0]
 T_LIST_REQ = encode(ListRequest())[0]
 T_LIST_RESP = encode(ListResponse(()))[0]
 T_MAN_REQ = encode(ManifestRequest("x", None))[0]
@@ -79,7 +85,15 @@ def raw_frame(kind: int, data: bytes) -> bytes:
 def accepts_for(msg: Message) -> frozenset[int]:
     """The reader of the role that receives ``msg``."""
     if isinstance(
-        msg, ListRequest | ManifestRequest | ChunkRequest | PushRequest | HaveRequest | Cancel
+        msg,
+        ListRequest
+        | ManifestRequest
+        | ChunkRequest
+        | PushRequest
+        | HaveRequest
+        | Cancel
+        | PiecesRequest
+        | RangeRequest,
     ):
         return SERVER_ACCEPTS
     return CLIENT_ACCEPTS
@@ -144,6 +158,10 @@ SAMPLES: list[Message] = [
     Have(ROOT, False, b"\x05\x80"),
     Have(ROOT, False, b"\x05\x80", b"\x02"),
     Cancel(17),
+    PiecesRequest(7, ROOT, 41),
+    PieceList(7, ()),
+    PieceList(7, ((-300, 16384, b"d" * 16), (16084, 65536, b"e" * 16))),
+    RangeRequest(7, ROOT, 41, ((0, 100), (4096, 1 << 20))),
 ]
 
 
@@ -274,7 +292,7 @@ def test_client_rejects_request_types(msg: Message) -> None:
         MessageReader(CLIENT_ACCEPTS).feed(encode(msg))
 
 
-@pytest.mark.parametrize("kind", [0, 15, 255])
+@pytest.mark.parametrize("kind", [0, 18, 255])
 @pytest.mark.parametrize("accepts", [SERVER_ACCEPTS, CLIENT_ACCEPTS], ids=["server", "client"])
 def test_unknown_type_rejected(kind: int, accepts: frozenset[int]) -> None:
     """A type byte outside the protocol is refused by both roles."""
@@ -383,6 +401,20 @@ BAD_REQUESTS = {
     "cancel-negative": (T_CANCEL, [-1]),
     "cancel-too-big": (T_CANCEL, [1 << 32]),
     "cancel-bool": (T_CANCEL, [True]),
+    "pieces-req-root-31": (T_PIECES_REQ, [1, b"r" * 31, 0]),
+    "pieces-req-negative-index": (T_PIECES_REQ, [1, ROOT, -1]),
+    "pieces-req-index-too-big": (T_PIECES_REQ, [1, ROOT, 1 << 40]),
+    "pieces-req-bool-index": (T_PIECES_REQ, [1, ROOT, True]),
+    "pieces-req-extra": (T_PIECES_REQ, [1, ROOT, 0, 0]),
+    "range-req-empty": (T_RANGE_REQ, [1, ROOT, 0, []]),
+    "range-req-negative-start": (T_RANGE_REQ, [1, ROOT, 0, [[-1, 10]]]),
+    "range-req-zero-length": (T_RANGE_REQ, [1, ROOT, 0, [[0, 0]]]),
+    "range-req-past-max-chunk": (T_RANGE_REQ, [1, ROOT, 0, [[MAX_CHUNK - 1, 2]]]),
+    "range-req-longer-than-a-chunk": (T_RANGE_REQ, [1, ROOT, 0, [[0, MAX_CHUNK]] * 2]),
+    "range-req-too-many": (T_RANGE_REQ, [1, ROOT, 0, [[0, 1]] * 4097]),
+    "range-req-float": (T_RANGE_REQ, [1, ROOT, 0, [[0.0, 1]]]),
+    "range-req-triple": (T_RANGE_REQ, [1, ROOT, 0, [[0, 1, 2]]]),
+    "range-req-not-list": (T_RANGE_REQ, [1, ROOT, 0, {}]),
 }
 
 
@@ -430,6 +462,14 @@ BAD_RESPONSES = {
     "have-fetching-str": (T_HAVE, [ROOT, False, b"", "ff"]),
     "have-fetching-too-long": (T_HAVE, [ROOT, False, b"", b"\xff" * ((1 << 16) + 1)]),
     "have-extra": (T_HAVE, [ROOT, False, b"", b"", b""]),
+    "pieces-digest-15": (T_PIECES, [1, [[0, 100, b"d" * 15]]]),
+    "pieces-digest-str": (T_PIECES, [1, [[0, 100, "d" * 16]]]),
+    "pieces-zero-length": (T_PIECES, [1, [[0, 0, b"d" * 16]]]),
+    "pieces-too-long": (T_PIECES, [1, [[0, (64 << 10) + 1, b"d" * 16]]]),
+    "pieces-start-far-before": (T_PIECES, [1, [[-(1 << 20), 100, b"d" * 16]]]),
+    "pieces-too-many": (T_PIECES, [1, [[0, 100, b"d" * 16]] * 4097]),
+    "pieces-not-triple": (T_PIECES, [1, [[0, 100]]]),
+    "pieces-bool-start": (T_PIECES, [1, [[False, 100, b"d" * 16]]]),
 }
 
 

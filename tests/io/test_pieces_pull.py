@@ -1,0 +1,199 @@
+"""Updates at piece granularity (issue 18): a pull that holds an older version
+fetches only the bytes it lacks, over real sockets, and never writes a byte
+the signed manifest does not vouch for."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from p2pckpt.home import Home
+from p2pckpt.publish import publish
+from p2pckpt.transfer import chunk_serve
+from p2pckpt.transfer.peer import connect_direct
+from p2pckpt.transfer.pull import PullResult, pull
+from p2pckpt.transfer.serve import Server
+from p2pckpt.wire import messages as m
+
+LOCAL = "127.0.0.1"
+MIB = 1 << 20
+
+
+def _homes(tmp_path: Path) -> tuple[Home, Home]:
+    seeder, _ = Home.init(tmp_path / "seeder")
+    puller, _ = Home.init(tmp_path / "puller")
+    seeder.trust.add(puller.key.peer_id, "puller", ["pull"])
+    puller.trust.add(seeder.key.peer_id, "seeder", ["pull", "publish"])
+    return seeder, puller
+
+
+def _edit(data: bytes, seed: int) -> tuple[bytes, int]:
+    """Four 256 KiB regions rewritten at odd offsets and eight insertions of
+    1-100 bytes: returns the new bytes and how many bytes are new."""
+    rng = random.Random(seed)
+    out = bytearray(data)
+    changed = 0
+    for _ in range(4):
+        at = rng.randrange(0, len(out) - (256 << 10))
+        out[at : at + (256 << 10)] = rng.randbytes(256 << 10)
+        changed += 256 << 10
+    for _ in range(8):
+        at = rng.randrange(0, len(out))
+        n = rng.randrange(1, 101)
+        out[at:at] = rng.randbytes(n)
+        changed += n
+    return bytes(out), changed
+
+
+@asynccontextmanager
+async def _serving(seeder: Home) -> AsyncIterator[int]:
+    async with trio.open_nursery() as nursery:
+        (listener,) = await nursery.start(Server(seeder).serve, LOCAL, 0)
+        yield listener.socket.getsockname()[1]
+        nursery.cancel_scope.cancel()
+
+
+async def _pull(seeder: Home, puller: Home, port: int, version: int, dest: Path) -> PullResult:
+    conn = await connect_direct(puller, (LOCAL, port), expect=seeder.key.peer_id)
+    return await pull(puller, [conn], "model", version, dest, streams=1)
+
+
+async def _update(tmp_path: Path, edit: Callable[[bytes], bytes]) -> tuple[PullResult, bytes]:
+    """Version 1 pulled into DEST, then version 2 (``edit`` of it) pulled over it."""
+    seeder, puller = _homes(tmp_path)
+    v1 = os.urandom(24 * MIB)
+    f = tmp_path / "model.bin"
+    f.write_bytes(v1)
+    publish(seeder, f, "model", version=1)
+    dest = tmp_path / "got.bin"
+    with trio.fail_after(60):
+        async with _serving(seeder) as port:
+            first = await _pull(seeder, puller, port, 1, dest)
+            assert first.bytes_downloaded == len(v1)
+            v2 = edit(v1)
+            f2 = tmp_path / "v2" / "model.bin"
+            f2.parent.mkdir()
+            f2.write_bytes(v2)
+            publish(seeder, f2, "model", version=2)
+            second = await _pull(seeder, puller, port, 2, dest)
+    assert dest.read_bytes() == v2
+    return second, v2
+
+
+async def test_a_shifted_file_costs_about_the_bytes_that_changed(tmp_path: Path) -> None:
+    """Insertions shift every later byte, so no fixed-offset chunk after the
+    first one matches whole; pieces still match, and the update fetches
+    little more than what changed (was every chunk after the first edit)."""
+    changed = 0
+
+    def edit(data: bytes) -> bytes:
+        nonlocal changed
+        out, changed = _edit(data, 1)
+        return out
+
+    result, v2 = await _update(tmp_path, edit)
+    assert result.bytes_reused + result.bytes_downloaded == len(v2)
+    assert result.bytes_downloaded < changed + 2 * MIB // 4, (result.bytes_downloaded, changed)
+
+
+async def test_a_lying_piece_list_costs_a_whole_chunk_never_a_wrong_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A seeder whose piece lists name local pieces in the wrong places: the
+    assembled chunks fail their hash, and the swarm fetches them whole."""
+    from p2pckpt.manifest import pieces as pieces_mod
+
+    real = chunk_serve.read_pieces
+
+    def lying(path: Path, chunk: object) -> list[pieces_mod.Piece]:
+        listed = real(path, chunk)  # type: ignore[arg-type]
+        digests = [p.digest for p in listed]
+        random.Random(0).shuffle(digests)
+        return [
+            pieces_mod.Piece(p.start, p.length, d) for p, d in zip(listed, digests, strict=True)
+        ]
+
+    monkeypatch.setattr(chunk_serve, "read_pieces", lying)
+    result, v2 = await _update(tmp_path, lambda data: _edit(data, 2)[0])
+    assert result.bytes_reused + result.bytes_downloaded == len(v2)
+    assert result.bytes_downloaded > 16 * MIB  # the shifted chunks, fetched whole
+
+
+async def test_a_cold_pull_asks_for_no_pieces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing local to match: not one PiecesRequest is sent."""
+    asked: list[m.Message] = []
+    real = chunk_serve.Chunks.pieces_or_ranges
+
+    async def spy(self: chunk_serve.Chunks, req: m.PiecesRequest | m.RangeRequest) -> bytes:
+        asked.append(req)
+        return await real(self, req)
+
+    monkeypatch.setattr(chunk_serve.Chunks, "pieces_or_ranges", spy)
+    seeder, puller = _homes(tmp_path)
+    f = tmp_path / "model.bin"
+    f.write_bytes(os.urandom(9 * MIB))
+    publish(seeder, f, "model", version=1)
+    with trio.fail_after(60):
+        async with _serving(seeder) as port:
+            result = await _pull(seeder, puller, port, 1, tmp_path / "got.bin")
+    assert result.bytes_downloaded == 9 * MIB and asked == []
+
+
+async def test_bad_piece_and_range_requests_get_errors_and_the_connection_goes_on(
+    tmp_path: Path,
+) -> None:
+    """Past the chunk, no such chunk, an unknown version: one Error each, by
+    req_id; the same connection then gets a good answer."""
+    seeder, puller = _homes(tmp_path)
+    f = tmp_path / "model.bin"
+    f.write_bytes(os.urandom(5 * MIB))  # chunks of 4 MiB and 1 MiB
+    root = publish(seeder, f, "model", version=1).root
+    with trio.fail_after(30):
+        async with _serving(seeder) as port:
+            conn = await connect_direct(puller, (LOCAL, port), expect=seeder.key.peer_id)
+            for req, code in [
+                (m.RangeRequest(1, root, 1, ((MIB - 10, 11),)), m.BAD_REQUEST),
+                (m.RangeRequest(2, root, 2, ((0, 1),)), m.BAD_REQUEST),
+                (m.PiecesRequest(3, root, 2), m.BAD_REQUEST),
+                (m.PiecesRequest(4, bytes(32), 0), m.NOT_FOUND),
+            ]:
+                reply = await conn.request(req)
+                assert isinstance(reply, m.Error) and (reply.code, reply.req_id) == (
+                    code,
+                    req.req_id,
+                )
+            pieces = await conn.request(m.PiecesRequest(5, root, 1))
+            assert isinstance(pieces, m.PieceList) and pieces.req_id == 5
+            # They tile the chunk: the last piece of the file ends it.
+            assert pieces.pieces[0][0] <= 0
+            assert pieces.pieces[-1][0] + pieces.pieces[-1][1] == MIB
+            data = f.read_bytes()
+            got = await conn.request(m.RangeRequest(6, root, 1, ((0, 10), (MIB - 5, 5))))
+            assert got == m.ChunkData(6, data[4 * MIB : 4 * MIB + 10] + data[-5:])
+            await conn.aclose()
+
+
+async def test_a_file_changed_after_publishing_gives_no_pieces_or_ranges(tmp_path: Path) -> None:
+    """The chunk is checked before any piece or range of it leaves (R-31)."""
+    seeder, puller = _homes(tmp_path)
+    f = tmp_path / "model.bin"
+    f.write_bytes(os.urandom(MIB))
+    root = publish(seeder, f, "model", version=1).root
+    fd = os.open(f, os.O_RDWR)
+    os.pwrite(fd, bytes([os.pread(fd, 1, 0)[0] ^ 0xFF]), 0)  # one byte, surely different
+    os.close(fd)
+    with trio.fail_after(30):
+        async with _serving(seeder) as port:
+            conn = await connect_direct(puller, (LOCAL, port), expect=seeder.key.peer_id)
+            for req in (m.PiecesRequest(1, root, 0), m.RangeRequest(2, root, 0, ((5, 5),))):
+                reply = await conn.request(req)
+                assert isinstance(reply, m.Error) and reply.code == m.SOURCE_CHANGED
+            await conn.aclose()
