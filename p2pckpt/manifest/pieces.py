@@ -30,6 +30,7 @@ MIN_PIECE: Final = 4 << 10
 AVG_PIECE: Final = 12 << 10  # FastCDC's average is this plus MIN_PIECE: about 16 KiB
 MAX_PIECE: Final = 64 << 10
 PAD: Final = 2 * MAX_PIECE  # how far around a chunk the seeder cuts from
+BLOCK: Final = 16 << 20  # what an index reads at once
 DIGEST_BYTES: Final = 16
 
 
@@ -96,23 +97,49 @@ class FileIndex:
         self.where: dict[bytes, tuple[int, int]] = {}
 
     @classmethod
-    def build(cls, path: str) -> FileIndex:
-        """Cut and hash the whole file, reading it as a stream (no mmap: a file
-        cut short meanwhile must not kill the process). Blocking: a worker
-        thread's job. An unreadable file gives an empty index: it is a hint."""
+    def build(cls, path: str, regions: list[tuple[int, int]] | None = None) -> FileIndex:
+        """Cut and hash the file's ``regions`` (``(start, end)``; None: all of
+        it), BLOCK bytes at a time, each read with PAD bytes around it and only
+        the pieces starting inside it kept: the same pieces a cut from the
+        file's start gives, in flat memory, without reading what another
+        copy already matched. Read with pread, not mmap: a file cut short
+        meanwhile must not kill the process. Blocking: a worker thread's
+        job. An unreadable file gives an empty index: it is a hint."""
         index = cls(path)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return index
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 return index
-            with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
-                for c in _cutter().cut_stream(f):
-                    index.where.setdefault(piece_digest(c.data), (c.offset, c.length))
-        except (OSError, ValueError):
+            size = st.st_size
+            for lo, hi in regions if regions is not None else [(0, size)]:
+                for block in range(max(0, lo), min(hi, size), BLOCK):
+                    index._add_block(fd, size, block, min(block + BLOCK, hi, size))
+        except OSError:
             index.where.clear()
         finally:
             os.close(fd)
         return index
+
+    def _add_block(self, fd: int, size: int, lo: int, hi: int) -> None:
+        start = max(0, lo - PAD)
+        data = os.pread(fd, min(size, hi + PAD) - start, start)
+        complete_end = start + len(data) >= size
+        where, digest = self.where, blake3.blake3
+        pieces = iter(_cutter().cut_buf(data))
+        held: Any = next(pieces, None)
+        if held is not None and start > 0:
+            held = next(pieces, None)  # cut from an edge, not where the content says
+        if held is None:
+            return
+        for piece in pieces:  # the one held back is not the window's last: keep it
+            at = start + held.offset
+            if lo <= at < hi:
+                where.setdefault(digest(held.data).digest(DIGEST_BYTES), (at, held.length))
+            held = piece
+        at = start + held.offset
+        if complete_end and lo <= at < hi:
+            where.setdefault(digest(held.data).digest(DIGEST_BYTES), (at, held.length))

@@ -113,6 +113,27 @@ def bases(staging: Staging, copies: Copies, older: list[Entry]) -> dict[str, str
     return found
 
 
+def unmatched(basis: str, copies: Copies, taken_digests: set[bytes]) -> list[tuple[int, int]]:
+    """The parts ``(start, end)`` of ``basis`` that hold no chunk of the new
+    version taken already (``taken_digests``): where the old bytes of what
+    changed are. The rest was copied whole (``reuse``): not indexed again."""
+    size = _size(basis)
+    taken = sorted(
+        (pos, pos + n)
+        for digest in taken_digests
+        for f, pos, n, _ in copies.get(digest, ())
+        if f == basis
+    )
+    out, at = [], 0
+    for lo, hi in taken:
+        if lo > at:
+            out.append((at, min(lo, size)))
+        at = max(at, hi)
+    if at < size:
+        out.append((at, size))
+    return [(lo, hi) for lo, hi in out if hi > lo]
+
+
 def plan(pieces: tuple[tuple[int, int, bytes], ...], length: int, index: FileIndex) -> Plan | None:
     """Match a chunk's pieces against a local file's. None: the list does not
     tile the chunk exactly (a bad list: the whole chunk is fetched instead),
@@ -126,7 +147,12 @@ def plan(pieces: tuple[tuple[int, int, bytes], ...], length: int, index: FileInd
             return None  # a gap, an overlap, or a piece outside the chunk
         where = index.where.get(digest)
         if where is not None and where[1] == size:
-            local.append((lo, hi - lo, where[0] + lo - start))
+            pos = where[0] + lo - start
+            last = local[-1] if local else None
+            if last is not None and last[0] + last[1] == lo and last[2] + last[1] == pos:
+                local[-1] = (last[0], last[1] + hi - lo, last[2])  # one read, not two
+            else:
+                local.append((lo, hi - lo, pos))
         elif fetch and fetch[-1][0] + fetch[-1][1] == lo:
             fetch[-1] = (fetch[-1][0], fetch[-1][1] + hi - lo)
         else:
@@ -193,7 +219,7 @@ async def fill_pieces(
             continue
         try:
             with trio.move_on_after(ANSWER_TIMEOUT * 4) as overall:  # never a hung step
-                served = await _converse(staging, conn, todo, found, on_chunk, done)
+                served = await _converse(staging, conn, todo, found, copies, on_chunk, done)
             if overall.cancelled_caught:
                 log.info("piece step gave up peer=%s (no answer in time)", conn.label)
         except (*NETWORK_ERRORS, trio.TooSlowError) as exc:
@@ -228,6 +254,7 @@ async def _converse(
     conn: PeerConnection,
     todo: list[tuple[int, str]],
     found: dict[str, str],
+    copies: Copies,
     on_chunk: Callable[[int], None],
     done: Delta,
 ) -> bool:
@@ -241,6 +268,7 @@ async def _converse(
     next_id = 0
     answered = False
     useless: dict[str, int] = {}  # basis -> chunks its pieces did not help, in a row
+    taken = {c.digest for i, _, c in staging.manifest.iter_chunks() if i in staging.done}
     for first in range(0, len(todo), PIPELINE):
         window: list[tuple[int, int, str]] = []  # (req_id, chunk, basis)
         for index, path in todo[first : first + PIPELINE]:
@@ -250,8 +278,9 @@ async def _converse(
             if basis not in indexes:
                 if indexed >= MAX_INDEXED:
                     continue
-                indexes[basis] = await trio.to_thread.run_sync(FileIndex.build, basis)
-                indexed += _size(basis)
+                regions = unmatched(basis, copies, taken)
+                indexes[basis] = await trio.to_thread.run_sync(FileIndex.build, basis, regions)
+                indexed += sum(hi - lo for lo, hi in regions)
             window.append((next_id, index, basis))
             next_id += 1
         await conn.send_many([m.PiecesRequest(r, root, i) for r, i, _ in window])
