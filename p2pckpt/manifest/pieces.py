@@ -69,17 +69,19 @@ def chunk_pieces(window: bytes | bytearray | memoryview, window_start: int, file
     with ``start`` relative to the chunk (negative for a piece that begins
     before it). The window's first piece is dropped unless the window starts
     the file, and its last unless it ends it: they were cut from an edge, not
-    where the content says."""
-    pieces = cut(window, window_start)
-    if window_start > 0 and pieces:
-        pieces = pieces[1:]
-    if window_start + len(window) < file_size and pieces:
-        pieces = pieces[:-1]
-    end = chunk_start + chunk_length
+    where the content says. Only the pieces kept are hashed."""
+    view = memoryview(window)
+    cuts = [(c.offset, c.length) for c in _cutter().cut_buf(view)]
+    if window_start > 0:
+        cuts = cuts[1:]
+    if window_start + len(view) < file_size:
+        cuts = cuts[:-1]
+    lo, hi = chunk_start - window_start, chunk_start - window_start + chunk_length
+    digest = blake3.blake3
     return [
-        Piece(p.start - chunk_start, p.length, p.digest)
-        for p in pieces
-        if p.start < end and p.start + p.length > chunk_start
+        Piece(at - lo, n, digest(view[at : at + n]).digest(DIGEST_BYTES))
+        for at, n in cuts
+        if at < hi and at + n > lo
     ]
 
 

@@ -27,14 +27,17 @@ What is tried and what is left to the swarm:
   in part (it says not_found) costs that connection, not the pull's;
 - every answer within ANSWER_TIMEOUT, or the step ends.
 
-Pieces are asked for PIPELINE chunks at once, then their ranges at once:
-two round trips per window of chunks, not two per chunk.
+PIPELINE piece lists are kept asked; a chunk's ranges are asked as soon as
+its list is matched, and chunks are assembled and written by a task of
+their own, while indexes of older files are built: the round trips, the
+seeder's reads, the index and the disk overlap.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +60,9 @@ log = logging.getLogger("p2pckpt.pull")
 
 MIN_LOCAL: Final = 0.125  # share of a chunk local pieces must cover to try
 ANSWER_TIMEOUT: Final = 30.0
-PIPELINE: Final = 8  # piece lists asked ahead
+PIPELINE: Final = 16  # piece lists asked ahead
+WRITE_QUEUE: Final = 4  # chunks waiting to be assembled and written
+WRITERS: Final = 1  # two were slower: one file, one lock, one GIL
 MAX_INDEXED: Final = 64 << 30  # bytes of older files indexed for one pull, at most
 
 
@@ -217,14 +222,14 @@ async def fill_pieces(
         conn = await _dial(src)
         if conn is None:
             continue
+        served = False
         try:
             with trio.move_on_after(ANSWER_TIMEOUT * 4) as overall:  # never a hung step
                 served = await _converse(staging, conn, todo, found, copies, on_chunk, done)
             if overall.cancelled_caught:
                 log.info("piece step gave up peer=%s (no answer in time)", conn.label)
-        except (*NETWORK_ERRORS, trio.TooSlowError) as exc:
-            log.info('piece step ended peer=%s error="%s"', conn.label, exc)
-            served = False
+        except* (*NETWORK_ERRORS, trio.TooSlowError) as group:
+            log.info('piece step ended peer=%s error="%s"', conn.label, group.exceptions[0])
         finally:
             await conn.aclose()
         if served or done.chunks:
@@ -249,6 +254,18 @@ async def _dial(src: Source) -> PeerConnection | None:
         return None
 
 
+class _Building:
+    """An index being built in a worker thread while the first answers come."""
+
+    def __init__(self) -> None:
+        self.ready = trio.Event()
+        self.index = FileIndex("")
+
+    async def build(self, basis: str, regions: list[tuple[int, int]]) -> None:
+        self.index = await trio.to_thread.run_sync(FileIndex.build, basis, regions)
+        self.ready.set()
+
+
 async def _converse(
     staging: Staging,
     conn: PeerConnection,
@@ -258,75 +275,114 @@ async def _converse(
     on_chunk: Callable[[int], None],
     done: Delta,
 ) -> bool:
-    """Ask ``conn`` for the pieces of PIPELINE chunks at once, then for the
-    ranges those chunks lack, at once: two round trips per window. False if
-    it holds the version only in part, or not at all (not_found)."""
+    """Keep PIPELINE piece lists asked of ``conn``; ask for a chunk's ranges
+    as soon as its list is matched; assemble and write in a task of its own.
+    Answers come in the order asked: ``expected`` is that order. Indexes
+    of older files are built meanwhile. False if ``conn`` holds the version
+    only in part, or not at all (not_found)."""
     root = staging.manifest.root
     sizes = {i: c.length for i, _, c in staging.manifest.iter_chunks()}
-    indexes: dict[str, FileIndex] = {}
-    indexed = 0
-    next_id = 0
-    answered = False
-    useless: dict[str, int] = {}  # basis -> chunks its pieces did not help, in a row
     taken = {c.digest for i, _, c in staging.manifest.iter_chunks() if i in staging.done}
-    for first in range(0, len(todo), PIPELINE):
-        window: list[tuple[int, int, str]] = []  # (req_id, chunk, basis)
-        for index, path in todo[first : first + PIPELINE]:
-            basis = found[path]
-            if useless.get(basis, 0) >= PIPELINE:
-                continue  # a file rewritten whole: its chunks go to the swarm
-            if basis not in indexes:
-                if indexed >= MAX_INDEXED:
-                    continue
-                regions = unmatched(basis, copies, taken)
-                indexes[basis] = await trio.to_thread.run_sync(FileIndex.build, basis, regions)
-                indexed += sum(hi - lo for lo, hi in regions)
-            window.append((next_id, index, basis))
-            next_id += 1
-        await conn.send_many([m.PiecesRequest(r, root, i) for r, i, _ in window])
-        plans: list[tuple[int, int, str, Plan]] = []
-        for req_id, index, basis in window:
-            reply = await _answer(conn, req_id)
-            if isinstance(reply, m.Error):
-                if reply.code == m.NOT_FOUND and not answered:
-                    return False
-                continue
-            if not isinstance(reply, m.PieceList):
-                raise _unexpected(conn, reply)
-            answered = True
-            p = plan(reply.pieces, sizes[index], indexes[basis])
-            useless[basis] = 0 if p is not None else useless.get(basis, 0) + 1
-            if p is not None:
-                plans.append((next_id, index, basis, p))
-                next_id += 1
-        await conn.send_many(
-            [m.RangeRequest(r, root, i, p.fetch) for r, i, _, p in plans if p.fetch]
-        )
-        for req_id, index, basis, p in plans:
-            fetched: bytes | bytearray = b""
-            if p.fetch:
+    indexes: dict[str, _Building] = {}
+    indexed = 0
+    useless: dict[str, int] = {}  # basis -> chunks its pieces did not help, in a row
+    expected: deque[tuple[int, int, str, Plan | None]] = deque()  # None: a piece list
+    queue = deque(todo)
+    ids = iter(range(1 << 32))
+    lists = 0  # piece lists asked and not answered
+    answered = False
+    writes, to_write = trio.open_memory_channel[tuple[int, str, Plan, bytes | bytearray]](
+        WRITE_QUEUE
+    )
+    async with trio.open_nursery() as nursery:
+        for _ in range(WRITERS):  # hashing and copying: one per core
+            nursery.start_soon(_writer, staging, to_write.clone(), sizes, on_chunk, done)
+        to_write.close()
+        async with writes:
+            while True:
+                asks: list[m.Message] = []
+                while queue and lists < PIPELINE:
+                    index, path = queue.popleft()
+                    basis = found[path]
+                    if useless.get(basis, 0) >= PIPELINE:
+                        continue  # a file rewritten whole: its chunks go to the swarm
+                    if basis not in indexes:
+                        if indexed >= MAX_INDEXED:
+                            continue
+                        regions = unmatched(basis, copies, taken)
+                        indexes[basis] = _Building()
+                        nursery.start_soon(indexes[basis].build, basis, regions)
+                        indexed += sum(hi - lo for lo, hi in regions)
+                    req_id = next(ids)
+                    asks.append(m.PiecesRequest(req_id, root, index))
+                    expected.append((req_id, index, basis, None))
+                    lists += 1
+                await conn.send_many(asks)
+                if not expected:
+                    break
+                req_id, index, basis, p = expected.popleft()
                 reply = await _answer(conn, req_id)
-                if isinstance(reply, m.Error):
+                if p is not None:  # the ranges of a matched chunk
+                    if isinstance(reply, m.Error):
+                        continue
+                    if not isinstance(reply, m.ChunkData) or len(reply.data) != sum(
+                        n for _, n in p.fetch
+                    ):
+                        raise _unexpected(conn, reply)
+                    await writes.send((index, basis, p, reply.data))
                     continue
-                if not isinstance(reply, m.ChunkData) or len(reply.data) != sum(
-                    n for _, n in p.fetch
-                ):
+                lists -= 1
+                if isinstance(reply, m.Error):
+                    if reply.code == m.NOT_FOUND and not answered:
+                        nursery.cancel_scope.cancel()
+                        return False
+                    continue
+                if not isinstance(reply, m.PieceList):
                     raise _unexpected(conn, reply)
-                fetched = reply.data
+                answered = True
+                await indexes[basis].ready.wait()
+                p = plan(reply.pieces, sizes[index], indexes[basis].index)
+                useless[basis] = 0 if p is not None else useless.get(basis, 0) + 1
+                if p is None:
+                    continue
+                if not p.fetch:
+                    await writes.send((index, basis, p, b""))
+                    continue
+                range_id = next(ids)
+                await conn.send(m.RangeRequest(range_id, root, index, p.fetch))
+                expected.append((range_id, index, basis, p))
+    return answered
+
+
+async def _writer(
+    staging: Staging,
+    to_write: trio.MemoryReceiveChannel[tuple[int, str, Plan, bytes | bytearray]],
+    sizes: dict[int, int],
+    on_chunk: Callable[[int], None],
+    done: Delta,
+) -> None:
+    """Assemble each chunk from its basis and fetched ranges, and write it
+    (checked against the manifest first): off the conversation's path."""
+    def put(index: int, basis: str, p: Plan, fetched: bytes | bytearray) -> bool:
+        data = assemble(basis, sizes[index], p, fetched)
+        if data is None:
+            return False
+        try:
+            staging.write_chunk(index, data)
+        except ChunkCorrupt:
+            log.info("pieces did not make chunk %d: left to the swarm", index)
+            return False
+        return True
+
+    async with to_write:
+        async for index, basis, p, fetched in to_write:
             length = sizes[index]
-            data = await trio.to_thread.run_sync(assemble, basis, length, p, fetched)
-            if data is None:
-                continue
-            try:
-                await trio.to_thread.run_sync(staging.write_chunk, index, data)
-            except ChunkCorrupt:
-                log.info("pieces did not make chunk %d: left to the swarm", index)
+            if not await trio.to_thread.run_sync(put, index, basis, p, fetched):
                 continue
             done.chunks += 1
             done.fetched += len(fetched)
             done.local += length - len(fetched)
             on_chunk(length)
-    return answered
 
 
 async def _answer(conn: PeerConnection, req_id: int) -> m.Message:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from p2pckpt.errors import RemoteProtocolError
 from p2pckpt.home import Home
 from p2pckpt.publish import publish
 from p2pckpt.transfer import chunk_serve
@@ -197,3 +198,24 @@ async def test_a_file_changed_after_publishing_gives_no_pieces_or_ranges(tmp_pat
                 reply = await conn.request(req)
                 assert isinstance(reply, m.Error) and reply.code == m.SOURCE_CHANGED
             await conn.aclose()
+
+
+async def test_a_source_that_drops_the_piece_step_leaves_the_pull_to_whole_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As an older peer does on a request it does not know: the connection
+    closes mid-step. The chunks assembled so far stay; the rest come whole."""
+    calls = 0
+    real = chunk_serve.Chunks.pieces_or_ranges
+
+    async def flaky(self: chunk_serve.Chunks, req: m.PiecesRequest | m.RangeRequest) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise RemoteProtocolError("unexpected message type 15")
+        return await real(self, req)
+
+    monkeypatch.setattr(chunk_serve.Chunks, "pieces_or_ranges", flaky)
+    result, v2 = await _update(tmp_path, lambda data: _edit(data, 3)[0])
+    assert result.bytes_reused + result.bytes_downloaded == len(v2)
+    assert calls >= 4
