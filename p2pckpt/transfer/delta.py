@@ -363,6 +363,7 @@ async def _writer(
 ) -> None:
     """Assemble each chunk from its basis and fetched ranges, and write it
     (checked against the manifest first): off the conversation's path."""
+
     def put(index: int, basis: str, p: Plan, fetched: bytes | bytearray) -> bool:
         data = assemble(basis, sizes[index], p, fetched)
         if data is None:
