@@ -86,16 +86,36 @@ def open_lock(path: Path) -> int:
     raise StoreError(f"{lock} keeps being replaced; not using {path}")
 
 
-def start_over(files: PartialFiles, manifest: Manifest, envelope: bytes) -> None:
-    """Drop any partial state (another version, or damaged) and lay out an
-    empty copy: the signed ``envelope``, and each file at its declared size."""
+PREVIOUS = "previous"  # a partial copy of another version, kept for its chunks
+
+
+def _another_version(path: Path, envelope: bytes) -> bool:
+    """The staging area holds a partial copy (data and journal) of a version
+    other than ``envelope``'s, in a plain directory of its own."""
+    try:
+        theirs = (path / "manifest").read_bytes()
+        return theirs != envelope and stat.S_ISDIR(os.lstat(path / "data").st_mode)
+    except OSError:
+        return False
+
+
+def start_over(files: PartialFiles, manifest: Manifest, envelope: bytes, keep: bool = True) -> None:
+    """Drop any partial state (damaged) and lay out an empty copy: the signed
+    ``envelope``, and each file at its declared size. A partial copy of
+    another version is not dropped but kept aside as PREVIOUS (its data,
+    manifest and journal), so the pull reuses what it verified (issue 18:
+    a pull interrupted at version N and rerun once N+1 is out)."""
     path = files.path
-    if os.path.lexists(path / "data"):
-        log.warning(
-            'discarding partial copy path="%s" (it belongs to another version or is damaged)',
-            path,
-        )
     files.close_dirs()  # they belong to the tree about to go
+    remove(path / PREVIOUS)  # at most one other version is kept
+    if keep and _another_version(path, envelope):
+        os.mkdir(path / PREVIOUS, 0o700)
+        for name in ("data", "manifest", "journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(path / name, path / PREVIOUS / name)
+        log.info('kept partial copy of another version path="%s" (its chunks are reused)', path)
+    elif os.path.lexists(path / "data"):
+        log.warning('discarding partial copy path="%s" (it is damaged)', path)
     for name in ("data", "journal", "journal.tmp", "manifest", "adopted", ADOPT_TMP):
         remove(path / name)
     files.adopted = set()

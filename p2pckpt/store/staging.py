@@ -47,14 +47,23 @@ import time
 from pathlib import Path
 from typing import Final
 
-from p2pckpt.errors import NO_SPACE_ERRNOS, ChunkCorrupt, NoSpace, StoreError
+from p2pckpt.errors import NO_SPACE_ERRNOS, ChunkCorrupt, NoSpace, P2pckptError, StoreError
 from p2pckpt.fs.atomic import fsync_dir, write_atomic
 from p2pckpt.fs.rename import rename_exchange, rename_noreplace
 from p2pckpt.fs.sync import syncfs, syncfs_trusted
 from p2pckpt.manifest.chunker import chunk_hash
-from p2pckpt.manifest.manifest import Manifest
+from p2pckpt.manifest.manifest import Manifest, verify
 from p2pckpt.store import journal, journal_file
-from p2pckpt.store.heal import claim_dir, fresh_file, heal_tree, open_lock, settle, start_over
+from p2pckpt.store.heal import (
+    PREVIOUS,
+    claim_dir,
+    fresh_file,
+    heal_tree,
+    open_lock,
+    settle,
+    start_over,
+)
+from p2pckpt.store.locations import file_path
 from p2pckpt.store.partial_files import ADOPT_TMP, GONE, PartialFiles, identity, same_file
 from p2pckpt.store.space import no_space, no_space_as_error
 
@@ -110,7 +119,8 @@ class Staging:
             if claimed is not None:
                 self.files.adopted = self.files.load_adopted()
             if claimed is None or not heal_tree(self.files, self.manifest):
-                start_over(self.files, self.manifest, self._envelope)
+                # A staging area others could write keeps nothing of what it held.
+                start_over(self.files, self.manifest, self._envelope, keep=not loose)
                 claimed = set()
             else:
                 self.resumed = True
@@ -125,6 +135,30 @@ class Staging:
             return (self.path / "manifest").read_bytes() == self._envelope
         except OSError:
             return False
+
+    def previous_chunks(self) -> dict[bytes, list[tuple[str, int, int, bool]]]:
+        """Where the verified chunks of the partial copy of another version
+        kept aside (``heal.start_over``) lie, by hash, as the catalog's
+        ``copies`` says it (every read is checked again). Blocking."""
+        previous = self.path / PREVIOUS
+        found: dict[bytes, list[tuple[str, int, int, bool]]] = {}
+        try:
+            old = verify((previous / "manifest").read_bytes())
+        except (OSError, P2pckptError):
+            return found
+        chunks = list(old.iter_chunks())
+        claimed = journal_file.load(previous, old.root, len(chunks)) or set()
+        for index, entry, chunk in chunks:
+            if index in claimed:
+                where = str(file_path(previous / "data", "dir", entry.path))
+                found.setdefault(chunk.digest, []).append(
+                    (where, chunk.offset, chunk.length, False)
+                )
+        return found
+
+    def drop_previous(self) -> None:
+        """Remove the partial copy of another version once its chunks are taken."""
+        shutil.rmtree(self.path / PREVIOUS, ignore_errors=True)
 
     def discard(self) -> None:
         """Remove the staging directory (ours: it holds our manifest)."""

@@ -69,6 +69,9 @@ async def fill(
         here = sum(c.length for c in chunks if c.digest in copies)  # hoped for, checked below
         check_free_space(staging.dest, manifest.total_bytes - here)
     done = await trio.to_thread.run_sync(staging.open)
+    # A partial copy of another version this pull started over from (issue 18).
+    for digest, where in (await trio.to_thread.run_sync(staging.previous_chunks)).items():
+        copies.setdefault(digest, []).extend(where)
     if copies and len(done) < len(chunks):
         async with trio.open_nursery() as nursery:  # flushing starts the disk early
             nursery.start_soon(_flusher, staging)
@@ -96,6 +99,7 @@ async def fill(
         pieces = await fill_pieces(staging, sources, copies, catalog, progress.advance)
         downloaded += pieces.fetched
         reused += pieces.local
+    await trio.to_thread.run_sync(staging.drop_previous)  # its chunks are taken
     if len(staging.done) < len(sizes):
         async with trio.open_nursery() as nursery:  # more streams to each source
             for src in sources:

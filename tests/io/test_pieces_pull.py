@@ -219,3 +219,38 @@ async def test_a_source_that_drops_the_piece_step_leaves_the_pull_to_whole_chunk
     result, v2 = await _update(tmp_path, lambda data: _edit(data, 3)[0])
     assert result.bytes_reused + result.bytes_downloaded == len(v2)
     assert calls >= 4
+
+
+async def test_a_partial_copy_of_the_previous_version_is_reused_not_deleted(
+    tmp_path: Path,
+) -> None:
+    """A pull of version 1 stopped half-way, then a pull of version 2 to the
+    same DEST: what version 1's partial copy verified is taken from it (was:
+    deleted, and fetched again); the kept copy is gone afterwards."""
+    from p2pckpt.store.staging import Staging, staging_path
+
+    seeder, puller = _homes(tmp_path)
+    v1 = os.urandom(24 * MIB)
+    f = tmp_path / "model.bin"
+    f.write_bytes(v1)
+    publish(seeder, f, "model", version=1)
+    dest = tmp_path / "got.bin"
+    entry = seeder.catalog.find("model", 1)
+    assert entry is not None
+    half = Staging(dest, entry.manifest(), entry.envelope)  # a pull of v1, stopped after 3 chunks
+    half.open()
+    for i in range(3):
+        half.write_chunk(i, v1[i * 4 * MIB : (i + 1) * 4 * MIB])
+    half.sync()
+    half.close()
+    v2 = bytearray(v1)
+    v2[-MIB:] = os.urandom(MIB)  # only the last chunk differs
+    f.write_bytes(v2)
+    publish(seeder, f, "model", version=2)
+    with trio.fail_after(60):
+        async with _serving(seeder) as port:
+            result = await _pull(seeder, puller, port, 2, dest)
+    assert dest.read_bytes() == v2
+    assert result.bytes_reused == 12 * MIB  # the three chunks the stopped pull verified
+    assert result.bytes_downloaded == 12 * MIB
+    assert not await trio.Path(staging_path(dest)).exists()  # the kept copy went too
