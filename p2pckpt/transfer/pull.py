@@ -215,8 +215,9 @@ async def _at_dest(
     home: Home, dest: Path, manifest: Manifest, envelope: bytes
 ) -> Literal["replace", "present"]:
     """What ``dest``, which exists, is: our own pulled copy of another version
-    of this name, updated in place ("replace"), or this very version, verified
-    and now catalogued ("present"); anything else raises ``DestinationExists``."""
+    of this name, or of this one damaged since, updated in place ("replace"),
+    or this very version, verified and now catalogued ("present"); anything
+    else raises ``DestinationExists``."""
     # Only a byte-for-byte match counts as "already there".
     differs = await trio.to_thread.run_sync(compare, dest, manifest)
     if differs and _replaceable(home, dest, manifest, differs.extra):
@@ -291,15 +292,17 @@ def _log_dropped(manifest: Manifest, sources: list[Source]) -> None:
 
 def _replaceable(home: Home, dest: Path, manifest: Manifest, extra: list[str]) -> bool:
     """Whether ``dest`` is a copy we pulled of another version of this name
-    from this publisher, not a link, holding no file of anyone else's (so a
-    pull may update it in place without losing anything but that version)."""
+    from this publisher, or of this very version and damaged since (issue
+    18: repaired, its sound chunks and pieces reused), not a link, holding
+    no file of anyone else's (so a pull may update it in place without
+    losing anything but that version)."""
     rows = [] if dest.is_symlink() else home.catalog.at_location(dest)
     for e in rows:
         if (
             e.origin == "pulled"
             and e.name == manifest.name
             and e.publisher == manifest.publisher.key
-            and e.version != manifest.version  # a damaged copy of this one is reported
+            and (e.version != manifest.version or e.root == manifest.root)
         ):
             old = e.manifest()
             ours = {f.path for f in old.files}

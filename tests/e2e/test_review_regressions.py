@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -119,8 +120,10 @@ def test_leftover_partial_after_commit_crash_is_cleaned(pair: Pair, tmp_path: Pa
     assert same_tree(ckpt, dest)
 
 
-def test_damaged_dest_is_not_reported_as_verified(pair: Pair, tmp_path: Path) -> None:
-    """Pulling again onto a damaged copy fails (exit 2) instead of claiming success."""
+def test_damaged_dest_is_repaired_not_reported_as_verified(pair: Pair, tmp_path: Path) -> None:
+    """Pulling again onto our own copy damaged since is a repair (issue 18):
+    only the damaged piece crosses the wire. A damaged copy that is not
+    ours (not catalogued as pulled here) still fails (exit 2)."""
     ckpt = make_checkpoint(tmp_path / "ck", {"a.bin": 3 << 20})
     run(pair.a, "publish", str(ckpt), "--name", "m")
     server = pair.serve_a()
@@ -128,6 +131,14 @@ def test_damaged_dest_is_not_reported_as_verified(pair: Pair, tmp_path: Path) ->
     run(pair.b, "pull", "m", "--from", server.addr, "-o", str(dest))
     with open(dest / "a.bin", "r+b") as f:
         f.seek(12345)
-        f.write(b"\xff\xfe")
-    again = run(pair.b, "pull", "m", "--from", server.addr, "-o", str(dest), check=False)
+        f.write(bytes(b ^ 0xFF for b in (dest / "a.bin").read_bytes()[12345:12347]))
+    doc = run_json(pair.b, "pull", "m", "--from", server.addr, "-o", str(dest))
+    assert 0 < doc["bytes_downloaded"] <= 64 << 10
+    assert same_tree(ckpt, dest)
+    copy = tmp_path / "copy"
+    shutil.copytree(dest, copy)  # the same bytes, but not a copy this node pulled
+    with open(copy / "a.bin", "r+b") as f:
+        f.seek(12345)
+        f.write(bytes(b ^ 0xFF for b in (copy / "a.bin").read_bytes()[12345:12347]))
+    again = run(pair.b, "pull", "m", "--from", server.addr, "-o", str(copy), check=False)
     assert again.returncode == 2 and "damaged: 'a.bin'" in again.stderr
