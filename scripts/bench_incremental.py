@@ -3,13 +3,21 @@
 
 What is measured, in one run and on the same bytes
 ---------------------------------------------------
-The sharded safetensors checkpoint of ``scripts/bench_transfer.py`` (``--size`` bytes,
-default 2 GiB, 64 MiB tensors in 512 MiB shards) is version 1. Three new versions are
-derived from it, each published by the seeder as its own version:
+Three kinds of version 1, each published by the seeder under its own name: the sharded
+safetensors checkpoint of ``scripts/bench_transfer.py`` (``--size`` bytes, default 2 GiB,
+64 MiB tensors in 512 MiB shards), the same as one file, and 256 MiB single files: a
+``model.bin`` of random bytes, a ``model.pt`` (``torch.save``: a zip) and a
+``model.gguf`` of 16 tensors each. New versions derived from them (issue 18's cases):
 
 * (a) 10% of the tensors rewritten in place (same sizes, new bytes);
 * (b) the same, and every shard's JSON header grown by 37 bytes, so every offset shifts;
-* (c) one shard replaced by new bytes and one new shard (a quarter of a shard) added.
+* (c) one shard replaced by new bytes and one new shard (a quarter of a shard) added;
+* (d) 10% of the 4 MiB regions counted from each shard's start rewritten (each straddles
+  two tensor-aligned chunks), and (e) the same in the single-file checkpoint;
+* (f) ``model.bin``: 8 regions of 2 MiB rewritten at unaligned offsets, and 16 insertions
+  of 1-100 bytes (every later byte shifts);
+* (g) ``model.pt`` and (h) ``model.gguf``: one tensor grown by 1 MiB + 5 bytes, so every
+  later tensor moves.
 
 For each case, from scratch: a fresh puller home pulls version 1 into DEST (untimed), then
 ``p2pckpt pull NAME@N -o DEST`` updates DEST in place (timed). rsync gets a fresh copy of
@@ -20,13 +28,16 @@ p2pckpt's own per-chunk verification).
 * Bytes on the wire: the loopback interface's received bytes during the timed command
   (both directions of every connection, with TCP/IP headers; nothing else should use
   loopback meanwhile).
-* Changed bytes: what differs in content: the rewritten tensors, the grown headers, the
-  replaced and the added shard. The manifest is the signed envelope's size.
-* Page cache warm for both tools; one run per case (``--repeat`` for medians).
+* Changed bytes: what differs in content: the rewritten tensors and regions, the grown
+  headers, the replaced and added shard, the inserted bytes, a resized tensor and every
+  byte of its file that is not tensor data. The manifest is the signed envelope's size.
+* Page cache warm for both tools; one run per case (``--repeat`` for medians). p2pckpt
+  fsyncs what it commits; rsync (by default) does not.
 
-Targets: p2pckpt's bytes on the wire <= 1.1 x (changed bytes + manifest) in every case,
-and its time <= rsync's. A MISS does not change the exit status; 1 means a measurement
-failed. Processes and temporary files are cleaned up on exit.
+Targets (issue 18): p2pckpt's bytes on the wire <= 1.05 x (changed bytes + manifest) in
+the region cases (d, e), <= 1.10 x in the others, and its time <= rsync's. A MISS does
+not change the exit status; 1 means a measurement failed. Processes and temporary files
+are cleaned up on exit.
 
 Usage::
 
@@ -42,6 +53,7 @@ import os
 import random
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -69,7 +81,10 @@ CASES = {
     "d": ("10% of 4 MiB regions rewritten, 4 shards", "sharded", 1.05),
     "e": ("10% of 4 MiB regions rewritten, 1 file", "single", 1.05),
     "f": ("model.bin: 8 x 2 MiB rewritten, 16 inserts", "generic", 1.10),
+    "g": ("model.pt (zip): one tensor resized", "pt", 1.10),
+    "h": ("model.gguf: one tensor resized", "gguf", 1.10),
 }
+FORMAT_TENSORS = 16  # tensors in the .pt and .gguf checkpoints, GENERIC_BYTES in all
 
 
 def lo_bytes() -> int:
@@ -179,6 +194,64 @@ def generic_checkpoint(workdir: Path) -> Path:
         root.mkdir(parents=True, exist_ok=True)
         f.write_bytes(os.urandom(GENERIC_BYTES))
     return root
+
+
+def _tensors(seed: int) -> list[bytes]:
+    rng = random.Random(seed)  # the same tensors for the same seed
+    return [rng.randbytes(GENERIC_BYTES // FORMAT_TENSORS) for _ in range(FORMAT_TENSORS)]
+
+
+def write_pt(path: Path, blobs: list[bytes]) -> None:
+    """A PyTorch checkpoint (``torch.save``: a zip of stored entries) of uint8 tensors."""
+    import torch
+
+    state = {
+        f"layer.{i}.weight": torch.frombuffer(bytearray(b), dtype=torch.uint8)
+        for i, b in enumerate(blobs)
+    }
+    torch.save(state, path)
+
+
+def write_gguf(path: Path, blobs: list[bytes]) -> None:
+    """A GGUF v3 file: header, two metadata strings, tensor infos, then each
+    tensor's data at its 32-byte aligned offset (type 24: I8)."""
+
+    def string(text: str) -> bytes:
+        raw = text.encode()
+        return struct.pack("<Q", len(raw)) + raw
+
+    head = b"GGUF" + struct.pack("<IQQ", 3, len(blobs), 2)
+    for key, value in (("general.architecture", "bench"), ("general.name", "bench")):
+        head += string(key) + struct.pack("<I", 8) + string(value)  # 8: a string value
+    offset = 0
+    for i, blob in enumerate(blobs):
+        head += string(f"blk.{i}.weight") + struct.pack("<IQIQ", 1, len(blob), 24, offset)
+        offset += -(-len(blob) // 32) * 32
+    with open(path, "wb") as out:
+        out.write(head + bytes(-len(head) % 32))
+        for blob in blobs:
+            out.write(blob + bytes(-len(blob) % 32))
+
+
+def format_checkpoint(workdir: Path, kind: str) -> Path:
+    """``model.pt`` or ``model.gguf`` of FORMAT_TENSORS random tensors, reused."""
+    root = workdir / f"ckpt-{kind}"
+    f = root / f"model.{kind}"
+    if not f.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        (write_pt if kind == "pt" else write_gguf)(f, _tensors(seed=9))
+    return root
+
+
+def resize_tensor(root: Path, kind: str, seed: int) -> int:
+    """Tensor 7 of 16 grown by 1 MiB + 5 bytes (new bytes): every later
+    tensor moves. Returns the bytes new: that tensor, and every byte of the
+    file that is not tensor data (header, pickle, zip directory)."""
+    f = root / f"model.{kind}"
+    blobs = _tensors(seed=9)
+    blobs[7] = os.urandom(len(blobs[7]) + (1 << 20) + 5)
+    (write_pt if kind == "pt" else write_gguf)(f, blobs)
+    return len(blobs[7]) + f.stat().st_size - sum(len(b) for b in blobs)
 
 
 def replace_and_add_shard(root: Path, seed: int) -> int:
@@ -301,6 +374,9 @@ def main(argv: Sequence[str]) -> int:
             bases["single"] = checkpoint.prepare_checkpoint(workdir, args.size, "single")
         if "generic" in wanted:
             bases["generic"] = generic_checkpoint(workdir)
+        for kind in ("pt", "gguf"):
+            if kind in wanted:
+                bases[kind] = format_checkpoint(workdir, kind)
         v1 = bases["sharded"]
         if (workdir / "sshd").exists():
             shutil.rmtree(workdir / "sshd")
@@ -347,6 +423,8 @@ def main(argv: Sequence[str]) -> int:
             "d": lambda d: rewrite_regions(d, 0.10, seed=3),
             "e": lambda d: rewrite_regions(d, 0.10, seed=4),
             "f": lambda d: edit_generic(d, seed=5),
+            "g": lambda d: resize_tensor(d, "pt", seed=6),
+            "h": lambda d: resize_tensor(d, "gguf", seed=7),
         }
         versions = {base: 1 for base in bases}
         for round_ in range(args.repeat):
