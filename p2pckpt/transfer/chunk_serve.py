@@ -147,9 +147,10 @@ class Chunks:
                 del self._partial_served[gone]
         return held
 
-    async def pieces_or_ranges(self, req: m.PiecesRequest | m.RangeRequest) -> bytes:
+    async def pieces_or_ranges(self, req: m.PiecesRequest | m.RangeRequest) -> bytes | memoryview:
         """The encoded answer to a PiecesRequest (a PieceList) or a RangeRequest
-        (a ChunkData), or an Error. Only versions held whole: a version still
+        (a ChunkData, as a memoryview: the sender caps and counts it like a
+        chunk), or an Error. Only versions held whole: a version still
         being pulled lacks the bytes around its chunks."""
         held = await self.served(req.root)
         if held is None or held.have is not None:
@@ -165,7 +166,7 @@ class Chunks:
                 data = await trio.to_thread.run_sync(
                     read_ranges, path, chunk, req.ranges, limiter=self._piece_readers
                 )
-                return encode(m.ChunkData(req.req_id, data))
+                return memoryview(encode(m.ChunkData(req.req_id, data)))
             pieces = await trio.to_thread.run_sync(
                 read_pieces, path, chunk, limiter=self._piece_readers
             )

@@ -48,6 +48,7 @@ SEND_TIMEOUT: Final = 60.0
 # serve others (R-52, R-65).
 STALL_SECONDS: Final = 5.0
 PREPARED_QUEUE: Final = 2
+_NUMBERED = (m.ChunkRequest, m.PiecesRequest, m.RangeRequest)  # requests answered by req_id
 
 _Prepared = tuple[bytes | memoryview, bytearray | None]  # (response, its leased buffer)
 
@@ -180,7 +181,7 @@ class Pipeline:
                     error = m.Error(
                         m.UNAUTHORIZED,
                         "we trust you, but not with the 'pull' role",
-                        req.req_id if isinstance(req, m.ChunkRequest) else None,
+                        req.req_id if isinstance(req, _NUMBERED) else None,
                     )
                     await send(encode(error))
                     continue
@@ -188,7 +189,9 @@ class Pipeline:
                     if req.req_id in busy.cancelled:
                         del busy.cancelled[req.req_id]
                         continue
-                    await send(await self._chunks.pieces_or_ranges(req))
+                    self._reading(busy, req.root)
+                    # A range answer is chunk bytes: sent (and capped) like a chunk.
+                    await prepared.send((await self._chunks.pieces_or_ranges(req), None))
                     continue
                 if not isinstance(req, m.ChunkRequest):
                     await send(encode(answer(req, self._catalog, self._partials, self.given)))
@@ -198,9 +201,7 @@ class Pipeline:
                     continue
                 buf = await lease.acquire()
                 try:
-                    if req.root not in busy.roots:
-                        busy.roots.add(req.root)
-                        self.serving[req.root] += 1
+                    self._reading(busy, req.root)
                     payload = await self._chunks.prepare(req, buf, busy.pack)
                 except BaseException:
                     lease.release(None)  # the buffer may still be in use
@@ -213,6 +214,12 @@ class Pipeline:
                     await prepared.send((payload, None))
                 else:
                     await prepared.send((payload, buf))
+
+    def _reading(self, busy: Busy, root: bytes) -> None:
+        """The connection reads ``root``: retention spares it while it is open."""
+        if root not in busy.roots:
+            busy.roots.add(root)
+            self.serving[root] += 1
 
     async def _sender(
         self,

@@ -21,6 +21,7 @@ from p2pckpt.transfer.peer import connect_direct
 from p2pckpt.transfer.pull import PullResult, pull
 from p2pckpt.transfer.serve import Server
 from p2pckpt.wire import messages as m
+from p2pckpt.wire.codec import encode
 
 LOCAL = "127.0.0.1"
 MIB = 1 << 20
@@ -133,7 +134,9 @@ async def test_a_cold_pull_asks_for_no_pieces(
     asked: list[m.Message] = []
     real = chunk_serve.Chunks.pieces_or_ranges
 
-    async def spy(self: chunk_serve.Chunks, req: m.PiecesRequest | m.RangeRequest) -> bytes:
+    async def spy(
+        self: chunk_serve.Chunks, req: m.PiecesRequest | m.RangeRequest
+    ) -> bytes | memoryview:
         asked.append(req)
         return await real(self, req)
 
@@ -208,7 +211,9 @@ async def test_a_source_that_drops_the_piece_step_leaves_the_pull_to_whole_chunk
     calls = 0
     real = chunk_serve.Chunks.pieces_or_ranges
 
-    async def flaky(self: chunk_serve.Chunks, req: m.PiecesRequest | m.RangeRequest) -> bytes:
+    async def flaky(
+        self: chunk_serve.Chunks, req: m.PiecesRequest | m.RangeRequest
+    ) -> bytes | memoryview:
         nonlocal calls
         calls += 1
         if calls == 4:
@@ -254,3 +259,36 @@ async def test_a_partial_copy_of_the_previous_version_is_reused_not_deleted(
     assert result.bytes_reused == 12 * MIB  # the three chunks the stopped pull verified
     assert result.bytes_downloaded == 12 * MIB
     assert not await trio.Path(staging_path(dest)).exists()  # the kept copy went too
+
+
+async def test_range_answers_are_capped_like_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer cannot get round the upload cap by asking for a chunk as ranges:
+    the answer goes through the server's and the peer's throttles."""
+    from p2pckpt.transfer.throttle import Throttle
+
+    taken: list[int] = []
+    real = Throttle.take
+
+    async def counting(self: Throttle, n: int) -> None:
+        taken.append(n)
+        await real(self, n)
+
+    monkeypatch.setattr(Throttle, "take", counting)
+    seeder, puller = _homes(tmp_path)
+    f = tmp_path / "model.bin"
+    f.write_bytes(os.urandom(4 * MIB))
+    root = publish(seeder, f, "model", version=1).root
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            server = Server(seeder, upload=1 << 30, per_peer=1 << 30)
+            (listener,) = await nursery.start(server.serve, LOCAL, 0)
+            port = listener.socket.getsockname()[1]
+            conn = await connect_direct(puller, (LOCAL, port), expect=seeder.key.peer_id)
+            ranges = ((0, 2 * MIB), (2 * MIB, MIB))
+            got = await conn.request(m.RangeRequest(1, root, 0, ranges))
+            assert isinstance(got, m.ChunkData) and len(got.data) == 3 * MIB
+            assert sum(n for n in taken if n >= 3 * MIB) == 2 * len(encode(got))  # both caps
+            await conn.aclose()
+            nursery.cancel_scope.cancel()
