@@ -15,6 +15,7 @@ from p2pckpt.errors import ConfigError, ManifestError, SourceChanged
 from p2pckpt.home import Home
 from p2pckpt.interop.hfcache import is_snapshot, walk_snapshot
 from p2pckpt.manifest.chunker import hash_reader
+from p2pckpt.manifest.formats import gguf_cuts, zip_cuts
 from p2pckpt.manifest.layout import plan, safetensors_cuts, safetensors_header_length
 from p2pckpt.manifest.manifest import (
     EXPIRES_KEY,
@@ -87,11 +88,21 @@ def detect_format(relpaths: list[str]) -> str | None:
 
 
 def chunk_plan(fd: int, src: SourceFile) -> list[tuple[int, int]]:
-    """Chunk boundaries for one file: tensor-aligned for safetensors."""
+    """Chunk boundaries for one file: tensor-aligned for safetensors and GGUF,
+    entry-aligned for zip archives (``torch.save``), else fixed."""
     if src.relpath.endswith(".safetensors"):
         n = safetensors_header_length(os.pread(fd, 8, 0), src.size)
         if n is not None:
             return plan(src.size, safetensors_cuts(os.pread(fd, 8 + n, 0), src.size))
+    magic = os.pread(fd, 4, 0)
+
+    def read(offset: int, n: int) -> bytes:
+        return os.pread(fd, n, offset)
+
+    if magic == b"GGUF":
+        return plan(src.size, gguf_cuts(read, src.size))
+    if magic == b"PK\x03\x04":
+        return plan(src.size, zip_cuts(read, src.size))
     return plan(src.size)
 
 
