@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import struct
-from typing import Any
+from typing import Any, get_args
 
 import msgpack
 import pytest
@@ -44,6 +44,7 @@ from p2pckpt.wire.messages import (
     PushRequest,
     PushResult,
     RangeRequest,
+    Request,
     VersionInfo,
 )
 from tests import strategies as s
@@ -84,17 +85,7 @@ def raw_frame(kind: int, data: bytes) -> bytes:
 
 def accepts_for(msg: Message) -> frozenset[int]:
     """The reader of the role that receives ``msg``."""
-    if isinstance(
-        msg,
-        ListRequest
-        | ManifestRequest
-        | ChunkRequest
-        | PushRequest
-        | HaveRequest
-        | Cancel
-        | PiecesRequest
-        | RangeRequest,
-    ):
+    if isinstance(msg, get_args(Request)):
         return SERVER_ACCEPTS
     return CLIENT_ACCEPTS
 

@@ -66,14 +66,20 @@ async def _pull(seeder: Home, puller: Home, port: int, version: int, dest: Path)
     return await pull(puller, [conn], "model", version, dest, streams=1)
 
 
-async def _update(tmp_path: Path, edit: Callable[[bytes], bytes]) -> tuple[PullResult, bytes]:
-    """Version 1 pulled into DEST, then version 2 (``edit`` of it) pulled over it."""
+def _published(tmp_path: Path) -> tuple[Home, Home, bytes, Path]:
+    """Two homes, and 24 MiB of random bytes published as model@1: (seeder,
+    puller, the bytes, where the puller's copy goes)."""
     seeder, puller = _homes(tmp_path)
     v1 = os.urandom(24 * MIB)
     f = tmp_path / "model.bin"
     f.write_bytes(v1)
     publish(seeder, f, "model", version=1)
-    dest = tmp_path / "got.bin"
+    return seeder, puller, v1, tmp_path / "got.bin"
+
+
+async def _update(tmp_path: Path, edit: Callable[[bytes], bytes]) -> tuple[PullResult, bytes]:
+    """Version 1 pulled into DEST, then version 2 (``edit`` of it) pulled over it."""
+    seeder, puller, v1, dest = _published(tmp_path)
     with trio.fail_after(60):
         async with _serving(seeder) as port:
             first = await _pull(seeder, puller, port, 1, dest)
@@ -234,12 +240,8 @@ async def test_a_partial_copy_of_the_previous_version_is_reused_not_deleted(
     deleted, and fetched again); the kept copy is gone afterwards."""
     from p2pckpt.store.staging import Staging, staging_path
 
-    seeder, puller = _homes(tmp_path)
-    v1 = os.urandom(24 * MIB)
+    seeder, puller, v1, dest = _published(tmp_path)
     f = tmp_path / "model.bin"
-    f.write_bytes(v1)
-    publish(seeder, f, "model", version=1)
-    dest = tmp_path / "got.bin"
     entry = seeder.catalog.find("model", 1)
     assert entry is not None
     half = Staging(dest, entry.manifest(), entry.envelope)  # a pull of v1, stopped after 3 chunks
