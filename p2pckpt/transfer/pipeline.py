@@ -189,7 +189,7 @@ class Pipeline:
                     if req.req_id in busy.cancelled:
                         del busy.cancelled[req.req_id]
                         continue
-                    self._reading(busy, req.root)
+                    await self._reading(busy, req.root)
                     # A range answer is chunk bytes: sent (and capped) like a chunk.
                     await prepared.send((await self._chunks.pieces_or_ranges(req), None))
                     continue
@@ -201,7 +201,7 @@ class Pipeline:
                     continue
                 buf = await lease.acquire()
                 try:
-                    self._reading(busy, req.root)
+                    await self._reading(busy, req.root)
                     payload = await self._chunks.prepare(req, buf, busy.pack)
                 except BaseException:
                     lease.release(None)  # the buffer may still be in use
@@ -215,9 +215,11 @@ class Pipeline:
                 else:
                     await prepared.send((payload, buf))
 
-    def _reading(self, busy: Busy, root: bytes) -> None:
-        """The connection reads ``root``: retention spares it while it is open."""
-        if root not in busy.roots:
+    async def _reading(self, busy: Busy, root: bytes) -> None:
+        """The connection reads ``root``: retention spares it while it is open.
+        Only a version served here counts: a peer naming random roots must not
+        grow the sets."""
+        if root not in busy.roots and await self._chunks.served(root) is not None:
             busy.roots.add(root)
             self.serving[root] += 1
 

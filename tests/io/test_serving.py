@@ -36,6 +36,12 @@ async def test_serving_tracks_open_connections(tmp_path: Path) -> None:
             reply = await conn.request(m.ChunkRequest(0, manifest.root, 0))
             assert isinstance(reply, m.ChunkData)
             assert server.serving() == {manifest.root}
+            for i in range(50):  # versions not served here are not counted, however many
+                root = bytes([i]) * 32
+                for req in (m.ChunkRequest(i, root, 0), m.PiecesRequest(i, root, 0)):
+                    reply = await conn.request(req)
+                    assert isinstance(reply, m.Error) and reply.code == m.NOT_FOUND
+            assert server.serving() == {manifest.root}
             await conn.aclose()
             await trio.testing.wait_all_tasks_blocked()  # the server has seen the close
             assert server.serving() == set()
