@@ -294,3 +294,20 @@ async def test_range_answers_are_capped_like_chunks(
             assert sum(n for n in taken if n >= 3 * MIB) == 2 * len(encode(got))  # both caps
             await conn.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_a_source_that_never_answers_the_piece_step_costs_one_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A seeder stuck on a piece list: the step gives up after ANSWER_TIMEOUT
+    (shortened here) and the pull finishes with whole chunks."""
+    from p2pckpt.transfer import delta
+
+    async def stuck(self: chunk_serve.Chunks, req: m.PiecesRequest | m.RangeRequest) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    monkeypatch.setattr(delta, "ANSWER_TIMEOUT", 0.5)
+    monkeypatch.setattr(chunk_serve.Chunks, "pieces_or_ranges", stuck)
+    result, v2 = await _update(tmp_path, lambda data: _edit(data, 4)[0])
+    assert result.bytes_reused + result.bytes_downloaded == len(v2)
