@@ -258,9 +258,11 @@ class Scheduler:
         # First what nobody else can give; then, once only chunks fellow pullers
         # are still fetching are left, those too (they may never get them);
         # last what a seeder has given others already.
-        passes = (held | fetching | given, held | given) if fetching else (held | given,)
-        for spare in (*passes, held) if given else passes:
-            if spare is held and given and held & self.missing:
+        passes = [held | fetching | given, held | given] if fetching else [held | given]
+        if given:
+            passes.append(held)
+        for n, spare in enumerate(passes):
+            if given and n == len(passes) - 1 and held & self.missing:
                 return None  # fellows still bring chunks we need: what was given waits
             for level in range(1, len(self._buckets)):
                 offer = self._buckets[level] & peer.bits & ~spare

@@ -562,3 +562,17 @@ def test_only_a_full_source_says_what_it_gave() -> None:
     s.update_given("stranger", bits_of([1]))  # not a peer: ignored
     assert {s.pick("puller", 0.0), s.pick("puller", 0.0)} == {0, 1}
     check_invariants(s)
+
+
+def test_a_seeder_with_fellows_still_gives_what_nobody_was_given() -> None:
+    """Fellows hold 0-3 and were given them by the seeder: the seeder is still
+    asked for 4-7 (a small checkpoint's bitmaps are Python's cached small
+    ints: an identity test once took the first pass for the last and asked
+    nothing)."""
+    s = sched(8, initial=8)
+    s.add_peer("seeder", None, max_window=8)
+    s.add_peer("puller", bits_of(range(4)), max_window=8)
+    s.update_given("seeder", bits_of(range(2)))
+    asked = {s.pick("seeder", 0.0) for _ in range(4)}
+    assert asked == {4, 5, 6, 7}
+    check_invariants(s)
