@@ -115,7 +115,9 @@ def start_over(files: PartialFiles, manifest: Manifest, envelope: bytes, keep: b
                 os.rename(path / name, path / PREVIOUS / name)
         log.info('kept partial copy of another version path="%s" (its chunks are reused)', path)
     elif os.path.lexists(path / "data"):
-        log.warning('discarding partial copy path="%s" (it is damaged)', path)
+        log.warning(
+            'discarding partial copy path="%s" (damaged, or in a place others could write)', path
+        )
     for name in ("data", "journal", "journal.tmp", "manifest", "adopted", ADOPT_TMP):
         remove(path / name)
     files.adopted = set()
