@@ -121,7 +121,8 @@ async def pull_into_cache(
             if isinstance(exc, OSError):
                 raise StoreError(f"cannot lay out {repo}: {exc}") from exc
             raise
-        home.catalog.add(manifest, envelope, where, "pulled")  # replaces the incoming row
+        home.catalog.forget_location(incoming)  # its bytes are the snapshot's now
+        home.catalog.add(manifest, envelope, where, "pulled")
         await trio.to_thread.run_sync(_discard, incoming)
     finally:
         os.close(lock)

@@ -15,7 +15,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import msgpack
@@ -74,6 +74,15 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 CREATE TRIGGER IF NOT EXISTS meta_goes_with_versions AFTER DELETE ON versions
 BEGIN DELETE FROM meta WHERE root = old.root; END;
+CREATE TABLE IF NOT EXISTS copies (
+    root     BLOB NOT NULL,
+    location TEXT NOT NULL,
+    added    INTEGER NOT NULL,
+    PRIMARY KEY (root, location)
+);
+CREATE INDEX IF NOT EXISTS copies_by_location ON copies (location);
+CREATE TRIGGER IF NOT EXISTS copies_go_with_versions AFTER DELETE ON versions
+BEGIN DELETE FROM copies WHERE root = old.root; END;
 CREATE TABLE IF NOT EXISTS hashed (
     path      TEXT PRIMARY KEY,
     size      INTEGER NOT NULL,
@@ -189,9 +198,27 @@ class Catalog:
                     f"{manifest.publisher.short} signed two different {manifest.name}"
                     f"@{manifest.version}; refusing the second"
                 )
-            if clash and clash[0].origin == "published" and origin == "pulled":
+            here = clash[0] if clash else None
+            if here is not None and here.location != str(location) and origin == "pulled":
+                # Another copy of a version held already (issue 18): the first
+                # stays the one served and indexed; this one is catalogued too.
+                self._db.execute(
+                    "INSERT OR REPLACE INTO copies VALUES (?,?,?)",
+                    (manifest.root, str(location), int(time.time())),
+                )
                 self._bump_highest(manifest)
-                return  # the original stays the copy we serve from
+                self._bump_epoch()
+                return
+            if here is not None and here.location != str(location) and here.origin == "pulled":
+                # published here now: the pulled copy stays catalogued beside it
+                self._db.execute(
+                    "INSERT OR REPLACE INTO copies VALUES (?,?,?)",
+                    (manifest.root, here.location, int(time.time())),
+                )
+            self._db.execute(
+                "DELETE FROM copies WHERE root = ? AND location = ?",
+                (manifest.root, str(location)),
+            )
             self._db.execute(
                 "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
@@ -328,11 +355,13 @@ class Catalog:
         return 1 if top is None else int(top) + 1
 
     def roots_under(self, location: Path) -> set[bytes]:
-        """Roots of versions stored at or under ``location``."""
+        """Roots of versions with a copy stored at or under ``location``."""
         prefix = str(location).rstrip("/") + "/"
+        args = (str(location), len(prefix), prefix)
         cur = self._db.execute(
-            "SELECT root FROM versions WHERE location = ? OR substr(location, 1, ?) = ?",
-            (str(location), len(prefix), prefix),
+            "SELECT root FROM versions WHERE location = ? OR substr(location, 1, ?) = ?"
+            " UNION SELECT root FROM copies WHERE location = ? OR substr(location, 1, ?) = ?",
+            args + args,
         )
         return {row[0] for row in cur.fetchall()}
 
@@ -370,22 +399,46 @@ class Catalog:
             )
 
     def at_location(self, location: Path) -> list[Entry]:
-        """Versions whose bytes live exactly at ``location``."""
-        return self._rows("WHERE location = ?", (str(location),))
+        """Versions whose bytes live exactly at ``location``: where they are
+        served from, or another pulled copy of them (its row says so)."""
+        where = str(location)
+        rows = self._rows("WHERE location = ?", (where,))
+        extra = self._rows("WHERE root IN (SELECT root FROM copies WHERE location = ?)", (where,))
+        return rows + [replace(e, location=where, origin="pulled") for e in extra]
 
     def forget_location(self, location: Path) -> int:
-        """Drop pulled versions stored at or under ``location`` (deleted by
-        retention), so we never offer bytes we no longer have."""
+        """Drop pulled copies stored at or under ``location`` (deleted by
+        retention, or replaced), so we never offer bytes we no longer have.
+        A version served from there with another copy catalogued is served
+        from that copy from now on. Returns the versions dropped whole."""
         prefix = str(location).rstrip("/") + "/"
+        args = (str(location), len(prefix), prefix)
         with self._db:
-            cur = self._db.execute(
-                "DELETE FROM versions WHERE origin = 'pulled'"
-                " AND (location = ? OR substr(location, 1, ?) = ?)",
-                (str(location), len(prefix), prefix),
-            )
-            if cur.rowcount:
+            self._db.execute("BEGIN IMMEDIATE")
+            gone = self._db.execute(
+                "DELETE FROM copies WHERE location = ? OR substr(location, 1, ?) = ?", args
+            ).rowcount
+            dropped = 0
+            pulled = "WHERE origin = 'pulled' AND (location = ? OR substr(location, 1, ?) = ?)"
+            for entry in self._rows(pulled, args):
+                other = self._db.execute(
+                    "SELECT location FROM copies WHERE root = ? ORDER BY added DESC LIMIT 1",
+                    (entry.root,),
+                ).fetchone()
+                if other is None:
+                    self._db.execute("DELETE FROM versions WHERE root = ?", (entry.root,))
+                    dropped += 1
+                    continue
+                self._db.execute(
+                    "DELETE FROM copies WHERE root = ? AND location = ?", (entry.root, other[0])
+                )
+                self._db.execute(
+                    "UPDATE versions SET location = ? WHERE root = ?", (other[0], entry.root)
+                )
+                self._index(entry.manifest(), other[0])
+            if gone or dropped:
                 self._bump_epoch()
-            return int(cur.rowcount)
+            return dropped
 
     def forget_publisher(self, publisher: bytes) -> tuple[int, list[Entry]]:
         """Forget what ``publisher`` signed (its key was removed from trust,
