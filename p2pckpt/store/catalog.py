@@ -199,6 +199,8 @@ class Catalog:
                     f"@{manifest.version}; refusing the second"
                 )
             here = clash[0] if clash else None
+            if here is not None and not os.path.lexists(here.location):
+                here = None  # the copy served from is gone: this one takes its place
             if here is not None and here.location != str(location) and origin == "pulled":
                 # Another copy of a version held already (issue 18): the first
                 # stays the one served and indexed; this one is catalogued too.

@@ -46,3 +46,20 @@ async def test_two_copies_of_one_version_are_both_catalogued_and_repairable(
     assert entry is not None and entry.location == str(b)
     assert cat.at_location(a) == [] and cat.roots_under(tmp_path) == {manifest.root}
     assert cat.forget_location(b) == 1 and cat.by_root(manifest.root) is None
+
+
+async def test_a_copy_pulled_after_the_first_was_deleted_takes_its_place(tmp_path: Path) -> None:
+    """The copy served from was deleted by hand (the catalog was not told):
+    the next copy pulled becomes the one served, not a copy beside a ghost."""
+    seeder, puller = _homes(tmp_path)
+    f = tmp_path / "model.bin"
+    f.write_bytes(os.urandom(5 * MIB))
+    manifest = publish(seeder, f, "model", version=1)
+    a, c = tmp_path / "a.bin", tmp_path / "c.bin"
+    with trio.fail_after(60):
+        async with _serving(seeder) as port:
+            await _pull(seeder, puller, port, 1, a)
+            await trio.Path(a).unlink()
+            await _pull(seeder, puller, port, 1, c)
+    entry = puller.catalog.by_root(manifest.root)
+    assert entry is not None and entry.location == str(c)
