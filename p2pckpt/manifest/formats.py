@@ -44,7 +44,7 @@ class _Stream:
     """Sequential little-endian reads through ``read``, a block at a time."""
 
     def __init__(self, read: Read, size: int, limit: int) -> None:
-        self._read, self._size, self._limit = read, size, min(size, limit)
+        self._read, self._limit = read, min(size, limit)
         self.pos = 0
         self._buf, self._at = b"", 0
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -53,13 +54,22 @@ def _cutter() -> Any:
     return pyfastcdc.FastCDC(avg_size=AVG_PIECE, min_size=MIN_PIECE, max_size=MAX_PIECE)
 
 
-def cut(data: bytes | bytearray | memoryview, base: int = 0) -> list[Piece]:
-    """Every piece of ``data``, at offsets counted from ``base``."""
-    view = memoryview(data)
-    return [
-        Piece(base + c.offset, c.length, piece_digest(view[c.offset : c.offset + c.length]))
-        for c in _cutter().cut_buf(view)
-    ]
+def _kept(view: memoryview, window_start: int, file_size: int) -> Iterator[tuple[int, int]]:
+    """``(offset in view, length)`` of each piece cut from a window of a file
+    (its bytes from ``window_start``), less its first piece unless the window
+    starts the file and its last unless it ends it: those were cut from an
+    edge, not where the content says."""
+    cuts = iter(_cutter().cut_buf(view))
+    held = next(cuts, None)
+    if held is not None and window_start > 0:
+        held = next(cuts, None)
+    if held is None:
+        return
+    for piece in cuts:  # the one held back is not the window's last
+        yield held.offset, held.length
+        held = piece
+    if window_start + len(view) >= file_size:
+        yield held.offset, held.length
 
 
 def chunk_pieces(window: bytes | bytearray | memoryview, window_start: int, file_size: int,
@@ -67,28 +77,15 @@ def chunk_pieces(window: bytes | bytearray | memoryview, window_start: int, file
     """The pieces covering one chunk, cut from ``window`` (the file's bytes
     from ``window_start``, reaching PAD or the file's ends around the chunk),
     with ``start`` relative to the chunk (negative for a piece that begins
-    before it). The window's first piece is dropped unless the window starts
-    the file, and its last unless it ends it: they were cut from an edge, not
-    where the content says. Only the pieces kept are hashed."""
+    before it). Only the pieces kept are hashed."""
     view = memoryview(window)
-    cuts = [(c.offset, c.length) for c in _cutter().cut_buf(view)]
-    if window_start > 0:
-        cuts = cuts[1:]
-    if window_start + len(view) < file_size:
-        cuts = cuts[:-1]
-    lo, hi = chunk_start - window_start, chunk_start - window_start + chunk_length
-    digest = blake3.blake3
+    lo = chunk_start - window_start
+    hi = lo + chunk_length
     return [
-        Piece(at - lo, n, digest(view[at : at + n]).digest(DIGEST_BYTES))
-        for at, n in cuts
+        Piece(at - lo, n, piece_digest(view[at : at + n]))
+        for at, n in _kept(view, window_start, file_size)
         if at < hi and at + n > lo
     ]
-
-
-def window_of(chunk_start: int, chunk_length: int, file_size: int) -> tuple[int, int]:
-    """``(start, length)`` of the bytes a seeder cuts for one chunk's pieces."""
-    start = max(0, chunk_start - PAD)
-    return start, min(file_size, chunk_start + chunk_length + PAD) - start
 
 
 class FileIndex:
@@ -128,20 +125,8 @@ class FileIndex:
 
     def _add_block(self, fd: int, size: int, lo: int, hi: int) -> None:
         start = max(0, lo - PAD)
-        data = os.pread(fd, min(size, hi + PAD) - start, start)
-        complete_end = start + len(data) >= size
-        where, digest = self.where, blake3.blake3
-        pieces = iter(_cutter().cut_buf(data))
-        held: Any = next(pieces, None)
-        if held is not None and start > 0:
-            held = next(pieces, None)  # cut from an edge, not where the content says
-        if held is None:
-            return
-        for piece in pieces:  # the one held back is not the window's last: keep it
-            at = start + held.offset
-            if lo <= at < hi:
-                where.setdefault(digest(held.data).digest(DIGEST_BYTES), (at, held.length))
-            held = piece
-        at = start + held.offset
-        if complete_end and lo <= at < hi:
-            where.setdefault(digest(held.data).digest(DIGEST_BYTES), (at, held.length))
+        view = memoryview(os.pread(fd, min(size, hi + PAD) - start, start))
+        where = self.where
+        for at, n in _kept(view, start, size):
+            if lo <= start + at < hi:
+                where.setdefault(piece_digest(view[at : at + n]), (start + at, n))

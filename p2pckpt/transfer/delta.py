@@ -62,7 +62,6 @@ MIN_LOCAL: Final = 0.125  # share of a chunk local pieces must cover to try
 ANSWER_TIMEOUT: Final = 30.0
 PIPELINE: Final = 16  # piece lists asked ahead
 WRITE_QUEUE: Final = 4  # chunks waiting to be assembled and written
-WRITERS: Final = 1  # two were slower: one file, one lock, one GIL
 MAX_INDEXED: Final = 64 << 30  # bytes of older files indexed for one pull, at most
 
 
@@ -292,9 +291,8 @@ async def _converse(
         WRITE_QUEUE
     )
     async with trio.open_nursery() as nursery:
-        for _ in range(WRITERS):  # hashing and copying: one per core
-            nursery.start_soon(_writer, staging, to_write.clone(), sizes, on_chunk, done)
-        to_write.close()
+        # one writer: two were slower (one file, one lock, one GIL)
+        nursery.start_soon(_writer, staging, to_write, sizes, on_chunk, done)
         async with writes:
             while True:
                 asks: list[m.Message] = []
