@@ -49,9 +49,11 @@ class SecureStream:
         recv_cipher: CipherState,
         leftover: bytes,
         receive_window: int = RECEIVE_WINDOW,
+        handshake_hash: bytes = b"",
     ) -> None:
         self.transport = transport
         self.peer = peer
+        self.handshake_hash = handshake_hash  # channel binding: unique to this session
         self._encoder = RecordEncoder(send_cipher)
         self._decoder = RecordDecoder(recv_cipher, receive_window)
         self._leftover = leftover
@@ -186,4 +188,6 @@ async def open_secure(
         raise HandshakeFailed("connection lost during handshake") from exc
     send, recv = hs.split()
     assert hs.remote_peer is not None
-    return SecureStream(transport, hs.remote_peer, send, recv, bytes(buf), receive_window)
+    return SecureStream(
+        transport, hs.remote_peer, send, recv, bytes(buf), receive_window, hs.handshake_hash
+    )

@@ -24,6 +24,7 @@ from p2pckpt.cli import (  # noqa: F401  (registers the commands)
     daemon_cmd,
     init_cmd,
     ls_cmd,
+    pair_cmd,
     publish_cmd,
     pull_cmd,
     push_cmd,

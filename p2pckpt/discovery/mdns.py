@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import secrets
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -109,6 +110,11 @@ def _local_ipv4() -> list[str]:
     found = [a for _, name in socket.if_nameindex() if (a := _interface_ipv4(name))]
     outside = [a for a in found if not ipaddress.ip_address(a).is_loopback]
     return list(dict.fromkeys(outside or found))
+
+
+def local_ipv4() -> list[str]:
+    """This host's addresses worth giving to a peer (non-loopback IPv4 first)."""
+    return _local_ipv4()
 
 
 def _open_zeroconf(interfaces: list[str] | None) -> Zeroconf:
@@ -337,3 +343,92 @@ async def open_browser(*, interfaces: list[str] | None = None) -> AsyncIterator[
     finally:
         browser._closed = True
         await _close_bounded(zc, service_browser)
+
+
+# -- pairing: "which node printed code number N?" ---------------------------
+
+PAIR_SERVICE_TYPE: Final = "_p2pckpt-pair._tcp.local."
+MAX_PAIR_FOUND: Final = 16  # inviters answering one number (a spoofer adds some)
+
+
+async def announce_pairing(
+    nameplate: int,
+    port: int,
+    *,
+    interfaces: list[str] | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Announce an open invitation (its public number only) until cancelled.
+    The announcement is a hint like any other (R-13): whoever answers must
+    still prove it knows the code (``pairing/core.py``)."""
+    bound = _resolve_interfaces(interfaces)
+    addresses = bound if bound is not None else await trio.to_thread.run_sync(_local_ipv4)
+    if not addresses:
+        raise DiscoveryError("no IPv4 address to announce")
+    label = f"pair-{nameplate}-{secrets.token_hex(4)}"
+    info = ServiceInfo(
+        PAIR_SERVICE_TYPE,
+        f"{label}.{PAIR_SERVICE_TYPE}",
+        port=port,
+        properties={"v": "1", "n": str(nameplate)},
+        server=f"{label}.local.",
+        parsed_addresses=addresses[:MAX_ADDRS],
+    )
+    zc = await trio.to_thread.run_sync(_open_zeroconf, bound)
+    try:
+        try:
+            await trio.to_thread.run_sync(lambda: zc.register_service(info, allow_name_change=True))
+        except ZeroconfError as exc:
+            raise DiscoveryError(f"cannot announce on mDNS: {exc!r}") from exc
+        task_status.started()
+        await trio.sleep_forever()
+    finally:
+        await _close_bounded(zc)
+
+
+async def find_pairing(
+    nameplate: int, timeout: float, *, interfaces: list[str] | None = None
+) -> list[tuple[str, int]]:
+    """The addresses of inviters announcing ``nameplate``, waiting up to
+    ``timeout`` seconds for the first; [] if none answered."""
+    bound = _resolve_interfaces(interfaces)
+    token = trio.lowlevel.current_trio_token()
+    found: list[tuple[str, int]] = []
+    seen = trio.Event()
+
+    def add(addrs: list[tuple[str, int]]) -> None:
+        for addr in addrs:
+            if addr not in found and len(found) < MAX_PAIR_FOUND:
+                found.append(addr)
+        if found:
+            seen.set()
+
+    def on_change(
+        zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
+    ) -> None:
+        if state_change is ServiceStateChange.Removed:
+            return
+        try:
+            info = ServiceInfo(service_type, name)
+            if not info.request(zeroconf, LOOKUP_TIMEOUT_MS) or info.port is None:
+                return
+            props = info.properties or {}
+            if props.get(b"n") != str(nameplate).encode():
+                return
+            addrs = [(a, info.port) for a in info.parsed_addresses()[:MAX_ADDRS]]
+        except Exception:  # whatever a hostile record or a closing zeroconf raises
+            return
+        with contextlib.suppress(trio.RunFinishedError):
+            trio.from_thread.run_sync(add, addrs, trio_token=token)
+
+    zc = await trio.to_thread.run_sync(_open_zeroconf, bound)
+    browser: ServiceBrowser | None = None
+    try:
+        browser = await trio.to_thread.run_sync(
+            lambda: ServiceBrowser(zc, PAIR_SERVICE_TYPE, handlers=[on_change])
+        )
+        with trio.move_on_after(timeout):
+            await seen.wait()
+        return list(found)
+    finally:
+        await _close_bounded(zc, browser)

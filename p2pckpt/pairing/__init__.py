@@ -1,0 +1,1 @@
+"""Pairing two nodes by a short one-time code (``p2pckpt pair``)."""

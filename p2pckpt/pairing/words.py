@@ -1,0 +1,318 @@
+"""Pairing codes: a public number and three secret words (pure).
+
+``7-orbit-lantern-velvet``: the number (the *nameplate*, 1-999) tells the
+joiner which inviter to talk to and is not secret; the three words are 24
+bits of secret drawn from WORDS (256 words, distinct, lowercase, easy to
+say and to type). The whole code, number included, is the PAKE password:
+a guesser gets one online try per code (``pairing/core.py``), so 24 bits
+are plenty for a code that lives ten minutes and burns on a wrong guess.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Final
+
+from p2pckpt.errors import ConfigError
+
+WORDS: Final = (
+    "acorn",
+    "adobe",
+    "agent",
+    "alarm",
+    "album",
+    "alpine",
+    "amber",
+    "anchor",
+    "angle",
+    "apple",
+    "apron",
+    "arch",
+    "arctic",
+    "arena",
+    "arrow",
+    "atlas",
+    "attic",
+    "autumn",
+    "badge",
+    "bagel",
+    "bakery",
+    "ballad",
+    "bamboo",
+    "banjo",
+    "barley",
+    "barrel",
+    "basin",
+    "basket",
+    "beacon",
+    "beaver",
+    "bench",
+    "berry",
+    "blanket",
+    "blossom",
+    "bonnet",
+    "border",
+    "bottle",
+    "boulder",
+    "bracket",
+    "breeze",
+    "brick",
+    "bridge",
+    "bronze",
+    "brook",
+    "bucket",
+    "buffalo",
+    "bugle",
+    "bundle",
+    "butter",
+    "cabin",
+    "cactus",
+    "camel",
+    "candle",
+    "canoe",
+    "canyon",
+    "carbon",
+    "carpet",
+    "castle",
+    "cedar",
+    "cellar",
+    "chalk",
+    "channel",
+    "cherry",
+    "chess",
+    "chimney",
+    "cider",
+    "cinema",
+    "circle",
+    "citrus",
+    "clover",
+    "cobalt",
+    "coconut",
+    "comet",
+    "copper",
+    "coral",
+    "cotton",
+    "cradle",
+    "crater",
+    "crayon",
+    "cricket",
+    "crystal",
+    "curtain",
+    "cushion",
+    "dahlia",
+    "daisy",
+    "delta",
+    "denim",
+    "desert",
+    "diamond",
+    "dolphin",
+    "domino",
+    "dragon",
+    "drum",
+    "eagle",
+    "easel",
+    "echo",
+    "eclipse",
+    "elbow",
+    "ember",
+    "emerald",
+    "engine",
+    "falcon",
+    "feather",
+    "fennel",
+    "ferry",
+    "fiddle",
+    "fig",
+    "flute",
+    "forest",
+    "fossil",
+    "fountain",
+    "fox",
+    "galaxy",
+    "garden",
+    "garlic",
+    "gazelle",
+    "gecko",
+    "ginger",
+    "glacier",
+    "globe",
+    "goblet",
+    "granite",
+    "grape",
+    "gravel",
+    "guitar",
+    "hammock",
+    "harbor",
+    "harvest",
+    "hazel",
+    "helmet",
+    "heron",
+    "honey",
+    "hornet",
+    "iceberg",
+    "igloo",
+    "indigo",
+    "island",
+    "ivory",
+    "jacket",
+    "jaguar",
+    "jasmine",
+    "jelly",
+    "jigsaw",
+    "jungle",
+    "kayak",
+    "kettle",
+    "kiwi",
+    "koala",
+    "ladder",
+    "lagoon",
+    "lantern",
+    "lemon",
+    "lilac",
+    "linen",
+    "lizard",
+    "lobster",
+    "locket",
+    "lotus",
+    "magnet",
+    "mango",
+    "maple",
+    "marble",
+    "meadow",
+    "melon",
+    "meteor",
+    "mint",
+    "mitten",
+    "mosaic",
+    "muffin",
+    "mustard",
+    "napkin",
+    "nectar",
+    "needle",
+    "nickel",
+    "noodle",
+    "oasis",
+    "octopus",
+    "olive",
+    "onion",
+    "orbit",
+    "orchid",
+    "otter",
+    "oyster",
+    "paddle",
+    "pagoda",
+    "panda",
+    "panther",
+    "papaya",
+    "parrot",
+    "pebble",
+    "pelican",
+    "pepper",
+    "piano",
+    "pickle",
+    "pilot",
+    "pine",
+    "planet",
+    "plum",
+    "pocket",
+    "pony",
+    "poppy",
+    "prairie",
+    "puffin",
+    "pumpkin",
+    "quartz",
+    "quill",
+    "rabbit",
+    "radar",
+    "radish",
+    "raven",
+    "reef",
+    "ribbon",
+    "river",
+    "robin",
+    "rocket",
+    "saddle",
+    "saffron",
+    "salmon",
+    "scarf",
+    "shadow",
+    "shovel",
+    "silver",
+    "sketch",
+    "sparrow",
+    "spider",
+    "spruce",
+    "squid",
+    "statue",
+    "sunset",
+    "tablet",
+    "tango",
+    "teapot",
+    "temple",
+    "thistle",
+    "thunder",
+    "tiger",
+    "timber",
+    "toast",
+    "tomato",
+    "topaz",
+    "tulip",
+    "tundra",
+    "turtle",
+    "valley",
+    "velvet",
+    "violet",
+    "violin",
+    "walnut",
+    "walrus",
+    "willow",
+    "window",
+    "wizard",
+    "yogurt",
+    "zebra",
+    "zephyr",
+    "zigzag",
+)
+_INDEX: Final = {w: i for i, w in enumerate(WORDS)}
+SECRET_WORDS: Final = 3
+MAX_NAMEPLATE: Final = 999
+_SPLIT: Final = re.compile(r"[\s\-]+")
+
+
+@dataclass(frozen=True)
+class Code:
+    """A parsed pairing code."""
+
+    nameplate: int
+    words: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return "-".join((str(self.nameplate), *self.words))
+
+    @property
+    def password(self) -> bytes:
+        """What SPAKE2 is keyed with: the whole code, normalised."""
+        return str(self).encode()
+
+
+def new_code() -> Code:
+    """A fresh random code."""
+    nameplate = 1 + secrets.randbelow(MAX_NAMEPLATE)
+    return Code(nameplate, tuple(secrets.choice(WORDS) for _ in range(SECRET_WORDS)))
+
+
+def parse_code(text: str) -> Code:
+    """``7-orbit-lantern-velvet`` (any case; spaces or dashes between parts)."""
+    parts = [p for p in _SPLIT.split(text.strip().lower()) if p]
+    shape = "a number and three words, e.g. 7-orbit-lantern-velvet"
+    if len(parts) != 1 + SECRET_WORDS or not parts[0].isdigit():
+        raise ConfigError(f"not a pairing code: {shape}")
+    nameplate = int(parts[0])
+    if not 1 <= nameplate <= MAX_NAMEPLATE:
+        raise ConfigError(f"not a pairing code: the number is 1-{MAX_NAMEPLATE}")
+    unknown = [p for p in parts[1:] if p not in _INDEX]
+    if unknown:
+        raise ConfigError(f"not a pairing code: {', '.join(unknown)} is not a code word ({shape})")
+    return Code(nameplate, tuple(parts[1:]))
