@@ -58,7 +58,7 @@ FIND_TIMEOUT = 10.0  # seconds the joiner looks for the inviter on the LAN
 @click.option(
     "--expires",
     default=600,
-    type=click.IntRange(10, 3600),
+    type=click.IntRange(1, 3600),
     show_default=True,
     help="Inviting: seconds the code stays valid.",
 )

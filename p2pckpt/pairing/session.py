@@ -243,7 +243,12 @@ async def _joined(
     """From the inviter's Reply on: the code was tried here, so any failure is final."""
     peer = link.stream.peer
     try:
-        await link.send(core.reply(reply))
+        try:
+            confirm = core.reply(reply)
+        except PairingFailed:
+            await _try_send(link, error("wrong code"))
+            raise
+        await link.send(confirm)
         offered, their_name = core.offer(await link.receive())
         granted = await decide(peer, their_name, offered)
         if granted is None:
