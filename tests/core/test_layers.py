@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("manifest",),  # chunking, signed manifests, safe paths
     ("wire", "store"),  # messages and framing; local copies (catalog, staging, healing)
     ("channel", "config", "home"),  # the encrypted stream; settings; a node's home
-    ("relay",),  # relay protocol, server and client
+    ("relay", "pairing"),  # relay protocol, server and client; pairing by a code
     ("transfer",),  # serving and pulling
     ("discovery",),  # mDNS and finding peers to connect to
     ("interop", "replicas"),  # the Hugging Face cache; waiting for replicas

@@ -30,6 +30,8 @@ PURE_MODULES = [
     "p2pckpt.transfer.requests",
     "p2pckpt.config",
     "p2pckpt.daemon.completion",
+    "p2pckpt.pairing.core",
+    "p2pckpt.pairing.words",
 ]
 
 # Prints the trio modules loaded after importing the module named in argv[1].
