@@ -51,6 +51,12 @@ FIND_TIMEOUT = 10.0  # seconds the joiner looks for the inviter on the LAN
     metavar="HOST:PORT",
     help="Joining: the inviter's address (default: found on the LAN by mDNS).",
 )
+@click.option(
+    "--relay",
+    default=None,
+    metavar="HOST:PORT",
+    help="Meet through this relay too (default: [relay] addr of the config, if any).",
+)
 @click.option("--name", default="", help="What to call the other node here (default: its name).")
 @click.option(
     "--as", "as_name", default="", help="The name we give the other node (default: host name)."
@@ -72,6 +78,7 @@ def pair(
     grant: tuple[str, ...],
     listen: str,
     from_addr: str | None,
+    relay: str | None,
     name: str,
     as_name: str,
     expires: int,
@@ -93,7 +100,12 @@ def pair(
     from p2pckpt.config import parse_addr
 
     home = open_home()
-    cfg = load_config(home, config_path, mdns=False if no_mdns else None)
+    cfg = load_config(
+        home,
+        config_path,
+        mdns=False if no_mdns else None,
+        relay=parse_addr(relay) if relay else None,
+    )
     interfaces = list(cfg.interfaces) or None
     me = as_name or socket.gethostname()[:64]
     if code is None:
@@ -101,18 +113,21 @@ def pair(
             raise ConfigError("--grant, --from and --yes are for joining: 'p2pckpt pair CODE'")
         host, port = parse_addr(listen, allow_zero=True)
         outcome = _invite(home, frozenset(roles or ("pull",)), me, name, host, port, expires,
-                          cfg.mdns, interfaces, as_json)  # fmt: skip
+                          cfg.mdns, cfg.relay, interfaces, as_json)  # fmt: skip
     else:
         if roles or listen != "0.0.0.0:0":
             raise ConfigError("--role and --listen are for inviting: 'p2pckpt pair' alone")
         from p2pckpt.pairing.words import parse_code
 
         parsed = parse_code(code)
-        addrs = [parse_addr(from_addr)] if from_addr else None
-        if addrs is None and not cfg.mdns:
-            raise ConfigError("mDNS is off: give the inviter's address with --from HOST:PORT")
+        addr = parse_addr(from_addr) if from_addr else None
+        if addr is None and not cfg.mdns and cfg.relay is None:
+            raise ConfigError(
+                "mDNS is off and no relay is set: give the inviter's address with --from HOST:PORT"
+            )
         chosen = frozenset(grant) if grant else None
-        outcome = _join(home, parsed, addrs, me, name, chosen, yes, interfaces, as_json)
+        outcome = _join(home, parsed, addr, cfg.mdns, cfg.relay, me, name, chosen, yes,
+                        interfaces, as_json)  # fmt: skip
     _report(home, outcome, as_json)
 
 
@@ -125,6 +140,7 @@ def _invite(
     port: int,
     expires: int,
     mdns: bool,
+    relay: tuple[str, int] | None,
     interfaces: list[str] | None,
     as_json: bool,
 ) -> Outcome:
@@ -149,12 +165,22 @@ def _invite(
             f"this node: {home.key.peer_id}\n"
             f"on the other node run:  p2pckpt pair {code}"
             + ("   (found on this LAN by mDNS)" if mdns else "")
+            + (
+                f"\n                    or:  p2pckpt pair {code} --relay {relay[0]}:{relay[1]}"
+                if relay
+                else ""
+            )
             + f"\n                    or:  p2pckpt pair {code} --from {_where(host)}:{bound}\n"
             f"it will be trusted here with: {', '.join(sorted(roles))}"
             f" (the code works once, for {expires // 60 or 1} minute(s))",
             err=True,
         )
         invitation = Invitation(home, code, roles, me, call)
+
+        def on_relay() -> None:
+            assert relay is not None
+            click.echo(f"waiting at relay {relay[0]}:{relay[1]} too", err=True)
+
         try:
             async with trio.open_nursery() as nursery:
                 if mdns:
@@ -162,7 +188,7 @@ def _invite(
 
                     announce = partial(announce_pairing, interfaces=interfaces)
                     await nursery.start(announce, code.nameplate, bound)
-                outcome = await invitation.serve(listeners, expires)
+                outcome = await invitation.serve(listeners, expires, relay, on_relay)
                 nursery.cancel_scope.cancel()  # the announcement ends
         finally:
             for listener in listeners:
@@ -185,7 +211,9 @@ def _where(host: str) -> str:
 def _join(
     home: Home,
     code: object,
-    addrs: list[tuple[str, int]] | None,
+    addr: tuple[str, int] | None,
+    mdns: bool,
+    relay: tuple[str, int] | None,
     me: str,
     call: str,
     chosen: frozenset[str] | None,
@@ -196,7 +224,7 @@ def _join(
     from p2pckpt.cli.stopping import run_stoppable
     from p2pckpt.errors import PeerUnreachable
     from p2pckpt.pairing.core import grant_back
-    from p2pckpt.pairing.session import join
+    from p2pckpt.pairing.session import direct, join, through_relay
     from p2pckpt.pairing.words import Code
 
     assert isinstance(code, Code)
@@ -225,18 +253,25 @@ def _join(
         return granted
 
     async def run() -> Outcome:
-        found = addrs
-        if found is None:
-            from p2pckpt.discovery.mdns import find_pairing
+        if addr is not None:
+            ways = [direct(*addr)]
+        else:
+            ways = []
+            if mdns:
+                from p2pckpt.discovery.mdns import find_pairing
 
-            found = await find_pairing(code.nameplate, FIND_TIMEOUT, interfaces=interfaces)
-            if not found:
+                wait = FIND_TIMEOUT if relay is None else FIND_TIMEOUT / 3
+                found = await find_pairing(code.nameplate, wait, interfaces=interfaces)
+                ways = [direct(*a) for a in found]
+            if relay is not None:
+                ways.append(through_relay(relay, code))
+            if not ways:
                 raise PeerUnreachable(
                     f"no invitation numbered {code.nameplate} answered on this LAN within"
                     f" {FIND_TIMEOUT:g} s: is 'p2pckpt pair' waiting on the other node?"
-                    " (or give its address: --from HOST:PORT)"
+                    " (or give its address: --from HOST:PORT, or a relay: --relay HOST:PORT)"
                 )
-        return await join(home, code, found, me, call, decide)
+        return await join(home, code, ways, me, call, decide)
 
     return run_stoppable(run)
 

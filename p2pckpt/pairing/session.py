@@ -12,6 +12,7 @@ refused. The inviter stops at the first pairing, right or wrong.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import struct
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,7 @@ from p2pckpt.errors import (
     RemoteProtocolError,
 )
 from p2pckpt.home import Home
+from p2pckpt.identity.keys import NodeKey
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.pairing.core import (
     MAX_MESSAGE,
@@ -43,6 +45,7 @@ from p2pckpt.pairing.words import Code
 
 log = logging.getLogger("p2pckpt.pair")
 
+SLOT_CONTEXT: Final = b"p2pckpt pair relay slot v1\x00"
 STEP_TIMEOUT: Final = 30.0  # each message of the conversation (the joiner's user may be asked)
 CONNECT_TIMEOUT: Final = 10.0
 _LEN: Final = struct.Struct(">H")
@@ -108,12 +111,22 @@ class Invitation:
         self._result: Outcome | BaseException | None = None
         self._done = trio.Event()
 
-    async def serve(self, listeners: list[trio.SocketListener], expires: float) -> Outcome:
-        """Answer joiners until the code is used (the pairing, or why it
-        failed) or ``expires`` seconds pass (PairingFailed)."""
+    async def serve(
+        self,
+        listeners: list[trio.SocketListener],
+        expires: float,
+        relay: tuple[str, int] | None = None,
+        on_relay: Callable[[], None] = lambda: None,
+    ) -> Outcome:
+        """Answer joiners (on ``listeners``, and at the code's slot at
+        ``relay``; ``on_relay()`` once registered there) until the code is
+        used (the pairing, or why it failed) or ``expires`` seconds pass
+        (PairingFailed)."""
         async with trio.open_nursery() as nursery:
             for listener in listeners:
                 nursery.start_soon(trio.serve_listeners, self._handle, [listener])
+            if relay is not None:
+                nursery.start_soon(self._at_relay, relay, on_relay)
             with trio.move_on_after(expires):
                 await self._done.wait()
             nursery.cancel_scope.cancel()
@@ -124,11 +137,20 @@ class Invitation:
         minutes = f"{expires / 60:g} minute(s)"
         raise PairingFailed(f"the code expired: nobody paired within {minutes}")
 
-    async def _handle(self, tcp: trio.SocketStream) -> None:
+    async def _at_relay(self, relay: tuple[str, int], on_relay: Callable[[], None]) -> None:
+        """Hold the code's slot at ``relay`` (re-registering if the relay
+        drops us) until cancelled."""
+        from p2pckpt.relay.client import register
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(register, relay, slot_key(self.code.nameplate), self._handle)
+            on_relay()
+
+    async def _handle(self, transport: trio.abc.Stream) -> None:
         attempt = _Attempt()
         try:
-            async with tcp:
-                stream = await open_secure(tcp, self.home.key, initiator=False)
+            async with transport:
+                stream = await open_secure(transport, self.home.key, initiator=False)
                 await self._converse(_Link(stream), attempt)
         except PairingFailed as exc:
             self._finish(exc)
@@ -200,38 +222,72 @@ async def _try_send(link: _Link, data: bytes) -> None:
 
 
 Decide = Callable[[PeerId, str, frozenset[str]], Awaitable[frozenset[str] | None]]
+Dialer = Callable[[], Awaitable[trio.abc.Stream]]
+
+
+def direct(host: str, port: int) -> tuple[str, Dialer]:
+    """A way to reach an inviter: TCP to ``host:port``."""
+
+    async def dial() -> trio.abc.Stream:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            return await trio.open_tcp_stream(host, port)
+
+    return f"{host}:{port}", dial
+
+
+def through_relay(relay: tuple[str, int], code: Code) -> tuple[str, Dialer]:
+    """A way to reach an inviter: its slot at ``relay`` (``slot_key``)."""
+    from p2pckpt.relay.client import dial as dial_relay
+
+    async def dial() -> trio.abc.Stream:
+        return await dial_relay(relay, slot_key(code.nameplate).peer_id, CONNECT_TIMEOUT)
+
+    return f"relay {relay[0]}:{relay[1]}", dial
+
+
+def slot_key(nameplate: int) -> NodeKey:
+    """The key an invitation registers at a relay under, so that a joiner
+    who knows only the code's number can ask the relay for it. Derived from
+    the number alone, so it is public, not a secret: it is a meeting place.
+    Anyone may take a slot (the relay keeps the last to register), which
+    can only make an attempt fail: the pairing itself runs end to end in
+    the Noise channel with the real node keys, and the code still guards it."""
+    import nacl.signing
+
+    seed = hashlib.sha256(SLOT_CONTEXT + str(nameplate).encode()).digest()
+    return NodeKey(nacl.signing.SigningKey(seed))
 
 
 async def join(
-    home: Home, code: Code, addrs: list[tuple[str, int]], name: str, call: str, decide: Decide
+    home: Home, code: Code, ways: list[tuple[str, Dialer]], name: str, call: str, decide: Decide
 ) -> Outcome:
-    """Pair with the inviter of ``code`` at one of ``addrs`` (tried in turn
-    until one knows the code's number), introducing ourselves as ``name``
-    and calling it ``call`` ("": the name it gives). ``decide(peer, its
-    name, roles it offers)`` returns the roles to grant back, or None to
-    decline."""
+    """Pair with the inviter of ``code`` reached one of ``ways`` (tried in
+    turn until one knows the code's number), introducing ourselves as
+    ``name`` and calling it ``call`` ("": the name it gives).
+    ``decide(peer, its name, roles it offers)`` returns the roles to grant
+    back, or None to decline."""
     problems: list[str] = []
-    for host, port in addrs:
+    for label, dial in ways:
         try:
-            with trio.fail_after(CONNECT_TIMEOUT):
-                tcp = await trio.open_tcp_stream(host, port)
-        except (OSError, trio.TooSlowError) as exc:
-            problems.append(f"{host}:{port}: {getattr(exc, 'strerror', None) or 'timed out'}")
+            transport = await dial()
+        except (OSError, trio.TooSlowError, PeerUnreachable, ProtocolError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc) or "timed out"
+            problems.append(f"{label}: {reason}")
             continue
-        async with tcp:
+        async with transport:
             try:
-                stream = await open_secure(tcp, home.key, initiator=True)
+                stream = await open_secure(transport, home.key, initiator=True)
                 link = _Link(stream)
                 core = Joiner(code, home.key.peer_id.key, stream.peer.key, stream.handshake_hash)
                 await link.send(core.hello())
                 reply = await link.receive()
             except PairingFailed as exc:
                 if "refused" in str(exc) and "already used" not in str(exc):
-                    problems.append(f"{host}:{port}: {exc}")
+                    problems.append(f"{label}: {exc}")
                     continue  # another invitation with another number: try the next
                 raise
             except (*_BROKEN, ProtocolError, trio.TooSlowError) as exc:
-                problems.append(f"{host}:{port}: {exc}")
+                problems.append(f"{label}: {exc}")
                 continue
             return await _joined(home, link, core, reply, name, call, decide)
     raise PeerUnreachable("no inviter for that code answered: " + "; ".join(problems))

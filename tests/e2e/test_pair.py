@@ -283,3 +283,29 @@ def test_the_joiner_finds_the_inviter_on_the_lan_by_the_codes_number(tmp_path: P
         assert json.loads(out.splitlines()[-1])["paired"] == b_id
         assert a_id in joined.stdout
         assert list(trusted(a)) == [b_id] and list(trusted(b)) == [a_id]
+
+
+def test_pairing_through_a_relay_by_the_codes_number_alone(
+    nodes: tuple[Path, str, Path, str], tmp_path: Path
+) -> None:
+    from tests.e2e.nodes import start_relay
+
+    a, a_id, b, b_id = nodes
+    relay = start_relay(tmp_path, tmp_path / "relay.log")
+    try:
+        inv = invite(a, "--relay", relay.addr)
+        assert inv.proc.stderr is not None
+        end = time.monotonic() + DEADLINE
+        seen = ""
+        while "waiting at relay" not in seen and time.monotonic() < end:
+            ready, _, _ = select.select([inv.proc.stderr], [], [], end - time.monotonic())
+            line = inv.proc.stderr.readline() if ready else ""
+            assert line, f"the inviter never reached the relay: {seen}"
+            seen += line
+        joined = run(b, "pair", inv.code, "--relay", relay.addr, "--no-mdns", "--yes")
+        rc, lines, err = inv.finish()
+    finally:
+        relay.stop()
+    assert rc == 0, err
+    assert lines[-1]["paired"] == b_id and a_id in joined.stdout
+    assert list(trusted(a)) == [b_id] and list(trusted(b)) == [a_id]
