@@ -46,7 +46,8 @@ from p2pckpt.pairing.words import Code
 log = logging.getLogger("p2pckpt.pair")
 
 SLOT_CONTEXT: Final = b"p2pckpt pair relay slot v1\x00"
-STEP_TIMEOUT: Final = 30.0  # each message of the conversation (the joiner's user may be asked)
+STEP_TIMEOUT: Final = 30.0  # each message of the conversation, but for the joiner's answer
+DECIDE_TIMEOUT: Final = 300.0  # the joiner's user reads both IDs and answers
 CONNECT_TIMEOUT: Final = 10.0
 _LEN: Final = struct.Struct(">H")
 _BROKEN = (
@@ -178,7 +179,7 @@ class Invitation:
             await _try_send(link, error("wrong code"))
             raise
         await link.send(offer)
-        granted, their_name = core.accepted(await link.receive())
+        granted, their_name = core.accepted(await link.receive(DECIDE_TIMEOUT))
         pinned = pin(self.home, peer, self.call or their_name, self.roles)
         await _try_send(link, core.done())  # pinned here, whatever happens to this message
         self._finish(Outcome(peer, Paired(pinned, self.roles, granted)))
