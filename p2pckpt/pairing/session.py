@@ -49,6 +49,7 @@ SLOT_CONTEXT: Final = b"p2pckpt pair relay slot v1\x00"
 STEP_TIMEOUT: Final = 30.0  # each message of the conversation, but for the joiner's answer
 DECIDE_TIMEOUT: Final = 300.0  # the joiner's user reads both IDs and answers
 CONNECT_TIMEOUT: Final = 10.0
+MAX_CONNECTIONS: Final = 16  # answered at once by an inviter (each for seconds at most)
 _LEN: Final = struct.Struct(">H")
 _BROKEN = (
     ChannelClosed,
@@ -111,6 +112,7 @@ class Invitation:
         self.claimed = False
         self._result: Outcome | BaseException | None = None
         self._done = trio.Event()
+        self._open = 0  # connections being answered
 
     async def serve(
         self,
@@ -148,6 +150,10 @@ class Invitation:
             on_relay()
 
     async def _handle(self, transport: trio.abc.Stream) -> None:
+        if self._open >= MAX_CONNECTIONS:  # someone floods the port: they wait their turn
+            await transport.aclose()
+            return
+        self._open += 1
         attempt = _Attempt()
         try:
             async with transport:
@@ -159,6 +165,8 @@ class Invitation:
             log.info('pairing connection ended error="%s"', exc)
             if attempt.spent:
                 self._finish(PairingFailed(f"the pairing broke off ({exc}): the code is spent"))
+        finally:
+            self._open -= 1
 
     async def _converse(self, link: _Link, attempt: _Attempt) -> None:
         peer = link.stream.peer
