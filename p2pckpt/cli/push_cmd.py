@@ -94,9 +94,9 @@ def push(
     home = open_home()
     cfg = load_config(home, config_path)
     name, version = parse_ref(ref)
-    entry = home.catalog.find(name, version)
+    entry = home.catalog.find(name, version, whole=True)  # not a partial copy (issue 19)
     if entry is None:
-        raise NotFound(f"this node holds no {ref}: publish or pull it first")
+        raise NotFound(f"this node holds no whole {ref}: publish or pull it first")
     parsed = [(t, parse_target(t, home)) for t in targets]
     addr = parse_addr(listen, allow_zero=True)
     bar = progress_bar(sys.stderr.isatty() and not as_json)
