@@ -1,4 +1,10 @@
-"""``p2pckpt ls``: the versions held here and those reachable trusted peers offer."""
+"""``p2pckpt ls``: the versions held here and those reachable trusted peers offer.
+
+``ls NAME[@VERSION] --files`` looks inside one version (issue 19): its files
+and their sizes, from the catalog here, or (when this node does not hold it,
+or with ``--peer``) from the signed manifest a peer sends, checked as a
+pull checks it (publisher trusted, no rollback) but not recorded.
+"""
 
 from __future__ import annotations
 
@@ -9,26 +15,60 @@ from typing import TYPE_CHECKING
 
 import click
 
-from p2pckpt.cli.common import command, config_option, emit_json, human, load_config, open_home
+from p2pckpt.cli.common import (
+    command,
+    config_option,
+    emit_json,
+    human,
+    load_config,
+    open_home,
+    parse_ref,
+)
 
 if TYPE_CHECKING:
     from p2pckpt.config import Config
     from p2pckpt.home import Home
     from p2pckpt.identity.peer_id import PeerId
+    from p2pckpt.manifest.manifest import Manifest
     from p2pckpt.store.catalog import Entry
     from p2pckpt.wire.messages import VersionInfo
 
 
 @command(name="ls")
+@click.argument("ref", metavar="[NAME[@VERSION]]", required=False)
 @click.option(
-    "--peer", "peers", multiple=True, metavar="ADDR", help="Only this peer (HOST:PORT, ID or name)."
+    "--peer",
+    "--from",
+    "peers",
+    multiple=True,
+    metavar="ADDR",
+    help="Only this peer (HOST:PORT, ID or name).",
 )
 @click.option("--local", is_flag=True, help="Only what this node holds; ask no peer.")
+@click.option("--files", is_flag=True, help="The files of NAME[@VERSION] and their sizes.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @config_option
-def ls(peers: tuple[str, ...], local: bool, as_json: bool, config_path: Path | None) -> None:
-    """List versions held here and offered by reachable trusted peers."""
+def ls(
+    ref: str | None,
+    peers: tuple[str, ...],
+    local: bool,
+    files: bool,
+    as_json: bool,
+    config_path: Path | None,
+) -> None:
+    """List versions held here and offered by reachable trusted peers
+    (of NAME, or NAME@VERSION, if given); with --files, one version's files."""
+    from p2pckpt.errors import ConfigError
+
     home = open_home()
+    if files:
+        if ref is None:
+            raise ConfigError("--files needs NAME[@VERSION]")
+        _ls_files(home, ref, peers, local, as_json, config_path)
+        return
+    if peers and local:
+        raise ConfigError("give --peer or --local, not both")
+    wanted = parse_ref(ref) if ref is not None else None
     who = _namer(home)
     rows: list[_Row] = []
     if not peers:
@@ -37,6 +77,13 @@ def ls(peers: tuple[str, ...], local: bool, as_json: bool, config_path: Path | N
     if not local:
         remote = _remote_versions(home, load_config(home, config_path), peers)
         rows += [_offered(peer, route, version, who) for peer, route, version in remote]
+    if wanted is not None:
+        name, version = wanted
+        rows = [
+            r
+            for r in rows
+            if r.doc["name"] == name and (version is None or r.doc["version"] == version)
+        ]
     if as_json:
         emit_json([r.doc for r in rows])
         return
@@ -95,8 +142,13 @@ def _local(e: Entry, meta: dict[str, str], who: Callable[[bytes], str]) -> _Row:
         "origin": e.origin,
         "location": e.location,
         "meta": meta,
+        "partial": e.selection is not None,
     }
     where = f"{e.origin}: {e.location}"
+    if e.selection is not None:  # a selective pull: only some files are here
+        where = f"{e.origin} (partial: {len(e.selected or ())} of {e.file_count} files):" + (
+            f" {e.location}"
+        )
     extra = sorted((k, v) for k, v in meta.items() if k not in _LISTED)
     if extra:
         where += "  " + " ".join(f"{k}={v}" for k, v in extra)
@@ -175,5 +227,81 @@ def _remote_versions(
             finally:
                 await conn.aclose()
         return out
+
+    return trio.run(run)
+
+
+def _ls_files(
+    home: Home,
+    ref: str,
+    peers: tuple[str, ...],
+    local: bool,
+    as_json: bool,
+    config_path: Path | None,
+) -> None:
+    """The files of one version and their sizes: from the catalog here
+    (unless ``peers`` are named), else from the first peer that offers it."""
+    from p2pckpt.errors import ConfigError, NotFound
+    from p2pckpt.identity.peer_id import PeerId
+    from p2pckpt.manifest.paths import safe_display
+
+    if peers and local:
+        raise ConfigError("give --peer or --local, not both")
+    name, version = parse_ref(ref)
+    entry = None if peers else home.catalog.find(name, version)
+    if entry is not None:
+        manifest, where = entry.manifest(), "local"
+        held = entry.selected
+    elif local:
+        raise NotFound(f"this node holds no {ref}")
+    else:
+        manifest, peer = _remote_manifest(home, load_config(home, config_path), peers, ref)
+        where, held = str(peer), None
+    doc: dict[str, object] = {
+        "name": manifest.name,
+        "version": manifest.version,
+        "publisher": str(manifest.publisher),
+        "publisher_name": _namer(home)(manifest.publisher.key),
+        "where": where,
+        "bytes": manifest.total_bytes,
+        "files": [
+            {"path": f.path, "size": f.size, **({} if held is None else {"here": f.path in held})}
+            for f in manifest.files
+        ],
+    }
+    if as_json:
+        emit_json(doc)
+        return
+    whence = "this node" if where == "local" else PeerId.parse(where).short
+    click.echo(
+        f"{manifest.name}@{manifest.version}: {len(manifest.files)} file(s),"
+        f" {human(manifest.total_bytes)} (from {whence})"
+    )
+    width = max(len(str(f.size)) for f in manifest.files)
+    for f in manifest.files:
+        mark = "" if held is None else ("  " if f.path in held else "  (not pulled here)")
+        click.echo(f"{str(f.size).rjust(width)}  {safe_display(f.path)}{mark}")
+
+
+def _remote_manifest(
+    home: Home, cfg: Config, peers: tuple[str, ...], ref: str
+) -> tuple[Manifest, PeerId]:
+    """The newest (or named) version's signed manifest from the given (or
+    found) peers, checked as for a pull, not recorded as seen."""
+    import trio
+
+    from p2pckpt.discovery.finder import connect_targets, parse_targets
+    from p2pckpt.transfer.choose import Accept, choose_source
+
+    name, version = parse_ref(ref)
+    targets = parse_targets(peers, home)
+
+    async def run() -> tuple[Manifest, PeerId]:
+        conns = await connect_targets(home, cfg, targets)
+        offer = await choose_source(home, conns, name, version, Accept(), note=False)
+        try:
+            return offer.manifest, offer.sources[0].peer
+        finally:
+            await offer.aclose()
 
     return trio.run(run)

@@ -1,6 +1,8 @@
 """``p2pckpt pull``: fetch a version from trusted peers and verify every byte.
 
 SIGTERM stops it as Ctrl-C does (exit 130), resumable (``run_stoppable``).
+``--include``/``--exclude`` take only some files (``manifest.select``);
+``--dry-run`` says what a pull would do and writes nothing (``transfer.dryrun``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from p2pckpt.home import Home
+    from p2pckpt.transfer.dryrun import PullPlan
     from p2pckpt.transfer.pull import PullResult
 
 
@@ -105,6 +108,25 @@ class _RichProgress:
     help="While pulling, serve verified chunks to trusted peers pulling the same version,"
     " and pull from those found on the LAN (mDNS; default: on).",
 )
+@click.option(
+    "--include",
+    "include",
+    multiple=True,
+    metavar="GLOB",
+    help="Only files whose path matches (fnmatch, repeatable; default: every file).",
+)
+@click.option(
+    "--exclude",
+    "exclude",
+    multiple=True,
+    metavar="GLOB",
+    help="Not the files whose path matches (repeatable).",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Say which version, from which peers, what would be downloaded and reused; write nothing.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 @config_option
 def pull(
@@ -118,19 +140,31 @@ def pull(
     publishers: tuple[str, ...],
     allow_expired: bool,
     share: bool,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    dry_run: bool,
     as_json: bool,
     config_path: Path | None,
 ) -> None:
     """Pull NAME (newest) or NAME@VERSION; exits 0 only once every byte is verified."""
     import contextlib
 
+    import trio
+
     from p2pckpt.discovery.finder import connect_targets, parse_targets
     from p2pckpt.discovery.sharing import sharing
+    from p2pckpt.manifest.select import check_patterns
     from p2pckpt.transfer import pull as pulling
     from p2pckpt.transfer.throttle import Throttle
 
     name, version = parse_ref(ref)
     _check_args(name, dest, hf_cache, hf_repo)
+    check_patterns("--include", include)
+    check_patterns("--exclude", exclude)
+    if hf_cache is not None and (include or exclude or dry_run):
+        raise ConfigError(
+            "--into-hf-cache takes the whole version: no --include, --exclude or --dry-run"
+        )
     cache_dir = hf_cache.expanduser().absolute() if hf_cache is not None else None
     home = open_home()
     cfg = load_config(home, config_path)
@@ -140,6 +174,18 @@ def pull(
     bar = progress_bar(sys.stderr.isatty())
     progress = _RichProgress(bar) if bar is not None else None
     streams = streams or pulling.DEFAULT_STREAMS
+
+    if dry_run:
+
+        async def plan() -> PullPlan:
+            from p2pckpt.transfer.dryrun import plan_pull
+
+            conns = await connect_targets(home, cfg, targets)
+            offer = await pulling.choose_source(home, conns, name, version, accept, note=False)
+            return await plan_pull(home, offer, dest, include, exclude)
+
+        _print_plan(trio.run(plan), as_json)
+        return
 
     async def run() -> PullResult:
         conns = await connect_targets(home, cfg, targets)
@@ -164,6 +210,8 @@ def pull(
                 accept=accept,
                 partials=shared.partials if shared is not None else None,
                 found=shared.found if shared is not None else None,
+                include=include,
+                exclude=exclude,
             )
 
     with bar if bar is not None else contextlib.nullcontext():
@@ -212,6 +260,39 @@ def _mb(n: object) -> str:
     return f"{int(n) / 1e6:.1f}" if isinstance(n, int | float) else "?"
 
 
+def _print_plan(plan: PullPlan, as_json: bool) -> None:
+    """The dry run's report: one JSON object, or a few lines."""
+    import dataclasses
+
+    from p2pckpt.cli.common import human
+    from p2pckpt.manifest.paths import safe_display
+
+    if as_json:
+        emit_json(dataclasses.asdict(plan))
+        return
+    label = f"{plan.name}@{plan.version}"
+    what = "" if plan.selection is None else f" ({len(plan.files)} selected file(s))"
+    click.echo(f"would pull {label}{what} to {safe_display(plan.dest)}")
+    for peer in plan.peers:
+        click.echo(f"  from {peer['id']} ({safe_display(str(peer['route']))})")
+    if plan.present:
+        click.echo(f"  already there: {human(plan.bytes_total)} verified; nothing to download")
+        return
+    click.echo(
+        f"  {human(plan.bytes_to_download)} to download (at most),"
+        f" {human(plan.bytes_reused)} reused from this node, of {human(plan.bytes_total)}"
+    )
+    free = "?" if plan.disk_free is None else human(plan.disk_free)
+    click.echo(f"  disk space needed: {human(plan.disk_needed)} ({free} free)")
+    click.echo("  DEST would be updated in place" if plan.in_place else "  DEST would be created")
+    for f in plan.files:
+        click.echo(
+            f"  {safe_display(str(f['path']))}: {_mb(f['size'])} MB,"
+            f" {_mb(f['download'])} MB to download"
+        )
+    click.echo("(dry run: nothing written)")
+
+
 def _print_result(result: PullResult, as_json: bool) -> None:
     """The summary (or --json document), then a warning per peer dropped as bad."""
     import dataclasses
@@ -222,8 +303,9 @@ def _print_result(result: PullResult, as_json: bool) -> None:
         emit_json(doc)
     else:
         rate = result.bytes_downloaded / result.seconds / 1e6 if result.seconds else 0.0
+        part = "" if result.selection is None else f" ({result.files} selected file(s))"
         click.echo(
-            f"pulled {result.name}@{result.version} to {result.dest}: "
+            f"pulled {result.name}@{result.version}{part} to {result.dest}: "
             f"{result.bytes_total / 1e6:.1f} MB verified, {result.bytes_downloaded / 1e6:.1f} MB"
             f" downloaded in {result.seconds:.1f}s ({rate:.0f} MB/s),"
             f" {result.bytes_reused / 1e6:.1f} MB already present"

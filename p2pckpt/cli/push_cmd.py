@@ -6,6 +6,8 @@ seeder on ``--listen``) and asks each target to pull it back; see
 While targets pull, each one's progress is shown: a bar per target on a
 terminal, else a line per target at most every PROGRESS_LINE_EVERY seconds.
 Exit 0 only if every target verified (else ``PushIncomplete``, 12).
+``--dry-run`` (issue 19) reaches each target and asks whether it holds the
+version whole (a ``Have``), asks none to pull, serves nothing, and exits 0.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ from p2pckpt.cli.common import (
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
+    from p2pckpt.config import Config
+    from p2pckpt.discovery.finder import Target
+    from p2pckpt.home import Home
+    from p2pckpt.store.catalog import Entry
+    from p2pckpt.transfer.peer import PeerConnection
     from p2pckpt.transfer.push_client import PushReport, TargetResult
 
 PROGRESS_LINE_EVERY = 5.0
@@ -77,10 +84,20 @@ class _TargetProgress:
     metavar="HOST:PORT",
     help="Where the targets pull from (this command serves while it runs).",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Say what would be pushed to whom (asking each target what it holds); write nothing.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object at the end.")
 @config_option
 def push(
-    ref: str, targets: tuple[str, ...], listen: str, as_json: bool, config_path: Path | None
+    ref: str,
+    targets: tuple[str, ...],
+    listen: str,
+    dry_run: bool,
+    as_json: bool,
+    config_path: Path | None,
 ) -> None:
     """Ask daemons to pull NAME[@VERSION] from this node; wait until verified."""
     import trio
@@ -94,11 +111,14 @@ def push(
     home = open_home()
     cfg = load_config(home, config_path)
     name, version = parse_ref(ref)
-    entry = home.catalog.find(name, version)
+    entry = home.catalog.find(name, version, whole=True)  # not a partial copy (issue 19)
     if entry is None:
-        raise NotFound(f"this node holds no {ref}: publish or pull it first")
+        raise NotFound(f"this node holds no whole {ref}: publish or pull it first")
     parsed = [(t, parse_target(t, home)) for t in targets]
     addr = parse_addr(listen, allow_zero=True)
+    if dry_run:
+        _dry_run(home, cfg, entry, parsed, as_json)
+        return
     bar = progress_bar(sys.stderr.isatty() and not as_json)
     shown: dict[str, _TargetProgress] = {}
 
@@ -122,6 +142,74 @@ def push(
     _print_report(report, as_json)
     if not report.ok:
         raise PushIncomplete(f"not every target verified {entry.name}@{entry.version}")
+
+
+def _dry_run(
+    home: Home, cfg: Config, entry: Entry, parsed: list[tuple[str, Target]], as_json: bool
+) -> None:
+    """What a push would do: each target reached and asked whether it holds
+    the version whole; a target that does not (or does not say) would pull
+    at most the whole version (it reuses what it holds). Nothing is written."""
+    import trio
+
+    from p2pckpt.cli.common import human
+    from p2pckpt.discovery.finder import connect_each
+    from p2pckpt.errors import P2pckptError
+    from p2pckpt.manifest.paths import safe_display
+    from p2pckpt.wire import messages as m
+
+    manifest = entry.manifest()
+    total = manifest.total_bytes
+
+    async def ask(conn: PeerConnection) -> bool | None:
+        try:
+            reply = await conn.request(m.HaveRequest(entry.root))
+        except P2pckptError:
+            return None
+        finally:
+            await conn.aclose()
+        return reply.complete if isinstance(reply, m.Have) else None
+
+    async def run() -> list[dict[str, object]]:
+        reached = await connect_each(home, cfg, [target for _, target in parsed])
+        out: list[dict[str, object]] = []
+        for (label, _), made in zip(parsed, reached, strict=True):
+            row: dict[str, object] = {"target": label, "reachable": False, "has_version": None}
+            if isinstance(made, P2pckptError):
+                row["problem"] = str(made)
+            else:
+                row.update(reachable=True, id=str(made.peer), has_version=await ask(made))
+            row["bytes_to_download"] = 0 if row["has_version"] else total
+            out.append(row)
+        return out
+
+    rows = trio.run(run)
+    doc = {
+        "name": entry.name,
+        "version": entry.version,
+        "bytes_total": total,
+        "files": [{"path": f.path, "size": f.size} for f in manifest.files],
+        "targets": rows,
+        "bytes_to_download": sum(int(str(r["bytes_to_download"])) for r in rows),
+        "bytes_reused": sum(total for r in rows if r["has_version"]),
+        "dry_run": True,
+    }
+    if as_json:
+        emit_json(doc)
+        return
+    click.echo(
+        f"would push {entry.name}@{entry.version} ({human(total)},"
+        f" {len(manifest.files)} file(s)) to {len(rows)} target(s)"
+    )
+    for r in rows:
+        label = safe_display(str(r["target"]))
+        if not r["reachable"]:
+            click.echo(f"  {label}: unreachable: {safe_display(str(r.get('problem')))}")
+        elif r["has_version"]:
+            click.echo(f"  {label}: holds it already")
+        else:
+            click.echo(f"  {label}: would pull up to {human(total)} (it reuses what it holds)")
+    click.echo("(dry run: nothing written, no target asked to pull)")
 
 
 def _print_report(report: PushReport, as_json: bool) -> None:

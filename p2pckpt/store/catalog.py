@@ -7,6 +7,14 @@ version (served in place, no second copy), the destination for a pulled one.
 so "latest" never goes backwards (rollback protection). ``retired`` lists
 published locations taken out of the catalog by retention (``[[watch]]
 keep``), so a watcher never publishes them again.
+
+A pulled copy may hold only some of a version's files (a selective pull,
+issue 19): its ``selection`` column lists them (NULL: every file). Such a
+copy is catalogued (verify, reuse, a later pull of the rest) and indexes
+only its own chunks, but it is never offered to peers as the version
+(``find(whole=True)``, ``whole_versions``); a whole copy pulled later takes
+its place as the one served. Catalogs from before the column get it on
+open (``_add_selection``): their rows are whole copies, NULL.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import msgpack
 from p2pckpt.errors import ManifestError, NoSpace, Rollback, StoreError
 from p2pckpt.manifest.chunker import Chunk
 from p2pckpt.manifest.manifest import Manifest, verify
+from p2pckpt.manifest.select import Selection, pack, unpack
 from p2pckpt.store.locations import file_path
 
 CATALOG_FILE = "catalog.db"
@@ -38,6 +47,7 @@ CREATE TABLE IF NOT EXISTS versions (
     total_bytes INTEGER NOT NULL,
     file_count  INTEGER NOT NULL,
     added       INTEGER NOT NULL,
+    selection   TEXT,
     UNIQUE (publisher, name, version)
 );
 CREATE INDEX IF NOT EXISTS versions_by_name ON versions (name, version);
@@ -78,6 +88,7 @@ CREATE TABLE IF NOT EXISTS copies (
     root     BLOB NOT NULL,
     location TEXT NOT NULL,
     added    INTEGER NOT NULL,
+    selection TEXT,
     PRIMARY KEY (root, location)
 );
 CREATE INDEX IF NOT EXISTS copies_by_location ON copies (location);
@@ -105,8 +116,9 @@ _COPIES_SQL = (
 )
 _SELECT = (
     "SELECT root, name, version, publisher, envelope, location, origin,"
-    " total_bytes, file_count, added FROM versions "
+    " total_bytes, file_count, added, selection FROM versions "
 )
+_WHOLE = "selection IS NULL"  # a copy of every file: what peers may be offered
 
 
 def _pack_meta(meta: Mapping[str, str]) -> bytes:
@@ -127,9 +139,15 @@ class Entry:
     total_bytes: int
     file_count: int
     added: int
+    selection: str | None = None  # a partial copy's files (``select.pack``); None: all
 
     def manifest(self) -> Manifest:
         return verify(self.envelope)
+
+    @property
+    def selected(self) -> Selection:
+        """The files this copy holds (None: every file)."""
+        return unpack(self.selection)
 
 
 def _no_room(exc: sqlite3.Error, path: Path) -> bool:
@@ -156,12 +174,13 @@ class Catalog:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._add_selection()
             if self._db.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
                 with self._db:
                     self._db.execute("BEGIN IMMEDIATE")
                     self._db.execute("DELETE FROM chunks")
                     for entry in self._rows(""):
-                        self._index(entry.manifest(), entry.location)
+                        self._index(entry.manifest(), entry.location, entry.selected)
                         self._db.execute(
                             "INSERT OR REPLACE INTO meta VALUES (?, ?)",
                             (entry.root, _pack_meta(entry.manifest().meta)),
@@ -178,15 +197,39 @@ class Catalog:
     def close(self) -> None:
         self._db.close()
 
+    def _add_selection(self) -> None:
+        """Give a catalog from before selective pulls its ``selection``
+        columns (every row there is a whole copy: NULL)."""
+        for table in ("versions", "copies"):
+            if self._has_selection(table):
+                continue
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                if not self._has_selection(table):  # another process may have just added it
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN selection TEXT")
+
+    def _has_selection(self, table: str) -> bool:
+        cols = self._db.execute(f"PRAGMA table_info({table})").fetchall()
+        return any(col[1] == "selection" for col in cols)
+
     def _rows(self, where: str, args: tuple[object, ...] = ()) -> list[Entry]:
         """Rows matching a constant ``where`` clause with bound ``args``."""
         sql = _SELECT + where
         cur = self._db.execute(sql, args)
         return [Entry(*row) for row in cur.fetchall()]
 
-    def add(self, manifest: Manifest, envelope: bytes, location: Path, origin: str) -> None:
-        """Record a verified version; raises if the same (publisher, name, version)
+    def add(
+        self,
+        manifest: Manifest,
+        envelope: bytes,
+        location: Path,
+        origin: str,
+        selection: Selection = None,
+    ) -> None:
+        """Record a verified version (a pulled copy of only ``selection``'s
+        files, if given); raises if the same (publisher, name, version)
         already names different content."""
+        packed = pack(selection)
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             clash = self._rows(
@@ -201,28 +244,40 @@ class Catalog:
             here = clash[0] if clash else None
             if here is not None and not os.path.lexists(here.location):
                 here = None  # the copy served from is gone: this one takes its place
-            if here is not None and here.location != str(location) and origin == "pulled":
+            # a whole copy takes the place of a partial one (issue 19)
+            takes_over = here is not None and here.selection is not None and packed is None
+            if (
+                here is not None
+                and here.location != str(location)
+                and origin == "pulled"
+                and not takes_over
+            ):
                 # Another copy of a version held already (issue 18): the first
                 # stays the one served and indexed; this one is catalogued too.
                 self._db.execute(
-                    "INSERT OR REPLACE INTO copies VALUES (?,?,?)",
-                    (manifest.root, str(location), int(time.time())),
+                    "INSERT OR REPLACE INTO copies (root, location, added, selection)"
+                    " VALUES (?,?,?,?)",
+                    (manifest.root, str(location), int(time.time()), packed),
                 )
                 self._bump_highest(manifest)
                 self._bump_epoch()
                 return
             if here is not None and here.location != str(location) and here.origin == "pulled":
-                # published here now: the pulled copy stays catalogued beside it
+                # published (or pulled whole) here now: the pulled copy stays
+                # catalogued beside it
                 self._db.execute(
-                    "INSERT OR REPLACE INTO copies VALUES (?,?,?)",
-                    (manifest.root, here.location, int(time.time())),
+                    "INSERT OR REPLACE INTO copies (root, location, added, selection)"
+                    " VALUES (?,?,?,?)",
+                    (manifest.root, here.location, int(time.time()), here.selection),
                 )
             self._db.execute(
                 "DELETE FROM copies WHERE root = ? AND location = ?",
                 (manifest.root, str(location)),
             )
             self._db.execute(
-                "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO versions (root, name, version, publisher, envelope,"
+                " location, origin, total_bytes, file_count, added, selection)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     manifest.root,
                     manifest.name,
@@ -234,9 +289,10 @@ class Catalog:
                     manifest.total_bytes,
                     len(manifest.files),
                     int(time.time()),
+                    packed,
                 ),
             )
-            self._index(manifest, str(location))
+            self._index(manifest, str(location), selection)
             self._db.execute(
                 "INSERT OR REPLACE INTO meta VALUES (?, ?)",
                 (manifest.root, _pack_meta(manifest.meta)),
@@ -244,8 +300,9 @@ class Catalog:
             self._bump_highest(manifest)
             self._bump_epoch()
 
-    def _index(self, manifest: Manifest, location: str) -> None:
-        """Record where each chunk of a version lives locally (for reuse)."""
+    def _index(self, manifest: Manifest, location: str, selection: Selection = None) -> None:
+        """Record where each chunk of a version lives locally (for reuse):
+        of a partial copy, only the chunks of its files."""
         self._db.execute("DELETE FROM chunks WHERE root = ?", (manifest.root,))
         base = Path(location)
         where = {f.path: str(file_path(base, manifest.kind, f.path)) for f in manifest.files}
@@ -260,6 +317,7 @@ class Catalog:
                     chunk.length,
                 )
                 for _, entry, chunk in manifest.iter_chunks()
+                if selection is None or entry.path in selection
             ),
         )
 
@@ -318,23 +376,35 @@ class Catalog:
         """Every version without its envelope (cheap: for listings)."""
         cur = self._db.execute(
             "SELECT root, name, version, publisher, x'', location, origin,"
-            " total_bytes, file_count, added FROM versions ORDER BY name, version"
+            " total_bytes, file_count, added, selection FROM versions ORDER BY name, version"
         )
         return [Entry(*row) for row in cur.fetchall()]
+
+    def whole_versions(self) -> list[Entry]:
+        """``summaries`` of the versions held whole: what peers are offered."""
+        return [e for e in self.summaries() if e.selection is None]
 
     def metas(self) -> dict[bytes, dict[str, str]]:
         """Each version's manifest meta by root, without decoding manifests."""
         rows = self._db.execute("SELECT root, pairs FROM meta").fetchall()
         return {root: dict(msgpack.unpackb(pairs)) for root, pairs in rows}
 
-    def by_root(self, root: bytes) -> Entry | None:
-        rows = self._rows("WHERE root = ?", (root,))
+    def by_root(self, root: bytes, whole: bool = False) -> Entry | None:
+        """The version ``root``; with ``whole``, only if held whole (to serve it)."""
+        rows = self._rows("WHERE root = ?" + (f" AND {_WHOLE}" if whole else ""), (root,))
         return rows[0] if rows else None
 
-    def find(self, name: str, version: int | None, publisher: bytes | None = None) -> Entry | None:
+    def find(
+        self,
+        name: str,
+        version: int | None,
+        publisher: bytes | None = None,
+        whole: bool = False,
+    ) -> Entry | None:
         """The newest version of ``name`` (or exactly ``version``) held here,
-        optionally only from ``publisher``."""
-        where = "WHERE name = ?"
+        optionally only from ``publisher``, or only if held whole (``whole``:
+        what may be offered or pushed to peers)."""
+        where = "WHERE name = ?" + (f" AND {_WHOLE}" if whole else "")
         args: tuple[object, ...] = (name,)
         if version is not None:
             where += " AND version = ?"
@@ -405,8 +475,13 @@ class Catalog:
         served from, or another pulled copy of them (its row says so)."""
         where = str(location)
         rows = self._rows("WHERE location = ?", (where,))
-        extra = self._rows("WHERE root IN (SELECT root FROM copies WHERE location = ?)", (where,))
-        return rows + [replace(e, location=where, origin="pulled") for e in extra]
+        for root, selection in self._db.execute(
+            "SELECT root, selection FROM copies WHERE location = ?", (where,)
+        ).fetchall():
+            e = self.by_root(root)
+            if e is not None:
+                rows.append(replace(e, location=where, origin="pulled", selection=selection))
+        return rows
 
     def forget_location(self, location: Path) -> int:
         """Drop pulled copies stored at or under ``location`` (deleted by
@@ -424,7 +499,8 @@ class Catalog:
             pulled = "WHERE origin = 'pulled' AND (location = ? OR substr(location, 1, ?) = ?)"
             for entry in self._rows(pulled, args):
                 other = self._db.execute(
-                    "SELECT location FROM copies WHERE root = ? ORDER BY added DESC LIMIT 1",
+                    "SELECT location, selection FROM copies WHERE root = ?"
+                    " ORDER BY selection IS NULL DESC, added DESC LIMIT 1",
                     (entry.root,),
                 ).fetchone()
                 if other is None:
@@ -435,9 +511,10 @@ class Catalog:
                     "DELETE FROM copies WHERE root = ? AND location = ?", (entry.root, other[0])
                 )
                 self._db.execute(
-                    "UPDATE versions SET location = ? WHERE root = ?", (other[0], entry.root)
+                    "UPDATE versions SET location = ?, selection = ? WHERE root = ?",
+                    (other[0], other[1], entry.root),
                 )
-                self._index(entry.manifest(), other[0])
+                self._index(entry.manifest(), other[0], unpack(other[1]))
             if gone or dropped:
                 self._bump_epoch()
             return dropped

@@ -128,7 +128,7 @@ def start_over(files: PartialFiles, manifest: Manifest, envelope: bytes, keep: b
     with os.fdopen(fd, "wb") as f:
         f.write(envelope)
         os.fsync(f.fileno())
-    for entry in manifest.files:
+    for entry in files.entries:  # only the files selected (issue 19)
         fd = files.open(entry.path, create=True)
         try:
             os.ftruncate(fd, entry.size)  # sizes were preflighted
@@ -154,7 +154,7 @@ def heal_tree(files: PartialFiles, manifest: Manifest) -> bool:
             make_private(fd, 0o700)
     finally:
         os.close(fd)
-    for entry in manifest.files:
+    for entry in files.entries:
         try:
             heal_file(files, entry.path, entry.size)
         except (OSError, StoreError) as exc:
@@ -167,7 +167,35 @@ def heal_tree(files: PartialFiles, manifest: Manifest) -> bool:
                 exc,
             )
             return False
+    drop_unselected(files, manifest)
     return True
+
+
+def drop_unselected(files: PartialFiles, manifest: Manifest) -> None:
+    """Remove the files of a partial copy that this run does not select (an
+    earlier run took more): only the selected files may reach DEST."""
+    if files.selection is None:
+        return
+    for entry in manifest.files:
+        if entry.path in files.selection:
+            continue
+        try:
+            dir_fd, name = files.parent(entry.path, create=False)
+        except OSError:
+            continue  # its folder is not there: nor is it
+        try:
+            remove(name, dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def prune_empty_dirs(data: Path) -> None:
+    """Remove the folders of ``data`` left empty (a selective pull: folders
+    whose files were not selected), deepest first; never follows links."""
+    for dirpath, _, _ in os.walk(data, topdown=False, followlinks=False):
+        if dirpath != str(data):
+            with contextlib.suppress(OSError):  # not empty: kept
+                os.rmdir(dirpath)
 
 
 def heal_file(files: PartialFiles, relpath: str, size: int) -> None:

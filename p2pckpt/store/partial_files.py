@@ -24,6 +24,7 @@ from p2pckpt.errors import StoreError
 from p2pckpt.fs.atomic import write_atomic
 from p2pckpt.manifest.chunker import Chunk, chunk_hash
 from p2pckpt.manifest.manifest import Manifest
+from p2pckpt.manifest.select import Selection
 
 log = logging.getLogger("p2pckpt.staging")
 
@@ -97,24 +98,31 @@ def same_file(path: Path, size: int, chunks: list[Chunk]) -> bool:
 
 
 class PartialFiles:
-    """The manifest's files under ``path/data``: opened without following
-    links, and watched by the tripwire (thread-safe where writers call)."""
+    """The manifest's files under ``path/data`` (only those of ``selection``,
+    if the pull takes some: issue 19): opened without following links, and
+    watched by the tripwire (thread-safe where writers call). Chunk indices
+    stay the whole manifest's (the wire's and the journal's)."""
 
-    def __init__(self, path: Path, manifest: Manifest) -> None:
+    def __init__(self, path: Path, manifest: Manifest, selection: Selection = None) -> None:
         self.path = path  # the staging directory
         self.chunks = [(entry.path, chunk) for _, entry, chunk in manifest.iter_chunks()]
-        self.sizes = {entry.path: entry.size for entry in manifest.files}
+        self.selection = selection
+        # the files this partial copy holds, in manifest order
+        self.entries = tuple(e for e in manifest.files if selection is None or e.path in selection)
+        self.sizes = {entry.path: entry.size for entry in self.entries}
         self.file_chunks: dict[str, range] = {}  # each file's chunk indices
         first = 0
         for entry in manifest.files:
             self.file_chunks[entry.path] = range(first, first + len(entry.chunks))
             first += len(entry.chunks)
+        # the chunks this copy needs (all but those of files not selected)
+        self.wanted = frozenset(i for e in self.entries for i in self.file_chunks[e.path])
         self.adopted: set[str] = set()  # files hard-linked from a local copy
         # What our own last change left on each file (``identity``). Each of
         # our writes holds the file's lock from the check before it to the
         # record after it, so any other change shows as a different ctime.
         self.seen: dict[str, Identity] = {}
-        self.locks = {entry.path: threading.Lock() for entry in manifest.files}
+        self.locks = {entry.path: threading.Lock() for entry in self.entries}
         self.touched: set[str] = set()  # files something else changed under us
         self._lock = threading.Lock()
         # Directories of data/ already reached by the walk, held open: a

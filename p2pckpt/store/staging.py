@@ -53,6 +53,7 @@ from p2pckpt.fs.rename import rename_exchange, rename_noreplace
 from p2pckpt.fs.sync import syncfs, syncfs_trusted
 from p2pckpt.manifest.chunker import chunk_hash
 from p2pckpt.manifest.manifest import Manifest, verify
+from p2pckpt.manifest.select import Selection
 from p2pckpt.store import journal, journal_file
 from p2pckpt.store.heal import (
     PREVIOUS,
@@ -60,6 +61,7 @@ from p2pckpt.store.heal import (
     fresh_file,
     heal_tree,
     open_lock,
+    prune_empty_dirs,
     settle,
     start_over,
 )
@@ -79,14 +81,21 @@ def staging_path(dest: Path) -> Path:
 
 
 class Staging:
-    """The resumable partial copy of one manifest at one destination."""
+    """The resumable partial copy of one manifest at one destination: of
+    every file, or of the files in ``selection`` (issue 19: the signed
+    manifest is still the whole version's, and chunk indices its)."""
 
-    def __init__(self, dest: Path, manifest: Manifest, envelope: bytes) -> None:
+    def __init__(
+        self, dest: Path, manifest: Manifest, envelope: bytes, selection: Selection = None
+    ) -> None:
         self.dest = dest
         self.manifest = manifest
+        self.selection = selection
         self.path = staging_path(dest)
         self._envelope = envelope
-        self.files = PartialFiles(self.path, manifest)  # data/ and the tripwire
+        self.files = PartialFiles(self.path, manifest, selection)  # data/ and the tripwire
+        self.wanted = self.files.wanted  # the chunks this copy needs
+        self.wanted_bytes = sum(e.size for e in self.files.entries)
         self._dirty: set[str] = set()
         self._lock = threading.Lock()
         self._lock_fd = -1
@@ -170,7 +179,7 @@ class Staging:
     def _drop_broken_adoptions(self) -> None:
         """An adopted file whose chunks did not all verify is a link to a copy
         that changed: replace it by a file of our own before anything writes."""
-        for entry in self.manifest.files:
+        for entry in self.files.entries:
             if entry.path not in self.files.adopted:
                 continue
             if all(i in self.done for i in self.files.file_chunks[entry.path]):
@@ -184,8 +193,9 @@ class Staging:
                 self.done.difference_update(self.files.file_chunks[entry.path])
 
     def _reverify(self, claimed: set[int]) -> set[int]:
-        """Re-hash every chunk the journal claims; keep only those that match."""
-        return self.files.matching(sorted(claimed))
+        """Re-hash every chunk the journal claims (of the files selected);
+        keep only those that match."""
+        return self.files.matching(sorted(claimed & self.wanted))
 
     def _write_journal_fresh(self) -> None:
         """Rewrite the journal to exactly the verified set (drops a torn tail)."""
@@ -333,7 +343,8 @@ class Staging:
 
     @property
     def complete(self) -> bool:
-        return len(self.done) == len(self.files.chunks)
+        """Every chunk of the files selected is verified here."""
+        return self.wanted <= self.done
 
     # -- finishing -----------------------------------------------------------------
 
@@ -355,7 +366,7 @@ class Staging:
         os.umask(umask)
         try:
             self._read_back()
-            for entry in self.manifest.files:
+            for entry in self.files.entries:
                 fd = self.files.open(entry.path, create=False)
                 try:
                     if not self.files.untouched(entry.path, os.fstat(fd)):
@@ -367,10 +378,12 @@ class Staging:
                 finally:
                     os.close(fd)
             data = self.path / "data"
+            if self.selection is not None:
+                prune_empty_dirs(data)  # folders of files not selected
             dirs = [Path(dirpath) for dirpath, _, _ in os.walk(data, topdown=False)]
             for folder in dirs:
                 os.chmod(folder, 0o755 & ~umask)
-            files = [e.path for e in self.manifest.files]
+            files = [e.path for e in self.files.entries]
             if self._one_syncfs(len(files)):  # files and folders alike
                 # but adopted files were written before this run: fsynced here
                 files, dirs = [f for f in files if f in self.files.adopted], []
@@ -410,7 +423,7 @@ class Staging:
         every bad one from the journal (the partial copy stays resumable)."""
         started = time.monotonic()
         bad: set[int] = set()
-        for entry in self.manifest.files:
+        for entry in self.files.entries:
             if not settle(self.files, entry.path, entry.size):
                 bad.update(self.files.file_chunks[entry.path])
         paths = set(self.files.sizes) if self.resumed else self.files.touched

@@ -1,9 +1,11 @@
 """Check a local copy against its manifest, byte for byte (R-62).
 
 A copy matches when it holds exactly the manifest's files (no more, no
-fewer), each a regular file of the declared size whose every chunk hashes to
-its manifest entry. Links are never followed, except a Hugging Face cache
-snapshot's links into its own ``blobs/`` (``locations.source_path``). Hashing runs at disk speed.
+fewer; a partial copy exactly the files of its selection, issue 19), each a
+regular file of the declared size whose every chunk hashes to its manifest
+entry. Links are never followed, except a Hugging Face cache snapshot's
+links into its own ``blobs/`` (``locations.source_path``). Hashing runs at
+disk speed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from p2pckpt.manifest.chunker import chunk_hash
 from p2pckpt.manifest.manifest import FileEntry, Manifest
+from p2pckpt.manifest.select import Selection
 from p2pckpt.store.locations import file_path
 
 _BUF = 4 << 20
@@ -101,10 +104,12 @@ def compare(
     manifest: Manifest,
     on_bytes: Callable[[int], None] | None = None,
     every_chunk: bool = False,
+    selection: Selection = None,
 ) -> Mismatch:
     """How ``path`` (a file, or a directory for a dir checkpoint) differs.
     ``every_chunk``: read damaged files to the end and say what differs in
-    ``details`` (else stop at a file's first bad chunk)."""
+    ``details`` (else stop at a file's first bad chunk). ``selection``: the
+    copy should hold only these files (a partial copy)."""
     result = Mismatch()
 
     def check(file: Path, entry: FileEntry) -> None:
@@ -122,13 +127,14 @@ def compare(
         else:
             check(path, entry)
         return result
+    entries = [f for f in manifest.files if selection is None or f.path in selection]
     if not path.is_dir() or path.is_symlink():
-        result.missing.extend(f.path for f in manifest.files)
+        result.missing.extend(f.path for f in entries)
         return result
     present = _listed(path)
-    expected = {f.path for f in manifest.files}
+    expected = {f.path for f in entries}
     result.extra = sorted(present - expected)
-    for entry in manifest.files:
+    for entry in entries:
         if entry.path not in present:
             result.missing.append(entry.path)
         else:

@@ -49,7 +49,7 @@ def list_versions(catalog: Catalog | None) -> m.ListResponse:
     """The newest MAX_LIST_ENTRIES versions held, with their listed metadata."""
     if catalog is None:
         return m.ListResponse(())
-    entries = catalog.summaries()[-m.MAX_LIST_ENTRIES :]
+    entries = catalog.whole_versions()[-m.MAX_LIST_ENTRIES :]  # never a partial copy
     metas = catalog.metas()
     return m.ListResponse(
         tuple(
@@ -76,7 +76,7 @@ def manifest_of(
         validate_name(name)
     except ManifestError:
         return m.Error(m.BAD_REQUEST, "bad checkpoint name")
-    entry = catalog.find(name, version) if catalog is not None else None
+    entry = catalog.find(name, version, whole=True) if catalog is not None else None
     partial = partials.find(name, version) if partials else None
     if partial is not None and (entry is None or partial.staging.manifest.version > entry.version):
         return m.ManifestResponse(partial.envelope)
@@ -96,7 +96,7 @@ def have(
     chunks of it peers connected now were given: never empty, so a puller
     tells "none yet" from a server that does not say); if it is being
     pulled, which chunks are verified here and which are being fetched."""
-    if catalog is not None and catalog.by_root(root) is not None:
+    if catalog is not None and catalog.by_root(root, whole=True) is not None:
         if given is None:
             return m.Have(root, True)
         bits = given(root)

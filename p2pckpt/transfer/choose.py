@@ -65,7 +65,11 @@ async def fetch_manifest(
     name: str,
     version: int | None,
     accept: Accept | None = None,
+    note: bool = True,
 ) -> tuple[Manifest, bytes]:
+    """Ask ``conn`` for ``name`` (newest, or ``version``) and check what it
+    answers; ``note``: remember the version as seen (rollback protection;
+    not by a dry run or a look inside, which write nothing)."""
     await conn.send(m.ManifestRequest(name, version))
     reply = await conn.receive()
     if not isinstance(reply, m.ManifestResponse):
@@ -83,7 +87,8 @@ async def fetch_manifest(
             f"{manifest.publisher.short} signed two different {manifest.name}"
             f"@{manifest.version}; refusing this one"
         )
-    home.catalog.note_seen(manifest)
+    if note:
+        home.catalog.note_seen(manifest)
     return manifest, reply.envelope
 
 
@@ -108,6 +113,7 @@ async def choose_source(
     name: str,
     version: int | None,
     accept: Accept | None = None,
+    note: bool = True,
 ) -> Offer:
     """Ask every connected peer for ``name``; keep the newest version signed by
     a publisher ``accept`` takes, and every peer offering exactly that version
@@ -123,7 +129,7 @@ async def choose_source(
 
     async def ask(conn: PeerConnection) -> None:
         try:
-            offers[id(conn)] = await fetch_manifest(home, conn, name, version, accept)
+            offers[id(conn)] = await fetch_manifest(home, conn, name, version, accept, note)
         except P2pckptError as exc:
             log.info('peer skipped peer=%s error="%s"', conn.label, exc)
             errors.append(exc)

@@ -124,7 +124,7 @@ class Chunks:
         if held is not None:
             self._versions.move_to_end(root)
             return held
-        entry = self._catalog.by_root(root) if self._catalog is not None else None
+        entry = self._catalog.by_root(root, whole=True) if self._catalog is not None else None
         if entry is None:
             return self._partial(root)
         held = await trio.to_thread.run_sync(Served.load, entry.envelope, entry.location)

@@ -91,7 +91,7 @@ def bases(staging: Staging, copies: Copies, older: list[Entry]) -> dict[str, str
     manifest = staging.manifest
     wanted: dict[str, FileEntry] = {}
     for index, entry, _ in manifest.iter_chunks():
-        if index not in staging.done:
+        if index not in staging.done and index in staging.wanted:
             wanted[entry.path] = entry
     found: dict[str, str] = {}
     for path, entry in wanted.items():
@@ -215,7 +215,7 @@ async def fill_pieces(
     todo = [
         (index, entry.path)
         for index, entry, _ in staging.manifest.iter_chunks()
-        if index not in staging.done and entry.path in found
+        if index not in staging.done and index in staging.wanted and entry.path in found
     ]
     for src in sources:
         conn = await _dial(src)

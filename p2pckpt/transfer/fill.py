@@ -63,16 +63,18 @@ async def fill(
     """Fetch every chunk the partial copy lacks, from local copies first
     (``catalog``), then from the swarm; returns (downloaded, reused)."""
     manifest = staging.manifest
-    chunks = [c for _, _, c in manifest.iter_chunks()]
+    # only the chunks of the files selected (issue 19; all of them by default)
+    chunks = [c for i, _, c in manifest.iter_chunks() if i in staging.wanted]
+    total = staging.wanted_bytes
     copies = catalog.copies(c.digest for c in chunks) if catalog is not None else {}
     if not staging.belongs_here():  # nothing to resume: preflight before creating files
         here = sum(c.length for c in chunks if c.digest in copies)  # hoped for, checked below
-        check_free_space(staging.dest, manifest.total_bytes - here)
+        check_free_space(staging.dest, total - here)
     done = await trio.to_thread.run_sync(staging.open)
     # A partial copy of another version this pull started over from (issue 18).
     for digest, where in (await trio.to_thread.run_sync(staging.previous_chunks)).items():
         copies.setdefault(digest, []).extend(where)
-    if copies and len(done) < len(chunks):
+    if copies and len(done) < len(chunks):  # done is of the wanted chunks only
         async with trio.open_nursery() as nursery:  # flushing starts the disk early
             nursery.start_soon(_flusher, staging)
             local = await trio.to_thread.run_sync(reuse_local, staging, copies)
@@ -83,10 +85,10 @@ async def fill(
             manifest.version,
             local,
         )
-    sizes = [c.length for c in chunks]
+    sizes = [c.length for _, _, c in manifest.iter_chunks()]
     reused = sum(sizes[i] for i in staging.done)
-    check_free_space(staging.dest, manifest.total_bytes - reused)
-    progress.start(f"{manifest.name}@{manifest.version}", manifest.total_bytes, reused)
+    check_free_space(staging.dest, total - reused)
+    progress.start(f"{manifest.name}@{manifest.version}", total, reused)
     downloaded = 0
 
     def on_chunk(n: int) -> None:
@@ -94,13 +96,13 @@ async def fill(
         downloaded += n
         progress.advance(n)
 
-    if len(staging.done) < len(sizes) and sources and (copies or catalog is not None):
+    if not staging.complete and sources and (copies or catalog is not None):
         # Chunks an older copy holds most of: only the bytes it lacks (issue 18).
         pieces = await fill_pieces(staging, sources, copies, catalog, progress.advance)
         downloaded += pieces.fetched
         reused += pieces.local
     await trio.to_thread.run_sync(staging.drop_previous)  # its chunks are taken
-    if len(staging.done) < len(sizes):
+    if not staging.complete:
         async with trio.open_nursery() as nursery:  # more streams to each source
             for src in sources:
                 for _ in range(streams - 1):

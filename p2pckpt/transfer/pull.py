@@ -23,9 +23,16 @@ source for this pull (its chunks go to the others); a source that vanishes
 has its chunks reassigned. The pull fails only when no source is left that
 can supply what is missing; the journal makes the next run resume.
 
+A selective pull (issue 19, ``include``/``exclude``: ``manifest.select``)
+stages, fetches and commits only the files selected, each verified against
+the whole version's signed manifest; DEST is catalogued with its selection.
+Pulled again into a partial copy of the same version, the selection grows
+by what DEST holds already (which is reused), as ``hf download`` adds files.
+
 Modules: ``choose`` picks the version and its sources (and says why a
 publisher is refused); ``fill`` fills the staging copy (local copies, then
-the swarm); this one checks DEST, guards trust while filling, and commits.
+the swarm); this one checks DEST (``dest_plan``, also the dry run's),
+guards trust while filling, and commits.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import trio
 from p2pckpt.errors import BadSignature, DestinationExists, RemoteProtocolError
 from p2pckpt.home import Home
 from p2pckpt.manifest.manifest import Manifest
+from p2pckpt.manifest.select import Selection, select, union
 from p2pckpt.store.staging import Staging
 from p2pckpt.store.verify import compare
 from p2pckpt.transfer.choose import Accept as Accept
@@ -79,6 +87,19 @@ class PullResult:
     streams: int
     seconds: float
     peers: list[dict[str, object]]
+    files: int = 0  # files at DEST (of a partial copy: those selected)
+    selection: list[str] | None = None  # a partial copy's files; None: the whole version
+
+
+@dataclass(frozen=True)
+class DestPlan:
+    """What a pull does at DEST: create it ("new"), find the version there
+    ("present"), or update our own copy in place ("replace"); and the files
+    it will hold (None: every file)."""
+
+    dest: Path
+    there: Literal["new", "present", "replace"]
+    selection: Selection
 
 
 class NoProgress:
@@ -102,14 +123,16 @@ def pull_result(
     reused: int,
     sources: list[Source],
     started: float,
+    selection: Selection = None,
 ) -> PullResult:
+    entries = [f for f in manifest.files if selection is None or f.path in selection]
     return PullResult(
         name=manifest.name,
         version=manifest.version,
         dest=str(dest),
         publisher=str(manifest.publisher),
         root=manifest.root.hex(),
-        bytes_total=manifest.total_bytes,
+        bytes_total=sum(f.size for f in entries),
         bytes_downloaded=downloaded,
         bytes_reused=reused,
         bytes_wire=sum(s.wire for s in sources),
@@ -117,6 +140,8 @@ def pull_result(
         streams=sum(len(s.conns) for s in sources),
         seconds=time.monotonic() - started,
         peers=[s.report() for s in sources],
+        files=len(entries),
+        selection=None if selection is None else sorted(selection),
     )
 
 
@@ -133,10 +158,13 @@ async def pull(
     partials: Partials | None = None,
     accept: Accept | None = None,
     found: Found | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> PullResult:
     """Pull ``name`` (newest, or ``@version``) from every one of ``conns``
-    that offers the newest version ``accept`` takes (a swarm pull). Takes
-    ownership of the connections: all are closed on return."""
+    that offers the newest version ``accept`` takes (a swarm pull); only
+    the files ``include``/``exclude`` select, if given. Takes ownership of
+    the connections: all are closed on return."""
     started = time.monotonic()
     offer = await choose_source(home, conns, name, version, accept)
     return await pull_offer(
@@ -149,6 +177,8 @@ async def pull(
         partials=partials,
         found=found,
         started=started,
+        include=include,
+        exclude=exclude,
     )
 
 
@@ -164,8 +194,11 @@ async def pull_offer(
     hints: Sequence[Hint] = (),
     found: Found | None = None,
     started: float | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> PullResult:
-    """Pull the version ``offer`` chose from its sources.
+    """Pull the version ``offer`` chose from its sources (of its files,
+    those ``include``/``exclude`` select: ``manifest.select``).
 
     ``throttles`` cap the download rate (per pull, per daemon); with
     ``partials``, chunks verified so far are served to other pullers while
@@ -177,14 +210,15 @@ async def pull_offer(
     started = time.monotonic() if started is None else started
     manifest, envelope, sources = offer.manifest, offer.envelope, offer.sources
     try:
-        dest = (dest or default_dest(manifest)).expanduser().absolute()
-        there = "new"
-        if dest.exists() or dest.is_symlink():
-            there = await _at_dest(home, dest, manifest, envelope)
+        wanted = select(manifest, include, exclude)  # matching no file: refused here
+        plan = await dest_plan(home, dest, manifest, wanted)
+        dest, there, chosen = plan.dest, plan.there, plan.selection
         if there == "present":
-            return pull_result(manifest, dest, 0, manifest.total_bytes, sources, started)
+            _present(home, plan, manifest, envelope)
+            total = pull_result(manifest, dest, 0, 0, sources, started, chosen).bytes_total
+            return pull_result(manifest, dest, 0, total, sources, started, chosen)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Staging(dest, manifest, envelope)
+        staging = Staging(dest, manifest, envelope, chosen)
         try:
             downloaded, reused = await _fetch(
                 home, offer, staging, streams, progress, throttles or [], partials, hints, found
@@ -203,23 +237,42 @@ async def pull_offer(
             staging.close()
         if there == "replace":  # the old version's bytes are gone from DEST now
             home.catalog.forget_location(dest)
-        home.catalog.add(manifest, envelope, dest, "pulled")
-        result = pull_result(manifest, dest, downloaded, reused, sources, started)
+        home.catalog.add(manifest, envelope, dest, "pulled", chosen)
+        result = pull_result(manifest, dest, downloaded, reused, sources, started, chosen)
         _log_dropped(manifest, sources)
         return result
     finally:
         await offer.aclose()
 
 
+async def dest_plan(
+    home: Home, dest: Path | None, manifest: Manifest, wanted: Selection
+) -> DestPlan:
+    """What a pull of ``wanted`` (None: every file) does at ``dest`` (None:
+    the default); writes nothing (the dry run asks it too). A partial copy
+    of this very version catalogued at DEST adds its files to the selection
+    (a pull of the rest reuses them)."""
+    dest = (dest or default_dest(manifest)).expanduser().absolute()
+    if not (dest.exists() or dest.is_symlink()):
+        return DestPlan(dest, "new", wanted)
+    held = [
+        e
+        for e in ([] if dest.is_symlink() else home.catalog.at_location(dest))
+        if e.root == manifest.root and e.origin == "pulled"
+    ]
+    chosen = union(wanted, held[0].selected) if held else wanted
+    return DestPlan(dest, await _at_dest(home, dest, manifest, chosen), chosen)
+
+
 async def _at_dest(
-    home: Home, dest: Path, manifest: Manifest, envelope: bytes
+    home: Home, dest: Path, manifest: Manifest, selection: Selection
 ) -> Literal["replace", "present"]:
     """What ``dest``, which exists, is: our own pulled copy of another version
-    of this name, or of this one damaged since, updated in place ("replace"),
-    or this very version, verified and now catalogued ("present"); anything
-    else raises ``DestinationExists``."""
+    of this name, or of this one damaged or partial, updated in place
+    ("replace"), or this very version (its ``selection``), verified
+    ("present"); anything else raises ``DestinationExists``."""
     # Only a byte-for-byte match counts as "already there".
-    differs = await trio.to_thread.run_sync(compare, dest, manifest)
+    differs = await trio.to_thread.run_sync(partial(compare, dest, manifest, selection=selection))
     if differs and _replaceable(home, dest, manifest, differs.extra):
         return "replace"
     if differs:
@@ -227,6 +280,13 @@ async def _at_dest(
             f"{dest} already exists and is not {manifest.name}@{manifest.version}"
             f" ({differs.summary()}); remove it or choose another -o"
         )
+    return "present"
+
+
+def _present(home: Home, plan: DestPlan, manifest: Manifest, envelope: bytes) -> None:
+    """The version (its selection) is at DEST already: catalogue it, and
+    clear what a crash between the commit rename and the cleanup left."""
+    dest = plan.dest
     log.info(
         'already present name=%s version=%d path="%s" (verified)',
         manifest.name,
@@ -236,10 +296,16 @@ async def _at_dest(
     leftover = Staging(dest, manifest, envelope)
     if leftover.belongs_here():  # a crash between rename and cleanup
         leftover.discard()
-    if any(e.root != manifest.root for e in home.catalog.at_location(dest)):
+    rows = home.catalog.at_location(dest)
+    if any(e.root != manifest.root or e.selection != _packed(plan) for e in rows):
         home.catalog.forget_location(dest)  # a crash right after a swap
-    home.catalog.add(manifest, envelope, dest, "pulled")
-    return "present"
+    home.catalog.add(manifest, envelope, dest, "pulled", plan.selection)
+
+
+def _packed(plan: DestPlan) -> str | None:
+    from p2pckpt.manifest.select import pack
+
+    return pack(plan.selection)
 
 
 async def _fetch(

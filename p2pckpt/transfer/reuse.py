@@ -50,7 +50,7 @@ def reuse_local(staging: Staging, copies: Copies) -> int:
     Blocking (run it in a worker thread)."""
     before = set(staging.done)
     sizes = [c.length for _, _, c in staging.manifest.iter_chunks()]
-    for entry in staging.manifest.files:
+    for entry in staging.files.entries:  # the files selected (issue 19)
         source = identical_file(entry, copies)
         if source is not None:
             staging.adopt(entry.path, source)
@@ -59,7 +59,7 @@ def reuse_local(staging: Staging, copies: Copies) -> int:
     view = memoryview(bytearray(size))
     try:
         for index, _, chunk in staging.manifest.iter_chunks():
-            if index in staging.done:
+            if index in staging.done or index not in staging.wanted:
                 continue
             for file, pos, length, _ in copies.get(chunk.digest, ()):
                 if length != chunk.length:

@@ -155,7 +155,9 @@ class Swarm:
         self.root = manifest.root
         self.sizes = [c.length for _, _, c in manifest.iter_chunks()]
         self.depth = pipeline_depth(self.sizes)
-        self.sched = Scheduler(self.sizes, set(staging.done))
+        # chunks of files not selected (issue 19) count as had: never asked for
+        unwanted = set(range(len(self.sizes))) - staging.wanted
+        self.sched = Scheduler(self.sizes, set(staging.done) | unwanted)
         self.sources = sources
         self.on_chunk = on_chunk
         self.throttles = throttles
