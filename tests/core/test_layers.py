@@ -23,8 +23,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("manifest",),  # chunking, signed manifests, safe paths
     ("wire", "store"),  # messages and framing; local copies (catalog, staging, healing)
     ("channel", "config", "home"),  # the encrypted stream; settings; a node's home
-    ("relay", "pairing"),  # relay protocol, server and client; pairing by a code
-    ("transfer",),  # serving and pulling
+    ("relay",),  # relay protocol, server and client
+    ("transfer", "pairing"),  # serving and pulling; pairing by a code
     ("discovery",),  # mDNS and finding peers to connect to
     ("interop", "replicas"),  # the Hugging Face cache; waiting for replicas
     ("publish",),  # publishing a version (from a folder or a hub cache snapshot)
