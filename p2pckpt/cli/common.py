@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import click
 
 from p2pckpt.errors import ConfigError
+from p2pckpt.wire.features import FEATURES, PROTOCOL
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -60,7 +61,10 @@ config_option = click.option(
     envvar="P2PCKPT_LOG_FORMAT",
     help="Log lines on stderr: text, or one JSON object per line.",
 )
-@click.version_option(package_name="p2pckpt")
+@click.version_option(
+    package_name="p2pckpt",
+    message=f"%(prog)s %(version)s (protocol {PROTOCOL}; features: {', '.join(sorted(FEATURES))})",
+)
 def cli(verbose: int, log_format: str) -> None:
     """Peer-to-peer, end-to-end encrypted transfer of AI model checkpoints."""
     from p2pckpt.logs import setup

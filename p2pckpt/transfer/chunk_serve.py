@@ -45,6 +45,7 @@ from p2pckpt.transfer.partials import Partials
 from p2pckpt.wire import messages as m
 from p2pckpt.wire import packing
 from p2pckpt.wire.codec import CHUNK_HEADER_SIZE, encode
+from p2pckpt.wire.features import LEGACY
 
 log = logging.getLogger("p2pckpt.serve")
 
@@ -86,9 +87,11 @@ class Busy:
     """What one connection is doing: a long request (a push) in progress, the
     versions it has been reading (so retention spares them), the chunks of
     each it was given (a seeder's Have says which chunks pullers connected
-    now hold from it), and its packing."""
+    now hold from it), its packing, and what the client speaks (LEGACY
+    until it says Hello)."""
 
     def __init__(self, pack: Packing) -> None:
+        self.features = LEGACY
         self.working = False
         self.roots: set[bytes] = set()
         self.given: dict[bytes, int] = {}  # root -> bitmap of chunks asked for here

@@ -8,6 +8,7 @@ can ``redial`` the same way, which is how a pull opens more streams.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,7 @@ from p2pckpt.errors import (
     P2pckptError,
     PeerUnreachable,
     RemoteError,
+    RemoteProtocolError,
     SourceChanged,
     TransferError,
 )
@@ -35,9 +37,14 @@ from p2pckpt.manifest.paths import safe_display
 from p2pckpt.transfer.buffers import BufferPool
 from p2pckpt.wire import messages as m
 from p2pckpt.wire.codec import CLIENT_ACCEPTS, MessageReader, encode
+from p2pckpt.wire.features import FEATURES, LEGACY, LEGACY_RELEASE, PROTOCOL, agreed, release
+
+log = logging.getLogger("p2pckpt.peer")
 
 CONNECT_TIMEOUT: Final = 10.0
 IDLE_TIMEOUT: Final = 60.0
+HELLO_TIMEOUT: Final = 10.0  # for the server's Hello (a 0.1.0 server hangs up at once)
+LEGACY_MEMORY: Final = 600.0  # seconds a peer that hung up on Hello is dialled without one
 BUSY_BACKOFF: Final = 0.1  # first wait after a "busy" answer; doubles, within CONNECT_TIMEOUT
 
 
@@ -73,6 +80,9 @@ class PeerConnection:
         self.buffers = BufferPool()  # a pull shares one among its connections
         self._reader = MessageReader(CLIENT_ACCEPTS, lambda size: self.buffers.get(size))
         self._pending: deque[m.Message] = deque()
+        # What both sides speak (``wire/features.py``); set by ``over_stream``.
+        self.features: frozenset[str] = LEGACY
+        self.release = LEGACY_RELEASE
 
     async def send(self, msg: m.Message) -> None:
         await self.secure.send_all(encode(msg))
@@ -107,7 +117,9 @@ class PeerConnection:
                 )
             if not ready:
                 raise ChannelClosed(f"peer {self.label} closed the connection")
-            self._pending.extend(ready)
+            self._pending.extend(r for r in ready if not isinstance(r, m.Unknown))
+            if not self._pending:
+                continue  # only types of a newer server: nothing we asked for
         msg = self._pending.popleft()
         if isinstance(msg, m.Error) and msg.req_id is None:
             raise remote_error(msg, self.label)
@@ -151,7 +163,57 @@ async def over_stream(
         with trio.CancelScope(shield=True):
             await stream.aclose()
         raise
-    return PeerConnection(secure, f"{secure.peer.short}@{label}", route, redial, addr)
+    conn = PeerConnection(secure, f"{secure.peer.short}@{label}", route, redial, addr)
+    try:
+        await _hello(conn)
+    except BaseException:
+        await conn.aclose()
+        raise
+    return conn
+
+
+class _HungUpOnHello(P2pckptError):
+    """A 0.1.0 peer ended the connection at our Hello: dial again without."""
+
+
+_legacy_until: dict[PeerId, float] = {}  # peers to dial without a Hello, until when
+
+
+async def _hello(conn: PeerConnection) -> None:
+    """Say what we speak and learn what the peer does (``wire/features.py``).
+    A peer that hung up at our Hello is a 0.1.0 node: remembered for
+    LEGACY_MEMORY seconds, and _HungUpOnHello makes the caller dial again."""
+    now = trio.current_time()
+    if _legacy_until.get(conn.peer, 0.0) > now:
+        return  # conn.features is LEGACY already
+    try:
+        await conn.send(m.Hello(PROTOCOL, release(), FEATURES))
+        reply = await conn.receive(idle_timeout=HELLO_TIMEOUT)
+    except (ChannelClosed, RemoteError, TransferError) as exc:
+        log.info('peer answered our hello as 0.1.0 does peer=%s error="%s"', conn.label, exc)
+        _legacy_until[conn.peer] = now + LEGACY_MEMORY
+        raise _HungUpOnHello(str(exc)) from exc
+    if not isinstance(reply, m.Hello):
+        raise RemoteProtocolError(f"{conn.label} answered our hello with {type(reply).__name__}")
+    _legacy_until.pop(conn.peer, None)
+    conn.features = agreed(reply.features)
+    conn.release = safe_display(reply.release)
+    log.debug(
+        "hello peer=%s release=%s protocol=%d features=%s",
+        conn.label,
+        conn.release,
+        reply.protocol,
+        ",".join(sorted(conn.features)),
+    )
+
+
+async def _dialling_again_if_legacy(
+    dial: Callable[[], Awaitable[PeerConnection]],
+) -> PeerConnection:
+    try:
+        return await dial()
+    except _HungUpOnHello:
+        return await dial()  # remembered as 0.1.0: no Hello this time
 
 
 async def _retrying_busy(dial: Callable[[], Awaitable[PeerConnection]]) -> PeerConnection:
@@ -172,7 +234,9 @@ async def _retrying_busy(dial: Callable[[], Awaitable[PeerConnection]]) -> PeerC
 
 async def connect_direct(home: Home, addr: Addr, expect: PeerId | None = None) -> PeerConnection:
     """Dial ``HOST:PORT`` over TCP (again, while the peer says it is busy)."""
-    return await _retrying_busy(lambda: _connect_direct(home, addr, expect))
+    return await _retrying_busy(
+        lambda: _dialling_again_if_legacy(lambda: _connect_direct(home, addr, expect))
+    )
 
 
 async def _connect_direct(home: Home, addr: Addr, expect: PeerId | None) -> PeerConnection:
@@ -200,7 +264,9 @@ async def _connect_direct(home: Home, addr: Addr, expect: PeerId | None) -> Peer
 
 async def connect_relay(home: Home, relay: Addr, peer: PeerId) -> PeerConnection:
     """Reach ``peer`` through a relay; the Noise session runs end to end."""
-    return await _retrying_busy(lambda: _connect_relay(home, relay, peer))
+    return await _retrying_busy(
+        lambda: _dialling_again_if_legacy(lambda: _connect_relay(home, relay, peer))
+    )
 
 
 async def _connect_relay(home: Home, relay: Addr, peer: PeerId) -> PeerConnection:

@@ -38,6 +38,7 @@ from p2pckpt.transfer.throttle import Throttle
 from p2pckpt.transfer.trust_watch import may
 from p2pckpt.wire import messages as m
 from p2pckpt.wire.codec import SERVER_ACCEPTS, MessageReader, encode
+from p2pckpt.wire.features import FEATURES, PROTOCOL, agreed, release
 
 log = logging.getLogger("p2pckpt.serve")
 
@@ -170,6 +171,14 @@ class Pipeline:
 
         async with prepared:
             async for req in requests:
+                if isinstance(req, m.Hello):  # a 0.2.0+ client: say what we speak
+                    busy.features = agreed(req.features)
+                    await send(encode(m.Hello(PROTOCOL, release(), FEATURES)))
+                    continue
+                if isinstance(req, m.Unknown):  # a newer client's: answered, not fatal
+                    text = f"message type {req.kind} is not known to release {release()}"
+                    await send(encode(m.Error(m.UNSUPPORTED, text)))
+                    continue
                 if isinstance(req, m.PushRequest):
                     busy.working = True
                     try:

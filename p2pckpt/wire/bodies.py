@@ -26,6 +26,7 @@ from p2pckpt.wire.messages import (
     Error,
     Have,
     HaveRequest,
+    Hello,
     ListRequest,
     ListResponse,
     ManifestRequest,
@@ -46,6 +47,7 @@ T_PUSH_REQ, T_PUSH_RESULT, T_PUSH_PROGRESS = 8, 9, 10
 T_HAVE_REQ, T_HAVE, T_CANCEL = 11, 12, 13
 T_PACKED = 14
 T_PIECES_REQ, T_PIECES, T_RANGE_REQ = 15, 16, 17
+T_HELLO = 18
 
 _U32: Final = (1 << 32) - 1
 
@@ -267,6 +269,20 @@ def _error(doc: list[Any]) -> Message:
     return Error(doc[0], doc[1], doc[2])
 
 
+def _hello(doc: list[Any]) -> Message:
+    """[protocol, release, [feature, ...], ...]: fields after these three are
+    a later release's, ignored (a Hello must always be understood)."""
+    if (
+        len(doc) < 3
+        or not _is_int(doc[0], (1 << 16) - 1)
+        or not isinstance(doc[1], str)
+        or not isinstance(doc[2], list)
+        or not all(isinstance(f, str) for f in doc[2])
+    ):
+        raise _bad("hello")
+    return _built("hello", Hello, doc[0], doc[1], frozenset(doc[2]))
+
+
 DECODERS: Final[dict[int, Callable[[list[Any]], Message]]] = {
     T_LIST_REQ: _list_request,
     T_LIST_RESP: _list_response,
@@ -283,6 +299,7 @@ DECODERS: Final[dict[int, Callable[[list[Any]], Message]]] = {
     T_PIECES_REQ: _pieces_request,
     T_PIECES: _piece_list,
     T_RANGE_REQ: _range_request,
+    T_HELLO: _hello,
 }
 
 

@@ -7,6 +7,9 @@ chunk is never copied through msgpack, and ``ChunkPacked``:
 checked as soon as the 5-byte header is read and before any allocation, and
 each side accepts only the types its role may receive. Any violation raises
 ``RemoteProtocolError`` and the reader is poisoned: the connection must end.
+A type this release does not know at all (a newer peer's) is not a
+violation: its body (at most UNKNOWN_CAP bytes) is skipped and it comes out
+as ``Unknown``, which a server answers with an UNSUPPORTED error.
 
 Bodies are decoded by ``bodies.py`` (a decoder per type); this module and
 that one are the only ones that touch msgpack for wire messages.
@@ -30,6 +33,7 @@ from p2pckpt.wire.bodies import (
     T_ERROR,
     T_HAVE,
     T_HAVE_REQ,
+    T_HELLO,
     T_LIST_REQ,
     T_LIST_RESP,
     T_MAN_REQ,
@@ -54,6 +58,7 @@ from p2pckpt.wire.messages import (
     Error,
     Have,
     HaveRequest,
+    Hello,
     ListRequest,
     ListResponse,
     ManifestRequest,
@@ -65,6 +70,7 @@ from p2pckpt.wire.messages import (
     PushRequest,
     PushResult,
     RangeRequest,
+    Unknown,
 )
 from p2pckpt.wire.packing import CODECS
 
@@ -93,7 +99,10 @@ _CAPS: Final = {
     T_PIECES_REQ: _CONTROL_CAP,
     T_PIECES: 64 + MAX_PIECES * 32,  # [start, length, 16-byte digest]: under 30 bytes each
     T_RANGE_REQ: 64 + MAX_PIECES * 20,
+    T_HELLO: _CONTROL_CAP,
 }
+UNKNOWN_CAP: Final = 64 << 10  # body of a type we do not know (a newer peer's), skipped
+
 SERVER_ACCEPTS: Final = frozenset(
     {
         T_LIST_REQ,
@@ -104,6 +113,7 @@ SERVER_ACCEPTS: Final = frozenset(
         T_CANCEL,
         T_PIECES_REQ,
         T_RANGE_REQ,
+        T_HELLO,
     }
 )
 CLIENT_ACCEPTS: Final = frozenset(
@@ -117,6 +127,7 @@ CLIENT_ACCEPTS: Final = frozenset(
         T_PUSH_RESULT,
         T_HAVE,
         T_PIECES,
+        T_HELLO,
     }
 )
 
@@ -179,6 +190,8 @@ def encode(msg: Message) -> bytes:
             return _pack(T_PUSH_RESULT, [ok, message[:1000], total])
         case Error(code, message, req_id):
             return _pack(T_ERROR, [code, message, req_id])
+        case Hello(protocol, release, features):
+            return _pack(T_HELLO, [protocol, release, sorted(features)])
     raise TypeError(f"not a message: {msg!r}")
 
 
@@ -260,6 +273,8 @@ class MessageReader:
         return ready
 
     def _complete(self, body: bytearray) -> Message:
+        if self._kind not in _CAPS:
+            return Unknown(self._kind)
         if self._kind == T_CHUNK:
             return ChunkData(self._req_id, body)
         if self._kind == T_PACKED:
@@ -279,6 +294,15 @@ class MessageReader:
                     break
                 if self._need == HEADER_SIZE:
                     kind, length = _HEADER.unpack(self._buf)
+                    if kind not in _CAPS and length <= UNKNOWN_CAP:
+                        self._kind = kind  # a newer peer's type: read past it, then say so
+                        self._body = bytearray(length)
+                        self._buf.clear()
+                        self._filled = 0
+                        if not length:
+                            self._body = None
+                            out.append(Unknown(kind))
+                        continue
                     if kind not in self._accepts:
                         raise RemoteProtocolError(f"unexpected message type {kind}")
                     if length > _CAPS[kind]:

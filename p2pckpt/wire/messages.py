@@ -23,6 +23,12 @@ that turns them into bytes. The conversation is request/response, client
     PushRequest            -> PushProgress* then PushResult | Error
                               (needs the "push" role; progress about every
                               PUSH_PROGRESS_INTERVAL while the target pulls)
+    Hello                  -> Hello   (first, from a client of 0.2.0 or later:
+                              protocol version, release and feature names,
+                              see ``features.py``; a 0.1.0 server drops the
+                              connection, and the client dials again without)
+    (a type this release does not know)
+                           -> Error(UNSUPPORTED)   (the connection stays up)
 
 An ``Error`` without ``req_id`` ends the connection.
 """
@@ -56,6 +62,11 @@ SOURCE_CHANGED = "source_changed"
 TOO_MANY_REQUESTS = "too_many_requests"
 BAD_REQUEST = "bad_request"
 INTERNAL = "internal"
+UNSUPPORTED = "unsupported"  # a message type this release does not know
+
+MAX_FEATURES = 64  # feature names in one Hello
+MAX_FEATURE_NAME = 32
+MAX_RELEASE = 64  # characters of a release string
 
 
 def _check(cond: bool, what: str) -> None:
@@ -296,8 +307,37 @@ class RangeRequest:
         _check(sum(n for _, n in self.ranges) <= MAX_CHUNK, "ranges longer than a chunk")
 
 
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """What a node speaks: its protocol version, its release (for people),
+    and the names of the optional features it understands."""
+
+    protocol: int
+    release: str
+    features: frozenset[str]
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.protocol < 1 << 16, "protocol version out of range")
+        _check(len(self.release) <= MAX_RELEASE and self.release.isprintable(), "release")
+        _check(len(self.features) <= MAX_FEATURES, "too many features")
+        _check(
+            all(0 < len(f) <= MAX_FEATURE_NAME and f.isprintable() for f in self.features),
+            "feature name",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """A message of a type this release does not know (its body skipped):
+    a newer peer's. Answered, never fatal."""
+
+    kind: int
+
+
 Request = (
-    ListRequest
+    Hello
+    | Unknown
+    | ListRequest
     | ManifestRequest
     | ChunkRequest
     | PushRequest
@@ -307,7 +347,8 @@ Request = (
     | RangeRequest
 )
 Response = (
-    PieceList
+    Hello
+    | PieceList
     | ListResponse
     | ManifestResponse
     | ChunkData

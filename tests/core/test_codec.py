@@ -19,6 +19,7 @@ from p2pckpt.wire.codec import (
     CLIENT_ACCEPTS,
     HEADER_SIZE,
     SERVER_ACCEPTS,
+    UNKNOWN_CAP,
     MessageReader,
     chunk_header,
     encode,
@@ -33,6 +34,7 @@ from p2pckpt.wire.messages import (
     Error,
     Have,
     HaveRequest,
+    Hello,
     ListRequest,
     ListResponse,
     ManifestRequest,
@@ -45,6 +47,7 @@ from p2pckpt.wire.messages import (
     PushResult,
     RangeRequest,
     Request,
+    Unknown,
     VersionInfo,
 )
 from tests import strategies as s
@@ -71,6 +74,7 @@ T_HAVE_REQ = encode(HaveRequest(ROOT))[0]
 T_HAVE = encode(Have(ROOT, True))[0]
 T_CANCEL = encode(Cancel(0))[0]
 T_PACKED = packed_header(0, 1, 1)[0]
+T_HELLO = encode(Hello(1, "0.2.0", frozenset()))[0]
 
 
 def frame(kind: int, body: Any) -> bytes:
@@ -121,6 +125,7 @@ def normal(msg: Message) -> Message:
 
 
 SAMPLES: list[Message] = [
+    Hello(1, "0.2.0", frozenset({"pieces", "hello"})),
     ListRequest(),
     ListResponse(()),
     ListResponse((VersionInfo("llama-7b", 3, b"p" * 32, ROOT, 1 << 40, 12),)),
@@ -269,26 +274,47 @@ def test_encode_rejects_non_message() -> None:
 # --- rejections -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("msg", [m for m in SAMPLES if accepts_for(m) is CLIENT_ACCEPTS])
+@pytest.mark.parametrize(
+    "msg", [m for m in SAMPLES if accepts_for(m) is CLIENT_ACCEPTS and not isinstance(m, Hello)]
+)
 def test_server_rejects_response_types(msg: Message) -> None:
     """A server refuses any message type only a client may receive."""
     with pytest.raises(RemoteProtocolError, match="unexpected message type"):
         MessageReader(SERVER_ACCEPTS).feed(encode(msg))
 
 
-@pytest.mark.parametrize("msg", [m for m in SAMPLES if accepts_for(m) is SERVER_ACCEPTS])
+@pytest.mark.parametrize(
+    "msg", [m for m in SAMPLES if accepts_for(m) is SERVER_ACCEPTS and not isinstance(m, Hello)]
+)
 def test_client_rejects_request_types(msg: Message) -> None:
     """A client refuses any message type only a server may receive."""
     with pytest.raises(RemoteProtocolError, match="unexpected message type"):
         MessageReader(CLIENT_ACCEPTS).feed(encode(msg))
 
 
-@pytest.mark.parametrize("kind", [0, 18, 255])
+@pytest.mark.parametrize("kind", [0, 19, 255])
 @pytest.mark.parametrize("accepts", [SERVER_ACCEPTS, CLIENT_ACCEPTS], ids=["server", "client"])
-def test_unknown_type_rejected(kind: int, accepts: frozenset[int]) -> None:
-    """A type byte outside the protocol is refused by both roles."""
+def test_an_unknown_type_is_skipped_and_reported_not_fatal(
+    kind: int, accepts: frozenset[int]
+) -> None:
+    """A newer peer's message type: its body is read past and it comes out
+    as Unknown, and the next message parses as usual (issue 20)."""
+    reader = MessageReader(accepts)
+    nxt = ListRequest() if accepts is SERVER_ACCEPTS else Error("e", "m", 1)
+    got = reader.feed(raw_frame(kind, msgpack.packb([1, "x" * 100])) + encode(nxt))
+    assert got == [Unknown(kind), nxt]
+    assert reader.feed(raw_frame(kind, b"")) == [Unknown(kind)]  # an empty body too
+
+
+def test_an_unknown_type_too_large_is_fatal() -> None:
     with pytest.raises(RemoteProtocolError):
-        MessageReader(accepts).feed(raw_frame(kind, msgpack.packb([])))
+        MessageReader(SERVER_ACCEPTS).feed(raw_frame(200, b"x" * (UNKNOWN_CAP + 1)))
+
+
+def test_a_hello_with_more_fields_than_this_release_knows_is_understood() -> None:
+    frame = raw_frame(T_HELLO, msgpack.packb([1, "9.9.9", ["pieces", "teleport"], [7, "x"], 3]))
+    (hello,) = MessageReader(SERVER_ACCEPTS).feed(frame)
+    assert hello == Hello(1, "9.9.9", frozenset({"pieces", "teleport"}))
 
 
 @pytest.mark.parametrize(

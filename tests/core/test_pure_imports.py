@@ -32,6 +32,7 @@ PURE_MODULES = [
     "p2pckpt.config",
     "p2pckpt.daemon.completion",
     "p2pckpt.pairing.core",
+    "p2pckpt.wire.features",
     "p2pckpt.pairing.words",
 ]
 
