@@ -92,6 +92,7 @@ class Busy:
 
     def __init__(self, pack: Packing) -> None:
         self.features = LEGACY
+        self.spoke = False  # it said Hello, or sent a first request without one
         self.working = False
         self.roots: set[bytes] = set()
         self.given: dict[bytes, int] = {}  # root -> bitmap of chunks asked for here

@@ -34,6 +34,7 @@ from p2pckpt.errors import (
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.manifest.paths import safe_display
+from p2pckpt.transfer import releases
 from p2pckpt.transfer.buffers import BufferPool
 from p2pckpt.wire import messages as m
 from p2pckpt.wire.codec import CLIENT_ACCEPTS, MessageReader, encode
@@ -185,6 +186,7 @@ async def _hello(conn: PeerConnection) -> None:
     LEGACY_MEMORY seconds, and _HungUpOnHello makes the caller dial again."""
     now = trio.current_time()
     if _legacy_until.get(conn.peer, 0.0) > now:
+        releases.note_legacy(conn.peer)
         return  # conn.features is LEGACY already
     try:
         await conn.send(m.Hello(PROTOCOL, release(), FEATURES))
@@ -198,6 +200,7 @@ async def _hello(conn: PeerConnection) -> None:
     _legacy_until.pop(conn.peer, None)
     conn.features = agreed(reply.features)
     conn.release = safe_display(reply.release)
+    releases.note(conn.peer, conn.release, reply.protocol, conn.features)
     log.debug(
         "hello peer=%s release=%s protocol=%d features=%s",
         conn.label,

@@ -28,7 +28,9 @@ from p2pckpt.channel.stream import SecureStream
 from p2pckpt.errors import RemoteProtocolError
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
+from p2pckpt.manifest.paths import safe_display
 from p2pckpt.store.catalog import Catalog
+from p2pckpt.transfer import releases
 from p2pckpt.transfer.answers import answer
 from p2pckpt.transfer.chunk_serve import Busy, Chunks, Packing
 from p2pckpt.transfer.leases import BufferBudget, Lease, Share
@@ -173,8 +175,13 @@ class Pipeline:
             async for req in requests:
                 if isinstance(req, m.Hello):  # a 0.2.0+ client: say what we speak
                     busy.features = agreed(req.features)
+                    busy.spoke = True
+                    releases.note(peer, safe_display(req.release), req.protocol, busy.features)
                     await send(encode(m.Hello(PROTOCOL, release(), FEATURES)))
                     continue
+                if not busy.spoke:  # its first request, and no Hello: a 0.1.0 client
+                    busy.spoke = True
+                    releases.note_legacy(peer)
                 if isinstance(req, m.Unknown):  # a newer client's: answered, not fatal
                     text = f"message type {req.kind} is not known to release {release()}"
                     await send(encode(m.Error(m.UNSUPPORTED, text)))

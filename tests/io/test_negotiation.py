@@ -19,6 +19,7 @@ from p2pckpt.channel.stream import open_secure
 from p2pckpt.errors import RemoteError
 from p2pckpt.home import Home
 from p2pckpt.transfer import peer as peer_module
+from p2pckpt.transfer import releases
 from p2pckpt.transfer.peer import connect_direct
 from p2pckpt.transfer.serve import Server
 from p2pckpt.wire import messages as m
@@ -44,6 +45,8 @@ async def test_two_current_nodes_agree_on_every_feature(tmp_path: Path) -> None:
             conn = await connect_direct(puller, ("127.0.0.1", port), expect=seeder.key.peer_id)
             assert conn.features == FEATURES and "hello" in conn.features
             assert conn.release and conn.release != "0.1.0"
+            heard = releases.heard(seeder.key.peer_id)
+            assert heard is not None and heard.protocol == 1 and heard.release == conn.release
             reply = await conn.request(m.ListRequest())
             assert isinstance(reply, m.ListResponse)
             await conn.aclose()
@@ -108,6 +111,8 @@ async def test_a_server_that_hangs_up_on_hello_is_dialled_again_as_0_1_0(tmp_pat
             port = listener.socket.getsockname()[1]
             conn = await connect_direct(puller, ("127.0.0.1", port), expect=seeder.key.peer_id)
             assert conn.features == LEGACY and conn.release == "0.1.0"
+            heard = releases.heard(seeder.key.peer_id)
+            assert heard is not None and heard.protocol is None and heard.release == "0.1.0"
             assert isinstance(await conn.request(m.ListRequest()), m.ListResponse)
             assert (hellos, connections) == (1, 2)
             again = await connect_direct(puller, ("127.0.0.1", port), expect=seeder.key.peer_id)
