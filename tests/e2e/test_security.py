@@ -40,6 +40,7 @@ from p2pckpt.wire.codec import (
     chunk_header,
     encode,
 )
+from p2pckpt.wire.features import FEATURES
 from tests.e2e.nodes import (
     CLI,
     Pair,
@@ -193,6 +194,8 @@ class EvilSeeder:
             return encode(m.Have(msg.root, True))
         if isinstance(msg, m.Cancel):
             return b""
+        if isinstance(msg, m.Hello):  # speaks the current protocol, lies elsewhere
+            return encode(m.Hello(1, "evil", FEATURES))
         return encode(m.ListResponse(()))
 
     async def handle(self, stream: trio.SocketStream) -> None:
@@ -717,8 +720,15 @@ async def test_server_survives_garbage(pair: Pair, tmp_path: Path) -> None:
             body = msgpack.packb([1, b"short-root", 0], use_bin_type=True)
             await s.send_all(HEADER.pack(T_CHUNK_REQ, len(body)) + body)
 
-        async def unknown_type(s: SecureStream) -> None:
+        unknown_answers: list[m.Message] = []
+
+        async def unknown_type(s: SecureStream) -> None:  # a newer peer's: answered (issue 20)
             await s.send_all(HEADER.pack(99, 0))
+            reader = MessageReader(CLIENT_ACCEPTS)
+            with trio.fail_after(10):
+                while not unknown_answers:
+                    unknown_answers.extend(reader.feed(await s.receive_some()))
+            await s.send_all(chunk_header(1, 10) + bytes(10))  # then a violation: this ends it
 
         async def client_only_type(s: SecureStream) -> None:
             await s.send_all(chunk_header(1, 10) + bytes(10))
@@ -736,6 +746,8 @@ async def test_server_survives_garbage(pair: Pair, tmp_path: Path) -> None:
         ):
             got, ended = await _after_handshake(port, key, misbehave)
             assert got == [] and ended == "eof", (misbehave.__name__, got, ended)
+        (answer,) = unknown_answers  # the connection lived on after it
+        assert isinstance(answer, m.Error) and answer.code == m.UNSUPPORTED, answer
 
         async def flood(s: SecureStream) -> None:
             burst = b"".join(
