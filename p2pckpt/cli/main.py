@@ -22,6 +22,7 @@ import click
 
 from p2pckpt.cli import (  # noqa: F401  (registers the commands)
     catalog_cmd,
+    current_cmd,
     daemon_cmd,
     init_cmd,
     ls_cmd,
