@@ -328,7 +328,9 @@ async def switch(
                 raise NotFound(f"{spec.name}@{version} is not kept in {root} (kept: {held})")
             target = version
         elif action == "rollback":
-            older = [v for v in versions if now is not None and v < now]
+            if now is None:
+                raise NotFound(f"{spec.name} has no current version in {root} to roll back from")
+            older = [v for v in versions if v < now]
             if not older:
                 raise NotFound(f"no kept version of {spec.name} older than {now} to roll back to")
             target = max(older)
