@@ -164,6 +164,11 @@ class DaemonState:
                 outcome.append(await switch(self.home, follow.spec, action, version, follow))
             except P2pckptError as exc:
                 outcome.append(exc)
+            except OSError as exc:  # the follow folder: one refusal, never the daemon
+                outcome.append(P2pckptError(f"cannot switch {name}: {exc}"))
+            except Exception as exc:
+                log.exception("current switch failed name=%s", name)
+                outcome.append(P2pckptError(f"internal error switching {name}: {exc!r}"))
             finally:
                 done.set()
 
