@@ -21,6 +21,8 @@ from typing import NoReturn
 import click
 
 from p2pckpt.cli import (  # noqa: F401  (registers the commands)
+    catalog_cmd,
+    current_cmd,
     daemon_cmd,
     init_cmd,
     ls_cmd,

@@ -19,7 +19,8 @@ from p2pckpt.manifest.paths import safe_display
 @command()
 @click.option("--json", "as_json", is_flag=True, help="Print the daemon's status document.")
 def status(as_json: bool) -> None:
-    """Show the daemon's peer ID, served versions, transfers and known peers."""
+    """Show the daemon's peer ID, served versions, transfers, known peers,
+    and each follow and watch (last version, last error, last hook)."""
     import trio
 
     from p2pckpt.daemon.control import request
@@ -118,6 +119,46 @@ def _peer_line(p: Mapping[str, object], now: float) -> str:
     return f"  {_who(p, {})}  {route}  {when}"
 
 
+def _ago(d: Mapping[str, object], key: str, now: float) -> str:
+    at = _num(d, key)
+    return f"{_duration(now - at)} ago" if at is not None else "never"
+
+
+def _int_or(d: Mapping[str, object], key: str, default: str = "none") -> str:
+    value = _num(d, key)
+    return str(int(value)) if value is not None else default
+
+
+def _error_line(d: Mapping[str, object], now: float) -> list[str]:
+    error = _str(d, "last_error", "")
+    return [f"    last error ({_ago(d, 'last_error_at', now)}): {error}"] if error else []
+
+
+def _follow_lines(f: Mapping[str, object], now: float) -> list[str]:
+    line = f"  {_str(f, 'name')}  current {_int_or(f, 'current')}"
+    if _num(f, "pinned") is not None:
+        line += f" (pinned at {_int_or(f, 'pinned')})"
+    line += f"  last version {_int_or(f, 'last_version')}  checked {_ago(f, 'last_check', now)}"
+    lines = [line]
+    hook = f.get("hook")
+    if isinstance(hook, Mapping):
+        code = _num(hook, "code")
+        what = f"exit {int(code)}" if code is not None else f"failed: {_str(hook, 'error')}"
+        lines.append(
+            f"    last hook: version {_int_or(hook, 'version', '?')} {what}"
+            f" ({_ago(hook, 'at', now)})"
+        )
+    return lines + _error_line(f, now)
+
+
+def _watch_lines(w: Mapping[str, object], now: float) -> list[str]:
+    line = (
+        f"  {_str(w, 'name')}  {_str(w, 'path')}  last version {_int_or(w, 'last_version')}"
+        f" (published {_ago(w, 'last_published', now)})"
+    )
+    return [line, *_error_line(w, now)]
+
+
 def _section(title: str, lines: list[str], count: int) -> list[str]:
     return [f"{title} ({count}):", *lines] if count else [f"{title}: none"]
 
@@ -139,4 +180,10 @@ def format_status(doc: Mapping[str, object], now: float) -> str:
     lines = [line for t in transfers for line in _transfer_lines(t, names)]
     out += _section("transfers in flight", lines, len(transfers))
     out += _section("known peers", [_peer_line(p, now) for p in peers], len(peers))
+    follows = _list(doc, "follows")
+    lines = [line for f in follows for line in _follow_lines(f, now)]
+    out += _section("follows", lines, len(follows))
+    watches = _list(doc, "watches")
+    lines = [line for w in watches for line in _watch_lines(w, now)]
+    out += _section("watches", lines, len(watches))
     return "\n".join(out)

@@ -7,7 +7,7 @@ Task tree::
     │                           pushes it takes are pulled back (``pushes``)
     ├── announce                mDNS, if enabled: peer ID, port, catalog epoch
     ├── register                relay registration, if a relay is configured
-    ├── serve_control           HOME/run/control.sock: `p2pckpt status`
+    ├── serve_control           HOME/run/control.sock: `p2pckpt status`, `current`
     ├── watch_folder (each)     publish completed checkpoints ([[watch]])
     └── follow (each)           pull new versions, flip `current`, hook ([[follow]])
 
@@ -33,7 +33,7 @@ from p2pckpt.config import Config, parse_addr
 from p2pckpt.daemon.pushes import Pulls, Pushes
 from p2pckpt.discovery.finder import Finder, open_finder
 from p2pckpt.discovery.sightings import Sightings
-from p2pckpt.errors import ConfigError
+from p2pckpt.errors import ConfigError, NotFound, P2pckptError
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.transfer.pull import Progress
@@ -41,9 +41,13 @@ from p2pckpt.transfer.serve import Server
 from p2pckpt.transfer.throttle import Throttle
 
 if TYPE_CHECKING:
+    from p2pckpt.daemon.follow import FollowState
     from p2pckpt.daemon.metrics import Metrics
+    from p2pckpt.daemon.watch import WatchState
 
 log = logging.getLogger("p2pckpt.daemon")
+
+SWITCH_WAIT = 8.0  # a `current` request waits this long for its hook (the rest: status)
 
 
 @dataclass
@@ -97,6 +101,9 @@ class DaemonState:
     transfers: dict[str, Transfer] = field(default_factory=dict)
     on_pulled: Callable[[int], None] | None = None
     on_corrupt: Callable[[], None] | None = None
+    follows: dict[str, FollowState] = field(default_factory=dict)  # by name
+    watches: list[WatchState] = field(default_factory=list)
+    nursery: trio.Nursery | None = None  # where hand switches run
 
     def progress(self, name: str) -> Progress:
         return _Tracked(self.transfers, name, self.on_pulled)
@@ -127,7 +134,52 @@ class DaemonState:
             ],
             "transfers": [t.as_status() for t in self.transfers.values()],
             "peers": [self._peer(p.peer_id, p.name) for p in self.home.trust],
+            "follows": [f.as_status() for f in self.follows.values()],
+            "watches": [w.as_status() for w in self.watches],
         }
+
+    async def current(self, request: dict[str, Any]) -> Any:
+        """The control command behind ``p2pckpt current NAME [--pin V |
+        --unpin | --rollback]``: switch a follow's ``current`` here, in the
+        daemon, so it cannot race the daemon's own switches."""
+        from p2pckpt.daemon.follow import switch
+
+        name, action, version = request.get("name"), request.get("action"), request.get("version")
+        if not isinstance(name, str) or not isinstance(action, str):
+            raise ConfigError('"current" needs a string "name" and "action"')
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+            raise ConfigError('"current": "version" must be an integer')
+        follow = self.follows.get(name)
+        if follow is None:
+            raise NotFound(f"this daemon does not follow {name!r}")
+        if self.nursery is None:
+            return await switch(self.home, follow.spec, action, version, follow)
+        # The switch (and its hook, up to HOOK_TIMEOUT) runs in the daemon,
+        # not under the control request's deadline; the client waits a while.
+        done = trio.Event()
+        outcome: list[dict[str, Any] | P2pckptError] = []
+
+        async def run() -> None:
+            try:
+                outcome.append(await switch(self.home, follow.spec, action, version, follow))
+            except P2pckptError as exc:
+                outcome.append(exc)
+            except OSError as exc:  # the follow folder: one refusal, never the daemon
+                outcome.append(P2pckptError(f"cannot switch {name}: {exc}"))
+            except Exception as exc:
+                log.exception("current switch failed name=%s", name)
+                outcome.append(P2pckptError(f"internal error switching {name}: {exc!r}"))
+            finally:
+                done.set()
+
+        self.nursery.start_soon(run)
+        with trio.move_on_after(SWITCH_WAIT):
+            await done.wait()
+        if not outcome:
+            return {"name": name, "pending": True}
+        if isinstance(outcome[0], P2pckptError):
+            raise outcome[0]
+        return outcome[0]
 
     def _peer(self, peer: PeerId, name: str | None) -> dict[str, Any]:
         """The path to a trusted peer: how we last talked (either way), else
@@ -250,17 +302,24 @@ async def _start_tasks(
 
     listeners = await nursery.start(server.serve, *listen)
     addrs = ["{}:{}".format(*lst.socket.getsockname()[:2]) for lst in listeners]
-    await nursery.start(serve_control, home.path, {"status": status})
+    state.nursery = nursery
+    handlers = {"status": status, "current": state.current}
+    await nursery.start(serve_control, home.path, handlers)
     await start_reachability(nursery, home, cfg, server, listeners)
     if cfg.watch:
-        from p2pckpt.daemon.watch import watch_folder
+        from p2pckpt.daemon.watch import WatchState, watch_folder
 
         for spec in cfg.watch:
-            await nursery.start(partial(watch_folder, home, spec, serving=server.serving))
+            watching = WatchState(spec)
+            state.watches.append(watching)
+            await nursery.start(
+                partial(watch_folder, home, spec, serving=server.serving, state=watching)
+            )
     if state.finder is not None:
-        from p2pckpt.daemon.follow import follow
+        from p2pckpt.daemon.follow import FollowState, follow
 
         for fspec in cfg.follow:
+            following = state.follows[fspec.name] = FollowState(fspec)
             await nursery.start(
                 partial(
                     follow,
@@ -269,6 +328,7 @@ async def _start_tasks(
                     partials=pulls.partials,
                     throttles=pulls.throttles,
                     installs=pulls.installs,
+                    state=following,
                 ),
                 home,
                 state.finder,

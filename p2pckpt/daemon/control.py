@@ -10,7 +10,11 @@ daemon serves so two daemons starting at once never steal each other's socket.
 Protocol, one request per connection::
 
     -> {"cmd": "status", ...args}\\n
-    <- {"ok": true, "result": ...}\\n   or   {"ok": false, "error": "..."}\\n
+    <- {"ok": true, "result": ...}\\n   or   {"ok": false, "error": "...", "exit": N}\\n
+
+(``exit``: the exit code of a refusal p2pckpt raised.) Commands: ``status``,
+and ``current`` {"name", "action": "show" | "pin" | "unpin" | "rollback",
+"version"} (see ``follow.switch``).
 
 Limits: request line <= 64 KiB, 16 clients at once, 10 s per request.
 
@@ -27,7 +31,16 @@ field or list missing)::
                     "peers": [{"id": str, "route": "direct" | "relay",
                                "via": str}]}],   HOST:PORT dialled, or the relay
      "peers": [{"id": str, "name": str, "route": "direct" | "relay",
-                "addr": str, "seen": float}]}    unix time last heard from
+                "addr": str, "seen": float}],   unix time last heard from
+     "follows": [{"name": str, "dir": str, "current": int | null,
+                  "pinned": int | null, "last_version": int | null,
+                  "last_check": float | null, "last_error": str,
+                  "last_error_at": float | null,
+                  "hook": {"version": int, "code": int | null, "at": float,
+                           "error": str} | null}],
+     "watches": [{"name": str, "path": str, "last_version": int | null,
+                  "last_published": float | null, "last_error": str,
+                  "last_error_at": float | null}]}
 """
 
 from __future__ import annotations
@@ -192,6 +205,8 @@ async def _bind(path: Path, home: Path) -> tuple[trio.socket.SocketType, tuple[i
 
 def _reply(ok: bool, value: Any) -> bytes:
     doc = {"ok": True, "result": value} if ok else {"ok": False, "error": str(value)}
+    if not ok and isinstance(value, P2pckptError):
+        doc["exit"] = value.exit_code  # so the client exits as if it ran the command itself
     return json.dumps(doc).encode() + b"\n"
 
 
@@ -340,5 +355,9 @@ async def request(home_path: Path, cmd: str, **args: Any) -> Any:
     if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
         raise RemoteProtocolError(f"the daemon sent a malformed reply to {cmd!r}")
     if not reply["ok"]:
-        raise P2pckptError(f"daemon: {safe_display(str(reply.get('error', 'failed')))}")
+        error = P2pckptError(f"daemon: {safe_display(str(reply.get('error', 'failed')))}")
+        code = reply.get("exit")
+        if isinstance(code, int) and not isinstance(code, bool) and 0 < code < 126:
+            error.exit_code = code
+        raise error
     return reply.get("result")

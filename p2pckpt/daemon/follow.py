@@ -4,10 +4,21 @@ Layout under a followed directory::
 
     DIR/NAME/<version>/...   one directory per version (a file checkpoint
                              keeps its file name inside it)
-    DIR/NAME/current         symlink to "<version>", replaced atomically
+    DIR/NAME/current         symlink to "<version>" for a directory
+                             checkpoint, and to "<version>/<file>" for a
+                             one-file checkpoint, so a server opens
+                             DIR/NAME/current itself as the checkpoint
+                             (a directory, or the file); replaced atomically
                              (symlink to a temporary name, rename over it,
                              fsync the directory): loaders see the old or the
                              new version, never a mix (R-44)
+    DIR/NAME/.pinned         the version ``current`` is held at, if pinned
+                             (``p2pckpt current NAME --pin V``): new versions
+                             are still pulled and kept, ``current`` stays
+
+``switch`` moves ``current`` by hand (pin, unpin, rollback) among the kept
+versions (version directories the catalog holds), running the hook as an
+automatic switch does.
 
 A check asks every reachable trusted peer for the newest version (signed by
 one of the follow's ``publishers``, or by a peer trusted with "publish" when
@@ -28,10 +39,12 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import trio
 
@@ -39,14 +52,17 @@ from p2pckpt.config import FollowSpec
 from p2pckpt.discovery.finder import Finder
 from p2pckpt.errors import (
     ChunkCorrupt,
+    ConfigError,
     Equivocation,
     Expired,
+    NotFound,
     P2pckptError,
     TransferError,
     first_leaf,
 )
-from p2pckpt.fs.atomic import fsync_dir
+from p2pckpt.fs.atomic import fsync_dir, write_atomic
 from p2pckpt.home import Home
+from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.transfer.choose import publisher_refusal
 from p2pckpt.transfer.partials import Partials
 from p2pckpt.transfer.pull import (
@@ -66,6 +82,7 @@ POLL_SECONDS: Final = 2.0  # without mDNS, how often peers are asked
 MDNS_POLL_SECONDS: Final = 30.0  # with mDNS, epoch changes wake us; this is the fallback
 HOOK_TIMEOUT: Final = 300.0
 CURRENT: Final = "current"
+PINNED: Final = ".pinned"
 
 
 def current_version(root: Path) -> int | None:
@@ -74,17 +91,102 @@ def current_version(root: Path) -> int | None:
         target = os.readlink(root / CURRENT)
     except OSError:
         return None
-    return int(target) if target.isdigit() else None
+    head = target.split("/", 1)[0]
+    return int(head) if head.isdigit() else None
 
 
-def repoint(root: Path, version: int) -> None:
-    """Atomically make ``root/current`` point to ``version``."""
+def repoint(root: Path, version: int, file: str | None = None) -> None:
+    """Atomically make ``root/current`` point to ``version`` (to the file
+    ``file`` inside it, for a one-file checkpoint)."""
     tmp = root / f".{CURRENT}.{os.getpid()}.tmp"
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
-    os.symlink(str(version), tmp)
+    os.symlink(str(version) if file is None else f"{version}/{file}", tmp)
     os.replace(tmp, root / CURRENT)
     fsync_dir(root)
+
+
+def pinned(root: Path) -> int | None:
+    """The version ``current`` is pinned at, if any."""
+    try:
+        text = (root / PINNED).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def set_pin(root: Path, version: int | None) -> None:
+    """Pin ``current`` at ``version`` (None: release it), durably."""
+    if version is None:
+        with contextlib.suppress(FileNotFoundError):
+            (root / PINNED).unlink()
+            fsync_dir(root)
+        return
+    write_atomic(root / PINNED, f"{version}\n".encode(), mode=0o644)
+
+
+def kept(home: Home, root: Path) -> dict[int, Path]:
+    """The versions held under ``root`` (version directories the catalog
+    holds a copy in), each with the path ``current`` names for it: the
+    directory, or the file inside it for a one-file checkpoint."""
+    found: dict[int, Path] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for p in root.iterdir():
+            if not p.name.isdigit():
+                continue
+            for r in home.catalog.roots_under(p):
+                entry = home.catalog.by_root(r)
+                copies = [entry.location] if entry is not None else []
+                copies += [loc for loc, _ in home.catalog.copy_locations(r)]
+                inside = [c for c in copies if c == str(p) or c.startswith(f"{p}/")]
+                if inside:
+                    found[int(p.name)] = Path(inside[0])
+                    break
+    return found
+
+
+@dataclass
+class HookResult:
+    """How the last hook run ended, for ``status``."""
+
+    version: int
+    code: int | None  # None: it could not run, or timed out (``error``)
+    at: float
+    error: str = ""
+
+    def as_status(self) -> dict[str, Any]:
+        return {"version": self.version, "code": self.code, "at": self.at, "error": self.error}
+
+
+@dataclass
+class FollowState:
+    """One follow as the daemon sees it (``status``), and the lock that
+    keeps a hand switch and an automatic one from interleaving."""
+
+    spec: FollowSpec
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    last_version: int | None = None  # the newest version installed by this daemon
+    last_check: float | None = None
+    last_error: str = ""
+    last_error_at: float | None = None
+    hook: HookResult | None = None
+
+    def failed(self, error: BaseException | str) -> None:
+        self.last_error, self.last_error_at = str(error), time.time()
+
+    def as_status(self) -> dict[str, Any]:
+        root = self.spec.dir / self.spec.name
+        return {
+            "name": self.spec.name,
+            "dir": str(root),
+            "current": current_version(root),
+            "pinned": pinned(root),
+            "last_version": self.last_version,
+            "last_check": self.last_check,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+            "hook": self.hook.as_status() if self.hook is not None else None,
+        }
 
 
 class Installs:
@@ -131,6 +233,8 @@ def baseline(home: Home, spec: FollowSpec) -> int | None:
     publisher was removed from trust, so its number binds nothing)."""
     root = spec.dir / spec.name
     have = current_version(root)
+    if pinned(root) is not None:  # current stays put: beat what is kept
+        have = max(kept(home, root), default=have)
     if have is None:
         return None
     roots = home.catalog.roots_under(root / str(have))
@@ -159,31 +263,109 @@ def retain(root: Path, keep: int, protect: set[int]) -> list[int]:
     return doomed
 
 
-async def run_hook(spec: FollowSpec, result: PullResult, path: Path) -> None:
-    """Run the configured command with the new version in its environment."""
+async def run_hook(
+    spec: FollowSpec,
+    version: int,
+    publisher: str,
+    path: Path,
+    state: FollowState | None = None,
+) -> HookResult | None:
+    """Run the configured command with the version ``current`` now names in
+    its environment (``P2PCKPT_PATH``: what ``current`` points to); None if
+    no hook is configured. Its outcome is logged and kept in ``state``."""
     if not spec.hook:
-        return
+        return None
     env = {
         **os.environ,
-        "P2PCKPT_NAME": result.name,
-        "P2PCKPT_VERSION": str(result.version),
+        "P2PCKPT_NAME": spec.name,
+        "P2PCKPT_VERSION": str(version),
         "P2PCKPT_PATH": str(path),
-        "P2PCKPT_PUBLISHER": result.publisher,
+        "P2PCKPT_PUBLISHER": publisher,
     }
     try:
         with trio.fail_after(HOOK_TIMEOUT):
             done = await trio.run_process(list(spec.hook), env=env, check=False)
     except (OSError, trio.TooSlowError) as exc:
-        log.error('hook failed name=%s version=%d error="%s"', result.name, result.version, exc)
-        return
-    level = logging.INFO if done.returncode == 0 else logging.ERROR
-    log.log(
-        level,
-        "hook exited name=%s version=%d code=%d",
-        result.name,
-        result.version,
-        done.returncode,
-    )
+        log.error('hook failed name=%s version=%d error="%s"', spec.name, version, exc)
+        result = HookResult(version, None, time.time(), str(exc) or "timed out")
+    else:
+        level = logging.INFO if done.returncode == 0 else logging.ERROR
+        log.log(
+            level, "hook exited name=%s version=%d code=%d", spec.name, version, done.returncode
+        )
+        result = HookResult(version, done.returncode, time.time())
+    if state is not None:
+        state.hook = result
+    return result
+
+
+async def switch(
+    home: Home,
+    spec: FollowSpec,
+    action: str,
+    version: int | None = None,
+    state: FollowState | None = None,
+) -> dict[str, Any]:
+    """Move ``current`` by hand: ``pin`` (to kept ``version``, and hold it
+    there), ``unpin`` (release it: to the newest kept version), ``rollback``
+    (to the newest kept version older than ``current``, pinned), or ``show``.
+    A move repoints atomically and runs the hook, as an automatic switch.
+
+    Raises:
+        NotFound: no such kept version (or nothing older to roll back to).
+        ConfigError: an unknown action.
+    """
+    root = spec.dir / spec.name
+    lock = state.lock if state is not None else trio.Lock()
+    async with lock:
+        versions = kept(home, root)
+        now = current_version(root)
+        if action == "show":
+            target = None
+        elif action == "pin":
+            if version is None or version not in versions:
+                held = ", ".join(map(str, sorted(versions))) or "none"
+                raise NotFound(f"{spec.name}@{version} is not kept in {root} (kept: {held})")
+            target = version
+        elif action == "rollback":
+            if now is None:
+                raise NotFound(f"{spec.name} has no current version in {root} to roll back from")
+            older = [v for v in versions if v < now]
+            if not older:
+                raise NotFound(f"no kept version of {spec.name} older than {now} to roll back to")
+            target = max(older)
+        elif action == "unpin":
+            target = max(versions) if versions else None
+        else:
+            raise ConfigError(f"unknown current action {action!r}")
+        if action in ("pin", "rollback"):
+            set_pin(root, target)
+        elif action == "unpin":
+            set_pin(root, None)
+        hook = None
+        moved = target is not None and target != now
+        if moved:
+            assert target is not None
+            path = versions[target]
+            file = path.name if path.parent.name == str(target) else None
+            repoint(root, target, file)
+            log.info('current name=%s version=%d path="%s" (%s)', spec.name, target, path, action)
+            who = _publisher_of(home, path)
+            hook = await run_hook(spec, target, who, path, state)
+    return {
+        "name": spec.name,
+        "current": current_version(root),
+        "pinned": pinned(root),
+        "kept": sorted(versions),
+        "switched": moved,
+        "hook": hook.as_status() if hook is not None else None,
+    }
+
+
+def _publisher_of(home: Home, path: Path) -> str:
+    """The peer ID that signed the version stored at ``path``."""
+    rows = home.catalog.at_location(path)
+    return str(PeerId(rows[0].publisher)) if rows else ""
 
 
 async def check_once(
@@ -195,6 +377,7 @@ async def check_once(
     partials: Partials | None = None,
     throttles: list[Throttle] | None = None,
     installs: Installs | None = None,
+    state: FollowState | None = None,
 ) -> PullResult | None:
     """Pull the newest version of ``spec.name`` if it is newer than ``current``,
     from every reachable peer that offers it (joining a push of that very
@@ -214,6 +397,7 @@ async def check_once(
         serving=serving,
         partials=partials,
         throttles=throttles,
+        state=state,
     )
     if installs is None:
         return await run()
@@ -231,6 +415,7 @@ async def install(
     partials: Partials | None = None,
     throttles: list[Throttle] | None = None,
     hints: Sequence[Hint] = (),
+    state: FollowState | None = None,
 ) -> PullResult:
     """Pull the version ``offer`` chose (a swarm) into ``DIR/NAME/<version>``
     (a one-file checkpoint keeps its file name inside it); if it is the
@@ -267,17 +452,25 @@ async def install(
         result.seconds,
         ",".join(f"{str(p['id']).split('-')[0]}:{p['bytes']}" for p in result.peers),
     )
-    have = baseline(home, spec)
-    old = current_version(root)
-    refusal = publisher_refusal(home, manifest, accept_of(spec))
-    if refusal is not None:  # trust changed since the pull committed
-        log.warning('not installed name=%s version=%d error="%s"', spec.name, version, refusal)
-        raise refusal
-    if (have is None or version > have) and old != version:
-        repoint(root, version)
-        log.info('current name=%s version=%d path="%s"', spec.name, version, target)
-        await run_hook(spec, result, target)
-    protect = {version} | ({old} if old is not None else set())
+    lock = state.lock if state is not None else trio.Lock()
+    async with lock:  # a hand switch (``switch``) waits, or is waited for
+        have = baseline(home, spec)
+        old = current_version(root)
+        refusal = publisher_refusal(home, manifest, accept_of(spec))
+        if refusal is not None:  # trust changed since the pull committed
+            log.warning('not installed name=%s version=%d error="%s"', spec.name, version, refusal)
+            raise refusal
+        if state is not None:
+            state.last_version = max(version, state.last_version or version)
+        held = pinned(root)
+        if held is not None and held != version:
+            log.info("kept name=%s version=%d (current is pinned at %d)", spec.name, version, held)
+        elif (have is None or version > have) and old != version:
+            file = manifest.files[0].path if manifest.kind == "file" else None
+            repoint(root, version, file)
+            log.info('current name=%s version=%d path="%s"', spec.name, version, dest)
+            await run_hook(spec, version, result.publisher, dest, state)
+    protect = {version} | {v for v in (old, pinned(root)) if v is not None}
     busy = serving() if serving is not None else set()
     if busy:  # never delete a version a peer is reading from us right now
         protect |= {
@@ -304,24 +497,33 @@ async def follow(
     partials: Partials | None = None,
     throttles: list[Throttle] | None = None,
     installs: Installs | None = None,
+    state: FollowState | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Follow ``spec.name`` until cancelled."""
+    """Follow ``spec.name`` until cancelled (what happened: in ``state``)."""
     task_status.started()
     wait = MDNS_POLL_SECONDS if finder.browser is not None else POLL_SECONDS
+    state = state if state is not None else FollowState(spec)
     while True:
+        state.last_check = time.time()
         try:
-            await check_once(home, finder, spec, progress, serving, partials, throttles, installs)
+            await check_once(
+                home, finder, spec, progress, serving, partials, throttles, installs, state
+            )
         except* ChunkCorrupt as group:
             log.error('follow failed name=%s error="%s"', spec.name, first_leaf(group))
+            state.failed(first_leaf(group))
             if on_corrupt is not None:
                 on_corrupt()
         except* (Expired, Equivocation) as group:  # a frozen or forked feed: say so loudly
             log.warning('follow refused name=%s error="%s"', spec.name, first_leaf(group))
+            state.failed(first_leaf(group))
         except* P2pckptError as group:
             log.info('follow check name=%s result="%s"', spec.name, first_leaf(group))
+            state.failed(first_leaf(group))
         except* OSError as group:
             log.error('follow failed name=%s error="%s"', spec.name, first_leaf(group))
+            state.failed(first_leaf(group))
         with trio.move_on_after(wait):
             if finder.browser is not None:
                 await finder.browser.changed()

@@ -150,5 +150,6 @@ class Pushes:
                 partials=self._pulls.partials,
                 throttles=self._pulls.throttles,
                 hints=hints,
+                state=self._state.follows.get(spec.name),
             ),
         )

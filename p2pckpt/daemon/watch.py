@@ -36,10 +36,11 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import trio
 
@@ -96,6 +97,30 @@ async def _publish_in_thread(home: Home, path: Path, name: str, version: int | N
 
 
 @dataclass
+class WatchState:
+    """What a watched folder last did, for ``status``."""
+
+    spec: WatchSpec
+    last_version: int | None = None
+    last_published: float | None = None
+    last_error: str = ""
+    last_error_at: float | None = None
+
+    def failed(self, path: Path, error: BaseException) -> None:
+        self.last_error, self.last_error_at = f"{path}: {error}", time.time()
+
+    def as_status(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "path": str(self.spec.path),
+            "last_version": self.last_version,
+            "last_published": self.last_published,
+            "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
+        }
+
+
+@dataclass
 class _Candidate:
     path: Path
     quiet_since: float
@@ -121,8 +146,10 @@ class _Watcher:
         spec: WatchSpec,
         on_published: Callable[[Manifest], Awaitable[None]] | None,
         serving: Callable[[], set[bytes]] | None,
+        state: WatchState | None = None,
     ) -> None:
         self.home, self.spec, self.on_published = home, spec, on_published
+        self.state = state if state is not None else WatchState(spec)
         self.serving = serving
         self.root = spec.path.expanduser().absolute()
         self.settle = settle_seconds(spec)
@@ -296,6 +323,7 @@ class _Watcher:
                 manifest = await _publish_in_thread(self.home, cand.path, self.spec.name, version)
             except (ConfigError, ManifestError) as exc:
                 log.error('not publishing until it changes path="%s" error="%s"', cand.path, exc)
+                self.state.failed(cand.path, exc)
                 cand.failed, cand.due = snap, trio.current_time() + self.backstop
                 return
             except Exception as exc:  # changed or vanished while hashing, catalog busy, a bug
@@ -306,10 +334,12 @@ class _Watcher:
                 expected = isinstance(exc, OSError | SourceChanged)
                 msg = 'publish failed path="%s" retry_seconds=%.0f error="%s"'
                 log.warning(msg, cand.path, delay, exc, exc_info=not expected)
+                self.state.failed(cand.path, exc)
                 return
             log.info(
                 'published name=%s version=%d path="%s"', manifest.name, manifest.version, cand.path
             )
+            self.state.last_version, self.state.last_published = manifest.version, time.time()
             self._retain()
             if self.on_published is not None:
                 await self.on_published(manifest)
@@ -352,6 +382,7 @@ async def watch_folder(
     *,
     on_published: Callable[[Manifest], Awaitable[None]] | None = None,
     serving: Callable[[], set[bytes]] | None = None,
+    state: WatchState | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Publish each complete child of ``spec.path`` as ``spec.name``, the
@@ -365,4 +396,4 @@ async def watch_folder(
     is not a directory; ``on_published`` errors propagate. ``serving`` gives
     the roots peers are reading, which retention spares.
     """
-    await _Watcher(home, spec, on_published, serving).run(task_status)
+    await _Watcher(home, spec, on_published, serving, state).run(task_status)

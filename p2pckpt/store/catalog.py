@@ -6,7 +6,9 @@ version (served in place, no second copy), the destination for a pulled one.
 ``highest`` remembers the newest version ever accepted per (publisher, name),
 so "latest" never goes backwards (rollback protection). ``retired`` lists
 published locations taken out of the catalog by retention (``[[watch]]
-keep``), so a watcher never publishes them again.
+keep``), so a watcher never publishes them again (``unpublish`` adds to it too).
+``stamps`` records each file's size and mtime when a copy was catalogued, so
+``gc`` can tell cheaply (no hashing) a copy whose bytes are gone or changed.
 
 A pulled copy may hold only some of a version's files (a selective pull,
 issue 19): its ``selection`` column lists them (NULL: every file). Such a
@@ -94,6 +96,16 @@ CREATE TABLE IF NOT EXISTS copies (
 CREATE INDEX IF NOT EXISTS copies_by_location ON copies (location);
 CREATE TRIGGER IF NOT EXISTS copies_go_with_versions AFTER DELETE ON versions
 BEGIN DELETE FROM copies WHERE root = old.root; END;
+CREATE TABLE IF NOT EXISTS stamps (
+    root     BLOB NOT NULL,
+    location TEXT NOT NULL,
+    file     TEXT NOT NULL,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    PRIMARY KEY (root, location, file)
+);
+CREATE TRIGGER IF NOT EXISTS stamps_go_with_versions AFTER DELETE ON versions
+BEGIN DELETE FROM stamps WHERE root = old.root; END;
 CREATE TABLE IF NOT EXISTS hashed (
     path      TEXT PRIMARY KEY,
     size      INTEGER NOT NULL,
@@ -259,6 +271,7 @@ class Catalog:
                     " VALUES (?,?,?,?)",
                     (manifest.root, str(location), int(time.time()), packed),
                 )
+                self._stamp(manifest, str(location))
                 self._bump_highest(manifest)
                 self._bump_epoch()
                 return
@@ -293,12 +306,45 @@ class Catalog:
                 ),
             )
             self._index(manifest, str(location), selection)
+            self._stamp(manifest, str(location))
             self._db.execute(
                 "INSERT OR REPLACE INTO meta VALUES (?, ?)",
                 (manifest.root, _pack_meta(manifest.meta)),
             )
             self._bump_highest(manifest)
             self._bump_epoch()
+
+    def _stamp(self, manifest: Manifest, location: str) -> None:
+        """Record each file's (size, mtime) of the copy at ``location`` as it
+        is now, for ``gc``; a file that cannot be stat-ed gets no stamp."""
+        self._db.execute(
+            "DELETE FROM stamps WHERE root = ? AND location = ?", (manifest.root, location)
+        )
+        rows = []
+        for f in manifest.files:
+            try:
+                st = os.stat(file_path(Path(location), manifest.kind, f.path))
+            except OSError:
+                continue
+            rows.append((manifest.root, location, f.path, st.st_size, st.st_mtime_ns))
+        self._db.executemany("INSERT INTO stamps VALUES (?,?,?,?,?)", rows)
+
+    def stamps(self, root: bytes, location: str) -> dict[str, tuple[int, int]]:
+        """(size, mtime_ns) per file of the copy at ``location`` when catalogued
+        (empty for a copy catalogued before stamps were kept)."""
+        cur = self._db.execute(
+            "SELECT file, size, mtime_ns FROM stamps WHERE root = ? AND location = ?",
+            (root, location),
+        )
+        return {file: (size, mtime) for file, size, mtime in cur.fetchall()}
+
+    def copy_locations(self, root: bytes) -> list[tuple[str, Selection]]:
+        """The other catalogued copies of a version (besides the one served),
+        each with the files it holds (None: all)."""
+        cur = self._db.execute(
+            "SELECT location, selection FROM copies WHERE root = ? ORDER BY added DESC", (root,)
+        )
+        return [(row[0], unpack(row[1])) for row in cur.fetchall()]
 
     def _index(self, manifest: Manifest, location: str, selection: Selection = None) -> None:
         """Record where each chunk of a version lives locally (for reuse):
@@ -548,6 +594,51 @@ class Catalog:
             )
             if self._db.execute("DELETE FROM versions WHERE root = ?", (root,)).rowcount:
                 self._bump_epoch()
+
+    def unpublish(self, name: str, version: int) -> list[Entry]:
+        """Stop offering ``name@version`` (every publisher's, every copy): its
+        rows leave the catalog, so listings, manifests and chunks no longer
+        offer it, and a published location is remembered as retired so a
+        watcher does not publish it again. Files are left alone. Returns the
+        rows dropped (none: no such version here)."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            rows = self._rows("WHERE name = ? AND version = ?", (name, version))
+            self._db.execute(
+                "INSERT OR REPLACE INTO retired SELECT location, name, version FROM versions"
+                " WHERE name = ? AND version = ? AND origin = 'published'",
+                (name, version),
+            )
+            self._db.execute("DELETE FROM versions WHERE name = ? AND version = ?", (name, version))
+            if rows:
+                self._bump_epoch()
+        return rows
+
+    def forget_copy(self, root: bytes, location: str) -> bool:
+        """Forget one copy of a version (its bytes are gone or changed); if
+        it was the copy served, another catalogued copy takes its place, else
+        the version is dropped. Returns whether the version was dropped."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM copies WHERE root = ? AND location = ?", (root, location))
+            self._db.execute("DELETE FROM stamps WHERE root = ? AND location = ?", (root, location))
+            self._bump_epoch()
+            rows = self._rows("WHERE root = ?", (root,))
+            if not rows or rows[0].location != location:
+                return False
+            other = self._db.execute(
+                "SELECT location FROM copies WHERE root = ? ORDER BY added DESC LIMIT 1", (root,)
+            ).fetchone()
+            if other is None:
+                self._db.execute("DELETE FROM versions WHERE root = ?", (root,))
+                return True
+            self._db.execute("DELETE FROM copies WHERE root = ? AND location = ?", (root, other[0]))
+            self._db.execute(
+                "UPDATE versions SET location = ?, origin = 'pulled' WHERE root = ?",
+                (other[0], root),
+            )
+            self._index(rows[0].manifest(), other[0])
+            return False
 
     def retired_locations(self) -> set[str]:
         return {row[0] for row in self._db.execute("SELECT location FROM retired")}

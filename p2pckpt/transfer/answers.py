@@ -82,7 +82,7 @@ def manifest_of(
         return m.ManifestResponse(partial.envelope)
     if entry is None:
         what = name if version is None else f"{name}@{version}"
-        return m.Error(m.NOT_FOUND, f"no checkpoint {what}")
+        return m.Error(m.NOT_FOUND, f"no checkpoint {what} is offered here")
     return m.ManifestResponse(entry.envelope)
 
 

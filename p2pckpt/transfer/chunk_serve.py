@@ -137,6 +137,18 @@ class Chunks:
             self._versions.popitem(last=False)
         return held
 
+    def drop_unheld(self) -> int:
+        """Forget cached versions the catalog no longer holds (unpublished,
+        retired, forgotten by gc), so their chunks stop being served at once;
+        returns how many were dropped."""
+        catalog = self._catalog
+        if catalog is None:
+            return 0
+        gone = [root for root in self._versions if catalog.by_root(root) is None]
+        for root in gone:
+            del self._versions[root]
+        return len(gone)
+
     def _partial(self, root: bytes) -> Served | None:
         """A version this node is still pulling (never cached past its pull)."""
         partials = self._partials

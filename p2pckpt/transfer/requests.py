@@ -64,7 +64,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from p2pckpt.errors import LocalProtocolError, RemoteProtocolError
+from p2pckpt.errors import LocalProtocolError, NotFound, RemoteProtocolError
 from p2pckpt.manifest.chunker import CHUNK_SIZE
 from p2pckpt.transfer.buffers import Room
 from p2pckpt.transfer.schedule import PATIENCE, Scheduler
@@ -352,8 +352,12 @@ class RequestBook:
     def _on_have(self, msg: m.Have, now: float) -> Action:
         self._have_pending, self._last_have = False, now
         src, sched = self._source, self._sched
-        src.complete = msg.complete
         bits = None if msg.complete else bitfield_to_int(msg.bits, sched.count)
+        if src.complete and not msg.complete and not bits and not any(msg.fetching):
+            # It held the version whole and now holds none of it, nor fetches
+            # any: its owner took it back (unpublish, gc, retention).
+            raise NotFound(f"{self._label} no longer offers this version")
+        src.complete = msg.complete
         if not src.known:
             src.known = True
             sched.add_peer(src.peer, bits, max_window=self._max_window, relayed=src.relayed)

@@ -12,7 +12,9 @@ Per connection (one nursery)::
                 Have and chunks "pull", a push "push"), checked against the
                 trust store as it is at that moment; a trust change closes
                 the open connections of every peer no longer trusted
-                within TRUST_RECHECK (R-63; ``trust_watch``)
+                within TRUST_RECHECK (R-63; ``trust_watch``); a version that
+                leaves the catalog (unpublish, gc) stops being served within
+                CATALOG_RECHECK (``watch_catalog``)
     then the connection's pipeline: reader, preparer, sender (see
     ``pipeline`` for what each does)
 
@@ -59,6 +61,7 @@ BUSY_TIMEOUT: Final = 1.0  # a refusal is best effort
 MAX_CONNECTIONS: Final = 128
 MAX_CONNECTIONS_PER_PEER: Final = 16
 REQUEST_WINDOW: Final = 64 * 1024
+CATALOG_RECHECK: Final = 0.25  # how often the catalog epoch is looked at for cached versions
 
 
 class Server:
@@ -105,11 +108,13 @@ class Server:
         self._buffers = BufferBudget(MAX_CHUNK_BUFFERS)
         self._shares: dict[PeerId, Share] = {}  # peers with an authenticated connection
         served = home.catalog if catalog else None
+        self._chunks = Chunks(served, partials, on_packed)
+        self._serves_catalog = catalog
         self._pipeline = Pipeline(
             home,
             on_push,
             partials,
-            Chunks(served, partials, on_packed),
+            self._chunks,
             self._buffers,
             Throttle(upload) if upload > 0 else None,
             on_served,
@@ -137,6 +142,22 @@ class Server:
         """Re-check open connections whenever the trust store changes (R-63)."""
         await watch(self.home, self.revoke_stale)
 
+    async def watch_catalog(self) -> None:
+        """Stop serving chunks of a version once it leaves the catalog
+        (``unpublish``, ``gc``, retention, in any process): the catalog epoch
+        changes, and cached chunk tables of versions no longer held are
+        dropped within CATALOG_RECHECK. Lists and manifests read the catalog
+        at each request already."""
+        seen = self.home.catalog.epoch()
+        while True:
+            await trio.sleep(CATALOG_RECHECK)
+            epoch = self.home.catalog.epoch()
+            if epoch != seen:
+                seen = epoch
+                dropped = self._chunks.drop_unheld()
+                if dropped:
+                    log.info("no longer serving versions=%d (left the catalog)", dropped)
+
     # -- listening and connections ---------------------------------------------
 
     @property
@@ -155,6 +176,8 @@ class Server:
         listeners = await open_listeners(host, port, "serve")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.watch_trust)
+            if self._serves_catalog:
+                nursery.start_soon(self.watch_catalog)
             task_status.started(listeners)
             await trio.serve_listeners(self.handle, listeners)
 

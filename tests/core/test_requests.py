@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pckpt.errors import LocalProtocolError, RemoteProtocolError
+from p2pckpt.errors import LocalProtocolError, NotFound, RemoteProtocolError
 from p2pckpt.transfer.buffers import POOLED_MIN, BufferPool, Room
 from p2pckpt.transfer.requests import (
     HAVE_POLL,
@@ -599,3 +599,24 @@ def test_two_sources_in_any_order_write_every_chunk_once(
 def test_small_chunks_keep_more_requests_asked(sizes: list[int], depth: int) -> None:
     assert pipeline_depth(sizes) == depth
     assert PIPELINE <= pipeline_depth(sizes) <= MAX_DEPTH < m.MAX_OUTSTANDING
+
+
+def test_a_complete_source_that_now_holds_nothing_has_withdrawn_the_version() -> None:
+    """A seeder that held the version whole and then answers Have with none
+    of it (unpublished, forgotten by gc, retired) is not waited for: the
+    source ends with NotFound. One still holding part of it is a partial
+    source like any other."""
+    n = 4
+    b = book(sched(n), Src("seeder"))
+    b.to_send(0.0)
+    b.on_message(m.Have(ROOT, True, b"\x00"), 0.0)  # whole, and followed (gave nothing yet)
+    assert m.HaveRequest(ROOT) in b.to_send(HAVE_POLL)
+    with pytest.raises(NotFound, match="seeder@test no longer offers this version"):
+        b.on_message(m.Have(ROOT, False, b"\x00"), HAVE_POLL)
+    src2 = Src("other")
+    b2 = book(sched(n), src2)
+    b2.to_send(0.0)
+    b2.on_message(m.Have(ROOT, True, b"\x00"), 0.0)
+    assert m.HaveRequest(ROOT) in b2.to_send(HAVE_POLL)
+    assert b2.on_message(have(False, {2}, n), HAVE_POLL) == HaveApplied(complete=False)
+    assert not src2.complete

@@ -74,8 +74,9 @@ def _hook(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _current(models: Path) -> str | None:
+    """The version ``current`` names (its link's first component)."""
     link = models / "m" / "current"
-    return os.readlink(link) if os.path.islink(link) else None
+    return os.readlink(link).split("/", 1)[0] if os.path.islink(link) else None
 
 
 def test_trust_add_grants_pull_only(tmp_path: Path, servers: list[Server]) -> None:
