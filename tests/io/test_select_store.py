@@ -105,3 +105,20 @@ def test_a_selective_staging_copy_commits_only_its_files(tmp_path: Path) -> None
     narrow.close()
     assert _tree(dest) == {"a.json"} and (dest / "a.json").read_bytes() == FILES["a.json"]
     assert not staging_path(dest).exists()
+
+
+def test_gc_checks_only_the_files_a_partial_copy_holds(tmp_path: Path) -> None:
+    """A partial copy lacks the files it did not select: that is not a
+    reason to forget it; its own files changing is."""
+    from p2pckpt.store.gc import collect
+
+    cat = Catalog(tmp_path / "c.db")
+    m, env = _manifest("p", 1, FILES)
+    part = tmp_path / "part"
+    part.mkdir()
+    (part / "a.json").write_bytes(FILES["a.json"])
+    cat.add(m, env, part, "pulled", frozenset({"a.json"}))
+    assert collect(cat, dry_run=True).bad == []
+    (part / "a.json").write_bytes(b"x" * 10)
+    report = collect(cat, dry_run=True)
+    assert [(b.reason, b.path) for b in report.bad] == [("changed", str(part / "a.json"))]
