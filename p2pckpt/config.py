@@ -35,10 +35,15 @@ the file is data, never code. Example::
                                  # absent: every peer trusted with the "publish" role
     allow_expired = false        # install a newest version whose signed expiry passed
 
-    [limits]
-    upload = 0                   # bytes/s for serving, 0 = unlimited
-    upload_per_peer = 0          # bytes/s for serving any one peer, 0 = unlimited
-    download = 0                 # bytes/s for the daemon's own pulls, 0 = unlimited
+    [limits]                     # bytes/s: a whole number, or "50MB", "10M", "1.5GiB"
+    upload = 0                   # for serving, 0 = unlimited
+    upload_per_peer = 0          # for serving any one peer, 0 = unlimited
+    download = "100M"            # for the daemon's own pulls, 0 = unlimited
+
+Sizes and rates (``parse_size``): a plain whole number is bytes; ``K``,
+``M``, ``G``, ``T`` (or ``KB``, ``MB``, ...; any case) are powers of 1000,
+``KiB``, ``MiB``, ``GiB``, ``TiB`` (or ``Ki``, ``Mi``, ...) powers of 1024.
+Unlike rsync's ``--bwlimit``, a bare ``K`` is 1000, as ``human()`` prints.
 
     [metrics]
     listen = "127.0.0.1:9450"    # Prometheus endpoint; absent = off
@@ -172,6 +177,16 @@ def _int(value: object, what: str, low: int = 0) -> int:
     return value
 
 
+def _size(value: object, what: str) -> int:
+    """A byte count or rate from the config: a whole number or a string with a unit."""
+    if isinstance(value, str):
+        try:
+            return parse_size(value)
+        except ConfigError as exc:
+            raise ConfigError(f"{what}: {exc}") from None
+    return _int(value, what)
+
+
 def _checkpoint_name(value: object, what: str) -> str:
     from p2pckpt.manifest.manifest import NAME_RE
 
@@ -241,6 +256,36 @@ def parse_duration(text: str) -> int:
     return int(match[1]) * _UNIT[match[2]]
 
 
+_SIZE_RE = re.compile(r"([0-9]{1,15}(?:\.[0-9]{1,6})?)\s*([kmgt]?)(i?)(b?)(?:/s)?")
+_SIZE_POWER = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+MAX_SIZE = 1 << 62
+
+
+def parse_size(text: str) -> int:
+    """Bytes (or bytes/s) with an optional unit, into a whole number >= 0.
+
+    ``1500``, ``10M`` / ``10MB`` (10,000,000: K, M, G, T are powers of 1000),
+    ``10Mi`` / ``10MiB`` (10,485,760: powers of 1024), ``1.5G``; a trailing
+    ``/s`` is allowed for rates. Fractions are allowed with a unit and
+    rounded down to whole bytes."""
+    match = _SIZE_RE.fullmatch(text.strip().lower())
+    if match is None or (match[3] and not match[2]):
+        raise ConfigError(
+            f"not a size: {text!r} (bytes, or with a unit: 50MB, 10M = 10,000,000;"
+            " 10MiB = 10,485,760)"
+        )
+    number, unit, binary = match[1], match[2], match[3]
+    if "." in number and not unit:
+        raise ConfigError(f"not a size: {text!r} (a fraction needs a unit, e.g. 1.5G)")
+    base = 1024 if binary else 1000
+    from decimal import Decimal
+
+    value = int(Decimal(number) * base ** _SIZE_POWER[unit])
+    if value > MAX_SIZE:
+        raise ConfigError(f"size too large: {text!r}")
+    return value
+
+
 def _str(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{what} must be a string")
@@ -271,13 +316,13 @@ def parse(doc: dict[str, Any]) -> Config:
     if "addr" in relay:
         cfg = replace(cfg, relay=parse_addr(_str(relay["addr"], "relay.addr")))
     if "upload" in limits:
-        cfg = replace(cfg, upload=_int(limits["upload"], "limits.upload"))
+        cfg = replace(cfg, upload=_size(limits["upload"], "limits.upload"))
     if "upload_per_peer" in limits:
         cfg = replace(
-            cfg, upload_per_peer=_int(limits["upload_per_peer"], "limits.upload_per_peer")
+            cfg, upload_per_peer=_size(limits["upload_per_peer"], "limits.upload_per_peer")
         )
     if "download" in limits:
-        cfg = replace(cfg, download=_int(limits["download"], "limits.download"))
+        cfg = replace(cfg, download=_size(limits["download"], "limits.download"))
     if "listen" in metrics:
         cfg = replace(cfg, metrics=parse_addr(_str(metrics["listen"], "metrics.listen")))
     if "compress" in transfer:

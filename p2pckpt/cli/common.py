@@ -104,6 +104,31 @@ def load_config(home: Home, config_path: Path | None, **flags: object) -> Config
     return load(home.path, config_path).with_flags(**flags)
 
 
+class Size(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.2
+    """A byte count or rate: ``1500``, ``10M`` (10,000,000), ``10MiB`` (10,485,760)."""
+
+    name = "size"
+
+    def __init__(self, low: int = 1) -> None:
+        self.low = low
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int:
+        if isinstance(value, int):
+            number = value
+        else:
+            from p2pckpt.config import parse_size
+
+            try:
+                number = parse_size(str(value))
+            except ConfigError as exc:
+                self.fail(str(exc), param, ctx)
+        if number < self.low:
+            self.fail(f"{value!r} is less than {self.low} byte(s)", param, ctx)
+        return number
+
+
 def parse_ref(ref: str) -> tuple[str, int | None]:
     """``NAME`` or ``NAME@VERSION``."""
     name, sep, version = ref.partition("@")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from p2pckpt.cli.common import (
+    Size,
     command,
     config_option,
     emit_json,
@@ -67,10 +68,11 @@ class _RichProgress:
 )
 @click.option(
     "--max-rate",
-    type=click.IntRange(1),
+    type=Size(),
     default=None,
-    metavar="BYTES_PER_S",
-    help="Download cap for this pull (all sources together).",
+    metavar="RATE",
+    help="Download cap for this pull (all sources together), bytes/s: 5000000, 10M (MB/s,"
+    " powers of 1000) or 10MiB (powers of 1024).",
 )
 @click.option(
     "--into-hf-cache",
