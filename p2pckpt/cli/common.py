@@ -48,6 +48,22 @@ config_option = click.option(
     help="Config file (default: HOME/config.toml).",
 )
 
+relay_option = click.option(
+    "--relay",
+    default=None,
+    metavar="HOST:PORT",
+    help="Reach peers through this relay too (overrides [relay] addr).",
+)
+
+
+def relay_flag(relay: str | None) -> dict[str, object]:
+    """``--relay`` as a ``load_config`` flag."""
+    if relay is None:
+        return {}
+    from p2pckpt.config import parse_addr
+
+    return {"relay": parse_addr(relay)}
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @home_option

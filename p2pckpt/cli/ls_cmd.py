@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING
 
 import click
 
-from p2pckpt.cli.common import command, config_option, emit_json, human, load_config, open_home
+from p2pckpt.cli.common import (
+    command,
+    config_option,
+    emit_json,
+    human,
+    load_config,
+    open_home,
+    relay_flag,
+    relay_option,
+)
 
 if TYPE_CHECKING:
     from p2pckpt.config import Config
@@ -27,7 +36,14 @@ if TYPE_CHECKING:
 @click.option("--local", is_flag=True, help="Only what this node holds; ask no peer.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @config_option
-def ls(peers: tuple[str, ...], local: bool, as_json: bool, config_path: Path | None) -> None:
+@relay_option
+def ls(
+    peers: tuple[str, ...],
+    local: bool,
+    as_json: bool,
+    config_path: Path | None,
+    relay: str | None,
+) -> None:
     """List versions held here and offered by reachable trusted peers."""
     home = open_home()
     who = _namer(home)
@@ -36,7 +52,7 @@ def ls(peers: tuple[str, ...], local: bool, as_json: bool, config_path: Path | N
         metas = home.catalog.metas()
         rows += [_local(e, metas.get(e.root, {}), who) for e in home.catalog.summaries()]
     if not local:
-        remote = _remote_versions(home, load_config(home, config_path), peers)
+        remote = _remote_versions(home, load_config(home, config_path, **relay_flag(relay)), peers)
         rows += [_offered(peer, route, version, who, meta) for peer, route, version, meta in remote]
     if as_json:
         emit_json([r.doc for r in rows])

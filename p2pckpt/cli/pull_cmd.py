@@ -20,6 +20,8 @@ from p2pckpt.cli.common import (
     open_home,
     parse_ref,
     progress_bar,
+    relay_flag,
+    relay_option,
 )
 from p2pckpt.cli.stopping import run_stoppable
 from p2pckpt.errors import ConfigError
@@ -109,6 +111,7 @@ class _RichProgress:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 @config_option
+@relay_option
 def pull(
     ref: str,
     sources: tuple[str, ...],
@@ -122,6 +125,7 @@ def pull(
     share: bool,
     as_json: bool,
     config_path: Path | None,
+    relay: str | None,
 ) -> None:
     """Pull NAME (newest) or NAME@VERSION; exits 0 only once every byte is verified."""
     import contextlib
@@ -135,7 +139,7 @@ def pull(
     _check_args(name, dest, hf_cache, hf_repo)
     cache_dir = hf_cache.expanduser().absolute() if hf_cache is not None else None
     home = open_home()
-    cfg = load_config(home, config_path)
+    cfg = load_config(home, config_path, **relay_flag(relay))
     targets = parse_targets(sources, home)
     _check_publishers(home, publishers)
     accept = pulling.Accept(publishers, allow_expired)

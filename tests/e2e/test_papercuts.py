@@ -69,3 +69,24 @@ def test_typed_meta_from_python_reaches_ls_and_ls_peer(pair: Pair) -> None:
     typed_line = next(line for line in table.splitlines() if line.startswith("typed@1"))
     assert "llama" in typed_line and "epoch=3" in typed_line and "loss=0.31" in typed_line
     assert "p2pckpt.types" not in table
+
+
+def test_pull_and_ls_take_relay(pair: Pair) -> None:
+    """`ls --relay` and `pull --relay` reach a peer known only by its ID through
+    that relay (B's config names no relay); without the flag it is unreachable."""
+    from tests.e2e.nodes import start_relay, start_server
+
+    relay = start_relay(pair.root, pair.root / "relay.log")
+    pair.servers.append(relay)
+    make_checkpoint(pair.root / "ck", {"w.bin": 200_000})
+    run(pair.a, "publish", str(pair.root / "ck"), "--name", "m")
+    server = start_server(pair.a, pair.root / "a.log", extra=("--no-mdns", "--relay", relay.addr))
+    pair.servers.append(server)
+    alone = run(pair.b, "ls", "--peer", pair.a_id, "--json", check=False)
+    assert alone.returncode == 4, alone.stderr
+    listed = run_json(pair.b, "ls", "--peer", pair.a_id, "--relay", relay.addr)
+    assert [(r["name"], r["route"]) for r in listed] == [("m", "relay")]
+    dest = pair.root / "out"
+    doc = run_json(pair.b, "pull", "m", "--from", pair.a_id, "--relay", relay.addr, "-o", str(dest))
+    assert {p["route"] for p in doc["peers"]} == {"relay"}
+    assert (dest / "w.bin").stat().st_size == 200_000
