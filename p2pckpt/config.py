@@ -1,6 +1,7 @@
-"""Node configuration: ``HOME/config.toml`` (or ``--config FILE``), validated.
+"""Node configuration: ``HOME/config.toml`` (and ``--config FILE``), validated.
 
-Layers, later wins: built-in defaults, the TOML file, command-line flags.
+Layers, later wins: built-in defaults, ``HOME/config.toml``, ``--config FILE``
+(key by key: see ``overlay``), command-line flags.
 Unknown keys are errors (a typo must not silently disable something), and
 the file is data, never code. Example::
 
@@ -356,15 +357,15 @@ def parse(doc: dict[str, Any]) -> Config:
     return replace(cfg, peers=tuple(static))
 
 
-def load(home: Path, path: Path | None = None) -> Config:
-    """The config at ``path`` or ``HOME/config.toml``; defaults if that is absent."""
-    target = path or home / CONFIG_FILE
+def _read(target: Path, given: bool) -> dict[str, Any] | None:
+    """The TOML document at ``target``, checked on its own (errors name the file);
+    None if it is absent and was not ``given`` on the command line."""
     try:
         data = target.read_bytes()
     except FileNotFoundError:
-        if path is not None:
-            raise ConfigError(f"no config file at {path}") from None
-        return Config()
+        if given:
+            raise ConfigError(f"no config file at {target}") from None
+        return None
     except OSError as exc:
         raise ConfigError(f"cannot read {target}: {exc.strerror}") from None
     try:
@@ -372,6 +373,38 @@ def load(home: Path, path: Path | None = None) -> Config:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:  # deep nesting
         raise ConfigError(f"{target}: {exc}") from None
     try:
-        return parse(doc)
+        parse(doc)
     except ConfigError as exc:
         raise ConfigError(f"{target}: {exc}") from None
+    return doc
+
+
+def overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``: in a table (``[limits]``) each key ``top`` sets
+    wins and the others stay; an array of tables (``[[follow]]``, ``[[watch]]``,
+    ``[[peer]]``) in ``top`` replaces ``base``'s whole array."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def load(home: Path, path: Path | None = None) -> Config:
+    """``HOME/config.toml`` (defaults if absent), with ``path`` (``--config
+    FILE``) laid over it: keys FILE sets win, the rest come from the home's
+    (see ``overlay``)."""
+    own = home / CONFIG_FILE
+    base = _read(own, given=False)
+    if path is None or path.absolute() == own.absolute():
+        return parse(base) if base is not None else Config()
+    top = _read(path, given=True)
+    assert top is not None
+    if base is None:
+        return parse(top)
+    try:
+        return parse(overlay(base, top))
+    except ConfigError as exc:  # each is valid alone; together, e.g. a name followed twice
+        raise ConfigError(f"{path} over {own}: {exc}") from None

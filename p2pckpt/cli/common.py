@@ -45,7 +45,8 @@ config_option = click.option(
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Config file (default: HOME/config.toml).",
+    help="Config file laid over HOME/config.toml: keys it sets win, the rest come from"
+    " the home's ([[follow]], [[watch]], [[peer]] arrays are replaced whole).",
 )
 
 relay_option = click.option(
@@ -114,7 +115,7 @@ def open_home() -> Home:
 
 
 def load_config(home: Home, config_path: Path | None, **flags: object) -> Config:
-    """The home's config (or ``--config``), with command-line flags on top."""
+    """The home's config, ``--config`` over it, command-line flags on top."""
     from p2pckpt.config import load
 
     return load(home.path, config_path).with_flags(**flags)

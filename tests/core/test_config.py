@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,31 @@ def test_limits_take_units() -> None:
     assert (cfg.upload, cfg.upload_per_peer, cfg.download) == (50_000_000, 2**20, 7)
     with pytest.raises(ConfigError, match=r"limits\.download"):
         parse(tomllib.loads('[limits]\ndownload = "fast"\n'))
+
+
+def test_config_file_is_laid_over_the_homes(tmp_path: Path) -> None:
+    """--config FILE adds to HOME/config.toml: its keys win, table by table and
+    key by key; an array of tables in FILE replaces the home's; each file is
+    checked alone, and an error names the file."""
+    (tmp_path / "config.toml").write_text(
+        '[discovery]\nmdns = false\ninterfaces = ["eth0"]\n[limits]\nupload = "1M"\n'
+        '[[follow]]\nname = "a"\ndir = "/m"\n[relay]\naddr = "r.example:1"\n'
+    )
+    extra = tmp_path / "extra.toml"
+    extra.write_text(
+        '[discovery]\nmdns = true\n[limits]\ndownload = 5\n[[follow]]\nname = "b"\ndir = "/n"\n'
+    )
+    cfg = load(tmp_path, extra)
+    assert cfg.mdns is True and cfg.interfaces == ("eth0",)
+    assert (cfg.upload, cfg.download) == (1_000_000, 5)
+    assert [f.name for f in cfg.follow] == ["b"]
+    assert cfg.relay == ("r.example", 1)
+    assert load(tmp_path) == replace(cfg, mdns=False, download=0, follow=load(tmp_path).follow)
+    extra.write_text("[limits]\nuplaod = 1\n")
+    with pytest.raises(ConfigError, match=r"extra\.toml"):
+        load(tmp_path, extra)
+    with pytest.raises(ConfigError, match="no config file"):
+        load(tmp_path, tmp_path / "absent.toml")
+    (tmp_path / "config.toml").unlink()
+    extra.write_text("[limits]\nupload = 7\n")
+    assert load(tmp_path, extra) == Config(upload=7)

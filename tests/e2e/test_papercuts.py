@@ -90,3 +90,21 @@ def test_pull_and_ls_take_relay(pair: Pair) -> None:
     doc = run_json(pair.b, "pull", "m", "--from", pair.a_id, "--relay", relay.addr, "-o", str(dest))
     assert {p["route"] for p in doc["peers"]} == {"relay"}
     assert (dest / "w.bin").stat().st_size == 200_000
+
+
+def test_config_file_adds_to_the_homes(pair: Pair) -> None:
+    """`--config FILE` is laid over HOME/config.toml: the static peer the home's
+    config names is still known, and FILE's own mistakes are errors naming it."""
+    make_checkpoint(pair.root / "ck", {"w.bin": 1000})
+    run(pair.a, "publish", str(pair.root / "ck"), "--name", "m")
+    server = pair.serve_a()
+    (pair.b / "config.toml").write_text(
+        f'[discovery]\nmdns = false\n[[peer]]\nid = "{pair.a_id}"\naddr = ["{server.addr}"]\n'
+    )
+    extra = pair.root / "extra.toml"
+    extra.write_text('[transfer]\ncompress = "off"\n')
+    listed = run_json(pair.b, "ls", "--peer", pair.a_id, "--config", str(extra))
+    assert [r["name"] for r in listed] == ["m"]
+    extra.write_text("[transfer]\ncompres = 1\n")
+    bad = run(pair.b, "ls", "--peer", pair.a_id, "--config", str(extra), check=False)
+    assert bad.returncode == 2 and "extra.toml" in bad.stderr
