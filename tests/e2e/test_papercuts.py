@@ -108,3 +108,22 @@ def test_config_file_adds_to_the_homes(pair: Pair) -> None:
     extra.write_text("[transfer]\ncompres = 1\n")
     bad = run(pair.b, "ls", "--peer", pair.a_id, "--config", str(extra), check=False)
     assert bad.returncode == 2 and "extra.toml" in bad.stderr
+
+
+def test_init_force_rotates_the_identity_keeping_trust(pair: Pair) -> None:
+    """`init --force` asks first (refused without a terminal unless --yes);
+    with --yes it makes a new peer ID, keeps the trust store and catalog, and
+    says what peers must do."""
+    make_checkpoint(pair.root / "ck", {"w.bin": 100})
+    run(pair.a, "publish", str(pair.root / "ck"), "--name", "m")
+    refused = run(pair.a, "init", "--force", check=False)
+    assert refused.returncode == 2 and "--yes" in refused.stderr
+    assert run(pair.a, "id").stdout.strip() == pair.a_id
+    rotated = run(pair.a, "init", "--force", "--yes")
+    new_id = rotated.stdout.strip()
+    assert new_id != pair.a_id and run(pair.a, "id").stdout.strip() == new_id
+    assert f"trust add {new_id}" in rotated.stderr and pair.a_id in rotated.stderr
+    assert [p["id"] for p in run_json(pair.a, "trust", "ls")] == [pair.b_id]
+    (row,) = run_json(pair.a, "ls", "--local")
+    assert (row["name"], row["publisher"]) == ("m", pair.a_id)
+    assert run(pair.a, "init").stdout.strip() == new_id  # plain init: idempotent
