@@ -18,6 +18,7 @@ data dir) and raise ``p2pckpt.errors.P2pckptError`` subclasses on failure.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,7 +135,9 @@ def pull(
     config: str | Path | None = None,
 ) -> PullResult:
     """Pull ``name`` (newest, or ``version``) into ``dest``; returns once every
-    byte is verified. ``sources``: ``HOST:PORT``, peer IDs or trusted names;
+    byte is verified. ``dest`` is taken as ``p2pckpt pull -o`` takes it (an
+    existing directory as ``cp`` does; a string ending in ``/`` means "into").
+    ``sources``: ``HOST:PORT``, peer IDs or trusted names;
     empty means find trusted peers (mDNS, static peers, relay). Blocking."""
     import trio
 
@@ -145,11 +148,18 @@ def pull(
     opened = _home(home)
     cfg = load(opened.path, Path(config) if config is not None else None)
     targets = parse_targets(sources, opened)
+    into = isinstance(dest, str) and dest.endswith(("/", os.sep))
 
     async def run() -> PullResult:
         conns = await connect_targets(opened, cfg, targets)
         return await do_pull(
-            opened, conns, name, version, Path(dest) if dest is not None else None, streams
+            opened,
+            conns,
+            name,
+            version,
+            Path(dest) if dest is not None else None,
+            streams,
+            into=into,
         )
 
     try:

@@ -60,10 +60,13 @@ class _RichProgress:
 @click.option(
     "-o",
     "--output",
-    "dest",
-    type=click.Path(path_type=Path),
+    "dest_text",
+    type=click.Path(),
     default=None,
-    help="Where to put it (default: ./FILE for a one-file checkpoint, ./NAME for a directory).",
+    metavar="DEST",
+    help="Where to put it (default: ./FILE for a one-file checkpoint, ./NAME for a directory);"
+    " into an existing directory as cp does: DIR/FILE, and DIR/ (trailing slash) holding"
+    " something else means DIR/NAME.",
 )
 @click.option(
     "--streams", type=click.IntRange(1, 16), default=None, help="Connections to each source."
@@ -115,7 +118,7 @@ class _RichProgress:
 def pull(
     ref: str,
     sources: tuple[str, ...],
-    dest: Path | None,
+    dest_text: str | None,
     streams: int | None,
     max_rate: int | None,
     hf_cache: Path | None,
@@ -136,6 +139,7 @@ def pull(
     from p2pckpt.transfer.throttle import Throttle
 
     name, version = parse_ref(ref)
+    dest = Path(dest_text) if dest_text is not None else None
     _check_args(name, dest, hf_cache, hf_repo)
     cache_dir = hf_cache.expanduser().absolute() if hf_cache is not None else None
     home = open_home()
@@ -170,6 +174,7 @@ def pull(
                 accept=accept,
                 partials=shared.partials if shared is not None else None,
                 found=shared.found if shared is not None else None,
+                into=dest_text is not None and dest_text.endswith("/"),
             )
 
     with bar if bar is not None else contextlib.nullcontext():

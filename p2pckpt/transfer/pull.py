@@ -31,6 +31,7 @@ the swarm); this one checks DEST, guards trust while filling, and commits.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -133,10 +134,12 @@ async def pull(
     partials: Partials | None = None,
     accept: Accept | None = None,
     found: Found | None = None,
+    into: bool = False,
 ) -> PullResult:
     """Pull ``name`` (newest, or ``@version``) from every one of ``conns``
     that offers the newest version ``accept`` takes (a swarm pull). Takes
-    ownership of the connections: all are closed on return."""
+    ownership of the connections: all are closed on return. ``into``: DEST
+    was written with a trailing slash (see ``place``)."""
     started = time.monotonic()
     offer = await choose_source(home, conns, name, version, accept)
     return await pull_offer(
@@ -149,7 +152,46 @@ async def pull(
         partials=partials,
         found=found,
         started=started,
+        into=into,
     )
+
+
+def place(home: Home, dest: Path, manifest: Manifest, into: bool) -> Path:
+    """Where a pull given ``-o DEST`` writes, as ``cp`` does:
+
+    * DEST an existing directory, for a one-file checkpoint: ``DEST/FILE``;
+    * ``DEST/`` (a trailing slash, ``into``) naming an existing directory that
+      holds something and is not a copy of this name pulled here:
+      ``DEST/NAME``;
+    * otherwise DEST itself: a new path, an empty directory (replaced by the
+      checkpoint), or our own copy of this name (updated in place).
+    """
+    if dest.is_symlink() or not dest.is_dir():
+        return dest
+    if manifest.kind == "file":
+        return dest / manifest.files[0].path
+    if into and _holds_something(dest):
+        ours = any(
+            e.origin == "pulled" and e.name == manifest.name for e in home.catalog.at_location(dest)
+        )
+        if not ours:
+            return dest / manifest.name
+    return dest
+
+
+def _empty_dir(dest: Path, manifest: Manifest) -> bool:
+    """A directory checkpoint, and DEST an empty directory (not a link to one)."""
+    return (
+        manifest.kind == "dir"
+        and not dest.is_symlink()
+        and dest.is_dir()
+        and not _holds_something(dest)
+    )
+
+
+def _holds_something(folder: Path) -> bool:
+    with os.scandir(folder) as entries:
+        return any(True for _ in entries)
 
 
 async def pull_offer(
@@ -164,8 +206,10 @@ async def pull_offer(
     hints: Sequence[Hint] = (),
     found: Found | None = None,
     started: float | None = None,
+    into: bool = False,
 ) -> PullResult:
-    """Pull the version ``offer`` chose from its sources.
+    """Pull the version ``offer`` chose from its sources, into ``dest`` (see
+    ``place``; default: ``./FILE`` or ``./NAME``).
 
     ``throttles`` cap the download rate (per pull, per daemon); with
     ``partials``, chunks verified so far are served to other pullers while
@@ -177,7 +221,11 @@ async def pull_offer(
     started = time.monotonic() if started is None else started
     manifest, envelope, sources = offer.manifest, offer.envelope, offer.sources
     try:
-        dest = (dest or default_dest(manifest)).expanduser().absolute()
+        if dest is None:
+            dest = default_dest(manifest)
+        else:
+            dest = place(home, dest.expanduser().absolute(), manifest, into)
+        dest = dest.expanduser().absolute()
         there = "new"
         if dest.exists() or dest.is_symlink():
             there = await _at_dest(home, dest, manifest, envelope)
@@ -190,6 +238,8 @@ async def pull_offer(
                 home, offer, staging, streams, progress, throttles or [], partials, hints, found
             )
             transferred = time.monotonic()
+            if there == "empty":
+                _remove_empty(dest, manifest)
             await trio.to_thread.run_sync(staging.commit, there == "replace")
             log.info(
                 "committed name=%s version=%d transfer_seconds=%.2f commit_seconds=%.2f"
@@ -201,7 +251,7 @@ async def pull_offer(
             )
         finally:
             staging.close()
-        if there == "replace":  # the old version's bytes are gone from DEST now
+        if there in ("replace", "empty"):  # the old version's bytes are gone from DEST now
             home.catalog.forget_location(dest)
         home.catalog.add(manifest, envelope, dest, "pulled")
         result = pull_result(manifest, dest, downloaded, reused, sources, started)
@@ -211,13 +261,31 @@ async def pull_offer(
         await offer.aclose()
 
 
+def _remove_empty(dest: Path, manifest: Manifest) -> None:
+    """Take away the empty directory a checkpoint is about to be renamed onto
+    (``rmdir``: if anything appeared in it meanwhile, it stays, and the pull
+    stops before its commit)."""
+    try:
+        os.rmdir(dest)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        raise DestinationExists(
+            f"{dest} was an empty directory and is not anymore; nothing was written to it:"
+            " empty it or choose another -o, and run the same pull again"
+        ) from None
+
+
 async def _at_dest(
     home: Home, dest: Path, manifest: Manifest, envelope: bytes
-) -> Literal["replace", "present"]:
-    """What ``dest``, which exists, is: our own pulled copy of another version
-    of this name, or of this one damaged since, updated in place ("replace"),
-    or this very version, verified and now catalogued ("present"); anything
-    else raises ``DestinationExists``."""
+) -> Literal["replace", "present", "empty"]:
+    """What ``dest``, which exists, is: an empty directory, which a directory
+    checkpoint takes the place of ("empty", as ``cp -r`` fills one); our own
+    pulled copy of another version of this name, or of this one damaged
+    since, updated in place ("replace"), or this very version, verified and
+    now catalogued ("present"); anything else raises ``DestinationExists``."""
+    if _empty_dir(dest, manifest):
+        return "empty"
     # Only a byte-for-byte match counts as "already there".
     differs = await trio.to_thread.run_sync(compare, dest, manifest)
     if differs and _replaceable(home, dest, manifest, differs.extra):

@@ -4,7 +4,7 @@ overlay, unique trust names, ``init --force``, and custom meta end to end."""
 
 from __future__ import annotations
 
-from tests.e2e.nodes import Pair, make_checkpoint, run, run_json
+from tests.e2e.nodes import Pair, make_checkpoint, run, run_json, same_tree
 
 
 def test_trust_add_refuses_a_name_taken(pair: Pair) -> None:
@@ -127,3 +127,41 @@ def test_init_force_rotates_the_identity_keeping_trust(pair: Pair) -> None:
     (row,) = run_json(pair.a, "ls", "--local")
     assert (row["name"], row["publisher"]) == ("m", pair.a_id)
     assert run(pair.a, "init").stdout.strip() == new_id  # plain init: idempotent
+
+
+def test_dest_is_taken_as_cp_takes_it(pair: Pair) -> None:
+    """An existing empty directory is a valid DEST (it becomes the checkpoint);
+    `-o DIR/` naming a directory that holds something else means DIR/NAME, and
+    again (DIR/NAME now ours) updates DIR/NAME; without the slash such a DIR is
+    refused (exit 2, untouched); a one-file checkpoint goes inside a directory."""
+    ck = make_checkpoint(pair.root / "ck", {"a.bin": 5000, "sub/b.bin": 3000})
+    run(pair.a, "publish", str(ck), "--name", "m")
+    single = pair.root / "one.bin"
+    single.write_bytes(b"x" * 1234)
+    run(pair.a, "publish", str(single), "--name", "f")
+    server = pair.serve_a()
+
+    empty = pair.root / "empty"
+    empty.mkdir()
+    run(pair.b, "pull", "m", "--from", server.addr, "-o", str(empty))
+    assert same_tree(ck, empty)
+
+    busy = pair.root / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    refused = run(pair.b, "pull", "m", "--from", server.addr, "-o", str(busy), check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
+    doc = run_json(pair.b, "pull", "m", "--from", server.addr, "-o", f"{busy}/")
+    assert doc["dest"] == str(busy / "m")
+    assert same_tree(ck, busy / "m") and (busy / "notes.txt").read_text() == "mine"
+    again = run_json(pair.b, "pull", "m", "--from", server.addr, "-o", f"{busy / 'm'}/")
+    assert again["dest"] == str(busy / "m")
+
+    fresh = pair.root / "fresh"
+    doc = run_json(pair.b, "pull", "m", "--from", server.addr, "-o", f"{fresh}/")
+    assert doc["dest"] == str(fresh) and same_tree(ck, fresh)
+
+    doc = run_json(pair.b, "pull", "f", "--from", server.addr, "-o", str(busy))
+    assert doc["dest"] == str(busy / "one.bin")
+    assert (busy / "one.bin").read_bytes() == single.read_bytes()
