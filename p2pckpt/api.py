@@ -6,7 +6,7 @@
         ...train...
         torch.save(model.state_dict(), f"ckpt/step-{step}.pt")
         p2pckpt.publish(f"ckpt/step-{step}.pt", name="llama-ft", version=step,
-                        meta={"loss": f"{loss:.4f}"})
+                        meta={"loss": round(loss, 4)})
 
     result = p2pckpt.pull("llama-ft", dest="./llama-ft")      # newest, found by itself
 
