@@ -47,6 +47,7 @@ from p2pckpt.errors import (
 )
 from p2pckpt.fs.atomic import fsync_dir
 from p2pckpt.home import Home
+from p2pckpt.logs import Polls, polling
 from p2pckpt.transfer.choose import publisher_refusal
 from p2pckpt.transfer.partials import Partials
 from p2pckpt.transfer.pull import (
@@ -309,9 +310,13 @@ async def follow(
     """Follow ``spec.name`` until cancelled."""
     task_status.started()
     wait = MDNS_POLL_SECONDS if finder.browser is not None else POLL_SECONDS
+    polls = Polls()  # a round that finds what the last one found logs it at DEBUG
     while True:
         try:
-            await check_once(home, finder, spec, progress, serving, partials, throttles, installs)
+            with polling(polls):
+                await check_once(
+                    home, finder, spec, progress, serving, partials, throttles, installs
+                )
         except* ChunkCorrupt as group:
             log.error('follow failed name=%s error="%s"', spec.name, first_leaf(group))
             if on_corrupt is not None:
@@ -319,9 +324,12 @@ async def follow(
         except* (Expired, Equivocation) as group:  # a frozen or forked feed: say so loudly
             log.warning('follow refused name=%s error="%s"', spec.name, first_leaf(group))
         except* P2pckptError as group:
-            log.info('follow check name=%s result="%s"', spec.name, first_leaf(group))
+            outcome = str(first_leaf(group))
+            level = polls.level(("follow check", outcome))
+            log.log(level, 'follow check name=%s result="%s"', spec.name, outcome)
         except* OSError as group:
             log.error('follow failed name=%s error="%s"', spec.name, first_leaf(group))
+        polls.next_round()
         with trio.move_on_after(wait):
             if finder.browser is not None:
                 await finder.browser.changed()
