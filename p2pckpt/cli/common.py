@@ -40,6 +40,22 @@ home_option = click.option(
     help="Node home directory (default: $P2PCKPT_HOME or the user data dir).",
 )
 
+
+def _set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(dict)["quiet"] = True
+
+
+quiet_option = click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    expose_value=False,
+    callback=_set_quiet,
+    help="No progress or informational output: only errors, warnings and what was asked for"
+    " (a listing, an ID, the --json document).",
+)
+
 config_option = click.option(
     "--config",
     "config_path",
@@ -68,6 +84,7 @@ def relay_flag(relay: str | None) -> dict[str, object]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @home_option
+@quiet_option
 @click.option("-v", "--verbose", count=True, help="More log output (repeat for debug).")
 @click.option(
     "--log-format",
@@ -88,12 +105,39 @@ def cli(verbose: int, log_format: str) -> None:
 def command(
     group: click.Group = cli, name: str | None = None
 ) -> Callable[[Callable[..., None]], click.Command]:
-    """A subcommand of ``group`` that also accepts ``--home`` after its name."""
+    """A subcommand of ``group`` that also accepts ``--home`` and ``--quiet``
+    after its name."""
 
     def wrap(fn: Callable[..., None]) -> click.Command:
-        return group.command(name=name)(home_option(fn))
+        return group.command(name=name)(home_option(quiet_option(fn)))
 
     return wrap
+
+
+def _obj(key: str) -> object:
+    ctx: click.Context | None = click.get_current_context(silent=True)
+    while ctx is not None:
+        if isinstance(ctx.obj, dict) and key in ctx.obj:
+            return ctx.obj[key]
+        ctx = ctx.parent
+    return None
+
+
+def quiet() -> bool:
+    """``--quiet`` (``-q``) given, before or after the command name."""
+    return bool(_obj("quiet"))
+
+
+def note(message: str) -> None:
+    """Informational output on stderr (progress, what is happening): not with --quiet."""
+    if not quiet():
+        click.echo(message, err=True)
+
+
+def say(message: str) -> None:
+    """A success summary on stdout (``pulled ...``): not with --quiet."""
+    if not quiet():
+        click.echo(message)
 
 
 def home_path() -> Path:
@@ -156,13 +200,40 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     return name, int(version)
 
 
+_emitted: list[object] = []  # the --json document printed, if any (one per run)
+
+
 def emit_json(doc: object) -> None:
+    """The command's one ``--json`` document on stdout (see docs/json.md)."""
+    _emitted.append(doc)
     click.echo(json.dumps(doc, sort_keys=True))
 
 
+def json_emitted() -> bool:
+    return bool(_emitted)
+
+
+def json_requested(argv: list[str]) -> bool:
+    """Whether the command line asks for ``--json`` (options end at ``--``)."""
+    args = argv[: argv.index("--")] if "--" in argv else argv
+    return "--json" in args
+
+
+def error_json(code: int, kind: str, message: str) -> dict[str, object]:
+    """The ``error`` object of a failed command under ``--json``: its exit code,
+    the error's class (``NotFound``, ``ConfigError``, ``UsageError``...) and
+    the one-line message also printed on stderr."""
+    return {"code": code, "kind": kind, "message": message}
+
+
+def error_of(exc: BaseException) -> dict[str, object]:
+    code = getattr(exc, "exit_code", 1)
+    return error_json(code if isinstance(code, int) else 1, type(exc).__name__, str(exc))
+
+
 def progress_bar(enabled: bool) -> Progress | None:
-    """A rich progress display on stderr, or None when not a terminal."""
-    if not enabled:
+    """A rich progress display on stderr, or None when not a terminal (or --quiet)."""
+    if not enabled or quiet():
         return None
     from rich.console import Console
     from rich.progress import (

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from p2pckpt.cli.common import command, home_path, open_home
+from p2pckpt.cli.common import command, home_path, note, open_home
 from p2pckpt.errors import ConfigError
 
 
@@ -40,14 +40,13 @@ def init(force: bool, yes: bool) -> None:
             )
     home, created = Home.init(path, force=force)
     if old is not None:
-        click.echo(
+        note(
             f"new identity for {home.path} (was {old}); trust store and catalog kept."
             f" On each peer: p2pckpt trust add {home.key.peer_id} (with the roles it had),"
-            f" then p2pckpt trust rm {old}; restart a running serve or daemon",
-            err=True,
+            f" then p2pckpt trust rm {old}; restart a running serve or daemon"
         )
     else:
-        click.echo(f"{'created' if created else 'already initialised'}: {home.path}", err=True)
+        note(f"{'created' if created else 'already initialised'}: {home.path}")
     click.echo(str(home.key.peer_id))
 
 

@@ -15,6 +15,7 @@ from p2pckpt.cli.common import (
     emit_json,
     human,
     load_config,
+    note,
     open_home,
     relay_flag,
     relay_option,
@@ -58,7 +59,7 @@ def ls(
         emit_json([r.doc for r in rows])
         return
     if not rows:
-        click.echo("no checkpoints", err=True)
+        note("no checkpoints")
         return
     _print_table(rows)
 

@@ -22,6 +22,7 @@ from p2pckpt.cli.common import (
     progress_bar,
     relay_flag,
     relay_option,
+    say,
 )
 from p2pckpt.cli.stopping import run_stoppable
 from p2pckpt.errors import ConfigError
@@ -233,7 +234,7 @@ def _print_result(result: PullResult, as_json: bool) -> None:
         emit_json(doc)
     else:
         rate = result.bytes_downloaded / result.seconds / 1e6 if result.seconds else 0.0
-        click.echo(
+        say(
             f"pulled {result.name}@{result.version} to {result.dest}: "
             f"{result.bytes_total / 1e6:.1f} MB verified, {result.bytes_downloaded / 1e6:.1f} MB"
             f" downloaded in {result.seconds:.1f}s ({rate:.0f} MB/s),"
@@ -241,7 +242,7 @@ def _print_result(result: PullResult, as_json: bool) -> None:
         )
         if len(result.peers) > 1:
             for peer in result.peers:
-                click.echo(
+                say(
                     f"  {peer['id']}: {_mb(peer['bytes'])} MB"
                     f" ({peer['status']}{': ' + str(peer['problem']) if 'problem' in peer else ''})"
                 )

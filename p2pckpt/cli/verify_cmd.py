@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from p2pckpt.cli.common import command, emit_json, open_home, parse_ref
+from p2pckpt.cli.common import command, emit_json, error_of, open_home, parse_ref, say
 
 
 @command()
@@ -44,18 +44,20 @@ def verify(path: Path, ref: str | None, as_json: bool) -> None:
     manifest = entry.manifest()
     result = compare(where, manifest, every_chunk=True)
     label = f"{manifest.name}@{manifest.version}"
+    failure = CopyDiffers(f"{where} does not match {label}", reported=as_json) if result else None
     if as_json:
-        emit_json(
-            {
-                "path": str(where),
-                "name": manifest.name,
-                "version": manifest.version,
-                "ok": not result,
-                "missing": result.missing,
-                "extra": result.extra,
-                "damaged": {p: result.details.get(p, "") for p in result.damaged},
-            }
-        )
+        doc: dict[str, object] = {
+            "path": str(where),
+            "name": manifest.name,
+            "version": manifest.version,
+            "ok": not result,
+            "missing": result.missing,
+            "extra": result.extra,
+            "damaged": {p: result.details.get(p, "") for p in result.damaged},
+        }
+        if failure is not None:
+            doc["error"] = error_of(failure)
+        emit_json(doc)
     else:
         for p in result.missing:
             click.echo(f"missing: {safe_display(p)}")
@@ -64,7 +66,7 @@ def verify(path: Path, ref: str | None, as_json: bool) -> None:
         for p in result.damaged:
             click.echo(f"damaged: {safe_display(p)}: {result.details.get(p, '')}")
         if not result:
-            click.echo(f"ok: {where} matches {label} ({manifest.total_bytes} bytes verified)")
-    if result:
-        # --json said so already (ok: false); the text output ends with the error line
-        raise CopyDiffers(f"{where} does not match {label}", reported=as_json)
+            say(f"ok: {where} matches {label} ({manifest.total_bytes} bytes verified)")
+    if failure is not None:
+        # --json said so already (ok: false, error); the text output ends with the error line
+        raise failure

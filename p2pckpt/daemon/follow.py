@@ -59,6 +59,7 @@ from p2pckpt.transfer.pull import (
     choose_source,
     pull_offer,
 )
+from p2pckpt.transfer.swarm import Source
 from p2pckpt.transfer.throttle import Throttle
 
 log = logging.getLogger("p2pckpt.follow")
@@ -223,6 +224,14 @@ async def check_once(
     return await installs.run(offer.manifest.root, run)
 
 
+def watch_sources(progress: object, sources: list[Source]) -> None:
+    """Hand a pull's sources to a progress that shows them (the daemon's
+    status: each transfer's peers); other progress displays have no ``watch``."""
+    watch = getattr(progress, "watch", None)
+    if watch is not None:
+        watch(sources)
+
+
 async def install(
     home: Home,
     spec: FollowSpec,
@@ -250,11 +259,13 @@ async def install(
         version,
         ",".join(f"{s.peer.short}/{s.conns[0].route}" for s in sources),
     )
+    tracker = progress(f"{spec.name}@{version}")
+    watch_sources(tracker, sources)  # status --json: the transfer's peers
     result = await pull_offer(
         home,
         offer,
         dest,
-        progress=progress(f"{spec.name}@{version}"),
+        progress=tracker,
         throttles=throttles,
         partials=partials,
         hints=hints,
