@@ -6,7 +6,7 @@
         ...train...
         torch.save(model.state_dict(), f"ckpt/step-{step}.pt")
         p2pckpt.publish(f"ckpt/step-{step}.pt", name="llama-ft", version=step,
-                        meta={"loss": f"{loss:.4f}"})
+                        meta={"loss": round(loss, 4)})
 
     result = p2pckpt.pull("llama-ft", dest="./llama-ft")      # newest, found by itself
 
@@ -18,13 +18,44 @@ data dir) and raise ``p2pckpt.errors.P2pckptError`` subclasses on failure.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from p2pckpt.errors import ConfigError, P2pckptError, first_leaf
 from p2pckpt.home import Home, default_home
-from p2pckpt.manifest.manifest import Manifest
+from p2pckpt.manifest.manifest import Manifest, MetaValue
 from p2pckpt.transfer.pull import DEFAULT_STREAMS, PullResult
+
+__all__ = ["PublishResult", "PullResult", "publish", "pull"]
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What ``publish`` made: ``root`` is the signed manifest's BLAKE3 root (hex),
+    ``files`` the number of files, ``bytes`` their total size, ``publisher``
+    this node's peer ID."""
+
+    name: str
+    version: int
+    root: str
+    files: int
+    bytes: int
+    publisher: str
+    expires: int | None = None
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> PublishResult:
+        return cls(
+            name=manifest.name,
+            version=manifest.version,
+            root=manifest.root.hex(),
+            files=len(manifest.files),
+            bytes=manifest.total_bytes,
+            publisher=str(manifest.publisher),
+            expires=manifest.expires,
+        )
 
 
 def _home(home: str | Path | None) -> Home:
@@ -36,16 +67,22 @@ def publish(
     *,
     name: str,
     version: int | None = None,
-    meta: Mapping[str, str] | None = None,
+    meta: Mapping[str, MetaValue] | None = None,
     home: str | Path | None = None,
     replicas: int = 0,
     replicas_timeout: float = 600.0,
     config: str | Path | None = None,
     expires_in: float | None = None,
-) -> Manifest:
+) -> PublishResult:
     """Hash ``path`` (a file or a directory) in place and publish it as
     ``name@version`` (default: newest + 1). Republishing identical bytes is a
     no-op. Blocking; hashing runs at disk speed.
+
+    ``meta`` values are strings, ints (64-bit), finite floats or bools, at most
+    64 entries, keys up to 64 printable characters, values up to 1024 once
+    written out; they come back typed in ``p2pckpt ls --json`` (here and on
+    the peers that list this version; see ``manifest.encode_meta`` for how
+    older nodes see them).
 
     ``expires_in`` (seconds) signs an expiry into the manifest: pullers and
     followers refuse it as the newest version after that.
@@ -67,7 +104,7 @@ def publish(
             import time
 
             expires = int(time.time() + expires_in)
-        manifest = do_publish(opened, Path(path), name, version, dict(meta or {}), expires=expires)
+        manifest = do_publish(opened, Path(path), name, version, meta, expires=expires)
         if replicas:
             import trio
 
@@ -82,7 +119,7 @@ def publish(
                 if isinstance(leaf, P2pckptError):
                     raise leaf from group
                 raise
-        return manifest
+        return PublishResult.of(manifest)
     finally:
         opened.catalog.close()
 
@@ -98,7 +135,9 @@ def pull(
     config: str | Path | None = None,
 ) -> PullResult:
     """Pull ``name`` (newest, or ``version``) into ``dest``; returns once every
-    byte is verified. ``sources``: ``HOST:PORT``, peer IDs or trusted names;
+    byte is verified. ``dest`` is taken as ``p2pckpt pull -o`` takes it (an
+    existing directory as ``cp`` does; a string ending in ``/`` means "into").
+    ``sources``: ``HOST:PORT``, peer IDs or trusted names;
     empty means find trusted peers (mDNS, static peers, relay). Blocking."""
     import trio
 
@@ -109,11 +148,18 @@ def pull(
     opened = _home(home)
     cfg = load(opened.path, Path(config) if config is not None else None)
     targets = parse_targets(sources, opened)
+    into = isinstance(dest, str) and dest.endswith(("/", os.sep))
 
     async def run() -> PullResult:
         conns = await connect_targets(opened, cfg, targets)
         return await do_pull(
-            opened, conns, name, version, Path(dest) if dest is not None else None, streams
+            opened,
+            conns,
+            name,
+            version,
+            Path(dest) if dest is not None else None,
+            streams,
+            into=into,
         )
 
     try:

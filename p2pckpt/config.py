@@ -1,6 +1,7 @@
-"""Node configuration: ``HOME/config.toml`` (or ``--config FILE``), validated.
+"""Node configuration: ``HOME/config.toml`` (and ``--config FILE``), validated.
 
-Layers, later wins: built-in defaults, the TOML file, command-line flags.
+Layers, later wins: built-in defaults, ``HOME/config.toml``, ``--config FILE``
+(key by key: see ``overlay``), command-line flags.
 Unknown keys are errors (a typo must not silently disable something), and
 the file is data, never code. Example::
 
@@ -35,10 +36,15 @@ the file is data, never code. Example::
                                  # absent: every peer trusted with the "publish" role
     allow_expired = false        # install a newest version whose signed expiry passed
 
-    [limits]
-    upload = 0                   # bytes/s for serving, 0 = unlimited
-    upload_per_peer = 0          # bytes/s for serving any one peer, 0 = unlimited
-    download = 0                 # bytes/s for the daemon's own pulls, 0 = unlimited
+    [limits]                     # bytes/s: a whole number, or "50MB", "10M", "1.5GiB"
+    upload = 0                   # for serving, 0 = unlimited
+    upload_per_peer = 0          # for serving any one peer, 0 = unlimited
+    download = "100M"            # for the daemon's own pulls, 0 = unlimited
+
+Sizes and rates (``parse_size``): a plain whole number is bytes; ``K``,
+``M``, ``G``, ``T`` (or ``KB``, ``MB``, ...; any case) are powers of 1000,
+``KiB``, ``MiB``, ``GiB``, ``TiB`` (or ``Ki``, ``Mi``, ...) powers of 1024.
+Unlike rsync's ``--bwlimit``, a bare ``K`` is 1000, as ``human()`` prints.
 
     [metrics]
     listen = "127.0.0.1:9450"    # Prometheus endpoint; absent = off
@@ -172,6 +178,16 @@ def _int(value: object, what: str, low: int = 0) -> int:
     return value
 
 
+def _size(value: object, what: str) -> int:
+    """A byte count or rate from the config: a whole number or a string with a unit."""
+    if isinstance(value, str):
+        try:
+            return parse_size(value)
+        except ConfigError as exc:
+            raise ConfigError(f"{what}: {exc}") from None
+    return _int(value, what)
+
+
 def _checkpoint_name(value: object, what: str) -> str:
     from p2pckpt.manifest.manifest import NAME_RE
 
@@ -241,6 +257,36 @@ def parse_duration(text: str) -> int:
     return int(match[1]) * _UNIT[match[2]]
 
 
+_SIZE_RE = re.compile(r"([0-9]{1,15}(?:\.[0-9]{1,6})?)\s*([kmgt]?)(i?)(b?)(?:/s)?")
+_SIZE_POWER = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+MAX_SIZE = 1 << 62
+
+
+def parse_size(text: str) -> int:
+    """Bytes (or bytes/s) with an optional unit, into a whole number >= 0.
+
+    ``1500``, ``10M`` / ``10MB`` (10,000,000: K, M, G, T are powers of 1000),
+    ``10Mi`` / ``10MiB`` (10,485,760: powers of 1024), ``1.5G``; a trailing
+    ``/s`` is allowed for rates. Fractions are allowed with a unit and
+    rounded down to whole bytes."""
+    match = _SIZE_RE.fullmatch(text.strip().lower())
+    if match is None or (match[3] and not match[2]):
+        raise ConfigError(
+            f"not a size: {text!r} (bytes, or with a unit: 50MB, 10M = 10,000,000;"
+            " 10MiB = 10,485,760)"
+        )
+    number, unit, binary = match[1], match[2], match[3]
+    if "." in number and not unit:
+        raise ConfigError(f"not a size: {text!r} (a fraction needs a unit, e.g. 1.5G)")
+    base = 1024 if binary else 1000
+    from decimal import Decimal
+
+    value = int(Decimal(number) * base ** _SIZE_POWER[unit])
+    if value > MAX_SIZE:
+        raise ConfigError(f"size too large: {text!r}")
+    return value
+
+
 def _str(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{what} must be a string")
@@ -271,13 +317,13 @@ def parse(doc: dict[str, Any]) -> Config:
     if "addr" in relay:
         cfg = replace(cfg, relay=parse_addr(_str(relay["addr"], "relay.addr")))
     if "upload" in limits:
-        cfg = replace(cfg, upload=_int(limits["upload"], "limits.upload"))
+        cfg = replace(cfg, upload=_size(limits["upload"], "limits.upload"))
     if "upload_per_peer" in limits:
         cfg = replace(
-            cfg, upload_per_peer=_int(limits["upload_per_peer"], "limits.upload_per_peer")
+            cfg, upload_per_peer=_size(limits["upload_per_peer"], "limits.upload_per_peer")
         )
     if "download" in limits:
-        cfg = replace(cfg, download=_int(limits["download"], "limits.download"))
+        cfg = replace(cfg, download=_size(limits["download"], "limits.download"))
     if "listen" in metrics:
         cfg = replace(cfg, metrics=parse_addr(_str(metrics["listen"], "metrics.listen")))
     if "compress" in transfer:
@@ -311,15 +357,15 @@ def parse(doc: dict[str, Any]) -> Config:
     return replace(cfg, peers=tuple(static))
 
 
-def load(home: Path, path: Path | None = None) -> Config:
-    """The config at ``path`` or ``HOME/config.toml``; defaults if that is absent."""
-    target = path or home / CONFIG_FILE
+def _read(target: Path, given: bool) -> dict[str, Any] | None:
+    """The TOML document at ``target``, checked on its own (errors name the file);
+    None if it is absent and was not ``given`` on the command line."""
     try:
         data = target.read_bytes()
     except FileNotFoundError:
-        if path is not None:
-            raise ConfigError(f"no config file at {path}") from None
-        return Config()
+        if given:
+            raise ConfigError(f"no config file at {target}") from None
+        return None
     except OSError as exc:
         raise ConfigError(f"cannot read {target}: {exc.strerror}") from None
     try:
@@ -327,6 +373,38 @@ def load(home: Path, path: Path | None = None) -> Config:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:  # deep nesting
         raise ConfigError(f"{target}: {exc}") from None
     try:
-        return parse(doc)
+        parse(doc)
     except ConfigError as exc:
         raise ConfigError(f"{target}: {exc}") from None
+    return doc
+
+
+def overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``: in a table (``[limits]``) each key ``top`` sets
+    wins and the others stay; an array of tables (``[[follow]]``, ``[[watch]]``,
+    ``[[peer]]``) in ``top`` replaces ``base``'s whole array."""
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def load(home: Path, path: Path | None = None) -> Config:
+    """``HOME/config.toml`` (defaults if absent), with ``path`` (``--config
+    FILE``) laid over it: keys FILE sets win, the rest come from the home's
+    (see ``overlay``)."""
+    own = home / CONFIG_FILE
+    base = _read(own, given=False)
+    if path is None or path.absolute() == own.absolute():
+        return parse(base) if base is not None else Config()
+    top = _read(path, given=True)
+    assert top is not None
+    if base is None:
+        return parse(top)
+    try:
+        return parse(overlay(base, top))
+    except ConfigError as exc:  # each is valid alone; together, e.g. a name followed twice
+        raise ConfigError(f"{path} over {own}: {exc}") from None

@@ -48,9 +48,15 @@ class Home:
 
         A home that has state but lost its key is not re-keyed silently: a
         new key is a new peer ID, and every peer would stop trusting us.
+        ``force`` makes a new key whatever is there (``rotate_key``): the CLI
+        asks first.
         """
         path = path.expanduser().absolute()
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if force and (path / KEY_FILE).exists():
+            home = cls.open(path)
+            home.rotate_key()
+            return home, True
         created = not (path / KEY_FILE).exists()
         state = [n for n in (TRUST_FILE, CATALOG_FILE) if (path / n).exists()]
         if created and state and not force:
@@ -79,6 +85,16 @@ class Home:
             raise ConfigError(f"{path} is writable by others: chmod 700 it")
         key = NodeKey.load(path)
         return cls(path, key, TrustFile(path), Catalog(path / CATALOG_FILE))
+
+    def rotate_key(self) -> None:
+        """Replace this node's key with a new one (a new peer ID), atomically;
+        the old key is not kept (a key rotated because it leaked must not
+        linger). The trust store and catalog stay: the peers trusted here
+        are still trusted, and versions the old key signed are still served
+        (they verify against the old ID). Peers must trust the new ID."""
+        key = NodeKey.generate()
+        key.save(self.path)
+        self.key = key
 
     def save_trust(self, store: TrustStore | None = None) -> None:
         """Persist the trust store (the current one after in-place edits)."""

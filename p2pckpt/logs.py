@@ -7,6 +7,10 @@ them as they are, after the time, level and logger; the JSON format
 ``event`` and ``fields``. Either way a record is exactly one line: any line
 break in a message (a peer-supplied string, a traceback) is escaped.
 
+In JSON, a field that is a whole number (``downloaded=123``) or a decimal
+(``seconds=1.25``) is a JSON number; anything else, quoted text included
+(``error="5"``), is a string.
+
 Free text goes in double quotes (``error="%s"``). In JSON, string
 arguments have ``\\`` and ``"`` escaped before formatting, so a quote inside a peer's error
 text cannot end the value early and fake more fields; ``msg`` always holds
@@ -15,14 +19,59 @@ the whole message.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import re
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 _FIELD = re.compile(r'([A-Za-z_][\w.]*)=("(?:[^"\\]|\\.)*"|\S*)')
 _INT = re.compile(r"-?\d{1,18}")
+_FLOAT = re.compile(r"-?\d{1,18}\.\d{1,18}")
+
+
+class Polls:
+    """What one round of a periodic check (a follower asking its peers) logged,
+    so that the next round logs at INFO only what is new: INFO carries events,
+    and a follower polling every second logs nothing while nothing changes.
+    An outcome that goes away and comes back is new again."""
+
+    def __init__(self) -> None:
+        self._before: set[object] = set()
+        self._now: set[object] = set()
+
+    def level(self, outcome: tuple[object, ...]) -> int:
+        """INFO if ``outcome`` (the line's event and fields) is not what the
+        previous round saw, else DEBUG."""
+        self._now.add(outcome)
+        return logging.DEBUG if outcome in self._before else logging.INFO
+
+    def next_round(self) -> None:
+        self._before, self._now = self._now, set()
+
+
+_POLLS: contextvars.ContextVar[Polls | None] = contextvars.ContextVar("p2pckpt_polls", default=None)
+
+
+@contextlib.contextmanager
+def polling(polls: Polls) -> Iterator[None]:
+    """Within it (and in the trio tasks started within it), ``poll_level``
+    consults ``polls``; the caller ends each round with ``next_round``."""
+    token = _POLLS.set(polls)
+    try:
+        yield
+    finally:
+        _POLLS.reset(token)
+
+
+def poll_level(*outcome: object) -> int:
+    """The level for a routine outcome that a poll may find every time: INFO
+    outside ``polling``, and inside it INFO only when it is new (``Polls``)."""
+    polls = _POLLS.get()
+    return logging.INFO if polls is None else polls.level(outcome)
 
 
 def split_event(message: str) -> tuple[str, dict[str, Any]]:
@@ -32,9 +81,14 @@ def split_event(message: str) -> tuple[str, dict[str, Any]]:
         return message, {}
     fields: dict[str, Any] = {}
     for key, value in _FIELD.findall(message):
-        if value.startswith('"'):
-            value = re.sub(r"\\(.)", r"\1", value[1:-1])
-        fields[key] = int(value) if _INT.fullmatch(value) else value
+        if value.startswith('"'):  # free text stays text
+            fields[key] = re.sub(r"\\(.)", r"\1", value[1:-1])
+        elif _INT.fullmatch(value):
+            fields[key] = int(value)
+        elif _FLOAT.fullmatch(value):
+            fields[key] = float(value)
+        else:
+            fields[key] = value
     return message[: first.start()].strip().rstrip(":"), fields
 
 

@@ -26,6 +26,8 @@ from p2pckpt.manifest.manifest import (
     RESERVED_META,
     FileEntry,
     Manifest,
+    MetaValue,
+    encode_meta,
     sign,
     validate_name,
 )
@@ -61,6 +63,18 @@ def check_meta(meta: Mapping[str, object], *, ours: bool = False) -> None:
             raise ConfigError(f"meta key {key[:20]!r}: 1 to {MAX_META_KEY} printable characters")
         if len(value) > MAX_META_VALUE:
             raise ConfigError(f"meta {key!r}: value longer than {MAX_META_VALUE} characters")
+
+
+def wire_meta(meta: Mapping[str, MetaValue] | None) -> dict[str, str]:
+    """A caller's meta (strings, ints, floats, bools) checked and encoded as
+    the manifest carries it (``encode_meta``: strings, so older nodes read it)."""
+    given = dict(meta or {})
+    reserved = sorted(k for k in given if isinstance(k, str) and k.startswith(RESERVED_META))
+    if reserved:
+        raise ConfigError(f"meta keys starting with {RESERVED_META!r} are reserved: {reserved}")
+    encoded = encode_meta(given)
+    check_meta(encoded, ours=True)
+    return encoded
 
 
 # What `ls` calls a checkpoint's format, by file extension (weights only:
@@ -107,14 +121,14 @@ def chunk_plan(fd: int, src: SourceFile) -> list[tuple[int, int]]:
 
 
 def _check_args(
-    name: str, meta: Mapping[str, str] | None, version: int | None, expires: int | None
+    name: str, meta: Mapping[str, MetaValue] | None, version: int | None, expires: int | None
 ) -> None:
     """The arguments of ``publish`` that can be refused without reading a byte."""
     try:
         validate_name(name)
     except ManifestError as exc:
         raise ConfigError(str(exc)) from None
-    check_meta(dict(meta or {}))
+    wire_meta(meta)
     if version is not None and not 0 <= version <= MAX_VERSION:
         raise ConfigError(f"a version is a whole number from 0 to {MAX_VERSION}")
     if expires is not None and not time.time() < expires < 10**12:
@@ -149,12 +163,14 @@ def publish(
     path: Path,
     name: str,
     version: int | None = None,
-    meta: Mapping[str, str] | None = None,
+    meta: Mapping[str, MetaValue] | None = None,
     on_bytes: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
     expires: int | None = None,
 ) -> Manifest:
     """Hash ``path`` (a file or a directory) and publish it as ``name@version``.
+
+    ``meta`` values may be strings, ints, floats or bools (``wire_meta``).
 
     ``expires`` (seconds since the epoch) is signed into the manifest:
     followers refuse the version as "latest" after it (publish again, a new
@@ -171,21 +187,21 @@ def publish(
     if on_total is not None:
         on_total(sum(s.size for s in sources))
     entries = [_hash_file(home, src, on_bytes) for src in sources]
-    given = dict(meta or {})
-    meta = dict(given)
+    given = wire_meta(meta)
+    final = dict(given)
     fmt = detect_format([s.relpath for s in sources])
     if fmt is not None:
-        meta.setdefault("format", fmt)
+        final.setdefault("format", fmt)
     if expires is not None:
-        meta[EXPIRES_KEY] = str(int(expires))
-    check_meta(meta, ours=True)
+        final[EXPIRES_KEY] = str(int(expires))
+    check_meta(final, ours=True)
     # Publishing the same bytes and meta again is a no-op: with an explicit
     # version, if that version holds them; without one, if the newest does
     # (a version published before formats were detected counts as the same).
     existing = home.catalog.find(name, version, publisher=home.key.peer_id.key)
     if existing is not None:
         old = existing.manifest()
-        if old.kind == kind and old.files == tuple(entries) and dict(old.meta) in (meta, given):
+        if old.kind == kind and old.files == tuple(entries) and dict(old.meta) in (final, given):
             home.catalog.add(old, existing.envelope, root, "published")
             return old
         if version is not None:
@@ -199,7 +215,7 @@ def publish(
         version=version,
         publisher=home.key.peer_id,
         created=int(time.time()),
-        meta=meta,
+        meta=final,
         kind=kind,
         files=tuple(entries),
     )

@@ -21,8 +21,11 @@ from p2pckpt.cli.common import (
     emit_json,
     human,
     load_config,
+    note,
     open_home,
     parse_ref,
+    relay_flag,
+    relay_option,
 )
 
 if TYPE_CHECKING:
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
     from p2pckpt.identity.peer_id import PeerId
     from p2pckpt.manifest.manifest import Manifest
     from p2pckpt.store.catalog import Entry
+    from p2pckpt.transfer.peer import PeerConnection
     from p2pckpt.wire.messages import VersionInfo
 
 
@@ -48,6 +52,7 @@ if TYPE_CHECKING:
 @click.option("--files", is_flag=True, help="The files of NAME[@VERSION] and their sizes.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @config_option
+@relay_option
 def ls(
     ref: str | None,
     peers: tuple[str, ...],
@@ -55,6 +60,7 @@ def ls(
     files: bool,
     as_json: bool,
     config_path: Path | None,
+    relay: str | None,
 ) -> None:
     """List versions held here and offered by reachable trusted peers
     (of NAME, or NAME@VERSION, if given); with --files, one version's files."""
@@ -64,7 +70,7 @@ def ls(
     if files:
         if ref is None:
             raise ConfigError("--files needs NAME[@VERSION]")
-        _ls_files(home, ref, peers, local, as_json, config_path)
+        _ls_files(home, ref, peers, local, as_json, config_path, relay)
         return
     if peers and local:
         raise ConfigError("give --peer or --local, not both")
@@ -75,8 +81,8 @@ def ls(
         metas = home.catalog.metas()
         rows += [_local(e, metas.get(e.root, {}), who) for e in home.catalog.summaries()]
     if not local:
-        remote = _remote_versions(home, load_config(home, config_path), peers)
-        rows += [_offered(peer, route, version, who) for peer, route, version in remote]
+        remote = _remote_versions(home, load_config(home, config_path, **relay_flag(relay)), peers)
+        rows += [_offered(peer, route, version, who, meta) for peer, route, version, meta in remote]
     if wanted is not None:
         name, version = wanted
         rows = [
@@ -88,7 +94,7 @@ def ls(
         emit_json([r.doc for r in rows])
         return
     if not rows:
-        click.echo("no checkpoints", err=True)
+        note("no checkpoints")
         return
     _print_table(rows)
 
@@ -127,9 +133,18 @@ def _cells(
     return [f"{name}@{version}", human(size), str(files), *listed, by]
 
 
+def _extra(meta: Mapping[str, str]) -> str:
+    """Meta beyond the table's columns, for the WHERE column (types record left out)."""
+    from p2pckpt.manifest.manifest import TYPES_KEY
+
+    extra = sorted((k, v) for k, v in meta.items() if k not in _LISTED and k != TYPES_KEY)
+    return ("  " + " ".join(f"{k}={v}" for k, v in extra)) if extra else ""
+
+
 def _local(e: Entry, meta: dict[str, str], who: Callable[[bytes], str]) -> _Row:
     """A version this node holds."""
     from p2pckpt.identity.peer_id import PeerId
+    from p2pckpt.manifest.manifest import decode_meta
 
     doc: dict[str, object] = {
         "name": e.name,
@@ -141,7 +156,7 @@ def _local(e: Entry, meta: dict[str, str], who: Callable[[bytes], str]) -> _Row:
         "where": "local",
         "origin": e.origin,
         "location": e.location,
-        "meta": meta,
+        "meta": decode_meta(meta),
         "partial": e.selection is not None,
     }
     where = f"{e.origin}: {e.location}"
@@ -149,18 +164,23 @@ def _local(e: Entry, meta: dict[str, str], who: Callable[[bytes], str]) -> _Row:
         where = f"{e.origin} (partial: {len(e.selected or ())} of {e.file_count} files):" + (
             f" {e.location}"
         )
-    extra = sorted((k, v) for k, v in meta.items() if k not in _LISTED)
-    if extra:
-        where += "  " + " ".join(f"{k}={v}" for k, v in extra)
+    where += _extra(meta)
     by = who(e.publisher)
     return _Row(doc, _cells(e.name, e.version, e.total_bytes, e.file_count, meta, by), where)
 
 
-def _offered(peer: PeerId, route: str, v: VersionInfo, who: Callable[[bytes], str]) -> _Row:
-    """A version a peer offers."""
+def _offered(
+    peer: PeerId,
+    route: str,
+    v: VersionInfo,
+    who: Callable[[bytes], str],
+    signed: Mapping[str, str] | None,
+) -> _Row:
+    """A version a peer offers (``signed``: its manifest's whole meta, when fetched)."""
     from p2pckpt.identity.peer_id import PeerId
+    from p2pckpt.manifest.manifest import decode_meta
 
-    meta = dict(v.meta)
+    meta = dict(signed) if signed is not None else dict(v.meta)
     doc: dict[str, object] = {
         "name": v.name,
         "version": v.version,
@@ -171,9 +191,9 @@ def _offered(peer: PeerId, route: str, v: VersionInfo, who: Callable[[bytes], st
         "where": str(peer),
         "where_name": who(peer.key),
         "route": route,
-        "meta": meta,
+        "meta": decode_meta(meta),
     }
-    where = f"offered by {who(peer.key)} ({route})"
+    where = f"offered by {who(peer.key)} ({route})" + _extra(meta)
     by = who(v.publisher)
     return _Row(doc, _cells(v.name, v.version, v.total_bytes, v.file_count, meta, by), where)
 
@@ -194,10 +214,39 @@ def _print_table(rows: list[_Row]) -> None:
         click.echo("  ".join([*cells, line[-1]]).rstrip())
 
 
-def _remote_versions(
-    home: Home, cfg: Config, peers: tuple[str, ...]
-) -> list[tuple[PeerId, str, VersionInfo]]:
-    """(peer, route, VersionInfo) for every version the given (or found) peers offer.
+Offered = tuple["PeerId", str, "VersionInfo", "Mapping[str, str] | None"]
+MAX_SIGNED_META = 256  # manifests fetched from one --peer for their whole meta
+
+
+async def _signed_meta(
+    conn: PeerConnection, versions: list[VersionInfo]
+) -> dict[bytes, Mapping[str, str]]:
+    """Each version's whole meta, from its signed manifest (the listing carries
+    only the table's keys). A manifest that does not verify or is not the one
+    listed is left out; the first failure ends the asking (the rest keep their
+    listed meta)."""
+    from p2pckpt.errors import P2pckptError
+    from p2pckpt.manifest.manifest import verify
+    from p2pckpt.wire import messages as m
+
+    out: dict[bytes, Mapping[str, str]] = {}
+    for v in versions[:MAX_SIGNED_META]:
+        try:
+            reply = await conn.request(m.ManifestRequest(v.name, v.version))
+            if not isinstance(reply, m.ManifestResponse):
+                break
+            manifest = verify(reply.envelope)
+        except P2pckptError:
+            break
+        if manifest.root == v.root:
+            out[v.root] = manifest.meta
+    return out
+
+
+def _remote_versions(home: Home, cfg: Config, peers: tuple[str, ...]) -> list[Offered]:
+    """(peer, route, VersionInfo, signed meta) for every version the given (or
+    found) peers offer; with ``--peer``, the whole meta of each version's
+    signed manifest (one more round trip per version, up to MAX_SIGNED_META).
 
     With explicit peers, failures are errors; when discovering, an unreachable
     peer is only reported on stderr, since local versions are still worth listing.
@@ -210,7 +259,7 @@ def _remote_versions(
 
     targets = parse_targets(peers, home)
 
-    async def run() -> list[tuple[PeerId, str, VersionInfo]]:
+    async def run() -> list[Offered]:
         try:
             conns = await connect_targets(home, cfg, targets)
         except DiscoveryError:
@@ -220,10 +269,12 @@ def _remote_versions(
                 raise
             click.echo(f"(no peers listed: {exc})", err=True)
             return []
-        out: list[tuple[PeerId, str, VersionInfo]] = []
+        out: list[Offered] = []
         for conn in conns:
             try:
-                out += [(conn.peer, conn.route, v) for v in await list_remote(conn)]
+                listed = await list_remote(conn)
+                signed = await _signed_meta(conn, listed) if targets is not None else {}
+                out += [(conn.peer, conn.route, v, signed.get(v.root)) for v in listed]
             finally:
                 await conn.aclose()
         return out
@@ -238,6 +289,7 @@ def _ls_files(
     local: bool,
     as_json: bool,
     config_path: Path | None,
+    relay: str | None = None,
 ) -> None:
     """The files of one version and their sizes: from the catalog here
     (unless ``peers`` are named), else from the first peer that offers it."""
@@ -255,7 +307,8 @@ def _ls_files(
     elif local:
         raise NotFound(f"this node holds no {ref}")
     else:
-        manifest, peer = _remote_manifest(home, load_config(home, config_path), peers, ref)
+        cfg = load_config(home, config_path, **relay_flag(relay))
+        manifest, peer = _remote_manifest(home, cfg, peers, ref)
         where, held = str(peer), None
     doc: dict[str, object] = {
         "name": manifest.name,

@@ -36,7 +36,7 @@ from p2pckpt.cli import (  # noqa: F401  (registers the commands)
     trust_cmd,
     verify_cmd,
 )
-from p2pckpt.cli.common import cli
+from p2pckpt.cli.common import cli, emit_json, error_json, json_emitted, json_requested
 from p2pckpt.cli.stopping import interrupted, terminate_like_interrupt
 from p2pckpt.errors import (
     NO_SPACE_ERRNOS,
@@ -59,6 +59,8 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()  # click's own usage message
+        kind = "UsageError" if isinstance(exc, click.UsageError) else "ConfigError"
+        _json_error(ConfigError.exit_code, kind, exc.format_message())
         sys.exit(ConfigError.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
         _exit(interrupted())
@@ -85,11 +87,21 @@ def main() -> None:
 
 
 def _exit(exc: P2pckptError) -> NoReturn:
-    """One line on stderr (unless the command showed it already), then its exit code."""
+    """One line on stderr (unless the command showed it already), then its exit
+    code; under ``--json``, also ``{"error": {...}}`` on stdout."""
     if not exc.reported:
         kind = "" if isinstance(exc, Interrupted) else "error: "
         click.echo(f"p2pckpt: {kind}{exc}", err=True)
+    _json_error(exc.exit_code, type(exc).__name__, str(exc))
     sys.exit(exc.exit_code)
+
+
+def _json_error(code: int, kind: str, message: str) -> None:
+    """Under ``--json``, a failure prints one JSON object on stdout,
+    ``{"error": {"code", "kind", "message"}}``, unless the command printed its
+    document already (with its own ``error`` key: see docs/json.md)."""
+    if json_requested(sys.argv[1:]) and not json_emitted():
+        emit_json({"error": error_json(code, kind, message)})
 
 
 def _run() -> None:

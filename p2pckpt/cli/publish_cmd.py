@@ -15,9 +15,12 @@ from p2pckpt.cli.common import (
     command,
     config_option,
     emit_json,
+    error_of,
     load_config,
+    note,
     open_home,
     progress_bar,
+    say,
 )
 from p2pckpt.errors import ConfigError
 
@@ -109,7 +112,7 @@ def publish(
     doc = _document(manifest, seconds)
     if not as_json:
         rate = manifest.total_bytes / seconds / 1e6 if seconds > 0 else 0
-        click.echo(
+        say(
             f"published {manifest.name}@{manifest.version}: {len(manifest.files)} file(s),"
             f" {manifest.total_bytes / 1e6:.1f} MB, {manifest.chunk_count} chunks"
             f" ({rate:.0f} MB/s)"
@@ -123,11 +126,12 @@ def publish(
         except ReplicasMissing as exc:
             if as_json:
                 doc["replicas"] = exc.report.as_json()
+                doc["error"] = error_of(exc)
                 emit_json(doc)
             raise
         doc["replicas"] = report.as_json()
         if not as_json:
-            click.echo(f"safe on {report.describe()}")
+            say(f"safe on {report.describe()}")
     if as_json:
         emit_json(doc)
 
@@ -189,16 +193,14 @@ def _wait_replicas(
         for peer in report.holding:
             if peer not in reported:
                 reported.append(peer)
-                click.echo(
+                note(
                     f"replica {len(reported)}/{wanted}: {report.label(peer)} holds it"
-                    f" ({report.seconds:.1f}s)",
-                    err=True,
+                    f" ({report.seconds:.1f}s)"
                 )
 
-    click.echo(
+    note(
         f"waiting up to {timeout:.0f}s for {wanted} trusted peer(s) to hold"
-        f" {manifest.name}@{manifest.version}",
-        err=True,
+        f" {manifest.name}@{manifest.version}"
     )
     return trio.run(wait_for_replicas, home, cfg, manifest, wanted, timeout, on_change)
 

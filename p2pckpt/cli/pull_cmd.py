@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from p2pckpt.cli.common import (
+    Size,
     command,
     config_option,
     emit_json,
@@ -21,6 +22,9 @@ from p2pckpt.cli.common import (
     open_home,
     parse_ref,
     progress_bar,
+    relay_flag,
+    relay_option,
+    say,
 )
 from p2pckpt.cli.stopping import run_stoppable
 from p2pckpt.errors import ConfigError
@@ -60,20 +64,24 @@ class _RichProgress:
 @click.option(
     "-o",
     "--output",
-    "dest",
-    type=click.Path(path_type=Path),
+    "dest_text",
+    type=click.Path(),
     default=None,
-    help="Where to put it (default: ./FILE for a one-file checkpoint, ./NAME for a directory).",
+    metavar="DEST",
+    help="Where to put it (default: ./FILE for a one-file checkpoint, ./NAME for a directory);"
+    " into an existing directory as cp does: DIR/FILE, and DIR/ (trailing slash) holding"
+    " something else means DIR/NAME.",
 )
 @click.option(
     "--streams", type=click.IntRange(1, 16), default=None, help="Connections to each source."
 )
 @click.option(
     "--max-rate",
-    type=click.IntRange(1),
+    type=Size(),
     default=None,
-    metavar="BYTES_PER_S",
-    help="Download cap for this pull (all sources together).",
+    metavar="RATE",
+    help="Download cap for this pull (all sources together), bytes/s: 5000000, 10M (MB/s,"
+    " powers of 1000) or 10MiB (powers of 1024).",
 )
 @click.option(
     "--into-hf-cache",
@@ -129,10 +137,11 @@ class _RichProgress:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 @config_option
+@relay_option
 def pull(
     ref: str,
     sources: tuple[str, ...],
-    dest: Path | None,
+    dest_text: str | None,
     streams: int | None,
     max_rate: int | None,
     hf_cache: Path | None,
@@ -145,6 +154,7 @@ def pull(
     dry_run: bool,
     as_json: bool,
     config_path: Path | None,
+    relay: str | None,
 ) -> None:
     """Pull NAME (newest) or NAME@VERSION; exits 0 only once every byte is verified."""
     import contextlib
@@ -158,6 +168,7 @@ def pull(
     from p2pckpt.transfer.throttle import Throttle
 
     name, version = parse_ref(ref)
+    dest = Path(dest_text) if dest_text is not None else None
     _check_args(name, dest, hf_cache, hf_repo)
     check_patterns("--include", include)
     check_patterns("--exclude", exclude)
@@ -167,7 +178,7 @@ def pull(
         )
     cache_dir = hf_cache.expanduser().absolute() if hf_cache is not None else None
     home = open_home()
-    cfg = load_config(home, config_path)
+    cfg = load_config(home, config_path, **relay_flag(relay))
     targets = parse_targets(sources, home)
     _check_publishers(home, publishers)
     accept = pulling.Accept(publishers, allow_expired)
@@ -182,7 +193,8 @@ def pull(
 
             conns = await connect_targets(home, cfg, targets)
             offer = await pulling.choose_source(home, conns, name, version, accept, note=False)
-            return await plan_pull(home, offer, dest, include, exclude)
+            into = dest_text is not None and dest_text.endswith("/")
+            return await plan_pull(home, offer, dest, include, exclude, into)
 
         _print_plan(trio.run(plan), as_json)
         return
@@ -212,6 +224,7 @@ def pull(
                 found=shared.found if shared is not None else None,
                 include=include,
                 exclude=exclude,
+                into=dest_text is not None and dest_text.endswith("/"),
             )
 
     with bar if bar is not None else contextlib.nullcontext():
@@ -304,7 +317,7 @@ def _print_result(result: PullResult, as_json: bool) -> None:
     else:
         rate = result.bytes_downloaded / result.seconds / 1e6 if result.seconds else 0.0
         part = "" if result.selection is None else f" ({result.files} selected file(s))"
-        click.echo(
+        say(
             f"pulled {result.name}@{result.version}{part} to {result.dest}: "
             f"{result.bytes_total / 1e6:.1f} MB verified, {result.bytes_downloaded / 1e6:.1f} MB"
             f" downloaded in {result.seconds:.1f}s ({rate:.0f} MB/s),"
@@ -312,7 +325,7 @@ def _print_result(result: PullResult, as_json: bool) -> None:
         )
         if len(result.peers) > 1:
             for peer in result.peers:
-                click.echo(
+                say(
                     f"  {peer['id']}: {_mb(peer['bytes'])} MB"
                     f" ({peer['status']}{': ' + str(peer['problem']) if 'problem' in peer else ''})"
                 )

@@ -24,10 +24,13 @@ from p2pckpt.cli.common import (
     command,
     config_option,
     emit_json,
+    error_of,
     load_config,
     open_home,
     parse_ref,
     progress_bar,
+    quiet,
+    say,
 )
 
 if TYPE_CHECKING:
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
 
     from p2pckpt.config import Config
     from p2pckpt.discovery.finder import Target
+    from p2pckpt.errors import PushIncomplete
     from p2pckpt.home import Home
     from p2pckpt.store.catalog import Entry
     from p2pckpt.transfer.peer import PeerConnection
@@ -124,13 +128,13 @@ def push(
 
     def on_progress(label: str, done: int, total: int) -> None:
         if label not in shown:
-            shown[label] = _TargetProgress(safe_display(label), bar, quiet=as_json)
+            shown[label] = _TargetProgress(safe_display(label), bar, quiet=as_json or quiet())
         shown[label].update(done, total)
 
     def on_result(label: str, result: TargetResult) -> None:
         if not as_json:
             mark = "ok" if result.ok else "FAILED"
-            click.echo(f"{safe_display(label)}: {mark}: {safe_display(result.message)}")
+            say(f"{safe_display(label)}: {mark}: {safe_display(result.message)}")
 
     async def run() -> PushReport:
         reached = await connect_each(home, cfg, [target for _, target in parsed])
@@ -139,9 +143,12 @@ def push(
 
     with bar if bar is not None else contextlib.nullcontext():
         report = trio.run(run)
-    _print_report(report, as_json)
+    failure = None
     if not report.ok:
-        raise PushIncomplete(f"not every target verified {entry.name}@{entry.version}")
+        failure = PushIncomplete(f"not every target verified {entry.name}@{entry.version}")
+    _print_report(report, as_json, failure)
+    if failure is not None:
+        raise failure
 
 
 def _dry_run(
@@ -212,20 +219,21 @@ def _dry_run(
     click.echo("(dry run: nothing written, no target asked to pull)")
 
 
-def _print_report(report: PushReport, as_json: bool) -> None:
+def _print_report(report: PushReport, as_json: bool, failure: PushIncomplete | None) -> None:
     if as_json:
-        emit_json(
-            {
-                "name": report.name,
-                "version": report.version,
-                "ok": report.ok,
-                "bytes_served": report.bytes_served,
-                "targets": {label: r.as_json() for label, r in report.targets.items()},
-            }
-        )
+        doc: dict[str, object] = {
+            "name": report.name,
+            "version": report.version,
+            "ok": report.ok,
+            "bytes_served": report.bytes_served,
+            "targets": {label: r.as_json() for label, r in report.targets.items()},
+        }
+        if failure is not None:
+            doc["error"] = error_of(failure)
+        emit_json(doc)
     else:
         served = report.bytes_served
-        click.echo(
+        say(
             f"uploaded {served / 1e6:.1f} MB for {len(report.targets)} target(s)"
             f" ({served / max(report.total_bytes, 1):.2f}x the version)"
         )

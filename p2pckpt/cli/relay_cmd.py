@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from p2pckpt.cli.common import command
+from p2pckpt.cli.common import Size, command
 from p2pckpt.cli.stopping import run_until_signalled
 from p2pckpt.errors import ConfigError
 
@@ -17,10 +17,17 @@ if TYPE_CHECKING:
 
 @command()
 @click.option("--listen", default="0.0.0.0:7451", show_default=True, metavar="HOST:PORT")
-@click.option("--bandwidth", type=int, default=None, help="per-session cap, bytes/s")
+@click.option(
+    "--bandwidth",
+    type=Size(low=0),
+    default=None,
+    metavar="RATE",
+    help="per-session cap, bytes/s (10M = 10 MB/s, 10MiB = 10 MiB/s)",
+)
 @click.option(
     "--session-bytes",
-    type=int,
+    type=Size(low=0),
+    metavar="SIZE",
     default=None,
     help="per-session cap on bytes relayed; a pull reconnects over a new session",
 )

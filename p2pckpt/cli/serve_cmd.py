@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from p2pckpt.cli.common import command, config_option, load_config, open_home
+from p2pckpt.cli.common import command, config_option, load_config, note, open_home
 from p2pckpt.cli.stopping import run_until_signalled
 
 if TYPE_CHECKING:
@@ -47,12 +47,11 @@ def serve(listen: str | None, no_mdns: bool, relay: str | None, config_path: Pat
         await start_reachability(nursery, home, cfg, server, listeners)
         held = len(home.catalog.summaries())
         trusted = sum(1 for p in home.trust if "pull" in p.roles)
-        click.echo(
+        note(
             f"peer ID {home.key.peer_id}; serving {held} version(s) to"
             f" {trusted} peer(s) with the pull role"
             + (" (announced on the LAN)" if cfg.mdns else "")
-            + (f" (reachable through relay {cfg.relay[0]}:{cfg.relay[1]})" if cfg.relay else ""),
-            err=True,
+            + (f" (reachable through relay {cfg.relay[0]}:{cfg.relay[1]})" if cfg.relay else "")
         )
         if not trusted:
             click.echo(

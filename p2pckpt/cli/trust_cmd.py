@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from p2pckpt.cli.common import cli, command, emit_json, open_home
+from p2pckpt.cli.common import cli, command, emit_json, note, open_home, say
 from p2pckpt.errors import ConfigError
 
 
@@ -39,7 +39,7 @@ def trust_add(peer_id: str, name: str, roles: tuple[str, ...]) -> None:
     verb = "trusted" if old is None else "updated"
     if old is not None and old.roles != peer.roles:
         verb += f" (roles were {', '.join(sorted(old.roles))})"
-    click.echo(f"{verb} {peer.peer_id} ({peer.name or '-'}): {', '.join(sorted(peer.roles))}")
+    say(f"{verb} {peer.peer_id} ({peer.name or '-'}): {', '.join(sorted(peer.roles))}")
 
 
 @command(trust, name="ls")
@@ -48,7 +48,7 @@ def trust_ls(as_json: bool) -> None:
     """List trusted peers."""
     peers = list(open_home().trust)
     if not peers and not as_json:
-        click.echo("no trusted peers (add one with 'p2pckpt trust add PEER_ID')", err=True)
+        note("no trusted peers (add one with 'p2pckpt trust add PEER_ID')")
     if as_json:
         emit_json([{"id": str(p.peer_id), "name": p.name, "roles": sorted(p.roles)} for p in peers])
         return
@@ -75,10 +75,10 @@ def trust_rm(peer: str) -> None:
     home.trust.remove(pid)
     home.save_trust()
     names, rows = home.catalog.forget_publisher(pid.key)
-    click.echo(f"removed {pid}")
+    say(f"removed {pid}")
     if names or rows:
         dropped = ", ".join(f"{e.name}@{e.version}" for e in rows) or "none"
-        click.echo(
+        say(
             f"forgot what it signed: newest-version records for {names} name(s); versions"
             f" no longer offered: {dropped} (files left in place)"
         )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from p2pckpt.cli.common import command, emit_json, open_home, parse_ref
+from p2pckpt.cli.common import command, emit_json, error_of, open_home, parse_ref, say
 
 
 @command()
@@ -52,21 +52,23 @@ def verify(path: Path, ref: str | None, as_json: bool) -> None:
     label = f"{manifest.name}@{manifest.version}"
     files = [f for f in manifest.files if selection is None or f.path in selection]
     checked = sum(f.size for f in files)
+    failure = CopyDiffers(f"{where} does not match {label}", reported=as_json) if result else None
     if as_json:
-        emit_json(
-            {
-                "path": str(where),
-                "name": manifest.name,
-                "version": manifest.version,
-                "ok": not result,
-                "missing": result.missing,
-                "extra": result.extra,
-                "damaged": {p: result.details.get(p, "") for p in result.damaged},
-                "partial": selection is not None,
-                "files": [f.path for f in files],
-                "bytes": checked,
-            }
-        )
+        doc: dict[str, object] = {
+            "path": str(where),
+            "name": manifest.name,
+            "version": manifest.version,
+            "ok": not result,
+            "missing": result.missing,
+            "extra": result.extra,
+            "damaged": {p: result.details.get(p, "") for p in result.damaged},
+            "partial": selection is not None,
+            "files": [f.path for f in files],
+            "bytes": checked,
+        }
+        if failure is not None:
+            doc["error"] = error_of(failure)
+        emit_json(doc)
     else:
         for p in result.missing:
             click.echo(f"missing: {safe_display(p)}")
@@ -75,13 +77,13 @@ def verify(path: Path, ref: str | None, as_json: bool) -> None:
         for p in result.damaged:
             click.echo(f"damaged: {safe_display(p)}: {result.details.get(p, '')}")
         if not result and selection is None:
-            click.echo(f"ok: {where} matches {label} ({checked} bytes verified)")
+            say(f"ok: {where} matches {label} ({checked} bytes verified)")
         elif not result:
-            click.echo(
+            say(
                 f"ok: {where} matches {label} in part: the {len(files)} of"
                 f" {len(manifest.files)} files selected ({checked} bytes verified; the"
                 " others were not pulled and were not checked)"
             )
-    if result:
-        # --json said so already (ok: false); the text output ends with the error line
-        raise CopyDiffers(f"{where} does not match {label}", reported=as_json)
+    if failure is not None:
+        # --json said so already (ok: false, error); the text output ends with the error line
+        raise failure

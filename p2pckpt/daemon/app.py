@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from p2pckpt.daemon.follow import FollowState
     from p2pckpt.daemon.metrics import Metrics
     from p2pckpt.daemon.watch import WatchState
+    from p2pckpt.transfer.swarm import Source
 
 log = logging.getLogger("p2pckpt.daemon")
 
@@ -56,6 +57,7 @@ class Transfer:
     total: int = 0
     done: int = 0
     started: float = field(default_factory=time.monotonic)
+    sources: list[Source] = field(default_factory=list)  # the pull's (live: joiners too)
 
     def as_status(self) -> dict[str, Any]:
         name, _, version = self.name.partition("@")
@@ -67,7 +69,11 @@ class Transfer:
             "bytes_done": self.done,
             "bytes_total": self.total,
             "rate": self.done / elapsed,
-            "peers": [],
+            "peers": [
+                {"id": str(s.peer), "route": s.route, "via": s.via}
+                for s in list(self.sources)
+                if not s.problem
+            ],
         }
 
 
@@ -80,9 +86,16 @@ class _Tracked(Progress):
         self._transfers = transfers
         self._name = name
         self._on_bytes = on_bytes
+        self._sources: list[Source] = []
+
+    def watch(self, sources: list[Source]) -> None:
+        """The pull's sources, for ``status`` (the list the swarm grows)."""
+        self._sources = sources
+        if self._name in self._transfers:
+            self._transfers[self._name].sources = sources
 
     def start(self, name: str, total: int, done: int) -> None:
-        self._transfers[self._name] = Transfer(name, total, done)
+        self._transfers[self._name] = Transfer(name, total, done, sources=self._sources)
 
     def advance(self, n: int) -> None:
         if self._name in self._transfers:

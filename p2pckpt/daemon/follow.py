@@ -63,6 +63,7 @@ from p2pckpt.errors import (
 from p2pckpt.fs.atomic import fsync_dir, write_atomic
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
+from p2pckpt.logs import Polls, polling
 from p2pckpt.transfer.choose import publisher_refusal
 from p2pckpt.transfer.partials import Partials
 from p2pckpt.transfer.pull import (
@@ -74,6 +75,7 @@ from p2pckpt.transfer.pull import (
     choose_source,
     pull_offer,
 )
+from p2pckpt.transfer.swarm import Source
 from p2pckpt.transfer.throttle import Throttle
 
 log = logging.getLogger("p2pckpt.follow")
@@ -406,6 +408,14 @@ async def check_once(
     return await installs.run(offer.manifest.root, run)
 
 
+def watch_sources(progress: object, sources: list[Source]) -> None:
+    """Hand a pull's sources to a progress that shows them (the daemon's
+    status: each transfer's peers); other progress displays have no ``watch``."""
+    watch = getattr(progress, "watch", None)
+    if watch is not None:
+        watch(sources)
+
+
 async def install(
     home: Home,
     spec: FollowSpec,
@@ -434,11 +444,13 @@ async def install(
         version,
         ",".join(f"{s.peer.short}/{s.conns[0].route}" for s in sources),
     )
+    tracker = progress(f"{spec.name}@{version}")
+    watch_sources(tracker, sources)  # status --json: the transfer's peers
     result = await pull_offer(
         home,
         offer,
         dest,
-        progress=progress(f"{spec.name}@{version}"),
+        progress=tracker,
         throttles=throttles,
         partials=partials,
         hints=hints,
@@ -504,12 +516,14 @@ async def follow(
     task_status.started()
     wait = MDNS_POLL_SECONDS if finder.browser is not None else POLL_SECONDS
     state = state if state is not None else FollowState(spec)
+    polls = Polls()  # a round that finds what the last one found logs it at DEBUG
     while True:
         state.last_check = time.time()
         try:
-            await check_once(
-                home, finder, spec, progress, serving, partials, throttles, installs, state
-            )
+            with polling(polls):
+                await check_once(
+                    home, finder, spec, progress, serving, partials, throttles, installs, state
+                )
         except* ChunkCorrupt as group:
             log.error('follow failed name=%s error="%s"', spec.name, first_leaf(group))
             state.failed(first_leaf(group))
@@ -519,11 +533,14 @@ async def follow(
             log.warning('follow refused name=%s error="%s"', spec.name, first_leaf(group))
             state.failed(first_leaf(group))
         except* P2pckptError as group:
-            log.info('follow check name=%s result="%s"', spec.name, first_leaf(group))
+            outcome = str(first_leaf(group))
+            level = polls.level(("follow check", outcome))
+            log.log(level, 'follow check name=%s result="%s"', spec.name, outcome)
             state.failed(first_leaf(group))
         except* OSError as group:
             log.error('follow failed name=%s error="%s"', spec.name, first_leaf(group))
             state.failed(first_leaf(group))
+        polls.next_round()
         with trio.move_on_after(wait):
             if finder.browser is not None:
                 await finder.browser.changed()

@@ -17,7 +17,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from p2pckpt.config import FollowSpec
-from p2pckpt.daemon.follow import Installs, accept_of, install
+from p2pckpt.daemon.follow import Installs, accept_of, install, watch_sources
 from p2pckpt.errors import ManifestError, P2pckptError
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
@@ -29,6 +29,7 @@ from p2pckpt.wire import messages as m
 
 if TYPE_CHECKING:
     from p2pckpt.daemon.app import DaemonState
+    from p2pckpt.transfer.swarm import Source
 
 log = logging.getLogger("p2pckpt.daemon")
 
@@ -59,6 +60,9 @@ class Reporting(Progress):
         self._inner.advance(n)
         self._done += n
         self._report(self._done, self._total)
+
+    def watch(self, sources: list[Source]) -> None:
+        watch_sources(self._inner, sources)
 
 
 async def _joined() -> PullResult:

@@ -33,6 +33,7 @@ from p2pckpt.discovery.sightings import Sightings
 from p2pckpt.errors import ConfigError, P2pckptError, PeerUnreachable
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
+from p2pckpt.logs import poll_level
 from p2pckpt.transfer.peer import PeerConnection, connect_direct, connect_relay
 
 if TYPE_CHECKING:
@@ -191,7 +192,9 @@ class Finder:
                 try:
                     conns.append(await self.connect_target(target))
                 except P2pckptError as exc:
-                    log.info('connect failed error="%s"', exc)
+                    log.log(
+                        poll_level("connect failed", str(exc)), 'connect failed error="%s"', exc
+                    )
                     errors.append(exc)
 
         try:

@@ -17,13 +17,17 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from p2pckpt.errors import ConfigError, ManifestError
 from p2pckpt.manifest.manifest import (
     MAX_META,
-    Manifest,
+    MetaValue,
     validate_name,
 )
+
+if TYPE_CHECKING:
+    from p2pckpt.api import PublishResult
 
 __all__ = ["CheckpointPublisher", "checkpoint_format"]
 
@@ -71,7 +75,7 @@ class CheckpointPublisher:
         name: str,
         *,
         home: str | Path | None = None,
-        meta: Mapping[str, str] | None = None,
+        meta: Mapping[str, MetaValue] | None = None,
         replicas: int = 0,
         replicas_timeout: float = 600.0,
         raise_errors: bool = True,
@@ -86,9 +90,9 @@ class CheckpointPublisher:
             raise ConfigError(f"meta {reserved} is filled in by the hook; leave it out")
         if len(user_meta) > MAX_META - len(RESERVED_META):
             raise ConfigError(f"at most {MAX_META - len(RESERVED_META)} meta entries")
-        from p2pckpt.publish import check_meta  # the manifest's own limits
+        from p2pckpt.publish import wire_meta  # the manifest's own limits
 
-        check_meta(user_meta)
+        wire_meta(user_meta)
         if replicas < 0:
             raise ConfigError("replicas is a count of peers, 0 or more")
         if replicas_timeout <= 0:
@@ -100,12 +104,16 @@ class CheckpointPublisher:
         self.replicas_timeout = replicas_timeout
         self.raise_errors = raise_errors
 
-    def publish(self, path: str | Path, step: int) -> Manifest | None:
+    def publish(self, path: str | Path, step: int) -> PublishResult | None:
         """Publish ``path`` as ``name@step``; ``None`` if it failed and
         ``raise_errors`` is off. Blocking: hashes the files in place."""
         from p2pckpt.api import publish
 
-        meta = {**self.meta, "step": str(step), "format": checkpoint_format(path)}
+        meta: dict[str, MetaValue] = {
+            **self.meta,
+            "step": str(step),
+            "format": checkpoint_format(path),
+        }
         try:
             manifest = publish(
                 path,

@@ -71,14 +71,29 @@ class TrustStore:
         return peer
 
     def add(
-        self, peer_id: PeerId, name: str = "", roles: Iterable[str] = DEFAULT_ROLES
+        self,
+        peer_id: PeerId,
+        name: str = "",
+        roles: Iterable[str] = DEFAULT_ROLES,
+        *,
+        unique_name: bool = True,
     ) -> TrustedPeer:
+        """Trust ``peer_id`` (replacing its entry). A name names one peer: one
+        already given to another peer is refused (``unique_name=False`` only
+        for reading a file written before that rule)."""
         role_set = frozenset(roles)
         unknown = role_set - set(ROLES)
         if unknown or not role_set:
             raise ConfigError(f"roles must be among {', '.join(ROLES)}")
         if len(name) > _MAX_NAME or not name.isprintable():
             raise ConfigError("a peer name is up to 64 printable characters")
+        if name and unique_name:
+            taken = [p for p in self._peers.values() if p.name == name and p.peer_id != peer_id]
+            if taken:
+                raise ConfigError(
+                    f"the name {name!r} is already given to {taken[0].peer_id}: pick another"
+                    " name, or 'p2pckpt trust rm' that peer first"
+                )
         peer = TrustedPeer(peer_id, name, role_set)
         self._peers[peer_id] = peer
         return peer
@@ -88,6 +103,10 @@ class TrustStore:
         named = [p.peer_id for p in self._peers.values() if p.name and p.name == text]
         if len(named) == 1:
             return named[0]
+        if named:
+            raise ConfigError(
+                f"{len(named)} trusted peers are named {text!r}: use a peer ID (p2pckpt trust ls)"
+            )
         return PeerId.parse(text)
 
     def remove(self, peer_id: PeerId) -> None:
@@ -112,7 +131,12 @@ class TrustStore:
         store = cls()
         for entry in doc.get("peers", []):
             try:
-                store.add(PeerId.parse(entry["id"]), entry.get("name", ""), entry["roles"])
+                store.add(
+                    PeerId.parse(entry["id"]),
+                    entry.get("name", ""),
+                    entry["roles"],
+                    unique_name=False,
+                )
             except (KeyError, TypeError) as exc:
                 raise ConfigError(f"{path}: malformed entry") from exc
         return store

@@ -30,7 +30,7 @@ from typing import Any
 import blake3
 import msgpack
 
-from p2pckpt.errors import BadSignature, ManifestError
+from p2pckpt.errors import BadSignature, ConfigError, ManifestError
 from p2pckpt.identity.keys import NodeKey, verify_signature
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.manifest.chunker import MAX_CHUNK, Chunk
@@ -51,9 +51,97 @@ MAX_META_VALUE = 1024
 MAX_VERSION = (1 << 63) - 1
 RESERVED_META = "p2pckpt."
 EXPIRES_KEY = "p2pckpt.expires"
+TYPES_KEY = "p2pckpt.types"  # which meta values are numbers or booleans (see encode_meta)
+MetaValue = str | int | float | bool
+_META_CODES = {bool: "b", int: "i", float: "f"}
 _EXPIRES_RE = re.compile(r"[0-9]{1,12}")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 KINDS = ("file", "dir")
+
+
+def encode_meta(meta: Mapping[str, object]) -> dict[str, str]:
+    """Typed meta (str, int, float, bool) as the manifest carries it: strings only.
+
+    On the wire every meta value is a string, as older nodes require (they
+    refuse a manifest with any other value). A number is written as Python
+    prints it (``31``, ``0.31``), a bool as ``true``/``false``, and the reserved
+    ``p2pckpt.types`` key records which keys were not strings, as compact
+    JSON (``{"loss":"f","epoch":"i"}``); an older node shows it as one more
+    string. ``decode_meta`` gives the types back. Ints within 64 bits, finite
+    floats; anything else is a ``ConfigError``."""
+    import json
+    import math
+
+    out: dict[str, str] = {}
+    types: dict[str, str] = {}
+    for key, value in meta.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"meta keys are strings, got {key!r}")
+        if isinstance(value, str):
+            out[key] = value
+            continue
+        code = _META_CODES.get(type(value))
+        if code is None:
+            raise ConfigError(
+                f"meta {key!r}: a value is a string, int, float or bool, got {type(value).__name__}"
+            )
+        if code == "b":
+            out[key] = "true" if value else "false"
+        elif code == "i":
+            assert isinstance(value, int)
+            if not -(1 << 63) <= value < 1 << 63:
+                raise ConfigError(f"meta {key!r}: integers are limited to 64 bits")
+            out[key] = str(value)
+        else:
+            assert isinstance(value, float)
+            if not math.isfinite(value):
+                raise ConfigError(f"meta {key!r}: a float must be finite")
+            out[key] = repr(value)
+        types[key] = code
+    if types:
+        if TYPES_KEY in out:
+            raise ConfigError(f"meta key {TYPES_KEY!r} is reserved")
+        out[TYPES_KEY] = json.dumps(types, sort_keys=True, separators=(",", ":"))
+        if len(out[TYPES_KEY]) > MAX_META_VALUE:
+            raise ConfigError("too many numeric meta values (their types do not fit)")
+    return out
+
+
+def decode_meta(meta: Mapping[str, str]) -> dict[str, MetaValue]:
+    """A manifest's meta with the types ``encode_meta`` recorded, without
+    ``p2pckpt.types``. The meta is signed but comes from another node: a type
+    record that is malformed, or a value that does not parse as its type,
+    leaves that value a string (never an error)."""
+    import json
+
+    out: dict[str, MetaValue] = {k: v for k, v in meta.items() if k != TYPES_KEY}
+    raw = meta.get(TYPES_KEY)
+    if raw is None:
+        return out
+    try:
+        types = json.loads(raw)
+    except ValueError:
+        return out
+    if not isinstance(types, dict):
+        return out
+    for key, code in types.items():
+        text = out.get(key)
+        if not isinstance(text, str):
+            continue
+        if code == "b" and text in ("true", "false"):
+            out[key] = text == "true"
+        elif code == "i" and re.fullmatch(r"-?[0-9]{1,19}", text):
+            number = int(text)
+            if -(1 << 63) <= number < 1 << 63:
+                out[key] = number
+        elif code == "f" and re.fullmatch(r"-?[0-9][0-9.e+-]{0,30}", text):
+            try:
+                value = float(text)
+            except ValueError:
+                continue
+            if value == value and value not in (float("inf"), float("-inf")):
+                out[key] = value
+    return out
 
 
 def validate_name(name: object) -> str:

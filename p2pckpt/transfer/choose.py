@@ -31,6 +31,7 @@ from p2pckpt.errors import (
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.identity.trust import publisher_problem
+from p2pckpt.logs import poll_level
 from p2pckpt.manifest.manifest import Manifest, verify
 from p2pckpt.transfer.peer import PeerConnection
 from p2pckpt.transfer.swarm import Source
@@ -131,7 +132,12 @@ async def choose_source(
         try:
             offers[id(conn)] = await fetch_manifest(home, conn, name, version, accept, note)
         except P2pckptError as exc:
-            log.info('peer skipped peer=%s error="%s"', conn.label, exc)
+            log.log(
+                poll_level("peer skipped", conn.peer, str(exc)),
+                'peer skipped peer=%s error="%s"',
+                conn.label,
+                exc,
+            )
             errors.append(exc)
 
     try:

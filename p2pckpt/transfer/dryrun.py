@@ -58,13 +58,14 @@ async def plan_pull(
     dest: Path | None,
     include: tuple[str, ...] = (),
     exclude: tuple[str, ...] = (),
+    into: bool = False,
 ) -> PullPlan:
-    """What pulling ``offer`` into ``dest`` would do. Closes the offer's
-    connections."""
+    """What pulling ``offer`` into ``dest`` would do (``into``: DEST written
+    with a trailing slash). Closes the offer's connections."""
     try:
         manifest, envelope = offer.manifest, offer.envelope
         wanted = select(manifest, include, exclude)
-        plan = await dest_plan(home, dest, manifest, wanted)
+        plan = await dest_plan(home, dest, manifest, wanted, into)
         staging = Staging(plan.dest, manifest, envelope, plan.selection)  # not opened
         entries = staging.files.entries
         chunks = [(i, e.path, c) for i, e, c in manifest.iter_chunks() if i in staging.wanted]

@@ -38,6 +38,7 @@ guards trust while filling, and commits.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -94,11 +95,12 @@ class PullResult:
 @dataclass(frozen=True)
 class DestPlan:
     """What a pull does at DEST: create it ("new"), find the version there
-    ("present"), or update our own copy in place ("replace"); and the files
-    it will hold (None: every file)."""
+    ("present"), update our own copy in place ("replace"), or take the
+    place of an empty directory ("empty"); and the files it will hold
+    (None: every file)."""
 
     dest: Path
-    there: Literal["new", "present", "replace"]
+    there: Literal["new", "present", "replace", "empty"]
     selection: Selection
 
 
@@ -160,11 +162,13 @@ async def pull(
     found: Found | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    into: bool = False,
 ) -> PullResult:
     """Pull ``name`` (newest, or ``@version``) from every one of ``conns``
     that offers the newest version ``accept`` takes (a swarm pull); only
     the files ``include``/``exclude`` select, if given. Takes ownership of
-    the connections: all are closed on return."""
+    the connections: all are closed on return. ``into``: DEST was written
+    with a trailing slash (see ``place``)."""
     started = time.monotonic()
     offer = await choose_source(home, conns, name, version, accept)
     return await pull_offer(
@@ -179,6 +183,7 @@ async def pull(
         started=started,
         include=include,
         exclude=exclude,
+        into=into,
     )
 
 
@@ -196,9 +201,11 @@ async def pull_offer(
     started: float | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    into: bool = False,
 ) -> PullResult:
     """Pull the version ``offer`` chose from its sources (of its files,
-    those ``include``/``exclude`` select: ``manifest.select``).
+    those ``include``/``exclude`` select: ``manifest.select``) into
+    ``dest`` (see ``place``; default: ``./FILE`` or ``./NAME``).
 
     ``throttles`` cap the download rate (per pull, per daemon); with
     ``partials``, chunks verified so far are served to other pullers while
@@ -211,7 +218,7 @@ async def pull_offer(
     manifest, envelope, sources = offer.manifest, offer.envelope, offer.sources
     try:
         wanted = select(manifest, include, exclude)  # matching no file: refused here
-        plan = await dest_plan(home, dest, manifest, wanted)
+        plan = await dest_plan(home, dest, manifest, wanted, into)
         dest, there, chosen = plan.dest, plan.there, plan.selection
         if there == "present":
             _present(home, plan, manifest, envelope)
@@ -224,6 +231,8 @@ async def pull_offer(
                 home, offer, staging, streams, progress, throttles or [], partials, hints, found
             )
             transferred = time.monotonic()
+            if there == "empty":
+                _remove_empty(dest, manifest)
             await trio.to_thread.run_sync(staging.commit, there == "replace")
             log.info(
                 "committed name=%s version=%d transfer_seconds=%.2f commit_seconds=%.2f"
@@ -235,7 +244,7 @@ async def pull_offer(
             )
         finally:
             staging.close()
-        if there == "replace":  # the old version's bytes are gone from DEST now
+        if there in ("replace", "empty"):  # the old version's bytes are gone from DEST now
             home.catalog.forget_location(dest)
         home.catalog.add(manifest, envelope, dest, "pulled", chosen)
         result = pull_result(manifest, dest, downloaded, reused, sources, started, chosen)
@@ -246,13 +255,18 @@ async def pull_offer(
 
 
 async def dest_plan(
-    home: Home, dest: Path | None, manifest: Manifest, wanted: Selection
+    home: Home, dest: Path | None, manifest: Manifest, wanted: Selection, into: bool = False
 ) -> DestPlan:
     """What a pull of ``wanted`` (None: every file) does at ``dest`` (None:
-    the default); writes nothing (the dry run asks it too). A partial copy
-    of this very version catalogued at DEST adds its files to the selection
-    (a pull of the rest reuses them)."""
-    dest = (dest or default_dest(manifest)).expanduser().absolute()
+    the default; ``into``: written with a trailing slash, see ``place``);
+    writes nothing (the dry run asks it too). A partial copy of this very
+    version catalogued at DEST adds its files to the selection (a pull of
+    the rest reuses them)."""
+    if dest is None:
+        dest = default_dest(manifest)
+    else:
+        dest = place(home, dest.expanduser().absolute(), manifest, into)
+    dest = dest.expanduser().absolute()
     if not (dest.exists() or dest.is_symlink()):
         return DestPlan(dest, "new", wanted)
     held = [
@@ -264,13 +278,70 @@ async def dest_plan(
     return DestPlan(dest, await _at_dest(home, dest, manifest, chosen), chosen)
 
 
+def place(home: Home, dest: Path, manifest: Manifest, into: bool) -> Path:
+    """Where a pull given ``-o DEST`` writes, as ``cp`` does:
+
+    * DEST an existing directory, for a one-file checkpoint: ``DEST/FILE``;
+    * ``DEST/`` (a trailing slash, ``into``) naming an existing directory that
+      holds something and is not a copy of this name pulled here:
+      ``DEST/NAME``;
+    * otherwise DEST itself: a new path, an empty directory (replaced by the
+      checkpoint), or our own copy of this name (updated in place).
+    """
+    if dest.is_symlink() or not dest.is_dir():
+        return dest
+    if manifest.kind == "file":
+        return dest / manifest.files[0].path
+    if into and _holds_something(dest):
+        ours = any(
+            e.origin == "pulled" and e.name == manifest.name for e in home.catalog.at_location(dest)
+        )
+        if not ours:
+            return dest / manifest.name
+    return dest
+
+
+def _empty_dir(dest: Path, manifest: Manifest) -> bool:
+    """A directory checkpoint, and DEST an empty directory (not a link to one)."""
+    return (
+        manifest.kind == "dir"
+        and not dest.is_symlink()
+        and dest.is_dir()
+        and not _holds_something(dest)
+    )
+
+
+def _holds_something(folder: Path) -> bool:
+    with os.scandir(folder) as entries:
+        return any(True for _ in entries)
+
+
+def _remove_empty(dest: Path, manifest: Manifest) -> None:
+    """Take away the empty directory a checkpoint is about to be renamed onto
+    (``rmdir``: if anything appeared in it meanwhile, it stays, and the pull
+    stops before its commit)."""
+    try:
+        os.rmdir(dest)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        raise DestinationExists(
+            f"{dest} was an empty directory and is not anymore; nothing was written to it:"
+            " empty it or choose another -o, and run the same pull again"
+        ) from None
+
+
 async def _at_dest(
     home: Home, dest: Path, manifest: Manifest, selection: Selection
-) -> Literal["replace", "present"]:
-    """What ``dest``, which exists, is: our own pulled copy of another version
-    of this name, or of this one damaged or partial, updated in place
-    ("replace"), or this very version (its ``selection``), verified
-    ("present"); anything else raises ``DestinationExists``."""
+) -> Literal["replace", "present", "empty"]:
+    """What ``dest``, which exists, is: an empty directory, which a directory
+    checkpoint takes the place of ("empty", as ``cp -r`` fills one); our own
+    pulled copy of another version of this name, or of this one damaged or
+    partial, updated in place ("replace"), or this very version (its
+    ``selection``), verified ("present"); anything else raises
+    ``DestinationExists``."""
+    if _empty_dir(dest, manifest):
+        return "empty"
     # Only a byte-for-byte match counts as "already there".
     differs = await trio.to_thread.run_sync(partial(compare, dest, manifest, selection=selection))
     if differs and _replaceable(home, dest, manifest, differs.extra):

@@ -62,6 +62,8 @@ MAX_CONNECTIONS: Final = 128
 MAX_CONNECTIONS_PER_PEER: Final = 16
 REQUEST_WINDOW: Final = 64 * 1024
 CATALOG_RECHECK: Final = 0.25  # how often the catalog epoch is looked at for cached versions
+RECONNECT_QUIET: Final = 60.0  # a peer back within this long is a poll, not an arrival
+MAX_REMEMBERED_PEERS: Final = 4096
 
 
 class Server:
@@ -103,6 +105,7 @@ class Server:
         self._preauth = PreAuth()
         self._shedding: dict[Ticket, trio.CancelScope] = {}
         self._peers: Counter[PeerId] = Counter()
+        self._last_left: dict[PeerId, float] = {}  # when each peer's last connection ended
         self._per_source = RateLimiter()
         self._log_limit = RateLimiter(rate=1 / 60, burst=3)
         self._buffers = BufferBudget(MAX_CHUNK_BUFFERS)
@@ -289,7 +292,7 @@ class Server:
             share = self._shares[peer] = Share.for_peer(self._per_peer)
         share.scopes.add(scope)
         try:
-            log.info("peer connected peer=%s from=%s", peer.short, addr)
+            log.log(self._connect_level(peer), "peer connected peer=%s from=%s", peer.short, addr)
             hint = (peer_host, 0) if peer_host is not None else None
             with scope:
                 await self._pipeline.converse(secure, peer, hint, share, local)
@@ -300,3 +303,16 @@ class Server:
             self._peers[peer] -= 1
             if not self._peers[peer]:
                 del self._peers[peer]
+                if len(self._last_left) >= MAX_REMEMBERED_PEERS:
+                    self._last_left.clear()
+                self._last_left[peer] = trio.current_time()
+
+    def _connect_level(self, peer: PeerId) -> int:
+        """INFO for a peer that arrives (no connection open, none for
+        RECONNECT_QUIET seconds), DEBUG for a follower's every poll."""
+        left = self._last_left.get(peer)
+        if self._peers[peer] > 1 or (
+            left is not None and trio.current_time() - left < RECONNECT_QUIET
+        ):
+            return logging.DEBUG
+        return logging.INFO

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from p2pckpt.config import Config, load, parse
+from p2pckpt.config import Config, load, parse, parse_size
 from p2pckpt.errors import ConfigError
 from p2pckpt.identity.keys import NodeKey
 
@@ -175,3 +176,73 @@ def test_follow_publishers_and_expiry_policy() -> None:
     ):
         with pytest.raises(ConfigError):
             parse({"follow": [{"name": "m", "dir": "/m", **bad}]})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0", 0),
+        ("1500", 1500),
+        ("10M", 10_000_000),
+        ("10MB", 10_000_000),
+        ("10mb/s", 10_000_000),
+        ("10 M", 10_000_000),
+        ("50kB", 50_000),
+        ("1.5G", 1_500_000_000),
+        ("2T", 2 * 10**12),
+        ("10MiB", 10 * 2**20),
+        ("10Mi", 10 * 2**20),
+        ("1KiB", 1024),
+        ("1GiB", 2**30),
+        ("100B", 100),
+    ],
+)
+def test_parse_size(text: str, expected: int) -> None:
+    """K, M, G, T (with or without B) are powers of 1000; KiB, MiB... of 1024."""
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["", "M", "-5", "10X", "10iB", "1.5", "10 MB/h", "1e6", "99999999T"]
+)
+def test_parse_size_refuses(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_size(text)
+
+
+def test_limits_take_units() -> None:
+    """`upload = "50MB"` in [limits]; plain integers keep working; a bad unit names the key."""
+    cfg = parse(
+        tomllib.loads('[limits]\nupload = "50MB"\nupload_per_peer = "1MiB"\ndownload = 7\n')
+    )
+    assert (cfg.upload, cfg.upload_per_peer, cfg.download) == (50_000_000, 2**20, 7)
+    with pytest.raises(ConfigError, match=r"limits\.download"):
+        parse(tomllib.loads('[limits]\ndownload = "fast"\n'))
+
+
+def test_config_file_is_laid_over_the_homes(tmp_path: Path) -> None:
+    """--config FILE adds to HOME/config.toml: its keys win, table by table and
+    key by key; an array of tables in FILE replaces the home's; each file is
+    checked alone, and an error names the file."""
+    (tmp_path / "config.toml").write_text(
+        '[discovery]\nmdns = false\ninterfaces = ["eth0"]\n[limits]\nupload = "1M"\n'
+        '[[follow]]\nname = "a"\ndir = "/m"\n[relay]\naddr = "r.example:1"\n'
+    )
+    extra = tmp_path / "extra.toml"
+    extra.write_text(
+        '[discovery]\nmdns = true\n[limits]\ndownload = 5\n[[follow]]\nname = "b"\ndir = "/n"\n'
+    )
+    cfg = load(tmp_path, extra)
+    assert cfg.mdns is True and cfg.interfaces == ("eth0",)
+    assert (cfg.upload, cfg.download) == (1_000_000, 5)
+    assert [f.name for f in cfg.follow] == ["b"]
+    assert cfg.relay == ("r.example", 1)
+    assert load(tmp_path) == replace(cfg, mdns=False, download=0, follow=load(tmp_path).follow)
+    extra.write_text("[limits]\nuplaod = 1\n")
+    with pytest.raises(ConfigError, match=r"extra\.toml"):
+        load(tmp_path, extra)
+    with pytest.raises(ConfigError, match="no config file"):
+        load(tmp_path, tmp_path / "absent.toml")
+    (tmp_path / "config.toml").unlink()
+    extra.write_text("[limits]\nupload = 7\n")
+    assert load(tmp_path, extra) == Config(upload=7)

@@ -26,7 +26,7 @@ def _record(msg: str, *args: object, level: int = logging.INFO) -> logging.LogRe
                 "version": 5,
                 "downloaded": 123,
                 "reused": 0,
-                "seconds": "1.25",
+                "seconds": 1.25,
             },
         ),
         (
@@ -64,6 +64,27 @@ def test_split_event_keeps_big_and_odd_numbers_as_text() -> None:
     """Only plain integers of up to 18 digits are converted."""
     _, fields = split_event("x a=0123 b=1e3 c=1234567890123456789 d=12")
     assert fields == {"a": 123, "b": "1e3", "c": "1234567890123456789", "d": 12}
+
+
+def test_split_event_numbers_are_numbers_and_text_stays_text() -> None:
+    """Whole numbers and decimals become JSON numbers; a quoted value, a
+    version-like "1.2.3" or an address stay strings (issue 19)."""
+    _, fields = split_event(
+        'x rate=12.5 neg=-0.25 n=7 q="42" v=1.2.3 addr=10.0.0.1:80 dot=1. lead=.5'
+    )
+    assert fields == {
+        "rate": 12.5,
+        "neg": -0.25,
+        "n": 7,
+        "q": "42",
+        "v": "1.2.3",
+        "addr": "10.0.0.1:80",
+        "dot": "1.",
+        "lead": ".5",
+    }
+    record = _record("pulled name=%s downloaded=%d seconds=%.2f", "m", 123, 1.5)
+    doc = json.loads(JsonFormatter().format(record))
+    assert doc["fields"] == {"name": "m", "downloaded": 123, "seconds": 1.5}
 
 
 def test_split_event_empty_values() -> None:

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 
-from p2pckpt.errors import BadSignature, ManifestError, UnsafePath
+from p2pckpt.errors import BadSignature, ConfigError, ManifestError, UnsafePath
 from p2pckpt.identity.keys import NodeKey
 from p2pckpt.manifest.chunker import MAX_CHUNK, Chunk
 from p2pckpt.manifest.manifest import (
@@ -18,9 +18,12 @@ from p2pckpt.manifest.manifest import (
     MAX_MANIFEST_BYTES,
     MAX_TOTAL_BYTES,
     SIGN_CONTEXT,
+    TYPES_KEY,
     FileEntry,
     Manifest,
     decode_body,
+    decode_meta,
+    encode_meta,
     sign,
     verify,
 )
@@ -381,3 +384,57 @@ def test_signed_expiry_is_read_back() -> None:
     dated, envelope = sign(make_manifest(meta={"p2pckpt.expires": "1800000000"}), KEY)
     assert verify(envelope).expires == dated.expires == 1_800_000_000
     assert make_manifest().expires is None
+
+
+TYPED = {"loss": 0.31, "epoch": 3, "final": True, "base_model": "llama", "neg": -2.5e-07}
+
+
+def test_typed_meta_is_strings_on_the_wire_and_typed_again() -> None:
+    """Numbers and bools are signed as strings (what older nodes require of
+    every meta value), with a types record; decoding gives the values back."""
+    wire = encode_meta(TYPED)
+    assert all(isinstance(v, str) for v in wire.values())
+    assert wire["loss"] == "0.31" and wire["epoch"] == "3" and wire["final"] == "true"
+    assert wire[TYPES_KEY] == '{"epoch":"i","final":"b","loss":"f","neg":"f"}'
+    decoded = decode_meta(wire)
+    assert decoded == TYPED
+    assert type(decoded["epoch"]) is int and type(decoded["final"]) is bool
+    assert encode_meta({"a": "x"}) == {"a": "x"}  # strings only: no types record
+
+
+def test_typed_meta_survives_sign_and_a_strings_only_reader() -> None:
+    """The signed manifest decodes with the strings-only meta check older
+    readers apply (the decoder itself is unchanged); its meta is all strings."""
+    _, envelope = sign(make_manifest(meta=encode_meta(TYPED)), KEY)
+    got = verify(envelope)
+    assert all(isinstance(v, str) for v in got.meta.values())
+    assert decode_meta(got.meta) == TYPED
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"x": None}, {"x": [1]}, {"x": float("nan")}, {"x": float("inf")}, {"x": 1 << 63}, {1: "a"}],
+)
+def test_typed_meta_refuses(bad: dict[Any, Any]) -> None:
+    with pytest.raises(ConfigError):
+        encode_meta(bad)
+
+
+@pytest.mark.parametrize(
+    "types",
+    [
+        "not json",
+        "[1, 2]",
+        '{"a": "i"}',  # a is "x": not an int, stays a string
+        '{"a": "f", "b": "q"}',
+        '{"missing": "i"}',
+        '{"a": "f"}',
+    ],
+)
+def test_typed_meta_from_a_bad_publisher_stays_strings(types: str) -> None:
+    """A malformed types record never raises: the values stay strings."""
+    meta = {"a": "x" if "i" in types else "nan", "b": "1", TYPES_KEY: types}
+    decoded = decode_meta(meta)
+    assert TYPES_KEY not in decoded
+    assert decoded["a"] == meta["a"]
+    assert all(isinstance(v, str) for v in decoded.values())

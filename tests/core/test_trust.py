@@ -74,6 +74,27 @@ def test_add_replaces_existing_entry() -> None:
     assert len(list(store)) == 1
 
 
+def test_a_name_names_one_peer(tmp_path: Path) -> None:
+    """A name already given to another peer is refused; renaming a peer to its own
+    name is fine; a file written before the rule still loads, and its shared name
+    is then refused as an ADDR with a clear error rather than taken as an ID."""
+    store = TrustStore()
+    store.add(ALICE, "nas")
+    with pytest.raises(ConfigError, match="already given"):
+        store.add(BOB, "nas")
+    store.add(ALICE, "nas", roles=["pull", "publish"])
+    store.add(BOB, "ws")
+    assert store.resolve("nas") == ALICE
+    old = TrustStore()
+    old.add(ALICE, "nas")
+    old.add(BOB, "nas", unique_name=False)
+    old.save(tmp_path)
+    loaded = TrustStore.load(tmp_path)
+    assert len(list(loaded)) == 2
+    with pytest.raises(ConfigError, match="2 trusted peers are named"):
+        loaded.resolve("nas")
+
+
 def test_remove() -> None:
     """A removed peer is unknown; removing an absent peer is a ConfigError."""
     store = TrustStore()

@@ -77,12 +77,18 @@ async def arun(home: Path, *args: str, timeout: float = 60.0) -> subprocess.Comp
 
 
 def assert_refused(proc: subprocess.CompletedProcess[str], code: int, needle: str) -> None:
-    """Exit ``code``, one clean line on stderr containing ``needle``, nothing on stdout."""
+    """Exit ``code``, one clean line on stderr containing ``needle``; nothing on
+    stdout but, under ``--json``, the one error document saying the same."""
     assert proc.returncode == code, (proc.returncode, proc.stderr)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert needle in proc.stderr, proc.stderr
-    assert proc.stdout == ""
+    if "--json" in proc.args:
+        doc = json.loads(proc.stdout)
+        assert set(doc) == {"error"} and doc["error"]["code"] == code, doc
+        assert doc["error"]["message"] in proc.stderr
+    else:
+        assert proc.stdout == ""
 
 
 def tree(root: Path, *skip: Path) -> set[str]:

@@ -54,7 +54,7 @@ def test_a_missing_framework_says_what_to_install(
     [
         ({"name": "bad name"}, "bad checkpoint name"),
         ({"name": "ok", "meta": {"step": "1"}}, "filled in by the hook"),
-        ({"name": "ok", "meta": {"lr": 0.1}}, "strings"),
+        ({"name": "ok", "meta": {"lr": [0.1]}}, "string, int, float or bool"),
         ({"name": "ok", "meta": {"k": "x" * 2000}}, "longer than"),
         ({"name": "ok", "replicas": -1}, "replicas"),
         ({"name": "ok", "replicas_timeout": 0}, "replicas_timeout"),
