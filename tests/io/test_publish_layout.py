@@ -40,7 +40,7 @@ def test_publish_cuts_safetensors_at_tensors_and_keeps_data_chunks(tmp_path: Pat
         {"k" * 65: "v"},
         {"bad\nkey": "v"},
         {"k": "v" * 1025},
-        {"k": 5},
+        {"k": [5]},  # numbers and bools are meta values now (issue 19); lists are not
     ],
 )
 def test_meta_beyond_the_manifest_limits_is_refused_before_signing(
