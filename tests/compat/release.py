@@ -18,6 +18,7 @@ site-packages, and that copy's files are the release's.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -101,6 +102,12 @@ def build_release(workdir: Path) -> Release:
     """v0.1.0 built from this repository's history into ``workdir`` (its
     source, a wheel, and a virtual environment with it installed)."""
     commit = release_commit()
+    for needed in ("pip", "setuptools"):
+        if importlib.util.find_spec(needed) is None:
+            raise AssertionError(
+                f"building {RELEASE_TAG} offline needs {needed} in the test environment"
+                f" ({sys.executable}): pip install -e '.[test]'"
+            )
     src, wheels, venv = workdir / "src", workdir / "wheels", workdir / "venv"
     src.mkdir(parents=True)
     archive = subprocess.Popen(
@@ -179,6 +186,19 @@ def build_release(workdir: Path) -> Release:
     )
     if not where.is_relative_to(purelib):
         raise AssertionError(f"{RELEASE_TAG}'s interpreter imports p2pckpt from {where}")
+    # ... and run plainly (no -I, no PYTHONPATH), the running environment's
+    # editable install of this checkout is not what it finds either.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    plain = subprocess.run(
+        [str(python), "-c", "import p2pckpt; print(p2pckpt.__file__)"],
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT,
+        cwd=workdir,
+        env=env,
+    )
+    if plain.returncode != 0 or Path(plain.stdout.strip()) != where:
+        raise AssertionError(f"{python} -c 'import p2pckpt' finds {plain.stdout}{plain.stderr}")
     for module in ("cli/main.py", "store/catalog.py", "transfer/pull.py"):
         if (where.parent / module).read_bytes() != (src / "p2pckpt" / module).read_bytes():
             raise AssertionError(f"{where.parent / module} is not {RELEASE_TAG}'s")

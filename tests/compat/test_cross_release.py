@@ -360,6 +360,9 @@ class Upgraded:
         )
         held = {(row["name"], row["version"]) for row in h.run_json("ls", "--local")}
         assert held == {("own-ft", 1), (NAME, 1), *extra}, held
+        # ls without --local asks the static peer of v0.1.0's config.toml
+        offered = {(r["name"], r["version"]) for r in h.run_json("ls") if r["where"] != "local"}
+        assert offered == {(NAME, 1), (NAME, 2)}, offered
         h.run("verify", str(self.pulled))
         h.run("verify", str(self.own), "own-ft@1")
 
