@@ -300,6 +300,51 @@ def test_push_to_a_daemon_of_the_other_release(
     assert same_tree(ckpt, current)
 
 
+def test_features_newer_than_v010_work_against_a_v010_peer(
+    releases: dict[str, Release], servers: list[Server], tmp_path: Path
+) -> None:
+    """What came after v0.1.0 (issue 19) and asks a peer something, asked of
+    a v0.1.0 seeder and daemon: ``ls --files --peer``, ``pull --include``,
+    ``pull --dry-run`` and ``push --dry-run``."""
+    seeder = make_node(tmp_path, "S", releases[OLD])
+    target = make_node(tmp_path, "T", releases[OLD])
+    puller = make_node(tmp_path, "P", releases[NEW])
+    trust_each_other([seeder, target, puller])
+    ckpt = make_checkpoint(tmp_path / "ck", SHAPE)
+    seeder.run("publish", str(ckpt), "--name", NAME, "--version", "5")
+    server = _serve(seeder, servers, tmp_path)
+    listed = puller.run_json("ls", f"{NAME}@5", "--files", "--peer", server.addr)
+    assert {f["path"]: f["size"] for f in listed["files"]} == SHAPE
+    dest = tmp_path / "out"
+    dry = puller.run_json("pull", NAME, "--from", server.addr, "-o", str(dest), "--dry-run")
+    assert (dry["version"], dry["bytes_to_download"]) == (5, sum(SHAPE.values()))
+    assert not dest.exists()
+    some = puller.run_json(
+        "pull", NAME, "--from", server.addr, "-o", str(dest), "--include", "*.json", "--no-share"
+    )
+    assert some["files"] == 3
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file()) == [
+        "config.json",
+        "model.safetensors.index.json",
+        "tokenizer/tokenizer.json",
+    ]
+    puller.run("pull", NAME, "--from", server.addr, "-o", str(dest), "--no-share")
+    assert same_tree(ckpt, dest)
+    config = target.home / "daemon.toml"
+    config.write_text(
+        f'[serve]\nlisten = "127.0.0.1:0"\n[discovery]\nmdns = false\n'
+        f'[[follow]]\nname = "{NAME}"\ndir = "{tmp_path / "models"}"\n'
+    )
+    daemon = target.release.start_daemon(target.home, tmp_path / "T-daemon.log", config)
+    servers.append(daemon)
+    plan = puller.run_json(
+        "push", f"{NAME}@5", "--to", daemon.addr, "--listen", "127.0.0.1:0", "--dry-run"
+    )
+    (told,) = plan["targets"]
+    assert (told["reachable"], told["has_version"]) == (True, False), told
+    assert not (tmp_path / "models" / NAME).exists()
+
+
 # -- a home made by v0.1.0, opened by this checkout, then by v0.1.0 again -----
 
 
