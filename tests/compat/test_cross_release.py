@@ -522,3 +522,33 @@ def test_v010_writing_a_home_this_release_used_works_or_refuses_clearly(
     release used either work, or exit non-zero with a one-line message."""
     unclear = [msg for msg in map(_unclear, downgraded.wrote.values()) if msg is not None]
     assert not unclear, "\n".join(unclear)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="v0.1.0 knows nothing of the catalog's 'selection' column (issue 19): a copy the "
+    "current release pulled with --include is to v0.1.0 the whole version, listed ('ls "
+    "--local': all files, no 'partial') and offered to peers; a puller asking it for the "
+    "files it lacks gets 'refused chunk ... cannot open DEST/FILE' from it and exits 9 "
+    '("the seeder\'s copy of NAME@V changed after publishing")',
+)
+def test_v010_does_not_offer_a_partial_copy_this_release_pulled(
+    releases: dict[str, Release], servers: list[Server], tmp_path: Path
+) -> None:
+    """A downgrade after a selective pull: the node, run by v0.1.0 again,
+    must not offer its partial copy to peers as the version."""
+    seeder = make_node(tmp_path, "S", releases[NEW])
+    home = make_node(tmp_path, "H", releases[NEW])
+    puller = make_node(tmp_path, "P", releases[NEW])
+    trust_each_other([seeder, home, puller])
+    ckpt = make_checkpoint(tmp_path / "ck", SHAPE)
+    seeder.run("publish", str(ckpt), "--name", NAME, "--version", "9")
+    first = _serve(seeder, servers, tmp_path)
+    some = tmp_path / "some"
+    home.run("pull", NAME, "--from", first.addr, "-o", str(some), "--include", "*.json")
+    first.stop()
+    servers.remove(first)
+    downgraded = Node(home.home, home.id, releases[OLD], "H")
+    server = _serve(downgraded, servers, tmp_path)
+    offered = {(r["name"], r["version"]) for r in puller.run_json("ls", "--peer", server.addr)}
+    assert (NAME, 9) not in offered
