@@ -28,10 +28,12 @@ def run(
     check: bool = True,
     timeout: float = TIMEOUT,
     prefix: list[str] | None = None,
+    cli: list[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run one CLI command to completion (``prefix``: e.g. ip netns exec NS)."""
+    """Run one CLI command to completion (``prefix``: e.g. ip netns exec NS;
+    ``cli``: another command than this checkout's, e.g. an older release)."""
     proc = subprocess.run(
-        [*(prefix or []), *CLI, "--home", str(home), *args],
+        [*(prefix or []), *(cli or CLI), "--home", str(home), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -42,8 +44,8 @@ def run(
     return proc
 
 
-def run_json(home: Path, *args: str) -> Any:
-    return json.loads(run(home, *args, "--json").stdout)
+def run_json(home: Path, *args: str, cli: list[str] | None = None) -> Any:
+    return json.loads(run(home, *args, "--json", cli=cli).stdout)
 
 
 @dataclass
@@ -84,11 +86,13 @@ def start_server(
     prefix: list[str] | None = None,
     command: tuple[str, ...] = ("serve",),
     banner: str = r"listening on [0-9.]+:(\d+)",
+    cli: list[str] | None = None,
 ) -> Server:
     """Start ``serve`` (or another long-running command) and wait for its banner."""
     err = open(log, "w")  # noqa: SIM115 - owned by the process' lifetime
+    argv = [*(cli or CLI), "--home", str(home), "-v", *command, "--listen", listen, *extra]
     proc = subprocess.Popen(
-        [*(prefix or []), *CLI, "--home", str(home), "-v", *command, "--listen", listen, *extra],
+        [*(prefix or []), *argv],
         stdout=subprocess.PIPE,
         stderr=err,
         text=True,
