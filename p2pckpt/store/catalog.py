@@ -11,12 +11,15 @@ keep``), so a watcher never publishes them again (``unpublish`` adds to it too).
 ``gc`` can tell cheaply (no hashing) a copy whose bytes are gone or changed.
 
 A pulled copy may hold only some of a version's files (a selective pull,
-issue 19): its ``selection`` column lists them (NULL: every file). Such a
+issue 19): a row of ``partial_copies`` lists them (none: every file). Such a
 copy is catalogued (verify, reuse, a later pull of the rest) and indexes
 only its own chunks, but it is never offered to peers as the version
 (``find(whole=True)``, ``whole_versions``); a whole copy pulled later takes
-its place as the one served. Catalogs from before the column get it on
-open (``_add_selection``): their rows are whole copies, NULL.
+its place as the one served. The selection lives in a table of its own, not
+in a column of ``versions``/``copies``, because 0.1.0 inserts into those by
+position: a home used by this release stays writable by 0.1.0 (issue 20),
+and triggers drop the mark of a row 0.1.0 (which knows only whole copies)
+writes again.
 """
 
 from __future__ import annotations
@@ -49,7 +52,6 @@ CREATE TABLE IF NOT EXISTS versions (
     total_bytes INTEGER NOT NULL,
     file_count  INTEGER NOT NULL,
     added       INTEGER NOT NULL,
-    selection   TEXT,
     UNIQUE (publisher, name, version)
 );
 CREATE INDEX IF NOT EXISTS versions_by_name ON versions (name, version);
@@ -90,9 +92,18 @@ CREATE TABLE IF NOT EXISTS copies (
     root     BLOB NOT NULL,
     location TEXT NOT NULL,
     added    INTEGER NOT NULL,
-    selection TEXT,
     PRIMARY KEY (root, location)
 );
+CREATE TABLE IF NOT EXISTS partial_copies (
+    p_root     BLOB NOT NULL,
+    p_location TEXT NOT NULL,
+    selection  TEXT NOT NULL,
+    PRIMARY KEY (p_root, p_location)
+);
+CREATE TRIGGER IF NOT EXISTS whole_unless_marked_v AFTER INSERT ON versions
+BEGIN DELETE FROM partial_copies WHERE p_root = new.root AND p_location = new.location; END;
+CREATE TRIGGER IF NOT EXISTS whole_unless_marked_c AFTER INSERT ON copies
+BEGIN DELETE FROM partial_copies WHERE p_root = new.root AND p_location = new.location; END;
 CREATE INDEX IF NOT EXISTS copies_by_location ON copies (location);
 CREATE TRIGGER IF NOT EXISTS copies_go_with_versions AFTER DELETE ON versions
 BEGIN DELETE FROM copies WHERE root = old.root; END;
@@ -126,11 +137,34 @@ _COPIES_SQL = (
     " ON v.root = c.root"
     " WHERE c.digest IN ({marks}) ORDER BY v.added DESC"
 )
-_SELECT = (
-    "SELECT root, name, version, publisher, envelope, location, origin,"
-    " total_bytes, file_count, added, selection FROM versions "
+# A row's selection (NULL: a whole copy), from partial_copies.
+_SEL_V = (
+    "(SELECT selection FROM partial_copies"
+    " WHERE p_root = versions.root AND p_location = versions.location)"
 )
-_WHOLE = "selection IS NULL"  # a copy of every file: what peers may be offered
+_SELECT = (
+    "SELECT root, name, version, publisher, envelope, location, origin, total_bytes,"
+    " file_count, added, (SELECT selection FROM partial_copies"
+    " WHERE p_root = versions.root AND p_location = versions.location) FROM versions "
+)
+_WHOLE = _SEL_V + " IS NULL"  # a copy of every file: what peers may be offered
+_SUMMARIES = (
+    "SELECT root, name, version, publisher, x'', location, origin, total_bytes,"
+    " file_count, added, (SELECT selection FROM partial_copies"
+    " WHERE p_root = versions.root AND p_location = versions.location) FROM versions"
+    " ORDER BY name, version"
+)
+_COPIES_OF = (
+    "SELECT location, (SELECT selection FROM partial_copies"
+    " WHERE p_root = copies.root AND p_location = copies.location) AS sel FROM copies"
+    " WHERE root = ?"
+)
+_COPIES_AT = (
+    "SELECT root, (SELECT selection FROM partial_copies"
+    " WHERE p_root = copies.root AND p_location = copies.location) FROM copies"
+    " WHERE location = ?"
+)
+_BEST_COPY = _COPIES_OF + " ORDER BY sel IS NULL DESC, added DESC LIMIT 1"  # whole ones first
 
 
 def _pack_meta(meta: Mapping[str, str]) -> bytes:
@@ -186,7 +220,6 @@ class Catalog:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
-            self._add_selection()
             if self._db.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
                 with self._db:
                     self._db.execute("BEGIN IMMEDIATE")
@@ -209,20 +242,16 @@ class Catalog:
     def close(self) -> None:
         self._db.close()
 
-    def _add_selection(self) -> None:
-        """Give a catalog from before selective pulls its ``selection``
-        columns (every row there is a whole copy: NULL)."""
-        for table in ("versions", "copies"):
-            if self._has_selection(table):
-                continue
-            with self._db:
-                self._db.execute("BEGIN IMMEDIATE")
-                if not self._has_selection(table):  # another process may have just added it
-                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN selection TEXT")
-
-    def _has_selection(self, table: str) -> bool:
-        cols = self._db.execute(f"PRAGMA table_info({table})").fetchall()
-        return any(col[1] == "selection" for col in cols)
+    def _mark(self, root: bytes, location: str, packed: str | None) -> None:
+        """Record which files the copy at ``location`` holds (None: all)."""
+        if packed is None:
+            self._db.execute(
+                "DELETE FROM partial_copies WHERE p_root = ? AND p_location = ?", (root, location)
+            )
+        else:
+            self._db.execute(
+                "INSERT OR REPLACE INTO partial_copies VALUES (?,?,?)", (root, location, packed)
+            )
 
     def _rows(self, where: str, args: tuple[object, ...] = ()) -> list[Entry]:
         """Rows matching a constant ``where`` clause with bound ``args``."""
@@ -267,10 +296,10 @@ class Catalog:
                 # Another copy of a version held already (issue 18): the first
                 # stays the one served and indexed; this one is catalogued too.
                 self._db.execute(
-                    "INSERT OR REPLACE INTO copies (root, location, added, selection)"
-                    " VALUES (?,?,?,?)",
-                    (manifest.root, str(location), int(time.time()), packed),
+                    "INSERT OR REPLACE INTO copies (root, location, added) VALUES (?,?,?)",
+                    (manifest.root, str(location), int(time.time())),
                 )
+                self._mark(manifest.root, str(location), packed)
                 self._stamp(manifest, str(location))
                 self._bump_highest(manifest)
                 self._bump_epoch()
@@ -279,18 +308,18 @@ class Catalog:
                 # published (or pulled whole) here now: the pulled copy stays
                 # catalogued beside it
                 self._db.execute(
-                    "INSERT OR REPLACE INTO copies (root, location, added, selection)"
-                    " VALUES (?,?,?,?)",
-                    (manifest.root, here.location, int(time.time()), here.selection),
+                    "INSERT OR REPLACE INTO copies (root, location, added) VALUES (?,?,?)",
+                    (manifest.root, here.location, int(time.time())),
                 )
+                self._mark(manifest.root, here.location, here.selection)
             self._db.execute(
                 "DELETE FROM copies WHERE root = ? AND location = ?",
                 (manifest.root, str(location)),
             )
             self._db.execute(
                 "INSERT OR REPLACE INTO versions (root, name, version, publisher, envelope,"
-                " location, origin, total_bytes, file_count, added, selection)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                " location, origin, total_bytes, file_count, added)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
                     manifest.root,
                     manifest.name,
@@ -302,9 +331,9 @@ class Catalog:
                     manifest.total_bytes,
                     len(manifest.files),
                     int(time.time()),
-                    packed,
                 ),
             )
+            self._mark(manifest.root, str(location), packed)
             self._index(manifest, str(location), selection)
             self._stamp(manifest, str(location))
             self._db.execute(
@@ -341,9 +370,7 @@ class Catalog:
     def copy_locations(self, root: bytes) -> list[tuple[str, Selection]]:
         """The other catalogued copies of a version (besides the one served),
         each with the files it holds (None: all)."""
-        cur = self._db.execute(
-            "SELECT location, selection FROM copies WHERE root = ? ORDER BY added DESC", (root,)
-        )
+        cur = self._db.execute(_COPIES_OF + " ORDER BY added DESC", (root,))
         return [(row[0], unpack(row[1])) for row in cur.fetchall()]
 
     def _index(self, manifest: Manifest, location: str, selection: Selection = None) -> None:
@@ -420,10 +447,7 @@ class Catalog:
 
     def summaries(self) -> list[Entry]:
         """Every version without its envelope (cheap: for listings)."""
-        cur = self._db.execute(
-            "SELECT root, name, version, publisher, x'', location, origin,"
-            " total_bytes, file_count, added, selection FROM versions ORDER BY name, version"
-        )
+        cur = self._db.execute(_SUMMARIES)
         return [Entry(*row) for row in cur.fetchall()]
 
     def whole_versions(self) -> list[Entry]:
@@ -521,9 +545,7 @@ class Catalog:
         served from, or another pulled copy of them (its row says so)."""
         where = str(location)
         rows = self._rows("WHERE location = ?", (where,))
-        for root, selection in self._db.execute(
-            "SELECT root, selection FROM copies WHERE location = ?", (where,)
-        ).fetchall():
+        for root, selection in self._db.execute(_COPIES_AT, (where,)).fetchall():
             e = self.by_root(root)
             if e is not None:
                 rows.append(replace(e, location=where, origin="pulled", selection=selection))
@@ -544,11 +566,7 @@ class Catalog:
             dropped = 0
             pulled = "WHERE origin = 'pulled' AND (location = ? OR substr(location, 1, ?) = ?)"
             for entry in self._rows(pulled, args):
-                other = self._db.execute(
-                    "SELECT location, selection FROM copies WHERE root = ?"
-                    " ORDER BY selection IS NULL DESC, added DESC LIMIT 1",
-                    (entry.root,),
-                ).fetchone()
+                other = self._db.execute(_BEST_COPY, (entry.root,)).fetchone()
                 if other is None:
                     self._db.execute("DELETE FROM versions WHERE root = ?", (entry.root,))
                     dropped += 1
@@ -556,9 +574,8 @@ class Catalog:
                 self._db.execute(
                     "DELETE FROM copies WHERE root = ? AND location = ?", (entry.root, other[0])
                 )
-                self._db.execute(
-                    "UPDATE versions SET location = ?, selection = ? WHERE root = ?",
-                    (other[0], other[1], entry.root),
+                self._db.execute(  # the copy's mark (if partial) goes with its location
+                    "UPDATE versions SET location = ? WHERE root = ?", (other[0], entry.root)
                 )
                 self._index(entry.manifest(), other[0], unpack(other[1]))
             if gone or dropped:
@@ -626,9 +643,7 @@ class Catalog:
             rows = self._rows("WHERE root = ?", (root,))
             if not rows or rows[0].location != location:
                 return False
-            other = self._db.execute(
-                "SELECT location FROM copies WHERE root = ? ORDER BY added DESC LIMIT 1", (root,)
-            ).fetchone()
+            other = self._db.execute(_BEST_COPY, (root,)).fetchone()
             if other is None:
                 self._db.execute("DELETE FROM versions WHERE root = ?", (root,))
                 return True
@@ -637,7 +652,7 @@ class Catalog:
                 "UPDATE versions SET location = ?, origin = 'pulled' WHERE root = ?",
                 (other[0], root),
             )
-            self._index(rows[0].manifest(), other[0])
+            self._index(rows[0].manifest(), other[0], unpack(other[1]))
             return False
 
     def retired_locations(self) -> set[str]:

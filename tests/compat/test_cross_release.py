@@ -508,13 +508,6 @@ def test_v010_writing_a_home_this_release_used_never_corrupts_it(
     up.home.run("verify", str(up.partial))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="v0.1.0 inserts catalog rows without column names; the current release adds a "
-    "'selection' column to versions and copies (issue 19), so v0.1.0's publish and pull "
-    "die with a traceback: sqlite3.OperationalError: table versions has 11 columns but "
-    "10 values were supplied (copies: 4 columns but 3 values)",
-)
 def test_v010_writing_a_home_this_release_used_works_or_refuses_clearly(
     downgraded: Downgraded,
 ) -> None:
@@ -526,8 +519,9 @@ def test_v010_writing_a_home_this_release_used_works_or_refuses_clearly(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="v0.1.0 knows nothing of the catalog's 'selection' column (issue 19): a copy the "
-    "current release pulled with --include is to v0.1.0 the whole version, listed ('ls "
+    reason="v0.1.0 knows nothing of partial copies (issue 19; marked in a table of their own, "
+    "partial_copies): a copy the current release pulled with --include is to v0.1.0 the whole "
+    "version, listed ('ls "
     "--local': all files, no 'partial') and offered to peers; a puller asking it for the "
     "files it lacks gets 'refused chunk ... cannot open DEST/FILE' from it and exits 9 "
     '("the seeder\'s copy of NAME@V changed after publishing")',

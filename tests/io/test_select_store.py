@@ -27,13 +27,16 @@ def _tree(root: Path) -> set[str]:
     return {p.relative_to(root).as_posix() for p in root.rglob("*")}
 
 
-def test_an_old_catalog_gets_the_column_and_keeps_its_rows(tmp_path: Path) -> None:
-    """A catalog made before selective pulls opens, its rows whole copies."""
+def test_an_old_catalog_opens_and_stays_writable_by_0_1_0(tmp_path: Path) -> None:
+    """A catalog made before selective pulls opens, its rows whole copies;
+    partial copies are marked in a table of their own, so 0.1.0, which
+    inserts rows by position, can still write the catalog (issue 20), and
+    a row it writes again is whole."""
     m, env = _manifest("old", 1, FILES)
-    old_schema = catalog_mod._SCHEMA.replace("    selection   TEXT,\n", "").replace(
-        "    selection TEXT,\n", ""
-    )
-    assert "selection" not in old_schema
+    schema = catalog_mod._SCHEMA
+    old_schema = schema[: schema.index("CREATE TABLE IF NOT EXISTS partial_copies")]
+    old_schema += schema[schema.index("CREATE TABLE IF NOT EXISTS stamps") :]
+    assert "partial_copies" not in old_schema and "selection" not in old_schema
     db = sqlite3.connect(tmp_path / "c.db")
     db.executescript(old_schema)
     db.execute(
@@ -51,6 +54,19 @@ def test_an_old_catalog_gets_the_column_and_keeps_its_rows(tmp_path: Path) -> No
     cat.close()
     again = Catalog(tmp_path / "c.db")  # opening twice adds nothing twice
     assert [e.version for e in again.whole_versions()] == [1]
+    again.close()
+    # 0.1.0 writes as it always did: by position, into the same tables.
+    db = sqlite3.connect(tmp_path / "c.db")
+    db.execute(
+        "INSERT OR REPLACE INTO versions VALUES (?,?,?,?,?,?,?,?,?,?)",
+        (m2.root, "old", 2, m2.publisher.key, env2, str(tmp_path / "y"), "pulled", 1, 3, 0),
+    )
+    db.execute("INSERT INTO copies VALUES (?,?,?)", (m.root, str(tmp_path / "z"), 0))
+    db.commit()
+    db.close()
+    third = Catalog(tmp_path / "c.db")
+    assert [e.version for e in third.whole_versions()] == [1, 2]  # what 0.1.0 wrote is whole
+    assert third.copy_locations(m.root) == [(str(tmp_path / "z"), None)]
 
 
 def test_a_partial_copy_is_catalogued_but_never_offered(tmp_path: Path) -> None:
