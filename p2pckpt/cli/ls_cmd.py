@@ -82,7 +82,7 @@ def ls(
         rows += [_local(e, metas.get(e.root, {}), who) for e in home.catalog.summaries()]
     if not local:
         remote = _remote_versions(home, load_config(home, config_path, **relay_flag(relay)), peers)
-        rows += [_offered(peer, route, version, who, meta) for peer, route, version, meta in remote]
+        rows += [_offered(*offer, who) for offer in remote]
     if wanted is not None:
         name, version = wanted
         rows = [
@@ -173,10 +173,13 @@ def _offered(
     peer: PeerId,
     route: str,
     v: VersionInfo,
-    who: Callable[[bytes], str],
     signed: Mapping[str, str] | None,
+    peer_release: str,
+    who: Callable[[bytes], str],
 ) -> _Row:
-    """A version a peer offers (``signed``: its manifest's whole meta, when fetched)."""
+    """A version a peer offers (``signed``: its manifest's whole meta, when
+    fetched; ``peer_release``: what the peer said it runs, "0.1.0" if it
+    said nothing)."""
     from p2pckpt.identity.peer_id import PeerId
     from p2pckpt.manifest.manifest import decode_meta
 
@@ -191,9 +194,10 @@ def _offered(
         "where": str(peer),
         "where_name": who(peer.key),
         "route": route,
+        "peer_release": peer_release,
         "meta": decode_meta(meta),
     }
-    where = f"offered by {who(peer.key)} ({route})" + _extra(meta)
+    where = f"offered by {who(peer.key)} ({route}, release {peer_release})" + _extra(meta)
     by = who(v.publisher)
     return _Row(doc, _cells(v.name, v.version, v.total_bytes, v.file_count, meta, by), where)
 
@@ -214,7 +218,8 @@ def _print_table(rows: list[_Row]) -> None:
         click.echo("  ".join([*cells, line[-1]]).rstrip())
 
 
-Offered = tuple["PeerId", str, "VersionInfo", "Mapping[str, str] | None"]
+# (peer, route, version, its signed meta if fetched, the peer's release)
+Offered = tuple["PeerId", str, "VersionInfo", "Mapping[str, str] | None", str]
 MAX_SIGNED_META = 256  # manifests fetched from one --peer for their whole meta
 
 
@@ -274,7 +279,9 @@ def _remote_versions(home: Home, cfg: Config, peers: tuple[str, ...]) -> list[Of
             try:
                 listed = await list_remote(conn)
                 signed = await _signed_meta(conn, listed) if targets is not None else {}
-                out += [(conn.peer, conn.route, v, signed.get(v.root)) for v in listed]
+                out += [
+                    (conn.peer, conn.route, v, signed.get(v.root), conn.release) for v in listed
+                ]
             finally:
                 await conn.aclose()
         return out

@@ -116,7 +116,16 @@ def _peer_line(p: Mapping[str, object], now: float) -> str:
     route = _str(p, "route", "-") + (f" {addr}" if addr else "")
     if p.get("inbound") is True:
         route += " (it connected to us)"
+    release = _str(p, "release", "")
+    if release:  # heard in a Hello; "no hello" is a 0.1.0 node
+        said = _num(p, "protocol")
+        route += f"  release {release}" + (f" (protocol {int(said)})" if said else " (no hello)")
     return f"  {_who(p, {})}  {route}  {when}"
+
+
+def _list_of_str(d: Mapping[str, object], key: str) -> list[str]:
+    value = d.get(key)
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 def _ago(d: Mapping[str, object], key: str, now: float) -> str:
@@ -168,6 +177,12 @@ def format_status(doc: Mapping[str, object], now: float) -> str:
     started = _num(doc, "started")
     uptime = _duration(now - started) if started is not None else "?"
     out = [f"daemon {_str(doc, 'peer_id')}, up {uptime}"]
+    if "release" in doc:
+        features = ", ".join(str(f) for f in _list_of_str(doc, "features"))
+        out.append(
+            f"release {_str(doc, 'release')}, protocol {_int_or(doc, 'protocol', '?')}"
+            f" (features: {features or 'none'})"
+        )
     peers = _list(doc, "peers")
     names = {
         pid: name

@@ -36,9 +36,11 @@ from p2pckpt.discovery.sightings import Sightings
 from p2pckpt.errors import ConfigError, NotFound, P2pckptError
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
+from p2pckpt.transfer import releases
 from p2pckpt.transfer.pull import Progress
 from p2pckpt.transfer.serve import Server
 from p2pckpt.transfer.throttle import Throttle
+from p2pckpt.wire.features import FEATURES, PROTOCOL, release
 
 if TYPE_CHECKING:
     from p2pckpt.daemon.follow import FollowState
@@ -134,6 +136,9 @@ class DaemonState:
         }
         return {
             "peer_id": str(self.home.key.peer_id),
+            "release": release(),
+            "protocol": PROTOCOL,
+            "features": sorted(FEATURES),
             "started": self.started,
             "versions": [
                 {
@@ -198,6 +203,10 @@ class DaemonState:
         """The path to a trusted peer: how we last talked (either way), else
         where the LAN says it is, else its static address."""
         doc: dict[str, Any] = {"id": str(peer), "name": name, "route": "", "addr": ""}
+        spoken = releases.heard(peer)
+        if spoken is not None:  # what it said in a Hello (or that it said none: 0.1.0)
+            doc["release"] = spoken.release
+            doc["protocol"] = spoken.protocol
         seen = self.sightings.get(peer)
         if seen is not None:
             return doc | {

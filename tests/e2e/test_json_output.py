@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.nodes import Pair, make_checkpoint, run, start_server
+from tests.e2e.nodes import CLI, Pair, make_checkpoint, run, start_server
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "json.md"
 _HEADING = re.compile(r"^#{2,4} `([^`]+)`\s*$")
@@ -69,13 +69,13 @@ class Checker:
         self.seen.add(path)
         for key, value in doc.items():
             for nested in (f"{path}.{key}", f"{path}.{key}[]"):
-                if nested in self.tables:
+                if nested in self.tables and value is not None:  # "object or null"
                     self.check(nested, value)
             if f"{path}.{key}.*" in self.tables:
                 assert isinstance(value, dict)
                 for item in value.values():
                     self.check_object(f"{path}.{key}.*", item)
-        if path != "error" and "error" in doc:
+        if path != "error" and isinstance(doc.get("error"), dict):  # a hook's error is a str
             self.check_object("error", doc["error"])
 
 
@@ -130,6 +130,26 @@ def test_every_json_document_matches_docs_json_md(pair: Pair, tmp_path: Path) ->
     missing = run(pair.b, "pull", "nope", "--from", server.addr, "--json", check=False)
     assert missing.returncode == 3
     c.check("error", json_of(missing)["error"])
+    # A look inside, a dry run, and a selective pull (issue 19).
+    c.check(
+        "ls --files", json_of(run(pair.b, "ls", "m", "--files", "--peer", server.addr, "--json"))
+    )
+    part = tmp_path / "part"
+    c.check(
+        "pull --dry-run",
+        json_of(run(pair.b, "pull", "m", "--from", server.addr, "-o", str(part), "--dry-run",
+                    "--json")),
+    )  # fmt: skip
+    picked = json_of(
+        run(pair.b, "pull", "m", "--from", server.addr, "-o", str(part), "--include", "a.bin",
+            "--json")
+    )  # fmt: skip
+    assert picked["selection"] == ["a.bin"]
+    c.check("pull", picked)
+    c.check("verify", json_of(run(pair.b, "verify", str(part), "--json")))
+    inside = json_of(run(pair.b, "ls", "m", "--files", "--local", "--json"))
+    c.check("ls --files", inside)
+    c.check("ls[]", json_of(run(pair.b, "ls", "--local", "--json")))
 
     # The daemon: a follower pulling a big version slowly (A uploads 1 MB/s)
     big = make_checkpoint(tmp_path / "big", {"w.bin": 3_000_000}, seed=2)
@@ -137,8 +157,10 @@ def test_every_json_document_matches_docs_json_md(pair: Pair, tmp_path: Path) ->
     cfg.write_text(
         f'[serve]\nlisten = "127.0.0.1:0"\n[[peer]]\nid = "{pair.a_id}"\naddr = "{server.addr}"\n'
         f'[[follow]]\nname = "big"\ndir = "{tmp_path / "models"}"\n'
-        f'[[follow]]\nname = "m"\ndir = "{tmp_path / "models"}"\n'
+        f'[[follow]]\nname = "m"\ndir = "{tmp_path / "models"}"\nhook = ["true"]\n'
+        f'[[watch]]\nname = "w"\npath = "{tmp_path / "watched"}"\n'
     )
+    (tmp_path / "watched").mkdir()
     daemon = start_server(
         pair.b,
         tmp_path / "b.log",
@@ -162,6 +184,41 @@ def test_every_json_document_matches_docs_json_md(pair: Pair, tmp_path: Path) ->
     pushed = run(pair.a, "push", "m", "--to", daemon.addr, "--json", check=False)
     assert pushed.returncode == 0, pushed.stderr
     c.check("push", json_of(pushed))
+    c.check("push --dry-run", json_of(run(pair.a, "push", "m", "--to", daemon.addr, "--dry-run",
+                                          "--json")))  # fmt: skip
+
+    (ck / "a.bin").write_bytes(b"\2" * 4000)
+    run(pair.a, "publish", str(ck), "--name", "m")  # m@2: the follower moves to it
+
+    def hooked() -> Any:
+        doc = json_of(run(pair.b, "status", "--json"))
+        done = [f for f in doc["follows"] if f["name"] == "m" and f["current"] == 2 and f["hook"]]
+        return doc if done else None
+
+    c.check("status", _wait(hooked, 60, "the follower of m to install m@2 and run its hook"))
+    pinned = json_of(run(pair.b, "current", "m", "--pin", "1", "--json"))
+    assert pinned["switched"] and pinned["hook"]["code"] == 0, pinned
+    c.check("current", pinned)
+    # Retiring what was published (issue 19).
+    c.check("unpublish", json_of(run(pair.a, "unpublish", "m@1", "--json")))
+    (part / "a.bin").write_bytes(b"\1" * 4000)
+    c.check("gc", json_of(run(pair.b, "gc", "--dry-run", "--json")))
+    # Pairing by a code (issue 19): the inviter's two documents, the joiner's one.
+    c_home = tmp_path / "C"
+    run(c_home, "init")
+    inviter = subprocess.Popen(
+        [*CLI, "--home", str(pair.a), "pair", "--listen", "127.0.0.1:0", "--no-mdns", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert inviter.stdout is not None
+    first = json.loads(inviter.stdout.readline())
+    c.check("pair (code)", first)
+    joined = run(c_home, "pair", first["code"], "--from", f"127.0.0.1:{first['port']}",
+                 "--no-mdns", "--yes", "--json")  # fmt: skip
+    c.check("pair", json_of(joined))
+    out, err = inviter.communicate(timeout=60)
+    assert inviter.returncode == 0, err
+    c.check("pair", json.loads(out.splitlines()[-1]))
 
     assert c.seen == set(c.tables), f"tables never printed: {set(c.tables) - c.seen}"
 
