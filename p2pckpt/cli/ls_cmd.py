@@ -182,6 +182,7 @@ def _offered(
     said nothing)."""
     from p2pckpt.identity.peer_id import PeerId
     from p2pckpt.manifest.manifest import decode_meta
+    from p2pckpt.wire.features import release
 
     meta = dict(signed) if signed is not None else dict(v.meta)
     doc: dict[str, object] = {
@@ -197,7 +198,8 @@ def _offered(
         "peer_release": peer_release,
         "meta": decode_meta(meta),
     }
-    where = f"offered by {who(peer.key)} ({route}, release {peer_release})" + _extra(meta)
+    other = "" if peer_release == release() else f"; release {peer_release}"  # a mixed fleet
+    where = f"offered by {who(peer.key)} ({route}{other})" + _extra(meta)
     by = who(v.publisher)
     return _Row(doc, _cells(v.name, v.version, v.total_bytes, v.file_count, meta, by), where)
 

@@ -119,7 +119,7 @@ def _peer_line(p: Mapping[str, object], now: float) -> str:
     release = _str(p, "release", "")
     if release:  # heard in a Hello; "no hello" is a 0.1.0 node
         said = _num(p, "protocol")
-        route += f"  release {release}" + (f" (protocol {int(said)})" if said else " (no hello)")
+        when += f"  release {release}" + (f" (protocol {int(said)})" if said else " (no hello)")
     return f"  {_who(p, {})}  {route}  {when}"
 
 
