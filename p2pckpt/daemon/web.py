@@ -317,7 +317,13 @@ class WebServer:
                     return  # too slow, or idle: drop it (slowloris)
                 if request is None:
                     return  # the client closed
-                status, ctype, payload = await self._answer(request, body)
+                try:
+                    status, ctype, payload = await self._answer(request, body)
+                except _Refused:
+                    raise
+                except Exception:  # the backend failed: one answer, never the daemon
+                    log.exception("web request failed target=%r", request.target[:200])
+                    raise _Refused(500, "internal error (see the daemon's log)") from None
             except _Refused as refused:
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     await self._send(conn, stream, *_error(refused.status, str(refused)), True)

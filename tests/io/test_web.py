@@ -23,11 +23,14 @@ TOKEN = "t" * 43
 class FakeBackend:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
+        self.broken = False
 
     def node(self) -> dict[str, Any]:
         return {"peer_id": "ABC", "qr_svg": "<svg/>", "read_only": False, "release": "x"}
 
     def status(self) -> dict[str, Any]:
+        if self.broken:
+            raise RuntimeError("database is locked")
         return {"peer_id": "ABC", "versions": [], "transfers": []}
 
     async def current(self, request: dict[str, Any]) -> Any:
@@ -257,3 +260,12 @@ def test_qr_is_standalone_svg() -> None:
     svg = qr_svg("ABCDE-FGHIJ")
     assert svg.startswith('<svg xmlns="http://www.w3.org/2000/svg"') and "style" not in svg
     assert "<script" not in svg
+
+
+async def test_a_failing_backend_is_one_500(web: tuple[WebServer, FakeBackend, int]) -> None:
+    _, backend, port = web
+    backend.broken = True
+    status, _, body = await _exchange(port, _req("GET", "/api/status", port))
+    assert status == 500 and b"locked" not in body  # details go to the log only
+    backend.broken = False
+    assert (await _exchange(port, _req("GET", "/api/status", port)))[0] == 200
