@@ -72,7 +72,11 @@ class Browser:
                     raise AssertionError("chromedriver did not start")
                 time.sleep(0.1)
             options = {"binary": CHROMIUM, "args": [*FLAGS, f"--user-data-dir={self._profile}"]}
-            caps = {"browserName": "chrome", "goog:chromeOptions": options}
+            caps = {
+                "browserName": "chrome",
+                "goog:chromeOptions": options,
+                "goog:loggingPrefs": {"browser": "ALL"},
+            }
             created = self._call("POST", "/session", {"capabilities": {"alwaysMatch": caps}})
             self._session = created["sessionId"]
         except BaseException:
@@ -110,6 +114,10 @@ class Browser:
         found = self._s("POST", "/element", {"using": "css selector", "value": css})
         element = next(iter(found.values()))
         self._s("POST", f"/element/{element}/click", {})
+
+    def console(self) -> list[str]:
+        """The page's console messages since the last call (CSP violations land here)."""
+        return [str(e.get("message", "")) for e in self._s("POST", "/se/log", {"type": "browser"})]
 
     def accept_alert(self) -> None:
         self._s("POST", "/alert/accept", {})

@@ -172,6 +172,8 @@ def test_web_page_in_a_browser(tmp_path: Path) -> None:
         here = {v["version"] for v in listed if v["name"] == "llama-ft" and v["where"] == "local"}
         assert here == {1, 3}
         page.screenshot(shots / "web-after.png")
+        refused = [m for m in page.console() if "Content Security Policy" in m or "Refused" in m]
+        assert refused == []  # the page keeps to its own strict policy
 
         # A page opened without the token asks for it and shows nothing.
         page.js("sessionStorage.clear()")
