@@ -51,6 +51,11 @@ Unlike rsync's ``--bwlimit``, a bare ``K`` is 1000, as ``human()`` prints.
 
     [transfer]
     compress = "auto"            # pack chunks we serve where it pays for its CPU; "off": never
+
+    [web]                        # daemon: a local web page (``p2pckpt.daemon.web``); absent = off
+    listen = "127.0.0.1:7460"    # loopback unless you mean it; every API call needs HOME/web-token
+    read_only = false            # true: the page only shows (no pin, rollback, unpublish)
+    hosts = []                   # extra Host names the page may be reached by (e.g. "nas.lan")
 """
 
 from __future__ import annotations
@@ -126,6 +131,9 @@ class Config:
     download: int = 0  # download cap for the daemon's pulls, bytes/s (0: none)
     metrics: Addr | None = None
     compress: str = "auto"  # COMPRESS_MODES: pack served chunks where it pays, or never
+    web: Addr | None = None  # [web] listen: the daemon's web page (None: off)
+    web_read_only: bool = False
+    web_hosts: tuple[str, ...] = ()  # Host names accepted beside the listen address and loopback
 
     def static_addrs(self, peer: PeerId) -> list[Addr]:
         return [a for p in self.peers if p.peer == peer for a in p.addrs]
@@ -145,6 +153,7 @@ _SCHEMA: dict[str, set[str]] = {
     "limits": {"upload", "upload_per_peer", "download"},
     "metrics": {"listen"},
     "transfer": {"compress"},
+    "web": {"listen", "read_only", "hosts"},
 }
 
 
@@ -293,6 +302,29 @@ def _str(value: object, what: str) -> str:
     return value
 
 
+_HOST_RE = re.compile(r"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
+
+
+def _web(web: dict[str, Any], cfg: Config) -> Config:
+    """``[web]``: off unless ``listen`` is set."""
+    if not web:
+        return cfg
+    if "listen" not in web:
+        raise ConfigError('[web] needs listen (e.g. "127.0.0.1:7460")')
+    addr = parse_addr(_str(web["listen"], "web.listen"), allow_zero=True)
+    read_only = web.get("read_only", False)
+    if not isinstance(read_only, bool):
+        raise ConfigError("web.read_only must be true or false")
+    hosts = web.get("hosts", [])
+    if (
+        not isinstance(hosts, list)
+        or len(hosts) > 16
+        or not all(isinstance(h, str) and _HOST_RE.fullmatch(h) for h in hosts)
+    ):
+        raise ConfigError("web.hosts must be a list of at most 16 host names (no port)")
+    return replace(cfg, web=addr, web_read_only=read_only, web_hosts=tuple(hosts))
+
+
 def parse(doc: dict[str, Any]) -> Config:
     """Build a Config from a parsed TOML document."""
     unknown = set(doc) - set(_SCHEMA)
@@ -301,7 +333,7 @@ def parse(doc: dict[str, Any]) -> Config:
     serve, disc, relay = _table(doc, "serve"), _table(doc, "discovery"), _table(doc, "relay")
     limits, metrics = _table(doc, "limits"), _table(doc, "metrics")
     transfer = _table(doc, "transfer")
-    cfg = Config()
+    cfg = _web(_table(doc, "web"), Config())
     if "listen" in serve:
         parse_addr(_str(serve["listen"], "serve.listen"), allow_zero=True)
         cfg = replace(cfg, listen=serve["listen"])

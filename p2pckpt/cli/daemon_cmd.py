@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,8 +26,16 @@ def daemon(config_path: Path | None, listen: str | None) -> None:
     home = open_home()
     cfg = load_config(home, config_path, listen=listen)
 
+    def on_web(url: str, token: str) -> None:
+        # The token opens the page's API: shown only on a terminal, never
+        # in a log or a journal; otherwise where to find it.
+        if sys.stdout.isatty():
+            click.echo(f"web page: {url}#token={token}")
+        else:
+            click.echo(f"web page: {url} (open {url}#token=TOKEN, TOKEN in {home.path}/web-token)")
+
     async def start(nursery: trio.Nursery) -> None:
-        addrs = await nursery.start(run_daemon, home, cfg)
+        addrs = await nursery.start(partial(run_daemon, on_web=on_web), home, cfg)
         click.echo(f"daemon listening on {', '.join(addrs)}")
 
     run_until_signalled(start, "p2pckpt.daemon")

@@ -8,6 +8,7 @@ Task tree::
     ├── announce                mDNS, if enabled: peer ID, port, catalog epoch
     ├── register                relay registration, if a relay is configured
     ├── serve_control           HOME/run/control.sock: `p2pckpt status`, `current`
+    ├── serve_web               the web page, if ``[web] listen`` is set (``daemon.web``)
     ├── watch_folder (each)     publish completed checkpoints ([[watch]])
     └── follow (each)           pull new versions, flip `current`, hook ([[follow]])
 
@@ -119,6 +120,7 @@ class DaemonState:
     follows: dict[str, FollowState] = field(default_factory=dict)  # by name
     watches: list[WatchState] = field(default_factory=list)
     nursery: trio.Nursery | None = None  # where hand switches run
+    on_web: Callable[[str, str], None] | None = None  # told the web page's URL and token
 
     def progress(self, name: str) -> Progress:
         return _Tracked(self.transfers, name, self.on_pulled)
@@ -250,10 +252,15 @@ async def start_reachability(
 
 
 async def run_daemon(
-    home: Home, cfg: Config, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    home: Home,
+    cfg: Config,
+    *,
+    on_web: Callable[[str, str], None] | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run every configured service until cancelled; reports the listen addresses."""
-    state = DaemonState(home, cfg)
+    """Run every configured service until cancelled; reports the listen
+    addresses (and the web page's URL and token to ``on_web``, if it is on)."""
+    state = DaemonState(home, cfg, on_web=on_web)
     pulls = Pulls(throttles=[Throttle(cfg.download)] if cfg.download > 0 else [])
     pushes = Pushes(state, pulls)
     metrics = _new_metrics(cfg, lambda: server.connected_peers, state.active)
@@ -328,6 +335,12 @@ async def _start_tasks(
     handlers = {"status": status, "current": state.current}
     await nursery.start(serve_control, home.path, handlers)
     await start_reachability(nursery, home, cfg, server, listeners)
+    if cfg.web is not None:
+        from p2pckpt.daemon.web import load_token, serve_web
+
+        url = await nursery.start(serve_web, state)
+        if state.on_web is not None:
+            state.on_web(url, load_token(home.path))
     if cfg.watch:
         from p2pckpt.daemon.watch import WatchState, watch_folder
 

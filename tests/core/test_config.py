@@ -124,6 +124,12 @@ listen = "127.0.0.1:9450"
         "[[follow]]\nname = 'a'\ndir = '/m'\n[[follow]]\nname = 'a'\ndir = '/n'",
         "[limits]\nupload = -5",
         "[[follow]]\nname = 'a'\ndir = '/m'\nkepp = 3",
+        "[web]\nread_only = true",  # no listen
+        "[web]\nlisten = '7460'",
+        "[web]\nlisten = '127.0.0.1:7460'\nread_only = 'yes'",
+        "[web]\nlisten = '127.0.0.1:7460'\nhosts = ['nas.lan:80']",
+        "[web]\nlisten = '127.0.0.1:7460'\nhosts = 'nas.lan'",
+        "[web]\nlisten = '127.0.0.1:7460'\ntoken = 'x'",
     ],
 )
 def test_bad_daemon_sections(text: str) -> None:
@@ -246,3 +252,14 @@ def test_config_file_is_laid_over_the_homes(tmp_path: Path) -> None:
     (tmp_path / "config.toml").unlink()
     extra.write_text("[limits]\nupload = 7\n")
     assert load(tmp_path, extra) == Config(upload=7)
+
+
+def test_web_is_off_unless_configured() -> None:
+    assert parse({}).web is None
+    cfg = parse(tomllib.loads('[web]\nlisten = "127.0.0.1:7460"\nhosts = ["nas.lan", "[::1]"]'))
+    assert (cfg.web, cfg.web_read_only, cfg.web_hosts) == (
+        ("127.0.0.1", 7460),
+        False,
+        ("nas.lan", "[::1]"),
+    )
+    assert parse({"web": {"listen": "127.0.0.1:0", "read_only": True}}).web_read_only
