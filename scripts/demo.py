@@ -82,6 +82,8 @@ def main() -> int:
         make_checkpoint(ckpt, args.size_mib << 20, args.shards)
         seeder_id = sh("--home", str(seeder), "init").strip()
         puller_id = sh("--home", str(puller), "init").strip()
+        for home in (seeder, puller):  # 127.0.0.1 only: neither announces nor looks on the LAN
+            (home / "config.toml").write_text("[discovery]\nmdns = false\n")
         sh("--home", str(seeder), "trust", "add", puller_id, "--name", "workstation")
         sh("--home", str(puller), "trust", "add", seeder_id, "--name", "nas", "--role", "publish")
         pub = json.loads(
@@ -95,7 +97,7 @@ def main() -> int:
                 "--version",
                 "1000",
                 "--meta",
-                "base=llama",
+                "base_model=llama",
                 "--json",
             )
         )

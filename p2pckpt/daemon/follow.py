@@ -53,6 +53,7 @@ from p2pckpt.discovery.finder import Finder
 from p2pckpt.errors import (
     ChunkCorrupt,
     ConfigError,
+    CopyDiffers,
     Equivocation,
     Expired,
     NotFound,
@@ -340,6 +341,8 @@ async def switch(
             target = max(versions) if versions else None
         else:
             raise ConfigError(f"unknown current action {action!r}")
+        if target is not None and target != now:
+            _check_sound(home, spec.name, target, versions[target])
         if action in ("pin", "rollback"):
             set_pin(root, target)
         elif action == "unpin":
@@ -362,6 +365,25 @@ async def switch(
         "switched": moved,
         "hook": hook.as_status() if hook is not None else None,
     }
+
+
+def _check_sound(home: Home, name: str, version: int, path: Path) -> None:
+    """Refuse to switch ``current`` to a kept copy whose files changed since
+    it was verified (a cheap check: sizes and mtimes, as ``gc``). Kept
+    versions share unchanged files by hard link, so an edit in place of one
+    copy shows in the others: it must not become current unnoticed."""
+    from p2pckpt.store.gc import check_copy
+
+    for entry in home.catalog.at_location(path):
+        stamps = home.catalog.stamps(entry.root, str(path))
+        why = check_copy(entry.manifest(), str(path), stamps, entry.selected)
+        if why is not None:
+            reason, where = why
+            raise CopyDiffers(
+                f"{name}@{version} at {path} is {reason} since it was pulled ({where}): not"
+                f" switching to it; 'p2pckpt verify {path}' says more, and pulling it again"
+                " repairs it"
+            )
 
 
 def _publisher_of(home: Home, path: Path) -> str:

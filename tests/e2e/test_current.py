@@ -111,6 +111,16 @@ def test_pin_unpin_rollback_on_a_running_follower(tmp_path: Path) -> None:
         both = run(b, "current", "m", "--pin", "1", "--unpin", check=False)
         assert both.returncode == 2
         assert os.readlink(current) == "2/m-step2.pt"  # refusals moved nothing
+        # A kept copy edited in place (kept copies share files by hard link)
+        # is not switched to: exit 9, current stays.
+        edited = root / "1" / "m-step1.pt"
+        with open(edited, "r+b") as f:
+            f.write(b"\0")
+        stamp = time.time() + 5
+        os.utime(edited, (stamp, stamp))  # however coarse the clock: the edit shows
+        damaged = run(b, "current", "m", "--pin", "1", check=False)
+        assert damaged.returncode == 9 and "not switching" in damaged.stderr, damaged.stderr
+        assert os.readlink(current) == "2/m-step2.pt" and hooks()[-1] == f"2 {root}/2/m-step2.pt"
 
         released = run(b, "current", "m", "--unpin").stdout
         assert released.splitlines() == [
