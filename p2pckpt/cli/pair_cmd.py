@@ -228,7 +228,12 @@ def _join(
     from p2pckpt.pairing.words import Code
 
     assert isinstance(code, Code)
-    ask = not yes and chosen is None and sys.stdin.isatty() and not as_json
+    ask = not yes and chosen is None
+    if ask and (as_json or not sys.stdin.isatty()):
+        raise ConfigError(
+            "no terminal to ask whether to grant the inviter its default roles:"
+            " pass --yes, or choose them with --grant ROLE"
+        )
 
     async def decide(
         peer: PeerId, their_name: str, offered: frozenset[str]

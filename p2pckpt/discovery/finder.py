@@ -179,9 +179,14 @@ class Finder:
             await self._settle()
             targets = list(self.candidates())
             if not targets:
+                lan = (
+                    "none announced itself on the LAN"
+                    if self.config.mdns
+                    else "LAN discovery is off ([discovery] mdns = false)"
+                )
                 raise PeerUnreachable(
-                    "no trusted peer found: none announced itself on the LAN, and no static"
-                    " peers or relay are configured (or give --from)"
+                    f"no trusted peer found: {lan}, and no static peers or relay are"
+                    " configured (or give --from)"
                 )
         conns: list[PeerConnection] = []
         errors: list[P2pckptError] = []

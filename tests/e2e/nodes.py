@@ -35,6 +35,7 @@ def run(
     proc = subprocess.run(
         [*(prefix or []), *(cli or CLI), "--home", str(home), *args],
         capture_output=True,
+        stdin=subprocess.DEVNULL,  # no test answers a prompt: never the runner's terminal
         text=True,
         timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -250,6 +250,8 @@ def test_bad_codes_and_mixed_flags_are_usage_errors(nodes: tuple[Path, str, Path
     assert bad.returncode == 2 and "not a code word" in bad.stderr
     mixed = run(b, "pair", "7-orbit-lantern-velvet", "--role", "push", check=False)
     assert mixed.returncode == 2 and "for inviting" in mixed.stderr
+    unasked = run(b, "pair", "7-orbit-lantern-velvet", "--from", "127.0.0.1:9", check=False)
+    assert unasked.returncode == 2 and "--yes" in unasked.stderr  # no terminal to ask at
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
