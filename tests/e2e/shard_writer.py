@@ -34,8 +34,10 @@ def header(size: int) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def shard_bytes(i: int, size: int, seed: int) -> bytes:
-    return random.Random(seed * 1000 + i).randbytes(size)
+def shard_pieces(i: int, size: int, seed: int) -> list[bytes]:
+    """The shard's bytes in PIECE-sized pieces (randbytes caps out near 256 MiB)."""
+    rng = random.Random(seed * 1000 + i)
+    return [rng.randbytes(min(PIECE, size - pos)) for pos in range(0, size, PIECE)]
 
 
 def main() -> None:
@@ -54,17 +56,16 @@ def main() -> None:
     args.dir.mkdir(parents=True, exist_ok=True)
     start, written = time.monotonic(), 0
     for i in range(args.first, last + 1):
-        data = shard_bytes(i, args.shard_bytes, args.seed)
+        pieces = shard_pieces(i, args.shard_bytes, args.seed)
         name = shard_name(i, n)
         with open(args.dir / name, "wb") as f:
-            f.write(header(len(data)))
-            for pos in range(0, len(data), PIECE):
+            f.write(header(args.shard_bytes))
+            for piece in pieces:
                 if 0 <= args.stall_at <= written:
                     f.flush()
                     print("stalled", flush=True)
                     while True:
                         time.sleep(3600)
-                piece = data[pos : pos + PIECE]
                 f.write(piece)
                 written += len(piece)
                 if args.rate > 0:  # pace: never ahead of rate
