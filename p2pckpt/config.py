@@ -26,6 +26,7 @@ the file is data, never code. Example::
     stable_seconds = 30
     marker = "COMPLETE"          # with complete = "marker": this file inside a directory
     keep = 0                     # newest published versions offered (0: all); files stay
+    stream = false               # offer each finished shard at once, signed "in progress"
 
     [[follow]]                   # daemon: pull new versions of a name as they appear
     name = "llama-ft"
@@ -105,6 +106,7 @@ class WatchSpec:
     stable_seconds: float = 30.0
     marker: str = "COMPLETE"
     keep: int = 0
+    stream: bool = False  # offer finished files of a child still being written (issue 21)
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ _SCHEMA: dict[str, set[str]] = {
     "discovery": {"mdns", "interfaces"},
     "relay": {"addr"},
     "peer": {"id", "addr", "name"},
-    "watch": {"path", "name", "complete", "stable_seconds", "marker", "keep"},
+    "watch": {"path", "name", "complete", "stable_seconds", "marker", "keep", "stream"},
     "follow": {"name", "dir", "keep", "hook", "publishers", "allow_expired"},
     "limits": {"upload", "upload_per_peer", "download"},
     "metrics": {"listen"},
@@ -225,7 +227,14 @@ def _watch(entry: dict[str, Any]) -> WatchSpec:
         stable_seconds=float(seconds),
         marker=marker,
         keep=_int(entry.get("keep", 0), "watch.keep"),
+        stream=_flag(entry.get("stream", False), "watch.stream"),
     )
+
+
+def _flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{what} must be true or false")
+    return value
 
 
 def _follow(entry: dict[str, Any]) -> FollowSpec:

@@ -19,6 +19,7 @@ from p2pckpt.manifest.formats import gguf_cuts, zip_cuts
 from p2pckpt.manifest.layout import plan, safetensors_cuts, safetensors_header_length
 from p2pckpt.manifest.manifest import (
     EXPIRES_KEY,
+    IN_PROGRESS_KEY,
     MAX_META,
     MAX_META_KEY,
     MAX_META_VALUE,
@@ -222,3 +223,43 @@ def publish(
     manifest, envelope = sign(manifest, home.key)
     home.catalog.add(manifest, envelope, root, "published")
     return manifest
+
+
+def publish_in_progress(
+    home: Home,
+    path: Path,
+    name: str,
+    version: int,
+    files: frozenset[str],
+    sequence: int,
+    meta: Mapping[str, MetaValue] | None = None,
+) -> tuple[Manifest, bytes]:
+    """Hash the finished ``files`` of the directory ``path`` (still being
+    written) and sign them as an in-progress manifest of ``name@version``
+    (issue 21; ``manifest.verify_in_progress``). Nothing is catalogued: the
+    caller offers it (``transfer/progress_book.py``) until the version is
+    published whole, which re-reads nothing that is unchanged since (the
+    hashes are remembered by file identity, as for any publish)."""
+    _check_args(name, meta, version, None)
+    root = path.expanduser().absolute()
+    try:
+        kind, sources = walk(root)
+    except ManifestError as exc:
+        raise ConfigError(str(exc)) from None
+    chosen = [s for s in sources if s.relpath in files]
+    if kind != "dir" or not chosen:
+        raise ConfigError(f"{root}: nothing finished to offer in progress")
+    entries = [_hash_file(home, src, None) for src in chosen]
+    final = wire_meta(meta)
+    final[IN_PROGRESS_KEY] = str(sequence)
+    check_meta(final, ours=True)
+    manifest = Manifest(
+        name=name,
+        version=version,
+        publisher=home.key.peer_id,
+        created=int(time.time()),
+        meta=final,
+        kind="dir",
+        files=tuple(entries),
+    )
+    return sign(manifest, home.key)

@@ -269,6 +269,7 @@ async def run_daemon(
         cfg,
         on_push=pushes,
         partials=pulls.partials,
+        progress=pulls.progress,
         on_connect=state.connected,
         on_served=metrics.bytes_served.inc if metrics is not None else None,
         on_packed=metrics.packed if metrics is not None else None,
@@ -348,7 +349,14 @@ async def _start_tasks(
             watching = WatchState(spec)
             state.watches.append(watching)
             await nursery.start(
-                partial(watch_folder, home, spec, serving=server.serving, state=watching)
+                partial(
+                    watch_folder,
+                    home,
+                    spec,
+                    serving=server.serving,
+                    state=watching,
+                    book=pulls.progress,
+                )
             )
     if state.finder is not None:
         from p2pckpt.daemon.follow import FollowState, follow

@@ -213,3 +213,83 @@ def is_complete(
     if rule == "index":
         return quiet and seconds_since_last_change >= INDEX_GRACE and _safetensors_done(now)
     raise ValueError(f"unknown completion rule {rule!r}")
+
+
+# -- streaming publish (issue 21) -------------------------------------------------
+#
+# A child that is not complete yet may already hold files that are: a shard
+# the trainer closed while it writes the next. With ``stream = true`` the
+# watcher offers those at once in a signed in-progress manifest. A file
+# counts as finished only if it has looked the same (size and mtime) for
+# ``stream_grace`` and, under the index rule, its safetensors header says
+# its data end at its end; a temporary name never counts. Erring towards
+# "not yet" costs a little latency; erring the other way costs nothing
+# worse than a follower fetching a shard twice: the final manifest decides
+# what is installed, and anything it does not cover is never committed.
+
+MIN_STREAM_GRACE: Final = 1.0  # seconds a file must look unchanged to count as finished
+STREAM_INTERVAL: Final = 0.5  # at most one in-progress manifest per this many seconds
+MAX_STREAM_UPDATES: Final = 1024  # in-progress manifests signed for one version, at most
+
+
+def stream_grace(spec: WatchSpec) -> float:
+    """How long one file must look unchanged before it is offered early."""
+    if spec.complete == "stable":
+        return spec.stable_seconds
+    return max(MIN_STREAM_GRACE, INDEX_GRACE)
+
+
+def unchanged_since(
+    before: Snapshot | None, now: Snapshot, since: Mapping[str, float], at: float
+) -> dict[str, float]:
+    """Since when each file of ``now`` has looked as it does: its time in
+    ``since`` if ``before`` saw it the same, else ``at``."""
+    out: dict[str, float] = {}
+    for path, look in now.files.items():
+        same = before is not None and before.files.get(path) == look
+        out[path] = since.get(path, at) if same else at
+    return out
+
+
+def finished_files(
+    snap: Snapshot, since: Mapping[str, float], at: float, spec: WatchSpec
+) -> frozenset[str]:
+    """The files of a directory child still being written that may be
+    offered now (see above); none for a one-file child (the file *is* the
+    checkpoint), a tree ``walk`` would refuse, or one with a temporary file
+    beside them under the stable rule."""
+    if snap.kind != "dir" or snap.problem or not snap.files:
+        return frozenset()
+    grace = stream_grace(spec)
+    found = set()
+    for path in snap.files:
+        if is_temporary(path.rsplit("/", 1)[-1]) or at - since.get(path, at) < grace:
+            continue
+        if spec.complete == "marker" and path == spec.marker:
+            continue  # the marker itself says "complete": only the final manifest has it
+        if (
+            spec.complete == "index"
+            and path.endswith(".safetensors")
+            and path not in snap.complete_shards
+        ):
+            continue
+        found.add(path)
+    return frozenset(found)
+
+
+def should_offer(
+    finished: frozenset[str],
+    offered: frozenset[str],
+    updates: int,
+    last_offer: float,
+    at: float,
+) -> bool:
+    """Whether to sign a new in-progress manifest: the finished set changed,
+    it is not empty, and the bounds on how often (STREAM_INTERVAL) and how
+    many times (MAX_STREAM_UPDATES) allow one."""
+    return (
+        bool(finished)
+        and finished != offered
+        and updates < MAX_STREAM_UPDATES
+        and at - last_offer >= STREAM_INTERVAL
+    )

@@ -65,7 +65,7 @@ from p2pckpt.fs.atomic import fsync_dir, write_atomic
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.logs import Polls, polling
-from p2pckpt.transfer.choose import publisher_refusal
+from p2pckpt.transfer.choose import choose_in_progress, publisher_refusal
 from p2pckpt.transfer.partials import Partials
 from p2pckpt.transfer.pull import (
     Accept,
@@ -74,6 +74,7 @@ from p2pckpt.transfer.pull import (
     Progress,
     PullResult,
     choose_source,
+    prefetch,
     pull_offer,
 )
 from p2pckpt.transfer.swarm import Source
@@ -83,6 +84,7 @@ log = logging.getLogger("p2pckpt.follow")
 
 POLL_SECONDS: Final = 2.0  # without mDNS, how often peers are asked
 MDNS_POLL_SECONDS: Final = 30.0  # with mDNS, epoch changes wake us; this is the fallback
+STREAM_POLL_SECONDS: Final = 0.5  # while a version is being written: how often peers are asked
 HOOK_TIMEOUT: Final = 300.0
 CURRENT: Final = "current"
 PINNED: Final = ".pinned"
@@ -173,6 +175,8 @@ class FollowState:
     last_error: str = ""
     last_error_at: float | None = None
     hook: HookResult | None = None
+    streaming: bool = False  # a version is being written and prefetched (issue 21)
+    prefetched: dict[tuple[bytes, int], int] = field(default_factory=dict)  # newest sequence
 
     def failed(self, error: BaseException | str) -> None:
         self.last_error, self.last_error_at = str(error), time.time()
@@ -408,10 +412,20 @@ async def check_once(
     version already under way, with ``installs``)."""
     have = baseline(home, spec)
     conns = await finder.connect_all(None)
-    offer = await choose_source(home, conns, spec.name, None, accept_of(spec))
+    try:
+        offer = await choose_source(home, conns, spec.name, None, accept_of(spec))
+    except NotFound:
+        if state is None:
+            raise
+        await stream_once(home, finder, spec, progress, have, throttles, state)
+        raise
     if have is not None and offer.manifest.version <= have:
         await offer.aclose()
+        if state is not None:
+            await stream_once(home, finder, spec, progress, have, throttles, state)
         return None
+    if state is not None:
+        state.streaming = False
     run = partial(
         install,
         home,
@@ -428,6 +442,47 @@ async def check_once(
     if installs.busy(offer.manifest.root):
         await offer.aclose()  # the running pull has its own sources
     return await installs.run(offer.manifest.root, run)
+
+
+async def stream_once(
+    home: Home,
+    finder: Finder,
+    spec: FollowSpec,
+    progress: Callable[[str], Progress],
+    have: int | None,
+    throttles: list[Throttle] | None,
+    state: FollowState,
+) -> None:
+    """No newer finished version: prefetch the finished files of a newer one
+    still being written (issue 21), into the partial copy its finished
+    version's pull will use. Nothing is committed, ``current`` never moves
+    and no hook runs here. An in-progress manifest older (by its signed
+    sequence) than one already taken for that version is ignored, and at
+    most MAX_STREAM_UPDATES are taken per version."""
+    conns = await finder.connect_all(None)
+    offer = await choose_in_progress(home, conns, spec.name, accept_of(spec), have)
+    if offer is None:
+        state.streaming = False
+        return
+    manifest = offer.manifest
+    key = (manifest.publisher.key, manifest.version)
+    seen = state.prefetched.get(key, 0)
+    assert manifest.in_progress is not None
+    if manifest.in_progress <= seen or len(state.prefetched) > MAX_STREAMED_VERSIONS:
+        state.streaming = manifest.in_progress == seen  # the same set: still being written
+        await offer.aclose()
+        return
+    state.streaming = True
+    target = spec.dir / spec.name / str(manifest.version)
+    if target.exists():  # installed already (or something else is there): nothing to add
+        await offer.aclose()
+        return
+    tracker = progress(f"{spec.name}@{manifest.version} (in progress)")
+    await prefetch(home, offer, target, tracker, throttles=throttles)
+    state.prefetched[key] = manifest.in_progress  # after it: a failed one is tried again
+
+
+MAX_STREAMED_VERSIONS: Final = 64  # versions whose sequence a follower remembers
 
 
 def watch_sources(progress: object, sources: list[Source]) -> None:
@@ -536,7 +591,7 @@ async def follow(
 ) -> None:
     """Follow ``spec.name`` until cancelled (what happened: in ``state``)."""
     task_status.started()
-    wait = MDNS_POLL_SECONDS if finder.browser is not None else POLL_SECONDS
+    idle = MDNS_POLL_SECONDS if finder.browser is not None else POLL_SECONDS
     state = state if state is not None else FollowState(spec)
     polls = Polls()  # a round that finds what the last one found logs it at DEBUG
     while True:
@@ -563,6 +618,7 @@ async def follow(
             log.error('follow failed name=%s error="%s"', spec.name, first_leaf(group))
             state.failed(first_leaf(group))
         polls.next_round()
+        wait = STREAM_POLL_SECONDS if state.streaming else idle
         with trio.move_on_after(wait):
             if finder.browser is not None:
                 await finder.browser.changed()

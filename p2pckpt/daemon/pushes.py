@@ -23,6 +23,7 @@ from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.transfer.partials import Partials
 from p2pckpt.transfer.peer import PeerConnection, connect_direct
+from p2pckpt.transfer.progress_book import ProgressBook
 from p2pckpt.transfer.pull import Hint, Progress, PullResult, choose_source
 from p2pckpt.transfer.throttle import Throttle
 from p2pckpt.wire import messages as m
@@ -41,6 +42,7 @@ class Pulls:
     partials: Partials = field(default_factory=Partials)  # what we are pulling, we also serve
     installs: Installs = field(default_factory=Installs)  # one pull per version, whoever asks
     throttles: list[Throttle] = field(default_factory=list)
+    progress: ProgressBook = field(default_factory=ProgressBook)  # in progress here (issue 21)
 
 
 class Reporting(Progress):

@@ -38,7 +38,7 @@ import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -48,9 +48,13 @@ from p2pckpt.config import WatchSpec
 from p2pckpt.daemon import inotify
 from p2pckpt.daemon.completion import (
     Snapshot,
+    finished_files,
     is_candidate_name,
     is_complete,
     settle_seconds,
+    should_offer,
+    stream_grace,
+    unchanged_since,
     version_from_name,
 )
 from p2pckpt.daemon.inotify import Inotify
@@ -58,8 +62,9 @@ from p2pckpt.daemon.snapshot import gather
 from p2pckpt.errors import ConfigError, ManifestError, SourceChanged
 from p2pckpt.home import Home
 from p2pckpt.manifest.manifest import Manifest
-from p2pckpt.publish import publish
+from p2pckpt.publish import publish, publish_in_progress
 from p2pckpt.store.catalog import CATALOG_FILE, Catalog
+from p2pckpt.transfer.progress_book import ProgressBook
 
 log = logging.getLogger("p2pckpt.watch")
 
@@ -129,6 +134,13 @@ class _Candidate:
     failed: Snapshot | None = None  # publishing exactly this state was refused for good
     failures: int = 0
     told: str = ""  # the problem last logged, so each is logged once
+    # streaming publish (issue 21): since when each file looked as it does,
+    # what the last in-progress manifest offered, how many were signed
+    since: dict[str, float] = field(default_factory=dict)
+    offered: frozenset[str] = frozenset()
+    updates: int = 0
+    last_offer: float = -math.inf
+    sequence: int = 0
 
 
 def _order(name: str) -> tuple[bool, int, str]:
@@ -147,8 +159,10 @@ class _Watcher:
         on_published: Callable[[Manifest], Awaitable[None]] | None,
         serving: Callable[[], set[bytes]] | None,
         state: WatchState | None = None,
+        book: ProgressBook | None = None,
     ) -> None:
         self.home, self.spec, self.on_published = home, spec, on_published
+        self.book = book if spec.stream else None
         self.state = state if state is not None else WatchState(spec)
         self.serving = serving
         self.root = spec.path.expanduser().absolute()
@@ -240,7 +254,10 @@ class _Watcher:
         if child in self.done or not is_candidate_name(child, self.spec):
             return
         cand = self.cands.setdefault(child, _Candidate(self.root / child, now, now))
-        cand.quiet_since, cand.due = now, now + self.baseline
+        due = now + self.baseline
+        if self.book is not None and now < cand.due < due:
+            due = cand.due  # a steady writer must not put off looking at finished files
+        cand.quiet_since, cand.due = now, due
         if cand.due < self.deadline:
             self.wake.set()
 
@@ -293,6 +310,8 @@ class _Watcher:
         if snap is None:  # gone, or became something we do not publish
             del self.cands[name]
             self._unwatch(name)
+            if self.book is not None:
+                self.book.withdraw(self.spec.name, cand.path)
             return
         if snap.kind == "dir":
             for rel in ["", *snap.dirs]:
@@ -305,6 +324,9 @@ class _Watcher:
         if snap != before:
             cand.quiet_since = max(cand.quiet_since, now)
         rule = self.spec.complete
+        streaming = self.book is not None and not is_complete(rule, snap, snap, math.inf, self.spec)
+        if streaming:
+            await self._stream(name, cand, before, snap, now)
         if touched:
             return  # _touch already scheduled the next look
         if snap == cand.failed:
@@ -315,6 +337,55 @@ class _Watcher:
             cand.due = max(cand.quiet_since + self.settle, now + DEBOUNCE)
         else:  # waiting for a marker, a shard, a rename: events will say when
             cand.due = now + self.backstop
+        if streaming:  # look again when the next file has been quiet long enough
+            grace = stream_grace(self.spec)
+            soon = [t + grace for p, t in cand.since.items() if p not in cand.offered]
+            soon = [t for t in soon if t > now]
+            if soon:
+                cand.due = min(cand.due, max(min(soon), now + DEBOUNCE))
+
+    async def _stream(
+        self, name: str, cand: _Candidate, before: Snapshot | None, snap: Snapshot, now: float
+    ) -> None:
+        """Offer the finished files of a child still being written, signed as
+        an in-progress manifest (issue 21), if that set changed."""
+        assert self.book is not None
+        cand.since = unchanged_since(before, snap, cand.since, now)
+        finished = finished_files(snap, cand.since, now, self.spec)
+        if not should_offer(finished, cand.offered, cand.updates, cand.last_offer, now):
+            return
+        version = version_from_name(name)
+        if version is None:
+            version = self.home.catalog.next_version(self.spec.name)  # what publish will take
+        sequence = max(cand.sequence + 1, time.time_ns() // 1_000_000)
+        home, path, spec_name = self.home, cand.path, self.spec.name
+
+        def work() -> tuple[Manifest, bytes]:
+            catalog = Catalog(home.path / CATALOG_FILE)
+            try:
+                return publish_in_progress(
+                    replace(home, catalog=catalog), path, spec_name, version, finished, sequence
+                )
+            finally:
+                catalog.close()
+
+        cand.last_offer = now
+        try:
+            manifest, envelope = await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+        except (ConfigError, ManifestError, SourceChanged, OSError) as exc:
+            log.info('not offered in progress path="%s" error="%s"', cand.path, exc)
+            return
+        cand.offered, cand.updates, cand.sequence = finished, cand.updates + 1, sequence
+        self.book.offer(manifest, envelope, cand.path)
+        log.info(
+            'offered in progress name=%s version=%d files=%d of=%d sequence=%d path="%s"',
+            manifest.name,
+            manifest.version,
+            len(manifest.files),
+            len(snap.files),
+            sequence,
+            cand.path,
+        )
 
     async def _publish(self, name: str, cand: _Candidate, snap: Snapshot) -> None:
         if str(cand.path) not in self._published():  # else published meanwhile, e.g. by hand
@@ -336,6 +407,8 @@ class _Watcher:
                 log.warning(msg, cand.path, delay, exc, exc_info=not expected)
                 self.state.failed(cand.path, exc)
                 return
+            if self.book is not None:  # the finished version replaces what was in progress
+                self.book.withdraw(self.spec.name, cand.path)
             log.info(
                 'published name=%s version=%d path="%s"', manifest.name, manifest.version, cand.path
             )
@@ -383,6 +456,7 @@ async def watch_folder(
     on_published: Callable[[Manifest], Awaitable[None]] | None = None,
     serving: Callable[[], set[bytes]] | None = None,
     state: WatchState | None = None,
+    book: ProgressBook | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Publish each complete child of ``spec.path`` as ``spec.name``, the
@@ -394,6 +468,8 @@ async def watch_folder(
     Publishing happens afterwards, one child at a time, so a terabyte found
     at start does not hold up the daemon. Raises ConfigError if ``spec.path``
     is not a directory; ``on_published`` errors propagate. ``serving`` gives
-    the roots peers are reading, which retention spares.
+    the roots peers are reading, which retention spares. With ``spec.stream``
+    the finished files of a child still being written are offered in ``book``
+    as a signed in-progress manifest (issue 21).
     """
-    await _Watcher(home, spec, on_published, serving, state).run(task_status)
+    await _Watcher(home, spec, on_published, serving, state, book).run(task_status)

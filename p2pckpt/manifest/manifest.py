@@ -40,6 +40,9 @@ _BODY_TAG = "p2pckpt-manifest"
 _ENVELOPE_TAG = "p2pckpt-signed-manifest"
 _FORMAT = 1
 SIGN_CONTEXT = b"p2pckpt 2026 manifest signature v1\x00"
+# An in-progress manifest (issue 21, streaming publish) is signed under its own
+# context, so no verifier of a finished version (of any release) accepts it.
+IN_PROGRESS_CONTEXT = b"p2pckpt 2026 in-progress manifest signature v1\x00"
 
 MAX_MANIFEST_BYTES = 16 << 20
 MAX_FILES = 100_000
@@ -51,10 +54,12 @@ MAX_META_VALUE = 1024
 MAX_VERSION = (1 << 63) - 1
 RESERVED_META = "p2pckpt."
 EXPIRES_KEY = "p2pckpt.expires"
+IN_PROGRESS_KEY = "p2pckpt.in-progress"  # the sequence of an in-progress manifest
 TYPES_KEY = "p2pckpt.types"  # which meta values are numbers or booleans (see encode_meta)
 MetaValue = str | int | float | bool
 _META_CODES = {bool: "b", int: "i", float: "f"}
 _EXPIRES_RE = re.compile(r"[0-9]{1,12}")
+_SEQUENCE_RE = re.compile(r"[1-9][0-9]{0,15}")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 KINDS = ("file", "dir")
 
@@ -187,6 +192,12 @@ class Manifest:
         value = self.meta.get(EXPIRES_KEY)
         return int(value) if value is not None else None
 
+    @property
+    def in_progress(self) -> int | None:
+        """The sequence number of an in-progress manifest (None: a finished version)."""
+        value = self.meta.get(IN_PROGRESS_KEY)
+        return int(value) if value is not None else None
+
     def iter_chunks(self) -> Iterator[tuple[int, FileEntry, Chunk]]:
         """Every chunk with its file, in the global order used on the wire."""
         index = 0
@@ -218,12 +229,15 @@ def _root(body: bytes) -> bytes:
 
 
 def sign(manifest: Manifest, key: NodeKey) -> tuple[Manifest, bytes]:
-    """Validate, encode and sign; returns the manifest with its root, and the envelope."""
+    """Validate, encode and sign; returns the manifest with its root, and the
+    envelope. A manifest marked in progress is signed under its own context
+    (``sign_in_progress``), never as a finished version."""
     if manifest.publisher != key.peer_id:
         raise ManifestError("a manifest is signed by its own publisher")
     body = msgpack.packb(_body(manifest), use_bin_type=True)
     checked = decode_body(body)  # the same checks a puller will make
-    signature = key.sign(SIGN_CONTEXT + checked.root)
+    context = IN_PROGRESS_CONTEXT if checked.in_progress is not None else SIGN_CONTEXT
+    signature = key.sign(context + checked.root)
     envelope = msgpack.packb([_ENVELOPE_TAG, _FORMAT, body, signature], use_bin_type=True)
     if len(envelope) > MAX_MANIFEST_BYTES:
         raise ManifestError("manifest too large (too many files or chunks)")
@@ -231,10 +245,35 @@ def sign(manifest: Manifest, key: NodeKey) -> tuple[Manifest, bytes]:
 
 
 def verify(envelope: bytes) -> Manifest:
-    """Decode a signed envelope, checking structure, limits and signature.
+    """Decode a signed envelope of a finished version, checking structure,
+    limits and signature (an in-progress manifest never verifies here).
 
     The caller still checks that the publisher is trusted for ``publish``.
     """
+    manifest = _verify(envelope, in_progress=False)
+    return manifest
+
+
+def verify_in_progress(envelope: bytes) -> Manifest:
+    """Decode a signed in-progress manifest (issue 21): a growing set of the
+    finished files of a version its publisher is still writing. It carries
+    ``p2pckpt.in-progress`` in its signed body *and* is signed under
+    IN_PROGRESS_CONTEXT, so the mark can be neither stripped nor added, and
+    no verifier of finished versions (``verify``, of any release) takes it.
+    It is never installed, listed or noted as seen (rollback protection)."""
+    return _verify(envelope, in_progress=True)
+
+
+def verify_any(envelope: bytes) -> Manifest:
+    """A finished or an in-progress manifest, whichever this is (for reusing
+    a partial copy's chunks by hash, never for installing anything)."""
+    try:
+        return verify(envelope)
+    except BadSignature:
+        return verify_in_progress(envelope)
+
+
+def _verify(envelope: bytes, in_progress: bool) -> Manifest:
     if not isinstance(envelope, bytes) or len(envelope) > MAX_MANIFEST_BYTES:
         raise ManifestError("manifest too large")
     try:
@@ -253,8 +292,12 @@ def verify(envelope: bytes) -> Manifest:
     ):
         raise ManifestError("not a signed p2pckpt manifest")
     manifest = decode_body(outer[2])
+    context = IN_PROGRESS_CONTEXT if in_progress else SIGN_CONTEXT
+    if (manifest.in_progress is not None) != in_progress:
+        what = "an in-progress manifest" if manifest.in_progress is not None else "a finished one"
+        raise BadSignature(f"manifest signature is invalid (this is {what})")
     try:
-        verify_signature(manifest.publisher, SIGN_CONTEXT + manifest.root, outer[3])
+        verify_signature(manifest.publisher, context + manifest.root, outer[3])
     except Exception:
         raise BadSignature("manifest signature is invalid") from None
     return manifest
@@ -303,6 +346,8 @@ def decode_body(body: bytes) -> Manifest:
     _need(list(meta_map) == sorted(meta_map), "meta order")
     expires = meta_map.get(EXPIRES_KEY)
     _need(expires is None or bool(_EXPIRES_RE.fullmatch(expires)), "expiry")
+    sequence = meta_map.get(IN_PROGRESS_KEY)
+    _need(sequence is None or bool(_SEQUENCE_RE.fullmatch(sequence)), "in-progress sequence")
     _need(kind in KINDS, "kind")
     _need(isinstance(files, list) and 0 < len(files) <= MAX_FILES, "file count")
     _need(kind == "dir" or len(files) == 1, "a file checkpoint has one file")

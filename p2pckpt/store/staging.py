@@ -52,7 +52,7 @@ from p2pckpt.fs.atomic import fsync_dir, write_atomic
 from p2pckpt.fs.rename import rename_exchange, rename_noreplace
 from p2pckpt.fs.sync import syncfs, syncfs_trusted
 from p2pckpt.manifest.chunker import chunk_hash
-from p2pckpt.manifest.manifest import Manifest, verify
+from p2pckpt.manifest.manifest import Manifest, verify_any
 from p2pckpt.manifest.select import Selection
 from p2pckpt.store import journal, journal_file
 from p2pckpt.store.heal import (
@@ -151,17 +151,20 @@ class Staging:
         ``copies`` says it (every read is checked again). Blocking."""
         previous = self.path / PREVIOUS
         found: dict[bytes, list[tuple[str, int, int, bool]]] = {}
-        try:
-            old = verify((previous / "manifest").read_bytes())
+        try:  # an in-progress manifest's partial too (issue 21): only hashes are used
+            old = verify_any((previous / "manifest").read_bytes())
         except (OSError, P2pckptError):
             return found
+        # A whole file of an in-progress copy the new manifest holds unchanged
+        # is taken by hard link (``reuse.identical_file``), not copied.
+        whole = old.in_progress is not None
         chunks = list(old.iter_chunks())
         claimed = journal_file.load(previous, old.root, len(chunks)) or set()
         for index, entry, chunk in chunks:
             if index in claimed:
                 where = str(file_path(previous / "data", "dir", entry.path))
                 found.setdefault(chunk.digest, []).append(
-                    (where, chunk.offset, chunk.length, False)
+                    (where, chunk.offset, chunk.length, whole)
                 )
         return found
 

@@ -16,6 +16,7 @@ from p2pckpt.errors import ManifestError, RemoteProtocolError
 from p2pckpt.manifest.manifest import validate_name
 from p2pckpt.store.catalog import Catalog
 from p2pckpt.transfer.partials import Partials
+from p2pckpt.transfer.progress_book import ProgressBook
 from p2pckpt.wire import messages as m
 
 Answer = m.ListResponse | m.ManifestResponse | m.Have | m.Error
@@ -26,6 +27,7 @@ def answer(
     catalog: Catalog | None,
     partials: Partials | None = None,
     given: Callable[[bytes], int] | None = None,
+    progress: ProgressBook | None = None,
 ) -> Answer:
     """The response to one List, Manifest or Have request (``catalog`` None:
     a plain pull's server, which offers only what it is pulling; ``given``:
@@ -40,7 +42,11 @@ def answer(
             return list_versions(catalog)
         case m.ManifestRequest(name, version):
             return manifest_of(catalog, partials, name, version)
+        case m.ProgressRequest(name):
+            return in_progress_of(progress, name)
         case m.HaveRequest(root):
+            if progress is not None and progress.get(root) is not None:
+                return m.Have(root, True)  # every finished file it names is here
             return have(catalog, partials, root, given)
     raise RemoteProtocolError(f"unexpected request {type(req).__name__}")
 
@@ -84,6 +90,19 @@ def manifest_of(
         what = name if version is None else f"{name}@{version}"
         return m.Error(m.NOT_FOUND, f"no checkpoint {what} is offered here")
     return m.ManifestResponse(entry.envelope)
+
+
+def in_progress_of(progress: ProgressBook | None, name: str) -> m.ManifestResponse | m.Error:
+    """The signed in-progress manifest of ``name`` (issue 21), if this node
+    is writing a version of it now."""
+    try:
+        validate_name(name)
+    except ManifestError:
+        return m.Error(m.BAD_REQUEST, "bad checkpoint name")
+    offered = progress.find(name) if progress is not None else None
+    if offered is None:
+        return m.Error(m.NOT_FOUND, f"no version of {name} is being written here")
+    return m.ManifestResponse(offered.envelope)
 
 
 def have(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Final
 
 import trio
 
@@ -32,7 +33,7 @@ from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.identity.trust import publisher_problem
 from p2pckpt.logs import poll_level
-from p2pckpt.manifest.manifest import Manifest, verify
+from p2pckpt.manifest.manifest import Manifest, verify, verify_in_progress
 from p2pckpt.transfer.peer import PeerConnection
 from p2pckpt.transfer.swarm import Source
 from p2pckpt.wire import messages as m
@@ -91,6 +92,71 @@ async def fetch_manifest(
     if note:
         home.catalog.note_seen(manifest)
     return manifest, reply.envelope
+
+
+IN_PROGRESS: Final = "in-progress"  # the feature (wire/features.py)
+
+
+async def fetch_in_progress(
+    home: Home, conn: PeerConnection, name: str, accept: Accept
+) -> tuple[Manifest, bytes] | None:
+    """Ask ``conn`` for the in-progress manifest of ``name`` (issue 21), if
+    the peer speaks the feature; None if it writes no version of it now.
+    Checked as a manifest is (signature under the in-progress context,
+    publisher accepted, the name asked for, paths), and it must be a
+    directory version. Never noted as seen: it moves no rollback mark."""
+    if IN_PROGRESS not in conn.features:
+        return None
+    await conn.send(m.ProgressRequest(name))
+    try:
+        reply = await conn.receive()
+    except NotFound:
+        return None
+    if not isinstance(reply, m.ManifestResponse):
+        raise RemoteProtocolError("expected an in-progress manifest")
+    manifest = verify_in_progress(reply.envelope)
+    refusal = publisher_refusal(home, manifest, accept)
+    if refusal is not None:
+        raise refusal
+    if manifest.name != name or manifest.kind != "dir":
+        raise ManifestError(f"peer answered with {manifest.name}@{manifest.version} in progress")
+    return manifest, reply.envelope
+
+
+async def choose_in_progress(
+    home: Home, conns: list[PeerConnection], name: str, accept: Accept, above: int | None
+) -> Offer | None:
+    """The newest in-progress manifest of ``name`` above version ``above``
+    that the peers offer, with the peers offering exactly it as sources;
+    None if there is none. Takes ownership of ``conns`` (the others are
+    closed). Refusals are logged, never raised: a follower falls back to
+    waiting for the finished version."""
+    offers: dict[int, tuple[Manifest, bytes]] = {}
+
+    async def ask(conn: PeerConnection) -> None:
+        try:
+            got = await fetch_in_progress(home, conn, name, accept)
+        except P2pckptError as exc:
+            log.info('in-progress refused peer=%s error="%s"', conn.label, exc)
+            return
+        if got is not None and (above is None or got[0].version > above):
+            offers[id(conn)] = got
+
+    async with trio.open_nursery() as nursery:
+        for conn in conns:
+            nursery.start_soon(ask, conn)
+    best = max(offers.values(), key=lambda o: (o[0].version, o[0].in_progress), default=None)
+    sources: dict[PeerId, Source] = {}
+    for conn in conns:
+        got = offers.get(id(conn))
+        if best is not None and got is not None and got[0].root == best[0].root:
+            src = sources.setdefault(conn.peer, Source(conn.peer, [], conn.route, conn.label))
+            src.conns.append(conn)
+        else:
+            await conn.aclose()
+    if best is None:
+        return None
+    return Offer(best[0], best[1], list(sources.values()), accept)
 
 
 @dataclass

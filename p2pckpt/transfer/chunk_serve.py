@@ -42,6 +42,7 @@ from p2pckpt.transfer.chunk_source import (
 )
 from p2pckpt.transfer.packpolicy import PackPolicy
 from p2pckpt.transfer.partials import Partials
+from p2pckpt.transfer.progress_book import ProgressBook
 from p2pckpt.wire import messages as m
 from p2pckpt.wire import packing
 from p2pckpt.wire.codec import CHUNK_HEADER_SIZE, encode
@@ -114,8 +115,11 @@ class Chunks:
         catalog: Catalog | None,
         partials: Partials | None = None,
         on_packed: Callable[[int, int], None] | None = None,  # (chunk, wire) bytes
+        progress: ProgressBook | None = None,
     ) -> None:
         self._catalog = catalog
+        self._progress = progress
+        self._progress_served: dict[bytes, Served] = {}
         self._partials = partials
         self._on_packed = on_packed
         self._versions: OrderedDict[bytes, Served] = OrderedDict()
@@ -130,7 +134,7 @@ class Chunks:
             return held
         entry = self._catalog.by_root(root, whole=True) if self._catalog is not None else None
         if entry is None:
-            return self._partial(root)
+            return self._in_progress(root) or self._partial(root)
         held = await trio.to_thread.run_sync(Served.load, entry.envelope, entry.location)
         self._versions[root] = held
         while len(self._versions) > VERSION_CACHE:
@@ -148,6 +152,21 @@ class Chunks:
         for root in gone:
             del self._versions[root]
         return len(gone)
+
+    def _in_progress(self, root: bytes) -> Served | None:
+        """The finished files of a version still being written here (issue 21),
+        served from where they are written, each chunk checked as it is read."""
+        offered = self._progress.get(root) if self._progress is not None else None
+        if offered is None:
+            self._progress_served.pop(root, None)
+            return None
+        held = self._progress_served.get(root)
+        if held is None:
+            manifest = offered.manifest
+            chunks = tuple((f.path, c) for _, f, c in manifest.iter_chunks())
+            self._progress_served = {root: Served(manifest, offered.location, chunks)}
+            held = self._progress_served[root]
+        return held
 
     def _partial(self, root: bytes) -> Served | None:
         """A version this node is still pulling (never cached past its pull)."""

@@ -35,6 +35,7 @@ from p2pckpt.transfer.answers import answer
 from p2pckpt.transfer.chunk_serve import Busy, Chunks, Packing
 from p2pckpt.transfer.leases import BufferBudget, Lease, Share
 from p2pckpt.transfer.partials import Partials
+from p2pckpt.transfer.progress_book import ProgressBook
 from p2pckpt.transfer.push_serve import PushHandler, serve_push
 from p2pckpt.transfer.throttle import Throttle
 from p2pckpt.transfer.trust_watch import may
@@ -71,9 +72,11 @@ class Pipeline:
         *,
         compress: bool,
         catalog: Catalog | None,
+        progress: ProgressBook | None = None,
     ) -> None:
         self.home = home
         self._catalog = catalog
+        self._progress = progress
         self._on_push = on_push
         self._partials = partials
         self._chunks = chunks
@@ -210,7 +213,8 @@ class Pipeline:
                     await prepared.send((await self._chunks.pieces_or_ranges(req), None))
                     continue
                 if not isinstance(req, m.ChunkRequest):
-                    await send(encode(answer(req, self._catalog, self._partials, self.given)))
+                    reply = answer(req, self._catalog, self._partials, self.given, self._progress)
+                    await send(encode(reply))
                     continue
                 if busy.cancelled and req.req_id in busy.cancelled:
                     del busy.cancelled[req.req_id]

@@ -254,6 +254,47 @@ async def pull_offer(
         await offer.aclose()
 
 
+async def prefetch(
+    home: Home,
+    offer: Offer,
+    dest: Path,
+    progress: Progress | None = None,
+    *,
+    throttles: list[Throttle] | None = None,
+    streams: int = DEFAULT_STREAMS,
+) -> int:
+    """Fetch the finished files an in-progress manifest names (issue 21) into
+    the partial copy beside ``dest``, and stop there: never commit it, never
+    catalogue it, never serve it to others. The finished version's pull at
+    the same ``dest`` then keeps every file it covers with identical chunks
+    (``Staging.previous_chunks``: by hash, verified again) and drops the rest;
+    a trainer that died leaves only this partial copy, which a later pull of
+    the same files reuses. Returns the bytes downloaded. Takes ownership of
+    the offer's connections."""
+    manifest = offer.manifest
+    assert manifest.in_progress is not None, "prefetch is for in-progress manifests"
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Staging(dest, manifest, offer.envelope)
+        try:
+            downloaded, _ = await _fetch(
+                home, offer, staging, streams, progress, throttles or [], None, (), None
+            )
+        finally:
+            staging.close()
+        log.info(
+            "prefetched name=%s version=%d in_progress=%d files=%d downloaded=%d (not committed)",
+            manifest.name,
+            manifest.version,
+            manifest.in_progress,
+            len(manifest.files),
+            downloaded,
+        )
+        return downloaded
+    finally:
+        await offer.aclose()
+
+
 async def dest_plan(
     home: Home, dest: Path | None, manifest: Manifest, wanted: Selection, into: bool = False
 ) -> DestPlan:

@@ -48,6 +48,7 @@ from p2pckpt.transfer.chunk_serve import Chunks, same_host
 from p2pckpt.transfer.leases import MAX_CHUNK_BUFFERS, BufferBudget, Share
 from p2pckpt.transfer.partials import Partials
 from p2pckpt.transfer.pipeline import Pipeline
+from p2pckpt.transfer.progress_book import ProgressBook
 from p2pckpt.transfer.push_serve import PushHandler
 from p2pckpt.transfer.throttle import Throttle
 from p2pckpt.transfer.trust_watch import revoke_stale, watch
@@ -76,6 +77,7 @@ class Server:
         compress: pack chunks where it pays (``[transfer] compress``).
         per_peer: upload cap per peer, bytes/s (0: none).
         partials: versions being pulled here, served as they verify (swarm).
+        progress: in-progress versions being written here (issue 21).
         on_connect: told (peer, route "direct"/"relay", address or "") for
             each authenticated connection (the daemon's sightings).
         on_served: told the size of each chunk frame sent (metrics).
@@ -93,6 +95,7 @@ class Server:
         compress: bool = True,
         per_peer: int = 0,
         partials: Partials | None = None,
+        progress: ProgressBook | None = None,
         on_connect: Callable[[PeerId, str, str], None] | None = None,
         on_served: Callable[[int], None] | None = None,
         on_packed: Callable[[int, int], None] | None = None,
@@ -111,7 +114,7 @@ class Server:
         self._buffers = BufferBudget(MAX_CHUNK_BUFFERS)
         self._shares: dict[PeerId, Share] = {}  # peers with an authenticated connection
         served = home.catalog if catalog else None
-        self._chunks = Chunks(served, partials, on_packed)
+        self._chunks = Chunks(served, partials, on_packed, progress)
         self._serves_catalog = catalog
         self._pipeline = Pipeline(
             home,
@@ -123,6 +126,7 @@ class Server:
             on_served,
             compress=compress,
             catalog=served,
+            progress=progress,
         )
 
     @classmethod

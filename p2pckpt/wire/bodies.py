@@ -34,6 +34,7 @@ from p2pckpt.wire.messages import (
     Message,
     PieceList,
     PiecesRequest,
+    ProgressRequest,
     PushProgress,
     PushRequest,
     PushResult,
@@ -48,6 +49,7 @@ T_HAVE_REQ, T_HAVE, T_CANCEL = 11, 12, 13
 T_PACKED = 14
 T_PIECES_REQ, T_PIECES, T_RANGE_REQ = 15, 16, 17
 T_HELLO = 18
+T_PROGRESS_REQ = 19
 
 _U32: Final = (1 << 32) - 1
 
@@ -118,6 +120,12 @@ def _manifest_request(doc: list[Any]) -> Message:
     ):
         raise _bad("manifest request")
     return ManifestRequest(doc[0], doc[1])
+
+
+def _progress_request(doc: list[Any]) -> Message:
+    if len(doc) != 1 or not _is_name(doc[0]):
+        raise _bad("progress request")
+    return ProgressRequest(doc[0])
 
 
 def _manifest_response(doc: list[Any]) -> Message:
@@ -300,6 +308,7 @@ DECODERS: Final[dict[int, Callable[[list[Any]], Message]]] = {
     T_PIECES: _piece_list,
     T_RANGE_REQ: _range_request,
     T_HELLO: _hello,
+    T_PROGRESS_REQ: _progress_request,
 }
 
 

@@ -41,6 +41,7 @@ from p2pckpt.wire.bodies import (
     T_PACKED,
     T_PIECES,
     T_PIECES_REQ,
+    T_PROGRESS_REQ,
     T_PUSH_PROGRESS,
     T_PUSH_REQ,
     T_PUSH_RESULT,
@@ -66,6 +67,7 @@ from p2pckpt.wire.messages import (
     Message,
     PieceList,
     PiecesRequest,
+    ProgressRequest,
     PushProgress,
     PushRequest,
     PushResult,
@@ -100,6 +102,7 @@ _CAPS: Final = {
     T_PIECES: 64 + MAX_PIECES * 32,  # [start, length, 16-byte digest]: under 30 bytes each
     T_RANGE_REQ: 64 + MAX_PIECES * 20,
     T_HELLO: _CONTROL_CAP,
+    T_PROGRESS_REQ: _CONTROL_CAP,
 }
 UNKNOWN_CAP: Final = 64 << 10  # body of a type we do not know (a newer peer's), skipped
 
@@ -114,6 +117,7 @@ SERVER_ACCEPTS: Final = frozenset(
         T_PIECES_REQ,
         T_RANGE_REQ,
         T_HELLO,
+        T_PROGRESS_REQ,
     }
 )
 CLIENT_ACCEPTS: Final = frozenset(
@@ -160,6 +164,8 @@ def encode(msg: Message) -> bytes:
             )
         case ManifestRequest(name, version):
             return _pack(T_MAN_REQ, [name, version])
+        case ProgressRequest(name):
+            return _pack(T_PROGRESS_REQ, [name])
         case ManifestResponse(envelope):
             return _pack(T_MAN_RESP, [envelope])
         case ChunkRequest(req_id, root, index, accept):

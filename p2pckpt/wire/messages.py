@@ -23,6 +23,9 @@ that turns them into bytes. The conversation is request/response, client
     PushRequest            -> PushProgress* then PushResult | Error
                               (needs the "push" role; progress about every
                               PUSH_PROGRESS_INTERVAL while the target pulls)
+    ProgressRequest(name)  -> ManifestResponse | Error   (feature "in-progress":
+                              the signed in-progress manifest of a version
+                              the server is still writing, issue 21)
     Hello                  -> Hello   (first, from a client of 0.2.0 or later:
                               protocol version, release and feature names,
                               see ``features.py``; a 0.1.0 server drops the
@@ -119,6 +122,14 @@ class ListResponse:
 class ManifestRequest:
     name: str
     version: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressRequest:
+    """Which finished files of ``name``'s version being written are offered
+    now (only towards a server that named "in-progress")."""
+
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +350,7 @@ Request = (
     | Unknown
     | ListRequest
     | ManifestRequest
+    | ProgressRequest
     | ChunkRequest
     | PushRequest
     | HaveRequest
