@@ -160,7 +160,10 @@ class Invitation:
                 stream = await open_secure(transport, self.home.key, initiator=False)
                 await self._converse(_Link(stream), attempt)
         except PairingFailed as exc:
-            self._finish(exc)
+            if attempt.spent:  # the code was tried here: the invitation ends with it
+                self._finish(exc)
+            else:  # e.g. an "error" before any Hello: that stranger cannot end it for us
+                log.info('pairing connection ended error="%s"', exc)
         except (*_BROKEN, ProtocolError, trio.TooSlowError) as exc:
             log.info('pairing connection ended error="%s"', exc)
             if attempt.spent:

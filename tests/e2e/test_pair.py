@@ -311,3 +311,40 @@ def test_pairing_through_a_relay_by_the_codes_number_alone(
     assert rc == 0, err
     assert lines[-1]["paired"] == b_id and a_id in joined.stdout
     assert list(trusted(a)) == [b_id] and list(trusted(b)) == [a_id]
+
+
+def test_a_stranger_cannot_end_an_invitation_without_trying_the_code(
+    nodes: tuple[Path, str, Path, str],
+) -> None:
+    """Anyone may complete the handshake; one who then says "error" before
+    any Hello has tried nothing, and the invitation goes on."""
+    import struct
+
+    import trio
+
+    from p2pckpt.channel.stream import open_secure
+    from p2pckpt.errors import P2pckptError
+    from p2pckpt.identity.keys import NodeKey
+    from p2pckpt.pairing.core import error
+
+    a, _, b, b_id = nodes
+    inv = invite(a)
+
+    async def stranger() -> None:
+        with trio.fail_after(DEADLINE):
+            tcp = await trio.open_tcp_stream("127.0.0.1", inv.port)
+            async with tcp:
+                secure = await open_secure(tcp, NodeKey.generate(), initiator=True)
+                msg = error("go away")
+                await secure.send_all(struct.pack(">H", len(msg)) + msg)
+                try:
+                    while len(await secure.receive_some()):
+                        pass  # until the inviter hangs up on us
+                except P2pckptError:
+                    pass
+
+    trio.run(stranger)
+    run(b, "pair", inv.code, "--from", f"127.0.0.1:{inv.port}", "--yes")
+    rc, lines, err = inv.finish()
+    assert rc == 0, err
+    assert lines[-1]["paired"] == b_id
