@@ -273,6 +273,12 @@ def _mb(n: object) -> str:
     return f"{int(n) / 1e6:.1f}" if isinstance(n, int | float) else "?"
 
 
+def _size(n: object) -> str:
+    from p2pckpt.cli.common import human
+
+    return human(int(n)) if isinstance(n, int | float) else "?"
+
+
 def _print_plan(plan: PullPlan, as_json: bool) -> None:
     """The dry run's report: one JSON object, or a few lines."""
     import dataclasses
@@ -300,8 +306,8 @@ def _print_plan(plan: PullPlan, as_json: bool) -> None:
     click.echo("  DEST would be updated in place" if plan.in_place else "  DEST would be created")
     for f in plan.files:
         click.echo(
-            f"  {safe_display(str(f['path']))}: {_mb(f['size'])} MB,"
-            f" {_mb(f['download'])} MB to download"
+            f"  {safe_display(str(f['path']))}: {_size(f['size'])},"
+            f" {_size(f['download'])} to download"
         )
     click.echo("(dry run: nothing written)")
 
