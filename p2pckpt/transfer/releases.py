@@ -27,10 +27,6 @@ class Spoken:
     features: frozenset[str]
     seen: float  # time.time() of the last exchange
 
-    def describe(self) -> str:
-        said = f"protocol {self.protocol}" if self.protocol else "no hello"
-        return f"{self.release} ({said})"
-
 
 _seen: dict[PeerId, Spoken] = {}
 
@@ -50,7 +46,3 @@ def note_legacy(peer: PeerId) -> Spoken:
 
 def heard(peer: PeerId) -> Spoken | None:
     return _seen.get(peer)
-
-
-def known() -> dict[PeerId, Spoken]:
-    return dict(_seen)
