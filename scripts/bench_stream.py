@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.nodes import Server, run, start_server  # noqa: E402
+from tests.e2e.nodes import run, start_daemon  # noqa: E402
 
 MB = 1_000_000
 
@@ -44,16 +44,6 @@ def parse_size(text: str) -> int:
         if text.endswith(unit):
             return int(float(text[: -len(unit)]) * factor)
     return int(text)
-
-
-def _daemon(home: Path, log: Path, config: Path) -> Server:
-    return start_server(
-        home,
-        log,
-        command=("daemon", "--config", str(config)),
-        extra=(),
-        banner=r"daemon listening on [0-9.]+:(\d+)",
-    )
 
 
 def one_run(work: Path, total: int, write_rate: int, link: int, stream: bool) -> dict[str, float]:
@@ -71,7 +61,7 @@ def one_run(work: Path, total: int, write_rate: int, link: int, stream: bool) ->
         f'[[watch]]\npath = "{ckpts}"\nname = "m"\ncomplete = "index"\n'
         f"stream = {'true' if stream else 'false'}\n"
     )
-    servers = [_daemon(a, work / "a.log", acfg)]
+    servers = [start_daemon(a, work / "a.log", acfg)]
     try:
         bcfg.write_text(
             f'[serve]\nlisten = "127.0.0.1:0"\n[discovery]\nmdns = false\n'
@@ -79,7 +69,7 @@ def one_run(work: Path, total: int, write_rate: int, link: int, stream: bool) ->
             f'[[peer]]\nid = "{a_id}"\naddr = "{servers[0].addr}"\n'
             f'[[follow]]\nname = "m"\ndir = "{models}"\n'
         )
-        servers.append(_daemon(b, work / "b.log", bcfg))
+        servers.append(start_daemon(b, work / "b.log", bcfg))
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         shard = total // 4
         started = time.monotonic()

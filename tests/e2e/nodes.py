@@ -13,7 +13,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,27 @@ def start_server(
     proc.stdout.close()
     err.close()
     raise AssertionError(f"server did not start: {log.read_text()}")
+
+
+def start_daemon(home: Path, log: Path, config: Path) -> Server:
+    """Start ``p2pckpt daemon --config CONFIG`` and wait for its banner."""
+    return start_server(
+        home,
+        log,
+        command=("daemon", "--config", str(config)),
+        extra=(),
+        banner=r"daemon listening on [0-9.]+:(\d+)",
+    )
+
+
+def wait_until(cond: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll a real condition every 50 ms until it holds, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def start_relay(root: Path, log: Path, *extra: str) -> Server:

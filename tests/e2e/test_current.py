@@ -8,29 +8,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from tests.e2e.nodes import Server, run, start_server
-
-
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _daemon(home: Path, log: Path, config: Path) -> Server:
-    return start_server(
-        home,
-        log,
-        command=("daemon", "--config", str(config)),
-        extra=(),
-        banner=r"daemon listening on [0-9.]+:(\d+)",
-    )
+from tests.e2e.nodes import Server, run, start_daemon, wait_until
 
 
 def _status(home: Path) -> dict:  # type: ignore[type-arg]
@@ -52,7 +32,7 @@ def test_pin_unpin_rollback_on_a_running_follower(tmp_path: Path) -> None:
     )
     servers: list[Server] = []
     try:
-        seeder = _daemon(a, tmp_path / "a.log", a_cfg)
+        seeder = start_daemon(a, tmp_path / "a.log", a_cfg)
         servers.append(seeder)
         hook_out = tmp_path / "hook.log"
         hook = tmp_path / "hook.sh"
@@ -64,7 +44,7 @@ def test_pin_unpin_rollback_on_a_running_follower(tmp_path: Path) -> None:
             f'[[peer]]\nid = "{a_id}"\naddr = "{seeder.addr}"\n'
             f'[[follow]]\nname = "m"\ndir = "{models}"\nkeep = 5\nhook = ["{hook}"]\n'
         )
-        follower = _daemon(b, tmp_path / "b.log", b_cfg)
+        follower = start_daemon(b, tmp_path / "b.log", b_cfg)
         servers.append(follower)
         root = models / "m"
         current = root / "current"
@@ -81,7 +61,9 @@ def test_pin_unpin_rollback_on_a_running_follower(tmp_path: Path) -> None:
 
         for version in (1, 2):
             publish(version)
-            _wait(lambda v=version: f"{v} " in "".join(hooks()), 30, f"version {version} hooked")
+            wait_until(
+                lambda v=version: f"{v} " in "".join(hooks()), 30, f"version {version} hooked"
+            )
         # A one-file checkpoint: `current` is the file itself, at a stable path.
         assert os.readlink(current) == "2/m-step2.pt"
         assert current.is_file() and current.read_bytes() == data[2]
@@ -95,7 +77,7 @@ def test_pin_unpin_rollback_on_a_running_follower(tmp_path: Path) -> None:
         assert (root / ".pinned").read_text().strip() == "1"
 
         publish(3)  # pulled and kept, but current stays pinned
-        _wait(lambda: _status(b)["follows"][0]["last_version"] == 3, 30, "version 3 kept")
+        wait_until(lambda: _status(b)["follows"][0]["last_version"] == 3, 30, "version 3 kept")
         assert (root / "3" / "m-step3.pt").read_bytes() == data[3]
         assert os.readlink(current) == "1/m-step1.pt"
         assert len(hooks()) == 3 and not hooks()[-1].startswith("3 ")

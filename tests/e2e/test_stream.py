@@ -10,35 +10,15 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.nodes import Server, run, same_tree, start_server
+from tests.e2e.nodes import Server, run, same_tree, start_daemon, wait_until
 from tests.e2e.shard_writer import shard_name
 
 SHARD = 3 << 20
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _daemon(home: Path, log: Path, config: Path) -> Server:
-    return start_server(
-        home,
-        log,
-        command=("daemon", "--config", str(config)),
-        extra=(),
-        banner=r"daemon listening on [0-9.]+:(\d+)",
-    )
-
-
-def _wait(cond: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 WRITERS: list[subprocess.Popen[str]] = []
@@ -89,7 +69,7 @@ complete = "index"
 stream = true
 """
     )
-    servers: list[Server] = [_daemon(a, tmp_path / "a.log", acfg)]
+    servers: list[Server] = [start_daemon(a, tmp_path / "a.log", acfg)]
     bcfg = tmp_path / "b.toml"
     bcfg.write_text(
         f"""
@@ -106,7 +86,7 @@ dir = "{models}"
 hook = ["{sys.executable}", "-c", "open('{tmp_path / "hook.txt"}', 'a').write('ran ')"]
 """
     )
-    servers.append(_daemon(b, tmp_path / "b.log", bcfg))
+    servers.append(start_daemon(b, tmp_path / "b.log", bcfg))
     yield a, b, ckpts, models, servers
     for s in servers:
         s.stop()
@@ -150,7 +130,7 @@ def test_three_of_four_shards_pulled_before_the_fourth_is_written(pair, tmp_path
     writer = _write(step, "--last", "3")
     assert writer.wait(60) == 0
     # The three finished shards reach the follower while the 4th is not even begun.
-    _wait(lambda: _prefetched(follower, 3), 30, "three shards prefetched")
+    wait_until(lambda: _prefetched(follower, 3), 30, "three shards prefetched")
     staged = models / "llama" / ".100.p2pckpt-partial" / "data"
     assert sorted(p.name for p in staged.iterdir()) == [shard_name(i, 4) for i in (1, 2, 3)]
     _nothing_installed(a, b, models)  # never installed, never current, never listed
@@ -158,11 +138,11 @@ def test_three_of_four_shards_pulled_before_the_fourth_is_written(pair, tmp_path
     writer = _write(step, "--first", "4", "--index")
     assert writer.wait(60) == 0
     current = models / "llama" / "current"
-    _wait(lambda: os.path.islink(current), 30, "current -> 100")
+    wait_until(lambda: os.path.islink(current), 30, "current -> 100")
     assert os.readlink(current) == "100" and same_tree(step, current)
     # Only the 4th shard and the index crossed the network for the finished version.
     assert _pulled_downloaded(follower) < SHARD + (64 << 10)
-    _wait(lambda: (tmp_path / "hook.txt").exists(), 30, "the hook")
+    wait_until(lambda: (tmp_path / "hook.txt").exists(), 30, "the hook")
     assert (tmp_path / "hook.txt").read_text() == "ran "
     assert run(b, "verify", str(models / "llama" / "100")).returncode == 0
 
@@ -174,7 +154,7 @@ def test_trainer_killed_mid_write_commits_nothing_partial_reused(pair, tmp_path:
     assert writer.stdout is not None
     while (line := writer.stdout.readline()) and line.strip() != "stalled":
         pass
-    _wait(lambda: _prefetched(follower, 3), 30, "three shards prefetched")
+    wait_until(lambda: _prefetched(follower, 3), 30, "three shards prefetched")
     writer.send_signal(signal.SIGKILL)  # the trainer dies half-way through shard 4
     writer.wait(10)
     _nothing_installed(a, b, models)
@@ -183,7 +163,7 @@ def test_trainer_killed_mid_write_commits_nothing_partial_reused(pair, tmp_path:
     writer = _write(step, "--index")
     assert writer.wait(60) == 0
     current = models / "llama" / "current"
-    _wait(lambda: os.path.islink(current), 30, "current -> 100")
+    wait_until(lambda: os.path.islink(current), 30, "current -> 100")
     assert same_tree(step, current)
     # Shards 1-3 came from the partial copy the dead trainer's run left.
     assert _pulled_downloaded(follower) < SHARD + (64 << 10)

@@ -14,38 +14,18 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.e2e import browser
-from tests.e2e.nodes import Server, run, start_server
+from tests.e2e.nodes import Server, run, start_daemon, wait_until
 
 
 @pytest.fixture(autouse=True)
 def _chromium() -> None:
     """Never skipped: the README's test command installs Debian's Chromium."""
     assert browser.available(), "needs Debian's chromium and chromium-driver: see the README"
-
-
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _daemon(home: Path, log: Path, config: Path) -> Server:
-    return start_server(
-        home,
-        log,
-        command=("daemon", "--config", str(config)),
-        extra=(),
-        banner=r"daemon listening on [0-9.]+:(\d+)",
-    )
 
 
 def _get(port: int, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
@@ -75,7 +55,7 @@ def test_web_page_in_a_browser(tmp_path: Path) -> None:
     servers: list[Server] = []
     page: browser.Browser | None = None
     try:
-        servers.append(seeder := _daemon(a, tmp_path / "a.log", a_cfg))
+        servers.append(seeder := start_daemon(a, tmp_path / "a.log", a_cfg))
         hook = tmp_path / "reload.sh"
         hook.write_text("#!/bin/sh\nexit 0\n")
         hook.chmod(0o755)
@@ -86,7 +66,7 @@ def test_web_page_in_a_browser(tmp_path: Path) -> None:
             f'[[peer]]\nid = "{a_id}"\naddr = "{seeder.addr}"\n'
             f'[[follow]]\nname = "llama-ft"\ndir = "{models}"\nkeep = 5\nhook = ["{hook}"]\n'
         )
-        servers.append(follower := _daemon(b, tmp_path / "b.log", b_cfg))
+        servers.append(follower := start_daemon(b, tmp_path / "b.log", b_cfg))
         found = re.search(r"web page url=(http://127\.0\.0\.1:(\d+)/)", follower.log.read_text())
         assert found, follower.log.read_text()
         url, port = found[1], int(found[2])
@@ -121,7 +101,7 @@ def test_web_page_in_a_browser(tmp_path: Path) -> None:
 
         for version in (1, 2):
             publish(version, 300_000)
-            _wait(lambda v=version: current() == str(v), 60, f"version {version} current")
+            wait_until(lambda v=version: current() == str(v), 60, f"version {version} current")
         notes = tmp_path / "notes.safetensors"
         notes.write_bytes(os.urandom(50_000))
         meta = ("step=7000", "base_model=llama-3-8b", "license=apache-2.0", "format=safetensors")
@@ -153,13 +133,13 @@ def test_web_page_in_a_browser(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert len(seen) >= 2 and seen == sorted(seen) and seen[0] < 100, seen
         assert "MB/s" in page.text("#transfers") or current() == "3"
-        _wait(lambda: current() == "3", 60, "version 3 current")
+        wait_until(lambda: current() == "3", 60, "version 3 current")
         page.wait_text("#versions", "llama-ft@3")
         page.wait_text("#follows", "1, 2, 3")
 
         # Pin version 1 from the page: `current` moves and stays there.
         page.click('button[data-path="/api/current"][data-body*="\\"version\\":1"]')
-        _wait(lambda: current() == "1", 20, "current pinned at 1")
+        wait_until(lambda: current() == "1", 20, "current pinned at 1")
         assert (models / "llama-ft" / ".pinned").read_text().strip() == "1"
         page.wait_text("#follows", "1 (pinned)")
         page.wait_text("#follows", "v1: exit 0")  # the pin ran the hook
@@ -168,7 +148,7 @@ def test_web_page_in_a_browser(tmp_path: Path) -> None:
         # Unpublish 2 from the page (after the confirmation).
         page.click('button[data-path="/api/unpublish"][data-body*="\\"version\\":2"]')
         page.accept_alert()
-        _wait(lambda: "llama-ft@2" not in page.text("#versions"), 20, "m@2 gone from the page")
+        wait_until(lambda: "llama-ft@2" not in page.text("#versions"), 20, "m@2 gone from the page")
         listed = json.loads(run(b, "ls", "--json").stdout)
         here = {v["version"] for v in listed if v["name"] == "llama-ft" and v["where"] == "local"}
         assert here == {1, 3}
