@@ -58,6 +58,11 @@ class PairingFailed(TrustError):
     """The code was wrong, spent or expired, or the other side said no."""
 
 
+class NotThisInvitation(PairingFailed):
+    """The inviter holds a code with another number: nothing was tried, the
+    joiner may try another address."""
+
+
 @dataclass(frozen=True)
 class Paired:
     """How one side pinned the other: its name here and the roles each granted."""
@@ -178,7 +183,7 @@ class Joiner(_Side):
         """The inviter's Reply: checks its MAC, returns our Confirm."""
         msg = decode(data, "reply", "refuse")
         if msg["t"] == "refuse":
-            raise PairingFailed(f"refused: {_text(msg, 'reason', 200)}")
+            raise NotThisInvitation(f"refused: {_text(msg, 'reason', 200)}")
         self._finish(self._spake_a, _bytes(msg, "spake", SPAKE_MESSAGE))
         self.check("inviter", _bytes(msg, "mac", 32))
         return encode("confirm", mac=self.mac("joiner"))

@@ -37,6 +37,7 @@ from p2pckpt.pairing.core import (
     MAX_NAME,
     Inviter,
     Joiner,
+    NotThisInvitation,
     Paired,
     PairingFailed,
     error,
@@ -293,15 +294,13 @@ async def join(
                 core = Joiner(code, home.key.peer_id.key, stream.peer.key, stream.handshake_hash)
                 await link.send(core.hello())
                 reply = await link.receive()
-            except PairingFailed as exc:
-                if "refused" in str(exc) and "already used" not in str(exc):
-                    problems.append(f"{label}: {exc}")
-                    continue  # another invitation with another number: try the next
-                raise
             except (*_BROKEN, ProtocolError, trio.TooSlowError) as exc:
                 problems.append(f"{label}: {exc}")
                 continue
-            return await _joined(home, link, core, reply, name, call, decide)
+            try:
+                return await _joined(home, link, core, reply, name, call, decide)
+            except NotThisInvitation as exc:  # another number: nothing tried, next address
+                problems.append(f"{label}: {exc}")
     raise PeerUnreachable("no inviter for that code answered: " + "; ".join(problems))
 
 
@@ -313,6 +312,8 @@ async def _joined(
     try:
         try:
             confirm = core.reply(reply)
+        except NotThisInvitation:
+            raise  # nothing was tried here
         except PairingFailed:
             await _try_send(link, error("wrong code"))
             raise
