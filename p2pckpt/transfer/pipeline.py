@@ -37,7 +37,7 @@ from p2pckpt.transfer.leases import BufferBudget, Lease, Share
 from p2pckpt.transfer.partials import Partials
 from p2pckpt.transfer.progress_book import ProgressBook
 from p2pckpt.transfer.push_serve import PushHandler, serve_push
-from p2pckpt.transfer.throttle import Throttle
+from p2pckpt.transfer.throttle import Throttle, send_paced
 from p2pckpt.transfer.trust_watch import may
 from p2pckpt.wire import messages as m
 from p2pckpt.wire.codec import SERVER_ACCEPTS, MessageReader, encode
@@ -256,17 +256,20 @@ class Pipeline:
         already waiting was paced by the link: it times the link for the
         connection's pack policy."""
         pack = busy.pack
+        throttles = [t for t in (share.throttle, self._throttle) if t is not None]
+
+        async def send(part: memoryview) -> None:
+            await secure.send_all(part, stall=STALL_SECONDS)
+
         async for payload, buf in prepared:
             started = time.perf_counter()
             throttled = 0.0
             try:
                 if isinstance(payload, memoryview):
-                    for throttle in (share.throttle, self._throttle):
-                        if throttle is not None:
-                            await throttle.take(len(payload))
-                    throttled = time.perf_counter() - started
-                with trio.fail_after(SEND_TIMEOUT):  # bounds even a trickling reader
-                    await secure.send_all(payload, stall=STALL_SECONDS)
+                    throttled = await send_paced(send, payload, throttles, SEND_TIMEOUT)
+                else:
+                    with trio.fail_after(SEND_TIMEOUT):  # bounds even a trickling reader
+                        await secure.send_all(payload, stall=STALL_SECONDS)
             except BaseException:
                 if buf is not None:
                     lease.release(None)

@@ -100,7 +100,7 @@ def test_every_json_document_matches_docs_json_md(pair: Pair, tmp_path: Path) ->
     """Run every command with --json, successes and failures, and check each
     document against docs/json.md; every table there is exercised."""
     c = Checker()
-    (pair.a / "config.toml").write_text('[discovery]\nmdns = false\n[limits]\nupload = "1M"\n')
+    (pair.a / "config.toml").write_text('[discovery]\nmdns = false\n[limits]\nupload = "200K"\n')
     ck = make_checkpoint(tmp_path / "ck", {"a.bin": 4000, "sub/b.bin": 3000})
     c.check("publish", json_of(run(pair.a, "publish", str(ck), "--name", "m", "--json")))
     waited = run(
@@ -151,7 +151,9 @@ def test_every_json_document_matches_docs_json_md(pair: Pair, tmp_path: Path) ->
     c.check("ls --files", inside)
     c.check("ls[]", json_of(run(pair.b, "ls", "--local", "--json")))
 
-    # The daemon: a follower pulling a big version slowly (A uploads 1 MB/s)
+    # The daemon: a follower pulling a big version slowly (A uploads 200 kB/s,
+    # so the pull lasts ~15 s: wide enough for a status call under load to see
+    # it; nothing below waits for it to end)
     big = make_checkpoint(tmp_path / "big", {"w.bin": 3_000_000}, seed=2)
     cfg = tmp_path / "b.toml"
     cfg.write_text(
