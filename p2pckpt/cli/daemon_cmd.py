@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from p2pckpt.cli.common import command, config_option, load_config, open_home
+from p2pckpt.cli.common import command, config_option, load_config, note, open_home
 from p2pckpt.cli.stopping import run_until_signalled
 
 if TYPE_CHECKING:
@@ -19,12 +19,21 @@ if TYPE_CHECKING:
 @command()
 @config_option
 @click.option("--listen", default=None, metavar="HOST:PORT", help="Override [serve] listen.")
-def daemon(config_path: Path | None, listen: str | None) -> None:
+@click.option("--no-mdns", is_flag=True, help="Neither announce nor look on the LAN (mDNS).")
+@click.option("--relay", default=None, metavar="HOST:PORT", help="Be reachable through a relay.")
+def daemon(config_path: Path | None, listen: str | None, no_mdns: bool, relay: str | None) -> None:
     """Run the daemon: serve, announce, watch, follow, status; until SIGTERM."""
+    from p2pckpt.config import parse_addr
     from p2pckpt.daemon.app import run_daemon
 
     home = open_home()
-    cfg = load_config(home, config_path, listen=listen)
+    cfg = load_config(
+        home,
+        config_path,
+        listen=listen,
+        mdns=False if no_mdns else None,
+        relay=parse_addr(relay) if relay else None,
+    )
 
     def on_web(url: str, token: str) -> None:
         # The token opens the page's API: shown only on a terminal, never
@@ -37,5 +46,10 @@ def daemon(config_path: Path | None, listen: str | None) -> None:
     async def start(nursery: trio.Nursery) -> None:
         addrs = await nursery.start(partial(run_daemon, on_web=on_web), home, cfg)
         click.echo(f"daemon listening on {', '.join(addrs)}")
+        note(
+            f"peer ID {home.key.peer_id}"
+            + ("; announced on the LAN (mDNS)" if cfg.mdns else "; mDNS off")
+            + (f"; reachable through relay {cfg.relay[0]}:{cfg.relay[1]}" if cfg.relay else "")
+        )
 
     run_until_signalled(start, "p2pckpt.daemon")

@@ -4,7 +4,18 @@ overlay, unique trust names, ``init --force``, and custom meta end to end."""
 
 from __future__ import annotations
 
-from tests.e2e.nodes import Pair, make_checkpoint, run, run_json, same_tree
+import os
+import subprocess
+
+from tests.e2e.nodes import (
+    Pair,
+    make_checkpoint,
+    run,
+    run_json,
+    same_tree,
+    start_server,
+    wait_until,
+)
 
 
 def test_trust_add_refuses_a_name_taken(pair: Pair) -> None:
@@ -165,3 +176,31 @@ def test_dest_is_taken_as_cp_takes_it(pair: Pair) -> None:
     doc = run_json(pair.b, "pull", "f", "--from", server.addr, "-o", str(busy))
     assert doc["dest"] == str(busy / "one.bin")
     assert (busy / "one.bin").read_bytes() == single.read_bytes()
+
+
+def test_daemon_no_mdns_overrides_the_config(pair: Pair) -> None:
+    """`daemon --no-mdns` (as `serve --no-mdns`) keeps a home whose config
+    announces on the LAN quiet. Run in a namespace of its own holding only
+    loopback, so a broken flag could not reach the host's LAN either."""
+    home = pair.root / "N"
+    run(home, "init")  # its config: mDNS on, the default
+    ns = f"p2pt-nomdns-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=20)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True, timeout=20)
+        daemon = start_server(
+            home,
+            pair.root / "n.log",
+            command=("daemon",),
+            extra=("--no-mdns",),
+            prefix=["ip", "netns", "exec", ns],
+            banner=r"daemon listening on [0-9.]+:(\d+)",
+        )
+        try:
+            wait_until(lambda: "peer ID" in daemon.log.read_text(), 30, "the daemon's note")
+            assert "mDNS off" in daemon.log.read_text()
+            assert "announced on the LAN" not in daemon.log.read_text()
+        finally:
+            daemon.stop()
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False, timeout=20)
