@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from functools import partial
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from p2pckpt.cli.common import command, config_option, load_config, note, open_home
+from p2pckpt.cli.common import command, config_option, load_config, open_home
 from p2pckpt.cli.stopping import run_until_signalled
 
 if TYPE_CHECKING:
@@ -46,10 +47,9 @@ def daemon(config_path: Path | None, listen: str | None, no_mdns: bool, relay: s
     async def start(nursery: trio.Nursery) -> None:
         addrs = await nursery.start(partial(run_daemon, on_web=on_web), home, cfg)
         click.echo(f"daemon listening on {', '.join(addrs)}")
-        note(
-            f"peer ID {home.key.peer_id}"
-            + ("; announced on the LAN (mDNS)" if cfg.mdns else "; mDNS off")
-            + (f"; reachable through relay {cfg.relay[0]}:{cfg.relay[1]}" if cfg.relay else "")
+        relay = f"{cfg.relay[0]}:{cfg.relay[1]}" if cfg.relay else "none"
+        logging.getLogger("p2pckpt.daemon").info(
+            "node peer_id=%s mdns=%s relay=%s", home.key.peer_id, "on" if cfg.mdns else "off", relay
         )
 
     run_until_signalled(start, "p2pckpt.daemon")

@@ -197,9 +197,8 @@ def test_daemon_no_mdns_overrides_the_config(pair: Pair) -> None:
             banner=r"daemon listening on [0-9.]+:(\d+)",
         )
         try:
-            wait_until(lambda: "peer ID" in daemon.log.read_text(), 30, "the daemon's note")
-            assert "mDNS off" in daemon.log.read_text()
-            assert "announced on the LAN" not in daemon.log.read_text()
+            wait_until(lambda: "node peer_id=" in daemon.log.read_text(), 30, "the daemon's line")
+            assert "mdns=off" in daemon.log.read_text()
         finally:
             daemon.stop()
     finally:
