@@ -49,6 +49,7 @@ from typing import Any, Final
 import trio
 
 from p2pckpt.config import FollowSpec
+from p2pckpt.daemon.pauses import Pauses
 from p2pckpt.discovery.finder import Finder
 from p2pckpt.errors import (
     ChunkCorrupt,
@@ -587,17 +588,25 @@ async def follow(
     throttles: list[Throttle] | None = None,
     installs: Installs | None = None,
     state: FollowState | None = None,
+    pauses: Pauses | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Follow ``spec.name`` until cancelled (what happened: in ``state``)."""
+    """Follow ``spec.name`` until cancelled (what happened: in ``state``).
+    While ``pauses`` holds the name, nothing is checked or pulled; a pause
+    stops a running pull (its verified chunks kept for the next one)."""
     task_status.started()
     idle = MDNS_POLL_SECONDS if finder.browser is not None else POLL_SECONDS
     state = state if state is not None else FollowState(spec)
+    pauses = pauses if pauses is not None else Pauses()
     polls = Polls()  # a round that finds what the last one found logs it at DEBUG
     while True:
+        if pauses.paused(spec.name):
+            log.info("follow paused name=%s", spec.name)
+            await pauses.wait_resumed(spec.name)
+            log.info("follow resumed name=%s", spec.name)
         state.last_check = time.time()
         try:
-            with polling(polls):
+            with polling(polls), pauses.running(spec.name):
                 await check_once(
                     home, finder, spec, progress, serving, partials, throttles, installs, state
                 )
@@ -618,6 +627,8 @@ async def follow(
             log.error('follow failed name=%s error="%s"', spec.name, first_leaf(group))
             state.failed(first_leaf(group))
         polls.next_round()
+        if pauses.paused(spec.name):
+            continue
         wait = STREAM_POLL_SECONDS if state.streaming else idle
         with trio.move_on_after(wait):
             if finder.browser is not None:
