@@ -126,6 +126,8 @@ class DaemonState:
     on_web: Callable[[str, str], None] | None = None  # told the web page's URL and token
     pauses: Pauses = field(default_factory=Pauses)  # names whose pulls are paused
     pullable: set[str] = field(default_factory=set)  # names the web page started pulls of
+    pulls: Pulls | None = None  # what every pull here shares (the web page's pulls too)
+    serving: Callable[[], set[bytes]] | None = None  # roots peers are reading from us now
 
     def progress(self, name: str) -> Progress:
         return _Tracked(self.transfers, name, self.on_pulled)
@@ -300,6 +302,7 @@ async def run_daemon(
         on_packed=metrics.packed if metrics is not None else None,
     )
     pushes.serving = server.serving
+    state.pulls, state.serving = pulls, server.serving
     host, port = parse_addr(cfg.listen, allow_zero=True)
     if metrics is not None:
         _serve_metrics(cfg, state, metrics)
