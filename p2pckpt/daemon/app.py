@@ -77,7 +77,7 @@ class Transfer:
             "paused": paused,
             "peers": [
                 {"id": str(s.peer), "route": s.route, "via": s.via}
-                for s in list(self.sources)
+                for s in ([] if paused else list(self.sources))
                 if not s.problem
             ],
         }

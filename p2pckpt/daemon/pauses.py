@@ -1,8 +1,10 @@
 """Pausing a name's pulls in the daemon (``p2pckpt pause NAME``, the web page).
 
-A pause cancels every pull of NAME the daemon runs under ``running(NAME)``
-(a follow's checks and pulls, a pull started from the web page) and keeps
-new ones from starting until ``resume(NAME)``. Cancelling a pull is its
+A pause cancels every pull of NAME the daemon runs under ``pulling(NAME)``
+(a follow's, a push's, a pull started from the web page: only the part
+that moves bytes, never a hook or a switch of ``current``) and makes new
+ones stop at once, until ``resume(NAME)``; the pull then raises ``Paused``
+and the follow waits for the resume before checking again. Cancelling a pull is its
 ordinary stop path: it stops between chunks, the staging copy's journal is
 flushed and the chunks verified so far stay in the partial copy, so the
 pull that runs after ``resume`` fetches only what is missing (the same
@@ -10,8 +12,7 @@ resume as after a restart). Its transfer stays in ``status`` (marked
 ``paused``) with the bytes it had.
 
 A pause lasts until ``resume`` or the daemon's end: a restarted daemon
-pulls again. A push of a version being paused is not held (pushes run
-their own pulls).
+pulls again. A push of a paused name is refused with ``Paused``.
 """
 
 from __future__ import annotations
@@ -66,9 +67,12 @@ class Pauses:
             await event.wait()
 
     @contextlib.contextmanager
-    def running(self, name: str) -> Iterator[trio.CancelScope]:
-        """Run a pull of NAME in a scope that ``pause(NAME)`` cancels (one
-        started while NAME is paused is cancelled at once)."""
+    def pulling(self, name: str, what: str) -> Iterator[None]:
+        """Run a pull of NAME (``what``, for the error) in a scope that
+        ``pause(NAME)`` cancels (at once if NAME is paused); a cancelled
+        pull raises ``Paused``."""
+        from p2pckpt.errors import Paused
+
         scope = trio.CancelScope()
         if name in self._paused:
             scope.cancel()
@@ -76,8 +80,10 @@ class Pauses:
         scopes.add(scope)
         try:
             with scope:
-                yield scope
+                yield
         finally:
             scopes.discard(scope)
             if not scopes:
                 del self._scopes[name]
+        if scope.cancelled_caught:
+            raise Paused(f"{what}: paused (the chunks verified so far are kept)")

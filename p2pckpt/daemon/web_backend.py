@@ -154,7 +154,8 @@ class DaemonBackend:
         for f in doc["follows"]:
             spec = state.follows[f["name"]].spec
             f["kept"] = sorted(kept(state.home, spec.dir / spec.name))
-        doc["offers"] = self.offers
+        moving = {(t["name"], t["version"]) for t in doc["transfers"]}
+        doc["offers"] = [o | {"pulling": (o["name"], o["version"]) in moving} for o in self.offers]
         doc["surveyed"] = self.surveyed
         doc["survey_error"] = self.survey_error
         doc["pulls"] = [p.as_status() for p in self.pulls]
@@ -238,27 +239,29 @@ class DaemonBackend:
     async def _run_pull(self, job: WebPull, peer: PeerId) -> None:
         """Run ``job`` until it is done or fails; a pause cancels it and it
         starts again (resuming from its verified chunks) on resume."""
+        from p2pckpt.errors import Paused, first_leaf
+
         pauses = self._state.pauses
         while True:
             job.state = "paused" if pauses.paused(job.name) else "waiting"
             await pauses.wait_resumed(job.name)
             job.state = "pulling"
-            with pauses.running(job.name) as scope:
-                try:
-                    await self._pull_once(job, peer)
-                    job.state = "done"
-                    log.info("pulled name=%s version=%d (web page)", job.name, job.version)
-                except* (P2pckptError, OSError) as group:
-                    from p2pckpt.errors import first_leaf
-
-                    job.state, job.error = "failed", str(first_leaf(group))
-                    log.warning(
-                        'pull failed name=%s version=%d error="%s" (web page)',
-                        job.name,
-                        job.version,
-                        job.error,
-                    )
-            if not scope.cancelled_caught:
+            paused = False
+            try:
+                await self._pull_once(job, peer)
+                job.state = "done"
+                log.info("pulled name=%s version=%d (web page)", job.name, job.version)
+            except* Paused:
+                paused = True  # pulled again (from its verified chunks) once resumed
+            except* (P2pckptError, OSError) as group:
+                job.state, job.error = "failed", str(first_leaf(group))
+                log.warning(
+                    'pull failed name=%s version=%d error="%s" (web page)',
+                    job.name,
+                    job.version,
+                    job.error,
+                )
+            if not paused:
                 job.at = time.time()
                 return
 
@@ -287,7 +290,10 @@ class DaemonBackend:
                 partials=pulls.partials,
                 throttles=pulls.throttles,
                 state=follow,
+                pauses=state.pauses,
             )
+            if pulls.installs.busy(offer.manifest.root):
+                await offer.aclose()  # the running pull has its own sources
             await pulls.installs.run(offer.manifest.root, run)
             return
         target = Path(job.dest)
@@ -298,14 +304,18 @@ class DaemonBackend:
         dest = target / manifest.files[0].path if manifest.kind == "file" else target
         tracker = state.progress(f"{job.name}@{job.version}")
         watch_sources(tracker, offer.sources)
-        await pull_offer(
-            home,
-            offer,
-            dest,
-            progress=tracker,
-            throttles=pulls.throttles,
-            partials=pulls.partials,
-        )
+        try:
+            with state.pauses.pulling(job.name, f"{job.name}@{job.version}"):
+                await pull_offer(
+                    home,
+                    offer,
+                    dest,
+                    progress=tracker,
+                    throttles=pulls.throttles,
+                    partials=pulls.partials,
+                )
+        finally:
+            await offer.aclose()
 
     async def pair(self, action: str, roles: list[str]) -> dict[str, Any]:
         """Start an invitation (or show the one waiting), or cancel it."""
