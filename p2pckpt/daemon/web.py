@@ -16,7 +16,7 @@ web page the owner visits, can reach a loopback port):
   history and logs. The page takes the token from its URL's fragment
   (``/#token=...``, never sent over the wire), keeps it in sessionStorage and
   sends it as that header.
-- Actions (``/api/current``, ``/api/unpublish``) are POST only, with
+- Actions (``ACTIONS``) are POST only, with
   ``Content-Type: application/json`` and an ``Origin`` that is this page's
   own (CSRF: a cross-site form cannot set the header nor the type, and a
   cross-site fetch carries its own Origin). ``read_only``: 403 for them.
@@ -36,6 +36,13 @@ API (JSON; errors are ``{"error": str, "exit": int}``)::
     POST /api/current   {"name", "action": "pin"|"unpin"|"rollback", "version"}
                         -> as ``p2pckpt current --json``
     POST /api/unpublish {"name", "version"} -> as ``p2pckpt unpublish --json``
+    POST /api/pause     {"name", "action": "pause"|"resume"} -> as ``p2pckpt pause --json``
+    POST /api/pull      {"peer", "name", "version"} -> the pull started (``web_backend``)
+    POST /api/pair      {"action": "start"|"cancel", "roles"} -> the invitation
+
+Every argument is typed and bounded here before the backend sees it; the
+status adds "offers", "pulls", "pairing" and each published version's
+"replicas" (``web_backend``).
 """
 
 from __future__ import annotations
