@@ -85,6 +85,7 @@ class Pairing:
     addr: str
     roles: list[str]
     expires: float
+    mdns: bool  # announced on the LAN
     state: str = "waiting"  # waiting | paired | failed
     peer: str = ""
     name: str = ""
@@ -97,6 +98,7 @@ class Pairing:
             "addr": self.addr,
             "roles": self.roles,
             "expires": self.expires,
+            "mdns": self.mdns,
             "state": self.state,
             "peer": self.peer,
             "name": self.name,
@@ -146,7 +148,9 @@ class DaemonBackend:
         doc = state.status()
         catalog = state.home.catalog
         metas = catalog.metas()
-        meta = {(e.name, e.version): metas.get(e.root, {}) for e in catalog.summaries()}
+        summaries = catalog.summaries()
+        meta = {(e.name, e.version): metas.get(e.root, {}) for e in summaries}
+        have = {e.root.hex() for e in summaries}
         for v in doc["versions"]:
             v["meta"] = decode_meta(meta.get((v["name"], v["version"]), {}))
             if v["origin"] == "published":
@@ -155,7 +159,10 @@ class DaemonBackend:
             spec = state.follows[f["name"]].spec
             f["kept"] = sorted(kept(state.home, spec.dir / spec.name))
         moving = {(t["name"], t["version"]) for t in doc["transfers"]}
-        doc["offers"] = [o | {"pulling": (o["name"], o["version"]) in moving} for o in self.offers]
+        doc["offers"] = [
+            o | {"held": o["root"] in have, "pulling": (o["name"], o["version"]) in moving}
+            for o in self.offers
+        ]
         doc["surveyed"] = self.surveyed
         doc["survey_error"] = self.survey_error
         doc["pulls"] = [p.as_status() for p in self.pulls]
@@ -340,7 +347,8 @@ class DaemonBackend:
         listeners = await open_listeners(host, 0, "pairing")
         port = listeners[0].socket.getsockname()[1]
         shown = _where(host)
-        pairing = Pairing(str(code), f"{shown}:{port}", roles, time.time() + PAIR_SECONDS)
+        expires = time.time() + PAIR_SECONDS
+        pairing = Pairing(str(code), f"{shown}:{port}", roles, expires, state.cfg.mdns)
         self.pairing = pairing
         state.nursery.start_soon(self._invite, pairing, code, listeners)
         log.info("pairing code offered port=%d roles=%s (web page)", port, ",".join(roles))
@@ -420,7 +428,6 @@ class DaemonBackend:
             self.survey_error = ""
         offers: list[dict[str, Any]] = []
         held: dict[bytes, list[str]] = {e.root: [] for e in published}
-        have = {e.root for e in home.catalog.summaries()}
 
         async def ask(conn: PeerConnection) -> None:
             peer = conn.peer
@@ -436,7 +443,7 @@ class DaemonBackend:
                                 "bytes": v.total_bytes,
                                 "files": v.file_count,
                                 "meta": dict(v.meta),
-                                "held": v.root in have,
+                                "root": v.root.hex(),
                             }
                         )
                     if peer in holders:

@@ -147,6 +147,7 @@ def test_web_page_in_a_browser(tmp_path: Path) -> None:
         code = re.search(r"p2pckpt pair (\S+)", shown)
         where = re.search(r"--from (127\.0\.0\.1:\d+)", shown)
         assert code and where, shown
+        page.screenshot(shots / "web-pairing.png")
         c = tmp_path / "C"
         c_id = run(c, "init").stdout.strip()
         run(c, "pair", code[1], "--from", where[1], "--no-mdns", "--yes", "--as", "gpu-box")
@@ -178,7 +179,7 @@ def test_web_page_in_a_browser(tmp_path: Path) -> None:
         page.wait_text("#follows", "(paused)")
         held = done_bytes()
         assert held and 0 < held[0] < 12_000_000
-        time.sleep(1.5)
+        time.sleep(1.0)
         assert done_bytes() == held and current() == "2"
         page.screenshot(shots / "web-paused.png")
         page.click("#transfers button[data-body*='resume']")
