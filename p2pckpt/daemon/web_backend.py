@@ -268,6 +268,9 @@ class DaemonBackend:
                     job.version,
                     job.error,
                 )
+            except* Exception:  # one pull, never the daemon
+                log.exception("pull failed name=%s version=%d (web page)", job.name, job.version)
+                job.state, job.error = "failed", "internal error (see the daemon's log)"
             if not paused:
                 job.at = time.time()
                 return
@@ -372,6 +375,9 @@ class DaemonBackend:
                         outcome = await invitation.serve(listeners, PAIR_SECONDS, state.cfg.relay)
                     except P2pckptError as exc:
                         pairing.state, pairing.error = "failed", str(exc)
+                    except Exception:  # one invitation, never the daemon
+                        log.exception("pairing failed (web page)")
+                        pairing.state, pairing.error = "failed", "internal error (see the log)"
                     else:
                         pairing.state = "paired"
                         pairing.peer = str(outcome.peer)
@@ -394,9 +400,14 @@ class DaemonBackend:
             self._finder = state.finder
             await self._survey_with(state.finder)
             return
-        async with open_finder(state.home, state.cfg) as finder:
-            self._finder = finder
-            await self._survey_with(finder)
+        try:
+            async with open_finder(state.home, state.cfg) as finder:
+                self._finder = finder
+                await self._survey_with(finder)
+        except (P2pckptError, OSError) as exc:  # e.g. mDNS cannot start: the page says so
+            log.warning('web page cannot ask peers error="%s"', exc)
+            self.survey_error = f"cannot ask peers: {exc}"
+            await trio.sleep_forever()
 
     async def _survey_with(self, finder: Finder) -> None:
         while True:
@@ -407,6 +418,9 @@ class DaemonBackend:
                 await self._survey_once(finder)
             except (P2pckptError, OSError) as exc:
                 self.survey_error = str(exc)
+            except Exception:  # a round, never the daemon
+                log.exception("web page survey failed")
+                self.survey_error = "internal error (see the daemon's log)"
             self.surveyed = time.time()
             await trio.sleep(SURVEY_SECONDS)
 

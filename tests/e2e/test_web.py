@@ -41,6 +41,19 @@ def _get(port: int, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
         conn.close()
 
 
+def _post(port: int, path: str, body: dict[str, object], token: str) -> tuple[int, dict[str, str]]:
+    """An action as the page sends it (token, JSON, our own Origin)."""
+    host = f"127.0.0.1:{port}"
+    headers = {"Host": host, "Origin": f"http://{host}", "X-P2pckpt-Token": token}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", path, json.dumps(body), headers | {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
 def test_web_page_in_a_browser(tmp_path: Path) -> None:
     shots = Path(os.environ.get("P2PCKPT_SCREENSHOTS", tmp_path))
     a, b = tmp_path / "A", tmp_path / "B"
@@ -135,6 +148,12 @@ def test_web_page_in_a_browser(tmp_path: Path) -> None:
         evals.write_bytes(os.urandom(200_000))
         run(a, "publish", str(evals), "--name", "eval-set")
         page.wait_text("#offers", "eval-set@1")
+        # Only what a trusted peer offers, and names the daemon knows.
+        for peer, version in ((a_id, 9), (b_id, 1)):
+            args = {"peer": peer, "name": "eval-set", "version": version}
+            status, doc = _post(port, "/api/pull", args, token)
+            assert status == 404 and doc["exit"] == 3, doc
+        assert _post(port, "/api/pause", {"name": "nope", "action": "pause"}, token)[0] == 404
         page.click('#offers button[data-body*="eval-set"]')
         page.wait_text("#pulls", "done")
         assert (pulled / "eval-set" / "1" / "evals.bin").read_bytes() == evals.read_bytes()
