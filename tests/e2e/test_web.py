@@ -18,6 +18,7 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,7 +42,7 @@ def _get(port: int, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
         conn.close()
 
 
-def _post(port: int, path: str, body: dict[str, object], token: str) -> tuple[int, dict[str, str]]:
+def _post(port: int, path: str, body: dict[str, object], token: str) -> tuple[int, Any]:
     """An action as the page sends it (token, JSON, our own Origin)."""
     host = f"127.0.0.1:{port}"
     headers = {"Host": host, "Origin": f"http://{host}", "X-P2pckpt-Token": token}
@@ -151,8 +152,8 @@ def test_web_page_in_a_browser(tmp_path: Path) -> None:
         # Only what a trusted peer offers, and names the daemon knows.
         for peer, version in ((a_id, 9), (b_id, 1)):
             args = {"peer": peer, "name": "eval-set", "version": version}
-            status, doc = _post(port, "/api/pull", args, token)
-            assert status == 404 and doc["exit"] == 3, doc
+            answer, reply = _post(port, "/api/pull", args, token)
+            assert answer == 404 and reply["exit"] == 3, reply
         assert _post(port, "/api/pause", {"name": "nope", "action": "pause"}, token)[0] == 404
         page.click('#offers button[data-body*="eval-set"]')
         page.wait_text("#pulls", "done")

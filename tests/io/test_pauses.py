@@ -46,17 +46,16 @@ async def test_a_pull_started_while_paused_stops_at_once() -> None:
     pauses.pause("m")
     with pytest.raises(Paused), pauses.pulling("m", "m@2"):
         await trio.sleep(10)
-    resumed = False
+    resumed: list[bool] = []
 
     async def waiter() -> None:
-        nonlocal resumed
         await pauses.wait_resumed("m")
-        resumed = True
+        resumed.append(True)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(waiter)
         await trio.sleep(0.02)
         assert not resumed
         assert pauses.resume("m") and not pauses.resume("m")
-    assert resumed and not pauses.paused("m")
+    assert resumed == [True] and not pauses.paused("m")
     await pauses.wait_resumed("m")  # not paused: at once

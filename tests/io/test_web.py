@@ -294,7 +294,7 @@ async def test_new_actions_check_their_arguments(web: tuple[WebServer, FakeBacke
     """Pause, pull and pair: token, Origin and JSON as the others; every
     argument typed, bounded and one of its choices, or 400 before the backend."""
     _, backend, port = web
-    bad = [
+    bad: list[tuple[str, dict[str, Any]]] = [
         ("/api/pause", {"name": "m", "action": "stop"}),
         ("/api/pause", {"name": "m" * 200, "action": "pause"}),
         ("/api/pause", {"action": "pause"}),
