@@ -616,6 +616,7 @@ async def follow(
             await pauses.wait_resumed(spec.name)
             log.info("follow resumed name=%s", spec.name)
         state.last_check = time.time()
+        stopped = False  # by a pause: once resumed, go on at once (no poll wait)
         try:
             with polling(polls):
                 await check_once(
@@ -623,7 +624,7 @@ async def follow(
                     pauses,
                 )  # fmt: skip
         except* Paused:
-            pass  # the loop waits for the resume
+            stopped = True  # the loop waits for the resume
         except* ChunkCorrupt as group:
             log.error('follow failed name=%s error="%s"', spec.name, first_leaf(group))
             state.failed(first_leaf(group))
@@ -641,7 +642,7 @@ async def follow(
             log.error('follow failed name=%s error="%s"', spec.name, first_leaf(group))
             state.failed(first_leaf(group))
         polls.next_round()
-        if pauses.paused(spec.name):
+        if stopped or pauses.paused(spec.name):
             continue
         wait = STREAM_POLL_SECONDS if state.streaming else idle
         with trio.move_on_after(wait):
