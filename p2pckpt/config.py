@@ -57,6 +57,7 @@ Unlike rsync's ``--bwlimit``, a bare ``K`` is 1000, as ``human()`` prints.
     listen = "127.0.0.1:7460"    # loopback unless you mean it; every API call needs HOME/web-token
     read_only = false            # true: the page only shows (no pin, rollback, unpublish)
     hosts = []                   # extra Host names the page may be reached by (e.g. "nas.lan")
+    pull_dir = "/srv/pulled"     # where the page's "pull" puts a name not followed (NAME/VERSION)
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ class Config:
     web: Addr | None = None  # [web] listen: the daemon's web page (None: off)
     web_read_only: bool = False
     web_hosts: tuple[str, ...] = ()  # Host names accepted beside the listen address and loopback
+    web_pull_dir: Path | None = None  # [web] pull_dir: where the page pulls names not followed
 
     def static_addrs(self, peer: PeerId) -> list[Addr]:
         return [a for p in self.peers if p.peer == peer for a in p.addrs]
@@ -155,7 +157,7 @@ _SCHEMA: dict[str, set[str]] = {
     "limits": {"upload", "upload_per_peer", "download"},
     "metrics": {"listen"},
     "transfer": {"compress"},
-    "web": {"listen", "read_only", "hosts"},
+    "web": {"listen", "read_only", "hosts", "pull_dir"},
 }
 
 
@@ -331,7 +333,14 @@ def _web(web: dict[str, Any], cfg: Config) -> Config:
         or not all(isinstance(h, str) and _HOST_RE.fullmatch(h) for h in hosts)
     ):
         raise ConfigError("web.hosts must be a list of at most 16 host names (no port)")
-    return replace(cfg, web=addr, web_read_only=read_only, web_hosts=tuple(hosts))
+    pull_dir = None
+    if "pull_dir" in web:
+        pull_dir = Path(_str(web["pull_dir"], "web.pull_dir")).expanduser()
+        if not pull_dir.is_absolute():
+            raise ConfigError("web.pull_dir must be an absolute path")
+    return replace(
+        cfg, web=addr, web_read_only=read_only, web_hosts=tuple(hosts), web_pull_dir=pull_dir
+    )
 
 
 def parse(doc: dict[str, Any]) -> Config:

@@ -9,7 +9,8 @@
     ├── ProtocolError ── LocalProtocolError, RemoteProtocolError
     ├── ManifestError ── UnsafePath, BadSignature, Rollback, Expired, Equivocation
     ├── TransferError ── ChunkCorrupt, SourceChanged, NotFound, NoSpace,
-    │                    DestinationExists, PeerUnreachable, RemoteError, PushIncomplete
+    │                    DestinationExists, PeerUnreachable, RemoteError, PushIncomplete,
+    │                    Paused
     ├── StoreError ── ResumeStateInvalid
     ├── DiscoveryError                             mDNS could not start (no usable interface)
     ├── CopyDiffers                                verify: a local copy does not match
@@ -146,6 +147,11 @@ class SourceChanged(TransferError):
     """A published file no longer matches its manifest (changed after publishing)."""
 
     exit_code = 9
+
+
+class Paused(TransferError):
+    """The daemon's pulls of this name are paused (``p2pckpt pause``); the
+    chunks verified so far are kept for the pull after ``resume``."""
 
 
 class NotFound(TransferError):

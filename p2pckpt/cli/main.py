@@ -27,6 +27,7 @@ from p2pckpt.cli import (  # noqa: F401  (registers the commands)
     init_cmd,
     ls_cmd,
     pair_cmd,
+    pause_cmd,
     publish_cmd,
     pull_cmd,
     push_cmd,

@@ -102,6 +102,8 @@ def _transfer_lines(t: Mapping[str, object], names: Mapping[str, str]) -> list[s
     eta = "?"
     if done is not None and total is not None and rate is not None and rate > 0:
         eta = _duration(max(0.0, total - done) / rate)
+    if t.get("paused") is True:
+        speed, eta = "paused", "-"
     lines = [f"  {_ref(t)}  {_str(t, 'direction')}  {progress}  {speed}  ETA {eta}"]
     for p in _list(t, "peers"):
         via = _str(p, "via", "")
@@ -148,6 +150,8 @@ def _follow_lines(f: Mapping[str, object], now: float) -> list[str]:
     if _num(f, "pinned") is not None:
         line += f" (pinned at {_int_or(f, 'pinned')})"
     line += f"  last version {_int_or(f, 'last_version')}  checked {_ago(f, 'last_check', now)}"
+    if f.get("paused") is True:
+        line += "  PAUSED ('p2pckpt resume' to go on)"
     lines = [line]
     hook = f.get("hook")
     if isinstance(hook, Mapping):

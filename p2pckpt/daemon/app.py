@@ -7,7 +7,8 @@ Task tree::
     │                           pushes it takes are pulled back (``pushes``)
     ├── announce                mDNS, if enabled: peer ID, port, catalog epoch
     ├── register                relay registration, if a relay is configured
-    ├── serve_control           HOME/run/control.sock: `p2pckpt status`, `current`
+    ├── serve_control           HOME/run/control.sock: `p2pckpt status`, `current`,
+    │                           `pause`, `resume` (``pauses``)
     ├── serve_web               the web page, if ``[web] listen`` is set (``daemon.web``)
     ├── watch_folder (each)     publish completed checkpoints ([[watch]])
     └── follow (each)           pull new versions, flip `current`, hook ([[follow]])
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from p2pckpt.config import Config, parse_addr
+from p2pckpt.daemon.pauses import Pauses
 from p2pckpt.daemon.pushes import Pulls, Pushes
 from p2pckpt.discovery.finder import Finder, open_finder
 from p2pckpt.discovery.sightings import Sightings
@@ -62,7 +64,7 @@ class Transfer:
     started: float = field(default_factory=time.monotonic)
     sources: list[Source] = field(default_factory=list)  # the pull's (live: joiners too)
 
-    def as_status(self) -> dict[str, Any]:
+    def as_status(self, paused: bool = False) -> dict[str, Any]:
         name, _, version = self.name.partition("@")
         elapsed = max(time.monotonic() - self.started, 1e-9)
         return {
@@ -71,10 +73,11 @@ class Transfer:
             "direction": "pull",
             "bytes_done": self.done,
             "bytes_total": self.total,
-            "rate": self.done / elapsed,
+            "rate": 0.0 if paused else self.done / elapsed,
+            "paused": paused,
             "peers": [
                 {"id": str(s.peer), "route": s.route, "via": s.via}
-                for s in list(self.sources)
+                for s in ([] if paused else list(self.sources))
                 if not s.problem
             ],
         }
@@ -121,6 +124,10 @@ class DaemonState:
     watches: list[WatchState] = field(default_factory=list)
     nursery: trio.Nursery | None = None  # where hand switches run
     on_web: Callable[[str, str], None] | None = None  # told the web page's URL and token
+    pauses: Pauses = field(default_factory=Pauses)  # names whose pulls are paused
+    pullable: set[str] = field(default_factory=set)  # names the web page started pulls of
+    pulls: Pulls | None = None  # what every pull here shares (the web page's pulls too)
+    serving: Callable[[], set[bytes]] | None = None  # roots peers are reading from us now
 
     def progress(self, name: str) -> Progress:
         return _Tracked(self.transfers, name, self.on_pulled)
@@ -152,9 +159,14 @@ class DaemonState:
                 }
                 for e in self.home.catalog.summaries()
             ],
-            "transfers": [t.as_status() for t in self.transfers.values()],
+            "transfers": [
+                t.as_status(self.pauses.paused(t.name.partition("@")[0]))
+                for t in self.transfers.values()
+            ],
             "peers": [self._peer(p.peer_id, p.name) for p in self.home.trust],
-            "follows": [f.as_status() for f in self.follows.values()],
+            "follows": [
+                f.as_status() | {"paused": self.pauses.paused(n)} for n, f in self.follows.items()
+            ],
             "watches": [w.as_status() for w in self.watches],
         }
 
@@ -200,6 +212,21 @@ class DaemonState:
         if isinstance(outcome[0], P2pckptError):
             raise outcome[0]
         return outcome[0]
+
+    async def pause(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The control command behind ``p2pckpt pause NAME`` and ``resume
+        NAME`` ({"name", "action": "pause" | "resume"}): stop a followed
+        name's pulls (or a pull the web page started), or let them run again."""
+        name, action = request.get("name"), request.get("action")
+        if not isinstance(name, str) or action not in ("pause", "resume"):
+            raise ConfigError('"pause" needs a string "name" and "action": "pause" or "resume"')
+        known = name in self.follows or self.pauses.paused(name) or name in self.pullable
+        if not known:
+            raise NotFound(f"this daemon does not follow {name!r} nor pull it for the web page")
+        changed = self.pauses.pause(name) if action == "pause" else self.pauses.resume(name)
+        if changed:
+            log.info("%s name=%s", "paused" if action == "pause" else "resumed", name)
+        return {"name": name, "paused": self.pauses.paused(name), "changed": changed}
 
     def _peer(self, peer: PeerId, name: str | None) -> dict[str, Any]:
         """The path to a trusted peer: how we last talked (either way), else
@@ -275,6 +302,7 @@ async def run_daemon(
         on_packed=metrics.packed if metrics is not None else None,
     )
     pushes.serving = server.serving
+    state.pulls, state.serving = pulls, server.serving
     host, port = parse_addr(cfg.listen, allow_zero=True)
     if metrics is not None:
         _serve_metrics(cfg, state, metrics)
@@ -333,7 +361,7 @@ async def _start_tasks(
     listeners = await nursery.start(server.serve, *listen)
     addrs = ["{}:{}".format(*lst.socket.getsockname()[:2]) for lst in listeners]
     state.nursery = nursery
-    handlers = {"status": status, "current": state.current}
+    handlers = {"status": status, "current": state.current, "pause": state.pause}
     await nursery.start(serve_control, home.path, handlers)
     await start_reachability(nursery, home, cfg, server, listeners)
     if cfg.web is not None:
@@ -372,6 +400,7 @@ async def _start_tasks(
                     throttles=pulls.throttles,
                     installs=pulls.installs,
                     state=following,
+                    pauses=state.pauses,
                 ),
                 home,
                 state.finder,

@@ -13,8 +13,9 @@ Protocol, one request per connection::
     <- {"ok": true, "result": ...}\\n   or   {"ok": false, "error": "...", "exit": N}\\n
 
 (``exit``: the exit code of a refusal p2pckpt raised.) Commands: ``status``,
-and ``current`` {"name", "action": "show" | "pin" | "unpin" | "rollback",
-"version"} (see ``follow.switch``).
+``current`` {"name", "action": "show" | "pin" | "unpin" | "rollback",
+"version"} (see ``follow.switch``), and ``pause`` {"name", "action":
+"pause" | "resume"} (see ``daemon.pauses``).
 
 Limits: request line <= 64 KiB, 16 clients at once, 10 s per request.
 
@@ -27,7 +28,8 @@ field or list missing)::
                    "origin": "published" | "pulled", "location": str}],
      "transfers": [{"name": str, "version": int, "direction": "pull" | "serve",
                     "bytes_done": int, "bytes_total": int,
-                    "rate": float,      bytes/s, recent
+                    "rate": float,      bytes/s, recent (0 while paused)
+                    "paused": bool,
                     "peers": [{"id": str, "route": "direct" | "relay",
                                "via": str}]}],   HOST:PORT dialled, or the relay
      "peers": [{"id": str, "name": str, "route": "direct" | "relay",
@@ -37,7 +39,8 @@ field or list missing)::
                   "last_check": float | null, "last_error": str,
                   "last_error_at": float | null,
                   "hook": {"version": int, "code": int | null, "at": float,
-                           "error": str} | null}],
+                           "error": str} | null,
+                  "paused": bool}],
      "watches": [{"name": str, "path": str, "last_version": int | null,
                   "last_published": float | null, "last_error": str,
                   "last_error_at": float | null}]}

@@ -49,6 +49,7 @@ from typing import Any, Final
 import trio
 
 from p2pckpt.config import FollowSpec
+from p2pckpt.daemon.pauses import Pauses
 from p2pckpt.discovery.finder import Finder
 from p2pckpt.errors import (
     ChunkCorrupt,
@@ -58,6 +59,7 @@ from p2pckpt.errors import (
     Expired,
     NotFound,
     P2pckptError,
+    Paused,
     TransferError,
     first_leaf,
 )
@@ -406,6 +408,7 @@ async def check_once(
     throttles: list[Throttle] | None = None,
     installs: Installs | None = None,
     state: FollowState | None = None,
+    pauses: Pauses | None = None,
 ) -> PullResult | None:
     """Pull the newest version of ``spec.name`` if it is newer than ``current``,
     from every reachable peer that offers it (joining a push of that very
@@ -417,12 +420,12 @@ async def check_once(
     except NotFound:
         if state is None:
             raise
-        await stream_once(home, finder, spec, progress, have, throttles, state)
+        await stream_once(home, finder, spec, progress, have, throttles, state, pauses)
         raise
     if have is not None and offer.manifest.version <= have:
         await offer.aclose()
         if state is not None:
-            await stream_once(home, finder, spec, progress, have, throttles, state)
+            await stream_once(home, finder, spec, progress, have, throttles, state, pauses)
         return None
     if state is not None:
         state.streaming = False
@@ -436,6 +439,7 @@ async def check_once(
         partials=partials,
         throttles=throttles,
         state=state,
+        pauses=pauses,
     )
     if installs is None:
         return await run()
@@ -452,6 +456,7 @@ async def stream_once(
     have: int | None,
     throttles: list[Throttle] | None,
     state: FollowState,
+    pauses: Pauses | None = None,
 ) -> None:
     """No newer finished version: prefetch the finished files of a newer one
     still being written (issue 21), into the partial copy its finished
@@ -478,7 +483,8 @@ async def stream_once(
         await offer.aclose()
         return
     tracker = progress(f"{spec.name}@{manifest.version} (in progress)")
-    await prefetch(home, offer, target, tracker, throttles=throttles)
+    with (pauses or Pauses()).pulling(spec.name, f"{spec.name}@{manifest.version}"):
+        await prefetch(home, offer, target, tracker, throttles=throttles)
     state.prefetched[key] = manifest.in_progress  # after it: a failed one is tried again
 
 
@@ -503,11 +509,13 @@ async def install(
     throttles: list[Throttle] | None = None,
     hints: Sequence[Hint] = (),
     state: FollowState | None = None,
+    pauses: Pauses | None = None,
 ) -> PullResult:
     """Pull the version ``offer`` chose (a swarm) into ``DIR/NAME/<version>``
     (a one-file checkpoint keeps its file name inside it); if it is the
     newest, point ``current`` at it and run the hook; then apply retention.
-    Takes ownership of the offer's connections."""
+    Takes ownership of the offer's connections. A pause (``pauses``) stops
+    the pull itself (``Paused``), never the switch or the hook after it."""
     manifest, sources, version = offer.manifest, offer.sources, offer.manifest.version
     root = spec.dir / spec.name
     target = root / str(version)
@@ -523,15 +531,19 @@ async def install(
     )
     tracker = progress(f"{spec.name}@{version}")
     watch_sources(tracker, sources)  # status --json: the transfer's peers
-    result = await pull_offer(
-        home,
-        offer,
-        dest,
-        progress=tracker,
-        throttles=throttles,
-        partials=partials,
-        hints=hints,
-    )
+    try:
+        with (pauses or Pauses()).pulling(spec.name, f"{spec.name}@{version}"):
+            result = await pull_offer(
+                home,
+                offer,
+                dest,
+                progress=tracker,
+                throttles=throttles,
+                partials=partials,
+                hints=hints,
+            )
+    finally:
+        await offer.aclose()  # a pull paused before it started owns it yet
     log.info(
         "pulled name=%s version=%d downloaded=%d reused=%d seconds=%.2f sources=%s",
         spec.name,
@@ -587,20 +599,32 @@ async def follow(
     throttles: list[Throttle] | None = None,
     installs: Installs | None = None,
     state: FollowState | None = None,
+    pauses: Pauses | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Follow ``spec.name`` until cancelled (what happened: in ``state``)."""
+    """Follow ``spec.name`` until cancelled (what happened: in ``state``).
+    While ``pauses`` holds the name, nothing is checked or pulled; a pause
+    stops a running pull (its verified chunks kept for the next one)."""
     task_status.started()
     idle = MDNS_POLL_SECONDS if finder.browser is not None else POLL_SECONDS
     state = state if state is not None else FollowState(spec)
+    pauses = pauses if pauses is not None else Pauses()
     polls = Polls()  # a round that finds what the last one found logs it at DEBUG
     while True:
+        if pauses.paused(spec.name):
+            log.info("follow paused name=%s", spec.name)
+            await pauses.wait_resumed(spec.name)
+            log.info("follow resumed name=%s", spec.name)
         state.last_check = time.time()
+        stopped = False  # by a pause: once resumed, go on at once (no poll wait)
         try:
             with polling(polls):
                 await check_once(
-                    home, finder, spec, progress, serving, partials, throttles, installs, state
-                )
+                    home, finder, spec, progress, serving, partials, throttles, installs, state,
+                    pauses,
+                )  # fmt: skip
+        except* Paused:
+            stopped = True  # the loop waits for the resume
         except* ChunkCorrupt as group:
             log.error('follow failed name=%s error="%s"', spec.name, first_leaf(group))
             state.failed(first_leaf(group))
@@ -618,6 +642,8 @@ async def follow(
             log.error('follow failed name=%s error="%s"', spec.name, first_leaf(group))
             state.failed(first_leaf(group))
         polls.next_round()
+        if stopped or pauses.paused(spec.name):
+            continue
         wait = STREAM_POLL_SECONDS if state.streaming else idle
         with trio.move_on_after(wait):
             if finder.browser is not None:

@@ -157,5 +157,6 @@ class Pushes:
                 throttles=self._pulls.throttles,
                 hints=hints,
                 state=self._state.follows.get(spec.name),
+                pauses=self._state.pauses,
             ),
         )

@@ -16,7 +16,7 @@ web page the owner visits, can reach a loopback port):
   history and logs. The page takes the token from its URL's fragment
   (``/#token=...``, never sent over the wire), keeps it in sessionStorage and
   sends it as that header.
-- Actions (``/api/current``, ``/api/unpublish``) are POST only, with
+- Actions (``ACTIONS``) are POST only, with
   ``Content-Type: application/json`` and an ``Origin`` that is this page's
   own (CSRF: a cross-site form cannot set the header nor the type, and a
   cross-site fetch carries its own Origin). ``read_only``: 403 for them.
@@ -36,6 +36,13 @@ API (JSON; errors are ``{"error": str, "exit": int}``)::
     POST /api/current   {"name", "action": "pin"|"unpin"|"rollback", "version"}
                         -> as ``p2pckpt current --json``
     POST /api/unpublish {"name", "version"} -> as ``p2pckpt unpublish --json``
+    POST /api/pause     {"name", "action": "pause"|"resume"} -> as ``p2pckpt pause --json``
+    POST /api/pull      {"peer", "name", "version"} -> the pull started (``web_backend``)
+    POST /api/pair      {"action": "start"|"cancel", "roles"} -> the invitation
+
+Every argument is typed and bounded here before the backend sees it; the
+status adds "offers", "pulls", "pairing" and each published version's
+"replicas" (``web_backend``).
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ import secrets
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -69,8 +77,13 @@ log = logging.getLogger("p2pckpt.web")
 TOKEN_FILE: Final = "web-token"  # noqa: S105 - a file name, not a secret
 TOKEN_HEADER: Final = "x-p2pckpt-token"  # noqa: S105 - a header name
 _TOKEN_RE: Final = re.compile(r"[A-Za-z0-9_-]{32,128}")
-ACTIONS: Final = ("/api/current", "/api/unpublish")
+ACTIONS: Final = ("/api/current", "/api/unpublish", "/api/pause", "/api/pull", "/api/pair")
 CURRENT_ACTIONS: Final = ("pin", "unpin", "rollback")
+PAUSE_ACTIONS: Final = ("pause", "resume")
+PAIR_ACTIONS: Final = ("start", "cancel")
+ROLES: Final = ("pull", "publish", "push")
+MAX_VERSION: Final = 2**63 - 1  # versions are signed 64-bit on the wire
+_PEER_RE: Final = re.compile(r"[A-Z2-7-]{16,128}")
 
 
 @dataclass(frozen=True)
@@ -121,6 +134,12 @@ class Backend(Protocol):
 
     def unpublish(self, name: str, version: int) -> dict[str, Any]: ...
 
+    async def pause(self, name: str, action: str) -> dict[str, Any]: ...
+
+    async def pull(self, peer: str, name: str, version: int) -> dict[str, Any]: ...
+
+    async def pair(self, action: str, roles: list[str]) -> dict[str, Any]: ...
+
 
 def qr_svg(text: str) -> str:
     """A QR code of ``text`` as a standalone SVG (segno: pure Python, no deps)."""
@@ -131,63 +150,6 @@ def qr_svg(text: str) -> str:
         out, kind="svg", xmldecl=False, svgns=True, scale=4, border=4, light="#fff", nl=False
     )
     return out.getvalue().decode()
-
-
-class DaemonBackend:
-    """The page's view of a running daemon."""
-
-    def __init__(self, state: DaemonState) -> None:
-        self._state = state
-        self._qr: str | None = None
-
-    def node(self) -> dict[str, Any]:
-        from p2pckpt.wire.features import release
-
-        peer_id = str(self._state.home.key.peer_id)
-        if self._qr is None:
-            self._qr = qr_svg(peer_id)
-        return {
-            "peer_id": peer_id,
-            "qr_svg": self._qr,
-            "read_only": self._state.cfg.web_read_only,
-            "release": release(),
-        }
-
-    def status(self) -> dict[str, Any]:
-        from p2pckpt.daemon.follow import kept
-        from p2pckpt.manifest.manifest import decode_meta
-
-        state = self._state
-        doc = state.status()
-        catalog = state.home.catalog
-        metas = catalog.metas()
-        meta = {(e.name, e.version): metas.get(e.root, {}) for e in catalog.summaries()}
-        for v in doc["versions"]:
-            v["meta"] = decode_meta(meta.get((v["name"], v["version"]), {}))
-        for f in doc["follows"]:
-            spec = state.follows[f["name"]].spec
-            f["kept"] = sorted(kept(state.home, spec.dir / spec.name))
-        return doc
-
-    async def current(self, request: dict[str, Any]) -> Any:
-        return await self._state.current(request)
-
-    def unpublish(self, name: str, version: int) -> dict[str, Any]:
-        from p2pckpt.identity.peer_id import PeerId
-        from p2pckpt.manifest.paths import safe_display
-
-        rows = self._state.home.catalog.unpublish(name, version)
-        if not rows:
-            raise NotFound(f"this node holds no {safe_display(name)}@{version}")
-        log.info("unpublished name=%s version=%d (web page)", name, version)
-        return {
-            "name": name,
-            "version": version,
-            "unpublished": [
-                {"location": e.location, "origin": e.origin, "publisher": str(PeerId(e.publisher))}
-                for e in rows
-            ],
-        }
 
 
 def _sha256(text: str) -> str:
@@ -426,10 +388,23 @@ class WebServer:
         return 200, "application/json", _json(result)
 
     async def _act(self, path: str, args: dict[str, Any]) -> Any:
+        """Check an action's arguments (types, sizes, choices) and run it."""
+        if path == "/api/pair":
+            action, roles = args.get("action"), args.get("roles", ["pull"])
+            if action not in PAIR_ACTIONS:
+                raise ConfigError(f'"action" must be one of {", ".join(PAIR_ACTIONS)}')
+            if not isinstance(roles, list) or not roles or not set(roles) <= set(ROLES):
+                raise ConfigError(f'"roles" must be a list of some of {", ".join(ROLES)}')
+            log.info("pair action=%s (web page)", action)
+            return await self.backend.pair(action, sorted(set(roles)))
         name, version = args.get("name"), args.get("version")
-        if not isinstance(name, str) or not name:
-            raise ConfigError('"name" must be a string')
-        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+        if not isinstance(name, str) or not 0 < len(name) <= 128:
+            raise ConfigError('"name" must be a string (at most 128 characters)')
+        if version is not None and (
+            isinstance(version, bool)
+            or not isinstance(version, int)
+            or not 0 <= version <= MAX_VERSION
+        ):
             raise ConfigError('"version" must be an integer')
         if path == "/api/current":
             action = args.get("action")
@@ -437,8 +412,19 @@ class WebServer:
                 raise ConfigError(f'"action" must be one of {", ".join(CURRENT_ACTIONS)}')
             log.info("current name=%s action=%s version=%s (web page)", name, action, version)
             return await self.backend.current({"name": name, "action": action, "version": version})
+        if path == "/api/pause":
+            action = args.get("action")
+            if action not in PAUSE_ACTIONS:
+                raise ConfigError(f'"action" must be one of {", ".join(PAUSE_ACTIONS)}')
+            return await self.backend.pause(name, action)
         if version is None:
-            raise ConfigError("unpublish needs a version")
+            raise ConfigError(f"{path.rsplit('/', 1)[1]} needs a version")
+        if path == "/api/pull":
+            peer = args.get("peer")
+            if not isinstance(peer, str) or not _PEER_RE.fullmatch(peer):
+                raise ConfigError('"peer" must be a peer ID')
+            log.info("pull name=%s version=%d peer=%s (web page)", name, version, peer[:8])
+            return await self.backend.pull(peer, name, version)
         return self.backend.unpublish(name, version)
 
     async def _send(
@@ -473,6 +459,10 @@ async def _linger(stream: trio.SocketStream) -> None:
             left -= len(data)
 
 
+def _is_version(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_VERSION
+
+
 def _headers(request: h11.Request) -> dict[str, str]:
     """Header names lowered (h11 does) to their last value, as text."""
     return {k.decode("ascii"): v.decode("latin-1") for k, v in request.headers}
@@ -489,11 +479,16 @@ def _error(status: int, message: str) -> tuple[int, str, bytes]:
 async def serve_web(
     state: DaemonState, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """The daemon's web page at ``[web] listen``; reports its URL (without the token)."""
+    """The daemon's web page at ``[web] listen``, and what it shows of other
+    nodes (``web_backend``); reports its URL (without the token)."""
+    from p2pckpt.daemon.web_backend import DaemonBackend
+
     cfg = state.cfg
     assert cfg.web is not None
     token = load_token(state.home.path)
-    server = WebServer(
-        DaemonBackend(state), token, read_only=cfg.web_read_only, hosts=cfg.web_hosts
-    )
-    await server.serve(*cfg.web, task_status=task_status)
+    backend = DaemonBackend(state)
+    server = WebServer(backend, token, read_only=cfg.web_read_only, hosts=cfg.web_hosts)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(backend.survey)
+        url = await nursery.start(partial(server.serve, *cfg.web))
+        task_status.started(url)

@@ -129,6 +129,7 @@ listen = "127.0.0.1:9450"
         "[web]\nlisten = '127.0.0.1:7460'\nread_only = 'yes'",
         "[web]\nlisten = '127.0.0.1:7460'\nhosts = ['nas.lan:80']",
         "[web]\nlisten = '127.0.0.1:7460'\nhosts = 'nas.lan'",
+        "[web]\nlisten = '127.0.0.1:7460'\npull_dir = 'relative/dir'",
         "[web]\nlisten = '127.0.0.1:7460'\ntoken = 'x'",
     ],
 )

@@ -123,6 +123,9 @@ class Browser:
         self._s("POST", "/alert/accept", {})
 
     def screenshot(self, path: Path) -> None:
+        """The whole page (the window grows to its height first)."""
+        height = int(self.js("return document.documentElement.scrollHeight"))
+        self._s("POST", "/window/rect", {"width": 1400, "height": max(1000, height + 140)})
         path.write_bytes(base64.b64decode(self._s("GET", "/screenshot")))
 
     def wait_text(self, css: str, needle: str, timeout: float = 30) -> str:

@@ -183,6 +183,13 @@ def test_every_json_document_matches_docs_json_md(pair: Pair, tmp_path: Path) ->
     assert [p["id"] for p in transfer["peers"]] == [pair.a_id]
     assert transfer["peers"][0]["route"] == "direct"
     c.check("status", status)
+    paused = json_of(run(pair.b, "pause", "big", "--json"))
+    assert paused == {"name": "big", "paused": True, "changed": True}
+    c.check("pause", paused)
+    held = json_of(run(pair.b, "status", "--json"))
+    assert [f["paused"] for f in held["follows"] if f["name"] == "big"] == [True]
+    assert all(t["paused"] for t in held["transfers"] if t["name"] == "big")
+    c.check("pause", json_of(run(pair.b, "resume", "big", "--json")))
     pushed = run(pair.a, "push", "m", "--to", daemon.addr, "--json", check=False)
     assert pushed.returncode == 0, pushed.stderr
     c.check("push", json_of(pushed))

@@ -18,6 +18,7 @@ from p2pckpt.daemon.web import Limits, WebServer, load_token, qr_svg
 from p2pckpt.errors import ConfigError, NotFound
 
 TOKEN = "t" * 43
+PEER = "ABCDEFG-HIJKLMN-OPQRSTU-VWXYZ23-4567ABC-DEFGHIJ-KLMNOPQ-RSTUVWX"
 
 
 class FakeBackend:
@@ -42,6 +43,18 @@ class FakeBackend:
     def unpublish(self, name: str, version: int) -> dict[str, Any]:
         self.calls.append(("unpublish", (name, version)))
         return {"name": name, "version": version, "unpublished": []}
+
+    async def pause(self, name: str, action: str) -> dict[str, Any]:
+        self.calls.append(("pause", (name, action)))
+        return {"name": name, "paused": action == "pause", "changed": True}
+
+    async def pull(self, peer: str, name: str, version: int) -> dict[str, Any]:
+        self.calls.append(("pull", (peer, name, version)))
+        return {"name": name, "version": version, "dest": "/srv/pulled/" + name}
+
+    async def pair(self, action: str, roles: list[str]) -> dict[str, Any]:
+        self.calls.append(("pair", (action, roles)))
+        return {"state": "waiting", "code": "7-a-b"}
 
 
 async def _start(nursery: trio.Nursery, server: WebServer) -> int:
@@ -182,8 +195,14 @@ async def test_read_only_has_no_actions() -> None:
     server = WebServer(backend, TOKEN, read_only=True)
     async with trio.open_nursery() as nursery:
         port = await _start(nursery, server)
-        for path in ("/api/current", "/api/unpublish"):
-            body = json.dumps({"name": "m", "action": "unpin", "version": 1}).encode()
+        for path, args in (
+            ("/api/current", {"name": "m", "action": "unpin"}),
+            ("/api/unpublish", {"name": "m", "version": 1}),
+            ("/api/pause", {"name": "m", "action": "pause"}),
+            ("/api/pull", {"name": "m", "version": 1, "peer": PEER}),
+            ("/api/pair", {"action": "start"}),
+        ):
+            body = json.dumps(args).encode()
             status, _, reply = await _exchange(port, _req("POST", path, port, body=body))
             assert status == 403 and b"read-only" in reply
         assert (await _exchange(port, _req("GET", "/api/status", port)))[0] == 200
@@ -269,3 +288,44 @@ async def test_a_failing_backend_is_one_500(web: tuple[WebServer, FakeBackend, i
     assert status == 500 and b"locked" not in body  # details go to the log only
     backend.broken = False
     assert (await _exchange(port, _req("GET", "/api/status", port)))[0] == 200
+
+
+async def test_new_actions_check_their_arguments(web: tuple[WebServer, FakeBackend, int]) -> None:
+    """Pause, pull and pair: token, Origin and JSON as the others; every
+    argument typed, bounded and one of its choices, or 400 before the backend."""
+    _, backend, port = web
+    bad: list[tuple[str, dict[str, Any]]] = [
+        ("/api/pause", {"name": "m", "action": "stop"}),
+        ("/api/pause", {"name": "m" * 200, "action": "pause"}),
+        ("/api/pause", {"action": "pause"}),
+        ("/api/pull", {"name": "m", "peer": PEER}),  # no version
+        ("/api/pull", {"name": "m", "version": -1, "peer": PEER}),
+        ("/api/pull", {"name": "m", "version": True, "peer": PEER}),
+        ("/api/pull", {"name": "m", "version": 1, "peer": "../../etc"}),
+        ("/api/pull", {"name": "m", "version": 1, "peer": PEER, "dest": "/etc"}),  # ignored
+        ("/api/pair", {"action": "start", "roles": ["root"]}),
+        ("/api/pair", {"action": "start", "roles": "pull"}),
+        ("/api/pair", {"action": "join"}),
+    ]
+    for path, args in bad:
+        status, _, body = await _exchange(
+            port, _req("POST", path, port, body=json.dumps(args).encode())
+        )
+        if "dest" in args:
+            assert status == 200  # the folder is never the browser's: "dest" is not read
+            continue
+        assert status == 400, (path, args, status)
+        assert "error" in json.loads(body)
+    assert backend.calls == [("pull", (PEER, "m", 1))]
+    backend.calls.clear()
+    for path, args in (
+        ("/api/pause", {"name": "m", "action": "pause"}),
+        ("/api/pair", {"action": "start"}),
+    ):
+        body = json.dumps(args).encode()
+        assert (await _exchange(port, _req("POST", path, port, body=body, token=None)))[0] == 401
+        foreign = _req("POST", path, port, body=body, origin="http://evil.example")
+        assert (await _exchange(port, foreign))[0] == 403
+        assert (await _exchange(port, _req("GET", path, port)))[0] == 405
+        assert (await _exchange(port, _req("POST", path, port, body=body)))[0] == 200
+    assert backend.calls == [("pause", ("m", "pause")), ("pair", ("start", ["pull"]))]
