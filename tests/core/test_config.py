@@ -6,13 +6,14 @@ import tomllib
 from dataclasses import replace
 from pathlib import Path
 
+import nacl.signing
 import pytest
 
 from p2pckpt.config import Config, load, parse, parse_size
 from p2pckpt.errors import ConfigError
 from p2pckpt.identity.keys import NodeKey
 
-PEER = str(NodeKey.generate().peer_id)
+PEER = str(NodeKey(nacl.signing.SigningKey(bytes(32))).peer_id)  # fixed: one test ID per run
 
 
 def test_defaults_when_absent(tmp_path: Path) -> None:
