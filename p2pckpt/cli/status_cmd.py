@@ -142,7 +142,12 @@ def _int_or(d: Mapping[str, object], key: str, default: str = "none") -> str:
 
 def _error_line(d: Mapping[str, object], now: float) -> list[str]:
     error = _str(d, "last_error", "")
-    return [f"    last error ({_ago(d, 'last_error_at', now)}): {error}"] if error else []
+    if not error:
+        return []
+    when = _ago(d, "last_error_at", now)
+    if (_num(d, "last_ok_at") or 0) > (_num(d, "last_error_at") or 0):
+        when += "; checks have succeeded since"  # an old error is not a current problem
+    return [f"    last error ({when}): {error}"]
 
 
 def _follow_lines(f: Mapping[str, object], now: float) -> list[str]:

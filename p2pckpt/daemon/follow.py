@@ -176,6 +176,7 @@ class FollowState:
     last_check: float | None = None
     last_error: str = ""
     last_error_at: float | None = None
+    last_ok_at: float | None = None  # the last check that ended without an error
     hook: HookResult | None = None
     streaming: bool = False  # a version is being written and prefetched (issue 21)
     prefetched: dict[tuple[bytes, int], int] = field(default_factory=dict)  # newest sequence
@@ -194,6 +195,7 @@ class FollowState:
             "last_check": self.last_check,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
+            "last_ok_at": self.last_ok_at,
             "hook": self.hook.as_status() if self.hook is not None else None,
         }
 
@@ -623,6 +625,7 @@ async def follow(
                     home, finder, spec, progress, serving, partials, throttles, installs, state,
                     pauses,
                 )  # fmt: skip
+            state.last_ok_at = time.time()
         except* Paused:
             stopped = True  # the loop waits for the resume
         except* ChunkCorrupt as group:
