@@ -9,7 +9,7 @@ Task tree::
     ├── register                relay registration, if a relay is configured
     ├── serve_control           HOME/run/control.sock: `p2pckpt status`, `current`,
     │                           `pause`, `resume` (``pauses``)
-    ├── serve_web               the web page, if ``[web] listen`` is set (``daemon.web``)
+    ├── serve_web               the web page, if ``[web] listen`` is set (``daemon.web_backend``)
     ├── watch_folder (each)     publish completed checkpoints ([[watch]])
     └── follow (each)           pull new versions, flip `current`, hook ([[follow]])
 
@@ -365,7 +365,8 @@ async def _start_tasks(
     await nursery.start(serve_control, home.path, handlers)
     await start_reachability(nursery, home, cfg, server, listeners)
     if cfg.web is not None:
-        from p2pckpt.daemon.web import load_token, serve_web
+        from p2pckpt.daemon.web import load_token
+        from p2pckpt.daemon.web_backend import serve_web
 
         url = await nursery.start(serve_web, state)
         if state.on_web is not None:

@@ -59,7 +59,6 @@ import secrets
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -70,7 +69,7 @@ import trio
 from p2pckpt.errors import ConfigError, NotFound, P2pckptError
 
 if TYPE_CHECKING:
-    from p2pckpt.daemon.app import DaemonState
+    pass
 
 log = logging.getLogger("p2pckpt.web")
 
@@ -474,21 +473,3 @@ def _json(doc: Any) -> bytes:
 
 def _error(status: int, message: str) -> tuple[int, str, bytes]:
     return status, "application/json", _json({"error": message})
-
-
-async def serve_web(
-    state: DaemonState, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
-) -> None:
-    """The daemon's web page at ``[web] listen``, and what it shows of other
-    nodes (``web_backend``); reports its URL (without the token)."""
-    from p2pckpt.daemon.web_backend import DaemonBackend
-
-    cfg = state.cfg
-    assert cfg.web is not None
-    token = load_token(state.home.path)
-    backend = DaemonBackend(state)
-    server = WebServer(backend, token, read_only=cfg.web_read_only, hosts=cfg.web_hosts)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(backend.survey)
-        url = await nursery.start(partial(server.serve, *cfg.web))
-        task_status.started(url)

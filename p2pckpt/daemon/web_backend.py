@@ -29,10 +29,12 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from p2pckpt.daemon.web import WebServer, load_token, qr_svg
 from p2pckpt.errors import ConfigError, NotFound, P2pckptError
 
 if TYPE_CHECKING:
@@ -125,7 +127,6 @@ class DaemonBackend:
     # What the page shows.
 
     def node(self) -> dict[str, Any]:
-        from p2pckpt.daemon.web import qr_svg
         from p2pckpt.wire.features import release
 
         peer_id = str(self._state.home.key.peer_id)
@@ -489,3 +490,19 @@ def _where(host: str) -> str:
 
     found = local_ipv4()
     return found[0] if found else "THIS-HOST"
+
+
+async def serve_web(
+    state: DaemonState, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """The daemon's web page at ``[web] listen``, and what it shows of other
+    nodes (``web_backend``); reports its URL (without the token)."""
+    cfg = state.cfg
+    assert cfg.web is not None
+    token = load_token(state.home.path)
+    backend = DaemonBackend(state)
+    server = WebServer(backend, token, read_only=cfg.web_read_only, hosts=cfg.web_hosts)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(backend.survey)
+        url = await nursery.start(partial(server.serve, *cfg.web))
+        task_status.started(url)

@@ -118,7 +118,7 @@ def test_resume_rehashes_what_the_journal_claims(tmp_path: Path) -> None:
     partial = staging_path(dest) / "data" / "m.bin"
     with open(partial, "r+b") as f:
         f.seek(1500)
-        f.write(b"\xff")
+        f.write(bytes([files["m.bin"][1500] ^ 0xFF]))  # damaged (0xff itself: 1 in 256 runs)
     again = Staging(dest, manifest, env)
     assert again.open() == {0, 2}
     again.write_chunk(1, files["m.bin"][1000:2000])
