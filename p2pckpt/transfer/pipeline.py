@@ -213,7 +213,14 @@ class Pipeline:
                     await prepared.send((await self._chunks.pieces_or_ranges(req), None))
                     continue
                 if not isinstance(req, m.ChunkRequest):
-                    reply = answer(req, self._catalog, self._partials, self.given, self._progress)
+                    reply = answer(
+                        req,
+                        self._catalog,
+                        self._partials,
+                        self.given,
+                        self._progress,
+                        busy.features,
+                    )
                     await send(encode(reply))
                     continue
                 if busy.cancelled and req.req_id in busy.cancelled:

@@ -196,13 +196,14 @@ def _have_request(doc: list[Any]) -> Message:
 
 def _have(doc: list[Any]) -> Message:
     if (
-        len(doc) not in (3, 4)  # fetching came later in issue 5
+        len(doc) not in (3, 4, 5)  # fetching came later in issue 5, fixed in issue 21
         or not _is_key(doc[0])
         or type(doc[1]) is not bool
-        or not all(isinstance(b, bytes) and len(b) <= MAX_HAVE_BYTES for b in doc[2:])
+        or not all(isinstance(b, bytes) and len(b) <= MAX_HAVE_BYTES for b in doc[2:4])
+        or (len(doc) == 5 and type(doc[4]) is not bool)
     ):
         raise _bad("have")
-    return Have(doc[0], doc[1], doc[2], doc[3] if len(doc) == 4 else b"")
+    return Have(doc[0], doc[1], doc[2], doc[3] if len(doc) >= 4 else b"", len(doc) == 5 and doc[4])
 
 
 def _cancel(doc: list[Any]) -> Message:

@@ -180,8 +180,10 @@ def encode(msg: Message) -> bytes:
             return _pack(T_PUSH_REQ, [name, version, root, port, [list(p) for p in peers]])
         case HaveRequest(root):
             return _pack(T_HAVE_REQ, [root])
-        case Have(root, complete, bits, fetching):
-            return _pack(T_HAVE, [root, complete, bits, fetching])
+        case Have(root, complete, bits, fetching, fixed):
+            # ``fixed`` only when set: it goes only to peers that named multi-host
+            tail = [fixed] if fixed else []
+            return _pack(T_HAVE, [root, complete, bits, fetching, *tail])
         case Cancel(req_id):
             return _pack(T_CANCEL, [req_id])
         case PiecesRequest(req_id, root, index):

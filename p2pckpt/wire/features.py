@@ -36,6 +36,7 @@ FEATURES: Final = frozenset(
         "given",  # a complete source's Have lists what it gave (issue 17)
         "hello",  # this exchange, and Error(UNSUPPORTED) for unknown types
         "in-progress",  # ProgressRequest: signed in-progress manifests (issue 21)
+        "multi-host",  # Have's ``fixed`` field: a host's share of a multi-host version
     }
 )
 LEGACY: Final = frozenset({"codecs", "list-meta", "pieces", "given"})  # 0.1.0

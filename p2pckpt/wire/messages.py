@@ -181,6 +181,9 @@ class Have:
     complete: bool
     bits: bytes = b""
     fetching: bytes = b""
+    # ``bits`` will not grow: a host's share of a multi-host version (its own
+    # files only; feature ``multi-host``), so a puller need not wait for more.
+    fixed: bool = False
 
     def __post_init__(self) -> None:
         _check(len(self.root) == 32, "root is 32 bytes")

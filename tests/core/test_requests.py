@@ -44,6 +44,7 @@ class Src:
     known: bool = False
     complete: bool = False
     giving: bool = False
+    fixed: bool = False
     relayed: bool = False
 
 
