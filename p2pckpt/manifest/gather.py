@@ -48,6 +48,8 @@ import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Final
 
+import msgpack
+
 from p2pckpt.errors import HostRefused, LocalProtocolError, ManifestError
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.manifest.chunker import MAX_CHUNK, Chunk, chunk_hash
@@ -73,6 +75,34 @@ Pick = tuple[str, Chunk]  # (path, chunk): one chunk asked as proof
 def entries_to_wire(entries: Iterable[FileEntry]) -> WireEntries:
     """File entries as plain lists (msgpack, pickle and JSON-free transports carry them)."""
     return [[e.path, e.size, [[c.offset, c.length, c.digest] for c in e.chunks]] for e in entries]
+
+
+def pack_entries(entries: Iterable[FileEntry]) -> bytes:
+    """Entries as the wire carries them (GatherOffer): msgpack of ``entries_to_wire``."""
+    packed: bytes = msgpack.packb(entries_to_wire(entries), use_bin_type=True)
+    return packed
+
+
+def unpack_entries(host: str, blob: bytes) -> object:
+    """A GatherOffer's entries, unpacked with a manifest's limits (untrusted;
+    ``Gather.add`` checks the rest).
+
+    Raises:
+        HostRefused: over a limit, or not msgpack.
+    """
+    try:
+        return msgpack.unpackb(
+            blob,
+            raw=False,
+            strict_map_key=True,
+            max_bin_len=64,
+            max_str_len=4096,
+            max_array_len=max(MAX_CHUNKS, MAX_FILES),
+            max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception:  # msgpack raises many types on garbage
+        raise HostRefused(host, "malformed file entries: not msgpack within the limits") from None
 
 
 def _int(v: object, hi: int) -> bool:
