@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from p2pckpt.home import Home  # noqa: E402
 from p2pckpt.manifest.gather import SEED_BYTES, Gather, pick_proof  # noqa: E402
-from p2pckpt.multihost import (  # noqa: E402
+from p2pckpt.multihost.local import (  # noqa: E402
     local_entries,
     read_proof,
     record_share,

@@ -211,9 +211,9 @@ def _multi_host(
 
     from p2pckpt.config import parse_addr
     from p2pckpt.errors import first_leaf
-    from p2pckpt.multihost import local_entries
+    from p2pckpt.multihost import net as gather_net
+    from p2pckpt.multihost.local import local_entries
     from p2pckpt.publish import _check_args
-    from p2pckpt.transfer import gather_net
 
     if (gather is None) == (contribute_to is None):
         raise ConfigError("give --gather K or --contribute-to HOST:PORT, not both")

@@ -91,7 +91,13 @@ def publish_gathered(
     import torch.distributed as dist
 
     from p2pckpt.api import PublishResult, _home
-    from p2pckpt.multihost import local_entries, read_proof, record_share, sign_gathered, wire_of
+    from p2pckpt.multihost.local import (
+        local_entries,
+        read_proof,
+        record_share,
+        sign_gathered,
+        wire_of,
+    )
 
     rank, world = dist.get_rank(), dist.get_world_size()
     opened: Home = _home(home)

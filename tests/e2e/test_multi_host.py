@@ -24,7 +24,7 @@ NAME = "mh-net"
 # A contributor whose entries claim a digest its first file does not have.
 LIAR = """
 import dataclasses, sys
-import p2pckpt.multihost as mh
+import p2pckpt.multihost.local as mh
 honest = mh.local_entries
 def lying(home, path):
     root, entries = honest(home, path)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-import p2pckpt.multihost
+import p2pckpt.multihost.local
 from p2pckpt.errors import P2pckptError
 from p2pckpt.home import Home
 from p2pckpt.hooks import CheckpointPublisher
@@ -35,7 +35,7 @@ def save_shards(data: Path, rank: int, step: int) -> None:
 
 def lie() -> None:
     """From now on this rank's entries claim a wrong digest for its first file's last chunk."""
-    honest = p2pckpt.multihost.local_entries
+    honest = p2pckpt.multihost.local.local_entries
 
     def lying(home, path):  # type: ignore[no-untyped-def]
         root, entries = honest(home, path)
@@ -43,7 +43,7 @@ def lie() -> None:
         bad = replace(first.chunks[-1], digest=bytes(32))
         return root, (replace(first, chunks=(*first.chunks[:-1], bad)), *entries[1:])
 
-    p2pckpt.multihost.local_entries = lying  # type: ignore[assignment]
+    p2pckpt.multihost.local.local_entries = lying  # type: ignore[assignment]
 
 
 def main() -> int:

@@ -56,7 +56,7 @@ from p2pckpt.manifest.gather import (
 )
 from p2pckpt.manifest.manifest import FileEntry, Manifest, MetaValue
 from p2pckpt.manifest.paths import safe_display
-from p2pckpt.multihost import read_proof, record_share, sign_gathered
+from p2pckpt.multihost.local import read_proof, record_share, sign_gathered
 from p2pckpt.net.listen import open_listeners
 from p2pckpt.transfer.peer import connect_direct
 from p2pckpt.transfer.trust_watch import may
