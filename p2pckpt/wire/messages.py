@@ -401,8 +401,6 @@ Request = (
     | Cancel
     | PiecesRequest
     | RangeRequest
-    | GatherOffer
-    | GatherProof
 )
 Response = (
     Hello
@@ -418,4 +416,6 @@ Response = (
     | PushResult
     | Have
 )
-Message = Request | Response
+# What a contributor sends a coordinator's own listener (multi-host publish).
+GatherMessage = GatherOffer | GatherProof
+Message = Request | Response | GatherMessage
