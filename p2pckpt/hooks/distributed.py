@@ -10,7 +10,9 @@ every rank raises the same error and none is left waiting in a collective:
 
 1. every rank hashes its files in place and sends rank 0 its entries;
 2. rank 0 checks them (``manifest/gather.py``) and broadcasts a random seed;
-3. every rank sends the bytes of the chunks the seed picks from its files;
+3. every rank sends the bytes of the chunks the seed picks from its files
+   (point to point, received one rank at a time: rank 0 never holds more
+   than one rank's proof, at most PROOF_BYTES and a chunk);
 4. rank 0 checks them, signs one manifest and broadcasts it;
 5. every rank checks that its entries are in it unchanged and records its
    share in its own home's catalog: its serve or daemon offers those files.
@@ -140,14 +142,24 @@ def publish_gathered(
                 proof = read_proof(root, pick_proof(mine, seed, host))
         except P2pckptError as exc:
             error = str(exc)
-        proofs = _gather(dist, rank, world, {"host": host, "proof": proof, "error": error})
+        shown: Any = {"host": host, "proof": proof, "error": error}
         envelope = None
-        if rank == 0:
-            failure = _first_error(proofs)
+        if rank != 0:  # one rank's proof at a time on rank 0, not all of them at once
+            dist.send_object_list([shown], dst=0)
+        else:
+            failure = None
+            for r in range(world):
+                if r:
+                    box: list[object] = [None]
+                    dist.recv_object_list(box, src=r)  # every rank's, even after a failure
+                    shown = box[0]
+                failure = failure or _first_error([shown])
+                try:
+                    if failure is None and str(shown["host"]) in gather.hosts:
+                        gather.check_proof(str(shown["host"]), shown["proof"])
+                except P2pckptError as exc:
+                    failure = str(exc)
             try:
-                for r in proofs if failure is None else []:
-                    if str(r["host"]) in gather.hosts:
-                        gather.check_proof(str(r["host"]), r["proof"])
                 if failure is None:
                     _, envelope = sign_gathered(opened, gather, meta)
             except P2pckptError as exc:

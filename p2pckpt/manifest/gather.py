@@ -289,22 +289,45 @@ class Gather:
         Raises:
             HostRefused: a chunk missing, of another length or another hash.
         """
+        picks = self._picks_of(host)
+        if not isinstance(answers, list) or len(answers) != len(picks):
+            raise self._refuse(HostRefused(host, "did not show the chunks it was asked for"))
+        for index, data in enumerate(answers):
+            self.check_chunk(host, index, data)
+        self.proven(host, len(answers))
+
+    def _picks_of(self, host: str) -> list[Pick]:
         self._state(collecting=False)
         assert self._picks is not None
         picks = self._picks.get(host)
         if picks is None:
             raise LocalProtocolError(f"no challenge was sent to {host}")
-        if not isinstance(answers, list) or len(answers) != len(picks):
+        return picks
+
+    def check_chunk(self, host: str, index: int, data: object) -> None:
+        """One chunk of a host's proof, as it arrives (so a coordinator holds
+        one chunk at a time, not every host's proof at once).
+
+        Raises:
+            HostRefused: not the chunk claimed (or no such pick).
+        """
+        picks = self._picks_of(host)
+        if not 0 <= index < len(picks):
+            raise self._refuse(HostRefused(host, "showed a chunk it was not asked for"))
+        path, chunk = picks[index]
+        if not isinstance(data, bytes | bytearray) or len(data) != chunk.length:
+            raise self._refuse(
+                HostRefused(host, f"chunk at offset {chunk.offset} is not as claimed", path)
+            )
+        if chunk_hash(data) != chunk.digest:
+            raise self._refuse(
+                HostRefused(host, f"chunk at offset {chunk.offset} does not match", path)
+            )
+
+    def proven(self, host: str, shown: int) -> None:
+        """A host showed ``shown`` chunks, each checked: all it was asked for?"""
+        if shown != len(self._picks_of(host)):
             raise self._refuse(HostRefused(host, "did not show the chunks it was asked for"))
-        for (path, chunk), data in zip(picks, answers, strict=True):
-            if not isinstance(data, bytes) or len(data) != chunk.length:
-                raise self._refuse(
-                    HostRefused(host, f"chunk at offset {chunk.offset} is not as claimed", path)
-                )
-            if chunk_hash(data) != chunk.digest:
-                raise self._refuse(
-                    HostRefused(host, f"chunk at offset {chunk.offset} does not match", path)
-                )
         self._proven.add(host)
 
     def manifest(

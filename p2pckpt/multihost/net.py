@@ -271,17 +271,16 @@ async def _prove(gather: Gather, conn: _Contributor, seed: bytes, count: int) ->
     """One contributor's challenge and proof (refused on any misstep)."""
     try:
         await conn.send(m.GatherChallenge(seed, conn.label))
-        answers: list[bytes] = []
-        for index in range(count):
+        for index in range(count):  # checked one at a time: one chunk in memory per host
             msg = await conn.receive(STEP_TIMEOUT)
             if not isinstance(msg, m.GatherProof) or msg.index != index:
                 raise HostRefused(conn.label, "did not show the chunks it was asked for")
-            answers.append(msg.data)
+            gather.check_chunk(conn.label, index, msg.data)
     except (P2pckptError, trio.TooSlowError, trio.BrokenResourceError) as exc:
         if isinstance(exc, HostRefused):
             raise
         raise HostRefused(conn.label, f"gave no proof: {exc or type(exc).__name__}") from None
-    gather.check_proof(conn.label, answers)
+    gather.proven(conn.label, count)
 
 
 async def _tell_all(state: _Coordinator, result: m.GatherResult) -> None:
