@@ -237,9 +237,13 @@ async def _run(
             raise state.failure
         seed = os.urandom(SEED_BYTES)
         picks = gather.challenge(seed)
+        failures: list[HostRefused] = []
         async with trio.open_nursery() as nursery:
             for conn in state.contributors:
-                nursery.start_soon(_prove, gather, conn, seed, len(picks[conn.label]))
+                count = len(picks[conn.label])
+                nursery.start_soon(_prove, gather, conn, seed, count, failures)
+        if failures:
+            raise failures[0]
         if mine and root is not None:
             gather.check_proof(me, read_proof(root, pick_proof(mine, seed, me)))
         manifest, envelope = sign_gathered(home, gather, meta, expires)
@@ -267,20 +271,34 @@ def _first(group: BaseExceptionGroup[BaseException]) -> P2pckptError:
     raise group
 
 
-async def _prove(gather: Gather, conn: _Contributor, seed: bytes, count: int) -> None:
-    """One contributor's challenge and proof (refused on any misstep)."""
+async def _prove(
+    gather: Gather, conn: _Contributor, seed: bytes, count: int, failures: list[HostRefused]
+) -> None:
+    """One contributor's challenge and proof; a refusal goes to ``failures``.
+
+    Every proof a contributor sends is read, even once some host was refused
+    (read, not checked): closing a connection with unread data resets it, and
+    the contributor would lose the result saying why instead of reading it.
+    Each message is awaited STEP_TIMEOUT at most."""
+    label = conn.label
     try:
-        await conn.send(m.GatherChallenge(seed, conn.label))
+        await conn.send(m.GatherChallenge(seed, label))
         for index in range(count):  # checked one at a time: one chunk in memory per host
             msg = await conn.receive(STEP_TIMEOUT)
             if not isinstance(msg, m.GatherProof) or msg.index != index:
-                raise HostRefused(conn.label, "did not show the chunks it was asked for")
-            gather.check_chunk(conn.label, index, msg.data)
+                raise HostRefused(label, "did not show the chunks it was asked for")
+            if failures:
+                continue  # refused already: drain only
+            try:
+                gather.check_chunk(label, index, msg.data)
+            except HostRefused as exc:
+                failures.append(exc)
+        if not failures:
+            gather.proven(label, count)
+    except HostRefused as exc:
+        failures.append(exc)
     except (P2pckptError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-        if isinstance(exc, HostRefused):
-            raise
-        raise HostRefused(conn.label, f"gave no proof: {exc or type(exc).__name__}") from None
-    gather.proven(conn.label, count)
+        failures.append(HostRefused(label, f"gave no proof: {exc or type(exc).__name__}"))
 
 
 async def _tell_all(state: _Coordinator, result: m.GatherResult) -> None:

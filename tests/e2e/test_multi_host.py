@@ -39,21 +39,23 @@ main()
 
 
 def homes(base: Path) -> tuple[list[Path], Path]:
-    """Host 0 coordinates (trusts the others with publish); a puller trusts
-    host 0 as publisher and all as sources; every host lets it pull."""
+    """Host 0 coordinates (trusts the others with publish); two pullers trust
+    host 0 as publisher and all as sources; every host lets them pull."""
     hosts = [Home.init(base / f"h{i}")[0] for i in range(HOSTS)]
-    puller = Home.init(base / "puller")[0]
-    for h in [*hosts, puller]:
+    pullers = [Home.init(base / name)[0] for name in ("puller", "finder")]
+    for h in [*hosts, *pullers]:
         no_mdns(h.path)
     for i, h in enumerate(hosts):
         if i:
             hosts[0].trust.add(h.key.peer_id, f"h{i}", ("publish",))
             h.trust.add(hosts[0].key.peer_id, "h0", ("pull",))
-        h.trust.add(puller.key.peer_id, "puller", ("pull",))
-        puller.trust.add(h.key.peer_id, f"h{i}", ("publish" if i == 0 else "pull",))
-    for h in [*hosts, puller]:
+        for puller in pullers:
+            h.trust.add(puller.key.peer_id, puller.path.name, ("pull",))
+            puller.trust.add(h.key.peer_id, f"h{i}", ("publish" if i == 0 else "pull",))
+    for h in [*hosts, *pullers]:
         h.save_trust()
         h.catalog.close()
+    puller = pullers[0]
     for i in range(HOSTS):
         data = base / f"data{i}" / f"rank{i}"
         data.mkdir(parents=True)
@@ -152,6 +154,18 @@ def test_four_hosts_publish_one_version_pulled_whole_and_verified(tmp_path: Path
             rel = Path(f"rank{i}") / "shard.bin"
             assert (out / rel).read_bytes() == (tmp_path / f"data{i}" / rel).read_bytes()
         assert "matches" in run(puller, "verify", str(out)).stdout
+        # Found by itself (static [[peer]] entries: no mDNS on the host's LAN),
+        # the newest version, from every host that holds some of it.
+        finder = tmp_path / "finder"
+        peers = "".join(
+            f'[[peer]]\nid = "{run(h, "id").stdout.strip()}"\naddr = "{s.addr}"\n'
+            for h, s in zip(hosts, servers, strict=True)
+        )
+        (finder / "config.toml").write_text("[discovery]\nmdns = false\n" + peers)
+        found = run(finder, "pull", NAME, "-o", str(tmp_path / "found"), "--json")
+        doc = json.loads(found.stdout)
+        assert doc["version"] == 1 and len(doc["peers"]) == HOSTS, doc
+        assert "matches" in run(finder, "verify", str(tmp_path / "found")).stdout
     finally:
         for s in servers:
             s.stop()
