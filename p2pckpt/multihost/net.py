@@ -121,7 +121,10 @@ class _Coordinator:
             if not may(self.home, secure.peer, "publish"):
                 log.warning("gather refused peer=%s (not trusted with publish)", secure.peer.short)
                 return
-            label = str(secure.peer)
+            known = self.home.trust.get(secure.peer)
+            name = known.name if known is not None else ""
+            # its trusted name (unique here) and short ID, as errors name it
+            label = f"{name} ({secure.peer.short})" if name else str(secure.peer)
             conn = _Contributor(secure.peer, label, secure, MessageReader(GATHER_ACCEPTS))
             try:
                 hello = await conn.receive(STEP_TIMEOUT)
