@@ -106,16 +106,22 @@ class _Coordinator:
 
     async def handle(self, stream: trio.SocketStream) -> None:
         """One incoming connection: handshake, trust, Hello, offer; then held
-        open until the exchange is over (``done``)."""
+        open until the exchange is over (``done``). Always closed at the end,
+        cancelled or not."""
+        try:
+            await self._handle(stream)
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
         if self.slots.value == 0:
-            await stream.aclose()
             return
         async with self.slots:
             try:
                 secure = await open_secure(stream, self.home.key, initiator=False)
             except P2pckptError as exc:
                 log.info('gather handshake failed error="%s"', exc)
-                await stream.aclose()
                 return
         try:
             if not may(self.home, secure.peer, "publish"):
@@ -211,6 +217,8 @@ async def coordinate(
             finally:
                 state.done.set()
                 nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # the nursery's: our own error, unwrapped
+        raise _first(group) from None
     finally:
         for listener in listeners:
             await listener.aclose()
