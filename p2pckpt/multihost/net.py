@@ -66,6 +66,8 @@ from p2pckpt.wire.features import FEATURES, GATHER, PROTOCOL, release
 
 log = logging.getLogger("p2pckpt.gather")
 
+# What a contributor's connection can do to one exchange step: never the coordinator's end.
+_LOST = (P2pckptError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError)
 STEP_TIMEOUT: Final = 120.0  # seconds for one answer once the exchange runs (proofs)
 MAX_PENDING: Final = 64  # connections waiting for their handshake or offer at once
 
@@ -138,15 +140,15 @@ class _Coordinator:
                     raise RemoteProtocolError("expected a Hello")
                 await conn.send(m.Hello(PROTOCOL, release(), FEATURES))
                 offer = await conn.receive(STEP_TIMEOUT)
-            except (P2pckptError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+            except _LOST as exc:
                 log.info('gather dropped peer=%s error="%s"', secure.peer.short, exc)
                 return
             if self.all_in.is_set() or self.failure is not None:
-                await conn.send(m.GatherResult(False, "this gathering is full or over"))
+                await _send_quietly(conn, m.GatherResult(False, "this gathering is full or over"))
                 return
             if not self._offer(conn, offer):
-                await conn.send(m.GatherResult(False, str(self.failure)))
-                self.all_in.set()  # wakes the coordinator to fail
+                await _send_quietly(conn, m.GatherResult(False, str(self.failure)))
+                self.all_in.set()  # then wakes the coordinator to fail (and close this)
                 return
             await self.done.wait()
         finally:
@@ -308,17 +310,22 @@ async def _prove(
             gather.proven(label, count)
     except HostRefused as exc:
         failures.append(exc)
-    except (P2pckptError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+    except _LOST as exc:
         failures.append(HostRefused(label, f"gave no proof: {exc or type(exc).__name__}"))
+
+
+async def _send_quietly(conn: _Contributor, result: m.GatherResult) -> None:
+    """Best effort (10 s at most): a contributor gone is only logged."""
+    try:
+        with trio.move_on_after(10):
+            await conn.send(result)
+    except _LOST:
+        log.info("contributor gone before the result peer=%s", conn.peer.short)
 
 
 async def _tell_all(state: _Coordinator, result: m.GatherResult) -> None:
     for conn in state.contributors:
-        try:
-            with trio.move_on_after(10):
-                await conn.send(result)
-        except (P2pckptError, trio.BrokenResourceError, trio.ClosedResourceError):
-            log.info("contributor gone before the result peer=%s", conn.peer.short)
+        await _send_quietly(conn, result)
 
 
 async def contribute(
