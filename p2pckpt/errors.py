@@ -7,7 +7,8 @@
     ├── TrustError ── UnknownPeer, NotAuthorized
     ├── ChannelError ── HandshakeFailed (Busy), AuthenticationFailed, ChannelClosed
     ├── ProtocolError ── LocalProtocolError, RemoteProtocolError
-    ├── ManifestError ── UnsafePath, BadSignature, Rollback, Expired, Equivocation
+    ├── ManifestError ── UnsafePath, BadSignature, Rollback, Expired, Equivocation,
+    │                    HostRefused
     ├── TransferError ── ChunkCorrupt, SourceChanged, NotFound, NoSpace,
     │                    DestinationExists, PeerUnreachable, RemoteError, PushIncomplete,
     │                    Paused
@@ -125,6 +126,16 @@ class Expired(ManifestError):
 
 class Equivocation(ManifestError):
     """One publisher signed two different manifests for one name@version (R-20)."""
+
+
+class HostRefused(ManifestError):
+    """Multi-host publish: a host's file entries were refused before signing
+    (malformed, a path another host holds, or chunks it could not show)."""
+
+    def __init__(self, host: str, reason: str, path: str = "") -> None:
+        self.host, self.reason, self.path = host, reason, path
+        where = f" ({path!r})" if path else ""
+        super().__init__(f"host {host} refused{where}: {reason}; nothing was signed")
 
 
 class TransferError(P2pckptError):

@@ -310,9 +310,12 @@ def _ls_files(
         raise ConfigError("give --peer or --local, not both")
     name, version = parse_ref(ref)
     entry = None if peers else home.catalog.find(name, version)
+    elsewhere = "  (not pulled here)"
     if entry is not None:
         manifest, where = entry.manifest(), "local"
         held = entry.selected
+        if entry.origin == "published":  # a multi-host share: the rest is on other hosts
+            elsewhere = "  (on another host)"
     elif local:
         raise NotFound(f"this node holds no {ref}")
     else:
@@ -341,7 +344,7 @@ def _ls_files(
     )
     width = max(len(str(f.size)) for f in manifest.files)
     for f in manifest.files:
-        mark = "" if held is None else ("  " if f.path in held else "  (not pulled here)")
+        mark = "" if held is None else ("  " if f.path in held else elsewhere)
         click.echo(f"{str(f.size).rjust(width)}  {safe_display(f.path)}{mark}")
 
 

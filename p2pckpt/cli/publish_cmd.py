@@ -75,6 +75,37 @@ if TYPE_CHECKING:
     metavar="SECONDS",
     help="How long --replicas waits.",
 )
+@click.option(
+    "--gather",
+    type=click.IntRange(1, 1023),
+    default=None,
+    metavar="K",
+    help="Multi-host publish: wait for K other hosts' files (--contribute-to here) and sign"
+    " one version over them and PATH's; needs --version.",
+)
+@click.option(
+    "--listen",
+    default="0.0.0.0:7451",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where --gather listens for contributors.",
+)
+@click.option(
+    "--contribute-to",
+    "contribute_to",
+    default=None,
+    metavar="HOST:PORT",
+    help="Multi-host publish: give PATH's files to the coordinator gathering NAME@VERSION"
+    " there, and serve them once it signed; needs --version.",
+)
+@click.option(
+    "--gather-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=600.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long --gather waits for its contributors (and --contribute-to for the result).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @config_option
 def publish(
@@ -87,6 +118,10 @@ def publish(
     cache_dir: Path | None,
     replicas: int,
     timeout: float,
+    gather: int | None,
+    listen: str,
+    contribute_to: str | None,
+    gather_timeout: float,
     as_json: bool,
     config_path: Path | None,
 ) -> None:
@@ -107,11 +142,32 @@ def publish(
         raise ConfigError("publish needs PATH and --name (or --hf-cache ORG/NAME)")
     home = open_home()
     started = time.monotonic()
-    manifest = _hash_and_sign(home, path, name, version, extra, expires_at)
+    here = None
+    if gather is not None or contribute_to is not None:
+        if replicas or hf_repo is not None:
+            raise ConfigError("--gather and --contribute-to take neither --replicas nor --hf-cache")
+        manifest, here = _multi_host(
+            home,
+            path,
+            name,
+            version,
+            extra,
+            expires_at,
+            gather,
+            listen,
+            contribute_to,
+            gather_timeout,
+        )
+    else:
+        manifest = _hash_and_sign(home, path, name, version, extra, expires_at)
     seconds = time.monotonic() - started
     doc = _document(manifest, seconds)
+    if here is not None:
+        doc["files_here"] = here
     if not as_json:
         rate = manifest.total_bytes / seconds / 1e6 if seconds > 0 else 0
+        if here is not None:
+            say(f"multi-host: {here} of its {len(manifest.files)} file(s) are served from here")
         say(
             f"published {manifest.name}@{manifest.version}: {len(manifest.files)} file(s),"
             f" {manifest.total_bytes / 1e6:.1f} MB, {manifest.chunk_count} chunks"
@@ -134,6 +190,70 @@ def publish(
             say(f"safe on {report.describe()}")
     if as_json:
         emit_json(doc)
+
+
+def _multi_host(
+    home: Home,
+    path: Path,
+    name: str,
+    version: int | None,
+    meta: dict[str, str],
+    expires: int | None,
+    gather: int | None,
+    listen: str,
+    contribute_to: str | None,
+    timeout: float,
+) -> tuple[Manifest, int]:
+    """``--gather K`` (the coordinator) or ``--contribute-to ADDR`` (another
+    host): one version over several hosts' files (``transfer/gather_net.py``).
+    Returns the signed manifest and how many of its files are here."""
+    import trio
+
+    from p2pckpt.config import parse_addr
+    from p2pckpt.errors import first_leaf
+    from p2pckpt.multihost import net as gather_net
+    from p2pckpt.multihost.local import local_entries
+    from p2pckpt.publish import _check_args
+
+    if (gather is None) == (contribute_to is None):
+        raise ConfigError("give --gather K or --contribute-to HOST:PORT, not both")
+    if version is None:
+        raise ConfigError("a multi-host publish needs --version (every host names the same)")
+    _check_args(name, meta, version, expires)
+    root, mine = local_entries(home, path)
+    note(f"hashed {len(mine)} file(s) here, {sum(e.size for e in mine) / 1e6:.1f} MB")
+
+    def on_listening(listeners: list[trio.SocketListener]) -> None:
+        host, port = listeners[0].socket.getsockname()[:2]
+        note(f"gathering {name}@{version} on {host}:{port}: waiting for {gather} host(s)")
+
+    async def main() -> Manifest:
+        if contribute_to is not None:
+            addr = parse_addr(contribute_to)
+            return await gather_net.contribute(home, root, mine, name, version, addr, timeout)
+        assert gather is not None
+        host, port = parse_addr(listen, allow_zero=True)
+        return await gather_net.coordinate(
+            home,
+            root,
+            mine,
+            name,
+            version,
+            gather,
+            (host, port),
+            timeout,
+            meta,
+            expires,
+            on_listening,
+        )
+
+    try:
+        return trio.run(main), len(mine)
+    except BaseExceptionGroup as group:
+        leaf = first_leaf(group)
+        if isinstance(leaf, Exception):
+            raise leaf from None
+        raise
 
 
 def _hash_and_sign(

@@ -78,6 +78,12 @@ def verify(path: Path, ref: str | None, as_json: bool) -> None:
             click.echo(f"damaged: {safe_display(p)}: {result.details.get(p, '')}")
         if not result and selection is None:
             say(f"ok: {where} matches {label} ({checked} bytes verified)")
+        elif not result and entry.origin == "published":  # a multi-host share
+            say(
+                f"ok: {where} matches {label} in part: the {len(files)} of"
+                f" its {len(manifest.files)} files this host holds ({checked} bytes verified;"
+                " the others are held by the other hosts of this multi-host version)"
+            )
         elif not result:
             say(
                 f"ok: {where} matches {label} in part: the {len(files)} of"

@@ -68,6 +68,13 @@ class CheckpointPublisher:
     seconds, until that many trusted peers hold a verified copy (the training
     loop is blocked meanwhile). Arguments are checked here, so a bad name
     fails before the first hour of training rather than after it.
+
+    ``multi_host=True`` (issue 21 item 2): every rank of a ``torch.distributed``
+    job calls ``publish`` with the directory of its own files on its own disk
+    (``None`` for a rank with none), and one version signed by rank 0's key
+    covers them all; each rank's home records and serves its own files
+    (``hooks/distributed.py``). Each rank needs its own home (``home``, or
+    ``P2PCKPT_HOME`` set per node), rank 0's holding the publisher key.
     """
 
     def __init__(
@@ -79,6 +86,7 @@ class CheckpointPublisher:
         replicas: int = 0,
         replicas_timeout: float = 600.0,
         raise_errors: bool = True,
+        multi_host: bool = False,
     ) -> None:
         try:
             validate_name(name)
@@ -97,33 +105,46 @@ class CheckpointPublisher:
             raise ConfigError("replicas is a count of peers, 0 or more")
         if replicas_timeout <= 0:
             raise ConfigError("replicas_timeout is a number of seconds above 0")
+        if multi_host and replicas:
+            raise ConfigError("replicas is not supported with multi_host yet")
         self.name = name
         self.home = home
         self.meta = user_meta
         self.replicas = replicas
         self.replicas_timeout = replicas_timeout
         self.raise_errors = raise_errors
+        self.multi_host = multi_host
 
-    def publish(self, path: str | Path, step: int) -> PublishResult | None:
+    def publish(self, path: str | Path | None, step: int) -> PublishResult | None:
         """Publish ``path`` as ``name@step``; ``None`` if it failed and
-        ``raise_errors`` is off. Blocking: hashes the files in place."""
+        ``raise_errors`` is off. Blocking: hashes the files in place. With
+        ``multi_host``, a collective: every rank calls it (``path`` None:
+        this rank holds no files) and gets the same result or error."""
         from p2pckpt.api import publish
 
-        meta: dict[str, MetaValue] = {
-            **self.meta,
-            "step": str(step),
-            "format": checkpoint_format(path),
-        }
+        meta: dict[str, MetaValue] = {**self.meta, "step": str(step)}
+        if not self.multi_host:
+            if path is None:
+                raise ConfigError("a path to publish is needed (None only with multi_host)")
+            meta["format"] = checkpoint_format(path)
         try:
-            manifest = publish(
-                path,
-                name=self.name,
-                version=step,
-                meta=meta,
-                home=self.home,
-                replicas=self.replicas,
-                replicas_timeout=self.replicas_timeout,
-            )
+            if self.multi_host:
+                from p2pckpt.hooks.distributed import publish_gathered
+
+                manifest = publish_gathered(
+                    path, name=self.name, version=step, meta=meta, home=self.home
+                )
+            else:
+                assert path is not None
+                manifest = publish(
+                    path,
+                    name=self.name,
+                    version=step,
+                    meta=meta,
+                    home=self.home,
+                    replicas=self.replicas,
+                    replicas_timeout=self.replicas_timeout,
+                )
         except Exception as exc:
             if self.raise_errors:
                 log.error(

@@ -148,6 +148,9 @@ _SELECT = (
     " WHERE p_root = versions.root AND p_location = versions.location) FROM versions "
 )
 _WHOLE = _SEL_V + " IS NULL"  # a copy of every file: what peers may be offered
+# ... or this host's share of a multi-host version (issue 21 item 2): published
+# here, holding only this host's files, offered with a Have listing them.
+_OFFERED = f"({_WHOLE} OR origin = 'published')"
 _SUMMARIES = (
     "SELECT root, name, version, publisher, x'', location, origin, total_bytes,"
     " file_count, added, (SELECT selection FROM partial_copies"
@@ -459,10 +462,17 @@ class Catalog:
         rows = self._db.execute("SELECT root, pairs FROM meta").fetchall()
         return {root: dict(msgpack.unpackb(pairs)) for root, pairs in rows}
 
-    def by_root(self, root: bytes, whole: bool = False) -> Entry | None:
-        """The version ``root``; with ``whole``, only if held whole (to serve it)."""
-        rows = self._rows("WHERE root = ?" + (f" AND {_WHOLE}" if whole else ""), (root,))
+    def by_root(self, root: bytes, whole: bool = False, offered: bool = False) -> Entry | None:
+        """The version ``root``; with ``whole``, only if held whole (to serve
+        it); with ``offered``, also this host's share of a multi-host version."""
+        cond = f" AND {_WHOLE}" if whole else f" AND {_OFFERED}" if offered else ""
+        rows = self._rows("WHERE root = ?" + cond, (root,))
         return rows[0] if rows else None
+
+    def offered_versions(self) -> list[Entry]:
+        """``summaries`` of what peers are offered: versions held whole, and
+        this host's shares of multi-host versions (``selection`` set)."""
+        return [e for e in self.summaries() if e.selection is None or e.origin == "published"]
 
     def find(
         self,
@@ -470,11 +480,14 @@ class Catalog:
         version: int | None,
         publisher: bytes | None = None,
         whole: bool = False,
+        offered: bool = False,
     ) -> Entry | None:
         """The newest version of ``name`` (or exactly ``version``) held here,
         optionally only from ``publisher``, or only if held whole (``whole``:
-        what may be offered or pushed to peers)."""
-        where = "WHERE name = ?" + (f" AND {_WHOLE}" if whole else "")
+        what may be pushed to peers) or offered (``offered``: also a share of
+        a multi-host version)."""
+        cond = f" AND {_WHOLE}" if whole else f" AND {_OFFERED}" if offered else ""
+        where = "WHERE name = ?" + cond
         args: tuple[object, ...] = (name,)
         if version is not None:
             where += " AND version = ?"

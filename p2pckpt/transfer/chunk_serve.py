@@ -5,7 +5,8 @@ Theory of operation
 
 ``Chunks`` is server-wide. It finds a version's chunk table (``Served``) by
 root: published versions from a small LRU cache (VERSION_CACHE entries;
-decoding a big manifest takes a worker thread), versions this node is still
+decoding a big manifest takes a worker thread), a host's share of a multi-host version
+likewise, with only its own files' chunks (``have``); versions this node is still
 pulling from ``partials``, rebuilt whenever their pull's set of verified
 chunks is a new one and never kept past the pull. A chunk of a partial is
 served only once verified here.
@@ -132,10 +133,13 @@ class Chunks:
         if held is not None:
             self._versions.move_to_end(root)
             return held
-        entry = self._catalog.by_root(root, whole=True) if self._catalog is not None else None
+        entry = self._catalog.by_root(root, offered=True) if self._catalog is not None else None
         if entry is None:
             return self._in_progress(root) or self._partial(root)
-        held = await trio.to_thread.run_sync(Served.load, entry.envelope, entry.location)
+        # a host's share of a multi-host version serves its own files' chunks only
+        held = await trio.to_thread.run_sync(
+            Served.load, entry.envelope, entry.location, entry.selected
+        )
         self._versions[root] = held
         while len(self._versions) > VERSION_CACHE:
             self._versions.popitem(last=False)

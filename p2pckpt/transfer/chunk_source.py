@@ -42,14 +42,20 @@ class Served:
     manifest: Manifest
     location: Path
     chunks: tuple[tuple[str, Chunk], ...]
-    have: set[int] | None = None  # a version being pulled: its verified chunks
+    have: set[int] | None = None  # a version being pulled (or a share): chunks held
 
     @classmethod
-    def load(cls, envelope: bytes, location: str) -> Served:
-        """Decode a catalog entry (worker thread: big manifests take a while)."""
+    def load(
+        cls, envelope: bytes, location: str, selection: frozenset[str] | None = None
+    ) -> Served:
+        """Decode a catalog entry (worker thread: big manifests take a while);
+        ``selection``: a multi-host share, holding only those files."""
         manifest = verify(envelope)
         chunks = tuple((f.path, c) for _, f, c in manifest.iter_chunks())
-        return cls(manifest, Path(location), chunks)
+        if selection is None:
+            return cls(manifest, Path(location), chunks)
+        have = {i for i, (path, _) in enumerate(chunks) if path in selection}
+        return cls(manifest, Path(location), chunks, have)
 
     @classmethod
     def partial(cls, staging: Staging) -> Served:

@@ -41,7 +41,7 @@ from p2pckpt.transfer.throttle import Throttle, send_paced
 from p2pckpt.transfer.trust_watch import may
 from p2pckpt.wire import messages as m
 from p2pckpt.wire.codec import SERVER_ACCEPTS, MessageReader, encode
-from p2pckpt.wire.features import FEATURES, PROTOCOL, agreed, release
+from p2pckpt.wire.features import PROTOCOL, SERVER_FEATURES, agreed, release
 
 log = logging.getLogger("p2pckpt.serve")
 
@@ -180,7 +180,7 @@ class Pipeline:
                     busy.features = agreed(req.features)
                     busy.spoke = True
                     releases.note(peer, safe_display(req.release), req.protocol, busy.features)
-                    await send(encode(m.Hello(PROTOCOL, release(), FEATURES)))
+                    await send(encode(m.Hello(PROTOCOL, release(), SERVER_FEATURES)))
                     continue
                 if not busy.spoke:  # its first request, and no Hello: a 0.1.0 client
                     busy.spoke = True
@@ -213,7 +213,14 @@ class Pipeline:
                     await prepared.send((await self._chunks.pieces_or_ranges(req), None))
                     continue
                 if not isinstance(req, m.ChunkRequest):
-                    reply = answer(req, self._catalog, self._partials, self.given, self._progress)
+                    reply = answer(
+                        req,
+                        self._catalog,
+                        self._partials,
+                        self.given,
+                        self._progress,
+                        busy.features,
+                    )
                     await send(encode(reply))
                     continue
                 if busy.cancelled and req.req_id in busy.cancelled:

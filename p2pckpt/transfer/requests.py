@@ -104,6 +104,7 @@ class SourceStatus(Protocol):
     known: bool  # its first Have has arrived (it is in the scheduler)
     complete: bool  # it holds every chunk: no more Have polling, unless ``giving``
     giving: bool  # complete, and says which chunks it has given other pullers: polled on
+    fixed: bool  # a multi-host share: what it holds will not grow, no more polling
 
     @property
     def relayed(self) -> bool: ...  # reached through a relay (the expensive path)
@@ -268,7 +269,7 @@ class RequestBook:
         return now - self._last_have >= self._have_poll
 
     def _done_polling(self) -> bool:
-        return self._source.complete and not self._source.giving
+        return (self._source.complete and not self._source.giving) or self._source.fixed
 
     def _new_id(self) -> int:
         req_id = self._next_id
@@ -358,6 +359,7 @@ class RequestBook:
             # any: its owner took it back (unpublish, gc, retention).
             raise NotFound(f"{self._label} no longer offers this version")
         src.complete = msg.complete
+        src.fixed = msg.fixed and not msg.complete
         if not src.known:
             src.known = True
             sched.add_peer(src.peer, bits, max_window=self._max_window, relayed=src.relayed)

@@ -33,6 +33,7 @@ from p2pckpt.errors import (
     first_leaf,
 )
 from p2pckpt.identity.peer_id import PeerId
+from p2pckpt.manifest.paths import safe_display
 from p2pckpt.store.staging import Staging
 from p2pckpt.transfer.buffers import BufferPool, Room
 from p2pckpt.transfer.peer import PeerConnection, remote_error
@@ -67,6 +68,7 @@ class Source:
     via: str = ""
     complete: bool = False
     giving: bool = False  # complete, and says which chunks it gave others (polled on)
+    fixed: bool = False  # a multi-host share: holds only its own files, for good
     known: bool = False  # its first Have has arrived
     bytes: int = 0
     chunks: int = 0
@@ -249,11 +251,26 @@ class Swarm:
         now = trio.current_time()
         if now - self._last_progress > STALL_TIMEOUT:
             raise TransferError(f"no chunk arrived for {STALL_TIMEOUT:.0f}s from any source")
-        if all(s.known and s.complete for s in alive) and not self.sched.outstanding:
+        if all(s.known and (s.complete or s.fixed) for s in alive) and not self.sched.outstanding:
             missing = self.sched.unavailable()
             if missing:
-                first = (missing & -missing).bit_length() - 1
-                raise NotFound(f"no source holds chunk {first} of this version")
+                raise NotFound(self._missing_message(missing))
+
+    def _missing_message(self, missing: int) -> str:
+        """Which files no source left holds (a multi-host version whose host
+        is gone, say), and which sources were lost."""
+        manifest = self.staging.manifest
+        files = sorted(
+            {entry.path for index, entry, _ in manifest.iter_chunks() if missing >> index & 1}
+        )
+        shown = ", ".join(safe_display(p) for p in files[:5])
+        more = f" and {len(files) - 5} more" if len(files) > 5 else ""
+        lost = [f"{s.peer.short} ({s.problem})" for s in self.sources if s.problem]
+        why = f"; sources lost: {'; '.join(lost)}" if lost else ""
+        return (
+            f"no source holds {len(files)} file(s) of {manifest.name}@{manifest.version}:"
+            f" {shown}{more} (a host holding them may be gone){why}"
+        )
 
     def _drop(self, src: Source, error: BaseException, bad: bool = False) -> None:
         if src.problem:

@@ -24,6 +24,10 @@ from p2pckpt.wire.messages import (
     Cancel,
     ChunkRequest,
     Error,
+    GatherChallenge,
+    GatherOffer,
+    GatherProof,
+    GatherResult,
     Have,
     HaveRequest,
     Hello,
@@ -50,6 +54,8 @@ T_PACKED = 14
 T_PIECES_REQ, T_PIECES, T_RANGE_REQ = 15, 16, 17
 T_HELLO = 18
 T_PROGRESS_REQ = 19
+# multi-host publish (feature "gather", only with a coordinator: issue 21 item 2)
+T_GATHER_OFFER, T_GATHER_CHALLENGE, T_GATHER_PROOF, T_GATHER_RESULT = 20, 21, 22, 23
 
 _U32: Final = (1 << 32) - 1
 
@@ -196,13 +202,14 @@ def _have_request(doc: list[Any]) -> Message:
 
 def _have(doc: list[Any]) -> Message:
     if (
-        len(doc) not in (3, 4)  # fetching came later in issue 5
+        len(doc) not in (3, 4, 5)  # fetching came later in issue 5, fixed in issue 21
         or not _is_key(doc[0])
         or type(doc[1]) is not bool
-        or not all(isinstance(b, bytes) and len(b) <= MAX_HAVE_BYTES for b in doc[2:])
+        or not all(isinstance(b, bytes) and len(b) <= MAX_HAVE_BYTES for b in doc[2:4])
+        or (len(doc) == 5 and type(doc[4]) is not bool)
     ):
         raise _bad("have")
-    return Have(doc[0], doc[1], doc[2], doc[3] if len(doc) == 4 else b"")
+    return Have(doc[0], doc[1], doc[2], doc[3] if len(doc) >= 4 else b"", len(doc) == 5 and doc[4])
 
 
 def _cancel(doc: list[Any]) -> Message:
@@ -291,6 +298,46 @@ def _hello(doc: list[Any]) -> Message:
     return _built("hello", Hello, doc[0], doc[1], frozenset(doc[2]))
 
 
+def _gather_offer(doc: list[Any]) -> Message:
+    if (
+        len(doc) != 3
+        or not _is_name(doc[0])
+        or not _is_int(doc[1], MAX_VERSION)
+        or not isinstance(doc[2], bytes)
+    ):
+        raise _bad("gather offer")
+    return GatherOffer(doc[0], doc[1], doc[2])
+
+
+def _gather_challenge(doc: list[Any]) -> Message:
+    if (
+        len(doc) != 2
+        or not isinstance(doc[0], bytes)
+        or len(doc[0]) != 32
+        or not isinstance(doc[1], str)
+        or not 0 < len(doc[1]) <= 128
+    ):
+        raise _bad("gather challenge")
+    return GatherChallenge(doc[0], doc[1])
+
+
+def _gather_proof(doc: list[Any]) -> Message:
+    if len(doc) != 2 or not _is_int(doc[0], _U32) or not isinstance(doc[1], bytes):
+        raise _bad("gather proof")
+    return GatherProof(doc[0], doc[1])
+
+
+def _gather_result(doc: list[Any]) -> Message:
+    if (
+        len(doc) != 3
+        or type(doc[0]) is not bool
+        or not isinstance(doc[1], str)
+        or not isinstance(doc[2], bytes)
+    ):
+        raise _bad("gather result")
+    return GatherResult(doc[0], doc[1][:1000], doc[2])
+
+
 DECODERS: Final[dict[int, Callable[[list[Any]], Message]]] = {
     T_LIST_REQ: _list_request,
     T_LIST_RESP: _list_response,
@@ -309,6 +356,10 @@ DECODERS: Final[dict[int, Callable[[list[Any]], Message]]] = {
     T_RANGE_REQ: _range_request,
     T_HELLO: _hello,
     T_PROGRESS_REQ: _progress_request,
+    T_GATHER_OFFER: _gather_offer,
+    T_GATHER_CHALLENGE: _gather_challenge,
+    T_GATHER_PROOF: _gather_proof,
+    T_GATHER_RESULT: _gather_result,
 }
 
 

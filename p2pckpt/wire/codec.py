@@ -31,6 +31,10 @@ from p2pckpt.wire.bodies import (
     T_CHUNK,
     T_CHUNK_REQ,
     T_ERROR,
+    T_GATHER_CHALLENGE,
+    T_GATHER_OFFER,
+    T_GATHER_PROOF,
+    T_GATHER_RESULT,
     T_HAVE,
     T_HAVE_REQ,
     T_HELLO,
@@ -57,6 +61,10 @@ from p2pckpt.wire.messages import (
     ChunkPacked,
     ChunkRequest,
     Error,
+    GatherChallenge,
+    GatherOffer,
+    GatherProof,
+    GatherResult,
     Have,
     HaveRequest,
     Hello,
@@ -103,6 +111,10 @@ _CAPS: Final = {
     T_RANGE_REQ: 64 + MAX_PIECES * 20,
     T_HELLO: _CONTROL_CAP,
     T_PROGRESS_REQ: _CONTROL_CAP,
+    T_GATHER_OFFER: MAX_MANIFEST_BYTES + _CONTROL_CAP,  # entries: at most a manifest's
+    T_GATHER_CHALLENGE: _CONTROL_CAP,
+    T_GATHER_PROOF: MAX_CHUNK + 64,  # one chunk
+    T_GATHER_RESULT: MAX_MANIFEST_BYTES + _CONTROL_CAP,
 }
 UNKNOWN_CAP: Final = 64 << 10  # body of a type we do not know (a newer peer's), skipped
 
@@ -132,8 +144,12 @@ CLIENT_ACCEPTS: Final = frozenset(
         T_HAVE,
         T_PIECES,
         T_HELLO,
+        T_GATHER_CHALLENGE,
+        T_GATHER_RESULT,
     }
 )
+# What a coordinator gathering a multi-host version accepts (its own listener).
+GATHER_ACCEPTS: Final = frozenset({T_HELLO, T_GATHER_OFFER, T_GATHER_PROOF})
 
 
 def _pack(kind: int, body: list[Any]) -> bytes:
@@ -166,6 +182,14 @@ def encode(msg: Message) -> bytes:
             return _pack(T_MAN_REQ, [name, version])
         case ProgressRequest(name):
             return _pack(T_PROGRESS_REQ, [name])
+        case GatherOffer(name, version, entries):
+            return _pack(T_GATHER_OFFER, [name, version, entries])
+        case GatherChallenge(seed, label):
+            return _pack(T_GATHER_CHALLENGE, [seed, label])
+        case GatherProof(index, data):
+            return _pack(T_GATHER_PROOF, [index, data])
+        case GatherResult(ok, message, envelope):
+            return _pack(T_GATHER_RESULT, [ok, message, envelope])
         case ManifestResponse(envelope):
             return _pack(T_MAN_RESP, [envelope])
         case ChunkRequest(req_id, root, index, accept):
@@ -180,8 +204,10 @@ def encode(msg: Message) -> bytes:
             return _pack(T_PUSH_REQ, [name, version, root, port, [list(p) for p in peers]])
         case HaveRequest(root):
             return _pack(T_HAVE_REQ, [root])
-        case Have(root, complete, bits, fetching):
-            return _pack(T_HAVE, [root, complete, bits, fetching])
+        case Have(root, complete, bits, fetching, fixed):
+            # ``fixed`` only when set: it goes only to peers that named multi-host
+            tail = [fixed] if fixed else []
+            return _pack(T_HAVE, [root, complete, bits, fetching, *tail])
         case Cancel(req_id):
             return _pack(T_CANCEL, [req_id])
         case PiecesRequest(req_id, root, index):

@@ -36,8 +36,14 @@ FEATURES: Final = frozenset(
         "given",  # a complete source's Have lists what it gave (issue 17)
         "hello",  # this exchange, and Error(UNSUPPORTED) for unknown types
         "in-progress",  # ProgressRequest: signed in-progress manifests (issue 21)
+        "multi-host",  # Have's ``fixed`` field: a host's share of a multi-host version
+        "gather",  # GatherOffer/Challenge/Proof/Result: named only by a coordinator's listener
     }
 )
+GATHER: Final = "gather"
+# What a plain server names: all but ``gather``, which says "a coordinator of
+# a multi-host publish listens here" (``publish --gather``), nothing else.
+SERVER_FEATURES: Final = FEATURES - {GATHER}
 LEGACY: Final = frozenset({"codecs", "list-meta", "pieces", "given"})  # 0.1.0
 LEGACY_RELEASE: Final = "0.1.0"
 

@@ -181,6 +181,9 @@ class Have:
     complete: bool
     bits: bytes = b""
     fetching: bytes = b""
+    # ``bits`` will not grow: a host's share of a multi-host version (its own
+    # files only; feature ``multi-host``), so a puller need not wait for more.
+    fixed: bool = False
 
     def __post_init__(self) -> None:
         _check(len(self.root) == 32, "root is 32 bytes")
@@ -338,6 +341,47 @@ class Hello:
 
 
 @dataclass(frozen=True, slots=True)
+class GatherOffer:
+    """A contributor's file entries for a multi-host version (issue 21 item
+    2): ``entries`` is their msgpack (``manifest/gather.py``), decoded and
+    checked by the coordinator with a manifest's limits. Sent only to a
+    coordinator that named the ``gather`` feature."""
+
+    name: str
+    version: int
+    entries: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GatherChallenge:
+    """The coordinator's random seed, once every contributor is in, and the
+    label the contributor is known by (the picks depend on both)."""
+
+    seed: bytes
+    label: str
+
+    def __post_init__(self) -> None:
+        _check(len(self.seed) == 32, "seed is 32 bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class GatherProof:
+    """The bytes of the ``index``-th chunk the challenge picked."""
+
+    index: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class GatherResult:
+    """The signed envelope (``ok``), or why nothing was signed."""
+
+    ok: bool
+    message: str
+    envelope: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
 class Unknown:
     """A message of a type this release does not know (its body skipped):
     a newer peer's. Answered, never fatal."""
@@ -360,6 +404,8 @@ Request = (
 )
 Response = (
     Hello
+    | GatherChallenge
+    | GatherResult
     | PieceList
     | ListResponse
     | ManifestResponse
@@ -370,4 +416,6 @@ Response = (
     | PushResult
     | Have
 )
-Message = Request | Response
+# What a contributor sends a coordinator's own listener (multi-host publish).
+GatherMessage = GatherOffer | GatherProof
+Message = Request | Response | GatherMessage

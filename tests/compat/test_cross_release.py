@@ -546,3 +546,52 @@ def test_v010_does_not_offer_a_partial_copy_this_release_pulled(
     server = _serve(downgraded, servers, tmp_path)
     offered = {(r["name"], r["version"]) for r in puller.run_json("ls", "--peer", server.addr)}
     assert (NAME, 9) not in offered
+
+
+def test_v010_pulls_a_multi_host_version_from_the_hosts_holding_it(
+    releases: dict[str, Release], servers: list[Server], tmp_path: Path
+) -> None:
+    """Two hosts of this release each hold and serve their share of one
+    multi-host version (issue 21 item 2); a v0.1.0 puller, which knows no
+    ``fixed`` Have, takes each file from the host holding it and verifies it."""
+    import os
+
+    from p2pckpt.home import Home
+    from p2pckpt.manifest.gather import SEED_BYTES, Gather, pick_proof
+    from p2pckpt.multihost.local import (
+        local_entries,
+        read_proof,
+        record_share,
+        sign_gathered,
+        wire_of,
+    )
+
+    hosts = [make_node(tmp_path, f"H{i}", releases[NEW]) for i in range(2)]
+    puller = make_node(tmp_path, "P", releases[OLD])
+    trust_each_other([*hosts, puller])
+    dirs = [
+        make_checkpoint(tmp_path / f"d{i}", {f"rank{i}/shard.bin": CHUNK + 1000 * i}, seed=i + 1)
+        for i in range(2)
+    ]
+    homes = [Home.open(h.home) for h in hosts]
+    mine = [local_entries(h, d) for h, d in zip(homes, dirs, strict=True)]
+    gather = Gather(NAME, 3)
+    for i, (_, entries) in enumerate(mine):
+        gather.add(f"h{i}", wire_of(entries))
+    seed = os.urandom(SEED_BYTES)
+    gather.challenge(seed)
+    for i, (root, entries) in enumerate(mine):
+        gather.check_proof(f"h{i}", read_proof(root, pick_proof(entries, seed, f"h{i}")))
+    _, envelope = sign_gathered(homes[0], gather)
+    for h, (root, entries) in zip(homes, mine, strict=True):
+        record_share(h, envelope, root, entries, homes[0].key.peer_id.key)
+        h.catalog.close()
+    addrs = [_serve(h, servers, tmp_path).addr for h in hosts]
+    dest = tmp_path / "out"
+    sources = [x for a in addrs for x in ("--from", a)]
+    doc = puller.run_json("pull", f"{NAME}@3", *sources, "-o", str(dest), "--no-share")
+    assert doc["version"] == 3 and doc["bytes_total"] == 2 * CHUNK + 1000
+    for i in range(2):
+        rel = f"rank{i}/shard.bin"
+        assert (dest / rel).read_bytes() == (dirs[i] / rel).read_bytes()
+    assert "verified" in puller.run("verify", str(dest)).stdout.lower()

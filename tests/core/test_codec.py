@@ -17,6 +17,7 @@ from p2pckpt.manifest.manifest import MAX_MANIFEST_BYTES
 from p2pckpt.wire.codec import (
     CHUNK_HEADER_SIZE,
     CLIENT_ACCEPTS,
+    GATHER_ACCEPTS,
     HEADER_SIZE,
     SERVER_ACCEPTS,
     UNKNOWN_CAP,
@@ -32,6 +33,11 @@ from p2pckpt.wire.messages import (
     ChunkPacked,
     ChunkRequest,
     Error,
+    GatherChallenge,
+    GatherMessage,
+    GatherOffer,
+    GatherProof,
+    GatherResult,
     Have,
     HaveRequest,
     Hello,
@@ -91,6 +97,8 @@ def accepts_for(msg: Message) -> frozenset[int]:
     """The reader of the role that receives ``msg``."""
     if isinstance(msg, get_args(Request)):
         return SERVER_ACCEPTS
+    if isinstance(msg, get_args(GatherMessage)):
+        return GATHER_ACCEPTS
     return CLIENT_ACCEPTS
 
 
@@ -153,6 +161,12 @@ SAMPLES: list[Message] = [
     Have(ROOT, True),
     Have(ROOT, False, b"\x05\x80"),
     Have(ROOT, False, b"\x05\x80", b"\x02"),
+    Have(ROOT, False, b"\x05\x80", b"", True),
+    GatherOffer("llama-7b", 3, b"\x91\x93"),
+    GatherChallenge(ROOT, "rank 1 (ABCDE)"),
+    GatherProof(0, b"x" * 1000),
+    GatherResult(True, "signed", b"envelope"),
+    GatherResult(False, "host rank 2 refused", b""),
     Cancel(17),
     PiecesRequest(7, ROOT, 41),
     PieceList(7, ()),
@@ -292,7 +306,7 @@ def test_client_rejects_request_types(msg: Message) -> None:
         MessageReader(CLIENT_ACCEPTS).feed(encode(msg))
 
 
-@pytest.mark.parametrize("kind", [0, 20, 255])
+@pytest.mark.parametrize("kind", [0, 30, 255])  # 20-23: gather (issue 21 item 2)
 @pytest.mark.parametrize("accepts", [SERVER_ACCEPTS, CLIENT_ACCEPTS], ids=["server", "client"])
 def test_an_unknown_type_is_skipped_and_reported_not_fatal(
     kind: int, accepts: frozenset[int]

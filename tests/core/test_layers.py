@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("discovery",),  # mDNS and finding peers to connect to
     ("interop", "replicas"),  # the Hugging Face cache; waiting for replicas
     ("publish",),  # publishing a version (from a folder or a hub cache snapshot)
+    ("multihost",),  # one version over several hosts' files (issue 21 item 2)
     ("daemon", "api"),  # the long-running node; the Python API
     ("hooks",),  # training-framework callbacks (on the API)
     ("cli",),  # the command line: nothing but the entry points imports it

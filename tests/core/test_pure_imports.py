@@ -19,6 +19,7 @@ PURE_MODULES = [
     "p2pckpt.manifest.chunker",
     "p2pckpt.manifest.paths",
     "p2pckpt.manifest.select",
+    "p2pckpt.manifest.gather",
     "p2pckpt.store.journal",
     "p2pckpt.identity.peer_id",
     "p2pckpt.relay.protocol",

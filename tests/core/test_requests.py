@@ -44,6 +44,7 @@ class Src:
     known: bool = False
     complete: bool = False
     giving: bool = False
+    fixed: bool = False
     relayed: bool = False
 
 
@@ -423,6 +424,23 @@ def test_a_partial_source_is_polled_every_have_poll_seconds() -> None:
     assert sorted(r.index for r in requests(b.to_send(99.75))) == [1, 3]
     assert b.next_deadline() is None
     assert b.to_send(1000.0) == []
+
+
+def test_a_multi_host_share_is_asked_once_and_never_polled() -> None:
+    """A host's share of a multi-host version says ``fixed``: it holds only
+    its own files, for good, so its chunks are asked for and it is not
+    polled again (issue 21 item 2)."""
+    n = 4
+    s = sched(n)
+    src = Src("host-2")
+    b = book(s, src)
+    assert b.to_send(0.0) == [m.HaveRequest(ROOT)]
+    share = m.Have(ROOT, False, int_to_bitfield(bits_of({1, 2}), n), b"", True)
+    assert b.on_message(share, 0.1) == HaveApplied(complete=False)
+    assert src.fixed and not src.complete and s.holds("host-2") == bits_of({1, 2})
+    assert sorted(r.index for r in requests(b.to_send(0.1))) == [1, 2]
+    assert b.next_deadline() is None
+    assert b.to_send(1000.0) == []  # no HaveRequest, ever
 
 
 def test_only_the_polling_connection_asks_and_another_carries_on() -> None:

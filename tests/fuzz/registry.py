@@ -20,6 +20,7 @@ MODULES = {
     "txt": "tests.fuzz.txt",  # discovery/txt.py (+ zeroconf's TXT decoding)
     "config": "tests.fuzz.config",  # config.py: TOML
     "journal": "tests.fuzz.journal",  # store/journal.py: resume journal
+    "gather": "tests.fuzz.gather",  # manifest/gather.py: a contributor's file entries
 }
 
 

@@ -58,11 +58,18 @@ def test_a_missing_framework_says_what_to_install(
         ({"name": "ok", "meta": {"k": "x" * 2000}}, "longer than"),
         ({"name": "ok", "replicas": -1}, "replicas"),
         ({"name": "ok", "replicas_timeout": 0}, "replicas_timeout"),
+        ({"name": "ok", "multi_host": True, "replicas": 1}, "not supported with multi_host"),
     ],
 )
 def test_bad_arguments_fail_before_training(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         CheckpointPublisher(**kwargs)  # type: ignore[arg-type]
+
+
+def test_no_path_is_only_for_a_rank_of_a_multi_host_job() -> None:
+    """``publish(None, step)`` means "this rank holds no files": multi_host only."""
+    with pytest.raises(ConfigError, match="only with multi_host"):
+        CheckpointPublisher("ok").publish(None, 1)
 
 
 def test_format_is_the_weights_extension(tmp_path: Path) -> None:
