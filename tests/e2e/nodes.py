@@ -101,16 +101,21 @@ def start_server(
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + 60  # a loaded 2-core machine can take 30 s to start one
+    # Raw reads of the pipe, split here: a buffered readline() may take two
+    # lines at once, and select() would then wait for a line already read.
+    fd, pending = proc.stdout.fileno(), b""
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
         if not ready:
             break
-        line = proc.stdout.readline()
-        if not line:
+        data = os.read(fd, 65536)
+        if not data:
             break
-        found = re.search(banner, line)
-        if found:
-            return Server(proc, int(found.group(1)), log, err, listen.rpartition(":")[0])
+        *lines, pending = (pending + data).split(b"\n")
+        for line in lines:
+            found = re.search(banner, line.decode(errors="replace"))
+            if found:
+                return Server(proc, int(found.group(1)), log, err, listen.rpartition(":")[0])
     proc.kill()
     proc.wait(10)
     proc.stdout.close()
