@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 CLI = [sys.executable, "-m", "p2pckpt"]
 TIMEOUT = 120.0
@@ -78,6 +78,30 @@ class Server:
         return self.proc.poll() is None
 
 
+def read_until(stream: IO[str], pattern: str, timeout: float) -> tuple[re.Match[str] | None, str]:
+    """Read a child's pipe until a line matches ``pattern`` (the match, and
+    every line read), or until ``timeout`` or end of file (None). Raw reads,
+    split here: a buffered readline() may take two lines at once, and
+    select() would then wait for a line already read."""
+    deadline = time.monotonic() + timeout
+    fd, pending, seen = stream.fileno(), b"", ""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        data = os.read(fd, 65536)
+        if not data:
+            break
+        *lines, pending = (pending + data).split(b"\n")
+        for raw in lines:
+            line = raw.decode(errors="replace")
+            seen += line + "\n"
+            found = re.search(pattern, line)
+            if found:
+                return found, seen
+    return None, seen
+
+
 def start_server(
     home: Path,
     log: Path,
@@ -100,22 +124,10 @@ def start_server(
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert proc.stdout is not None
-    deadline = time.monotonic() + 60  # a loaded 2-core machine can take 30 s to start one
-    # Raw reads of the pipe, split here: a buffered readline() may take two
-    # lines at once, and select() would then wait for a line already read.
-    fd, pending = proc.stdout.fileno(), b""
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        data = os.read(fd, 65536)
-        if not data:
-            break
-        *lines, pending = (pending + data).split(b"\n")
-        for line in lines:
-            found = re.search(banner, line.decode(errors="replace"))
-            if found:
-                return Server(proc, int(found.group(1)), log, err, listen.rpartition(":")[0])
+    # A loaded 2-core machine can take 30 s to start one.
+    found, _ = read_until(proc.stdout, banner, 60)
+    if found:
+        return Server(proc, int(found.group(1)), log, err, listen.rpartition(":")[0])
     proc.kill()
     proc.wait(10)
     proc.stdout.close()

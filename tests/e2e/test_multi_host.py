@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from p2pckpt.home import Home
-from tests.e2e.nodes import CLI, Server, no_mdns, run, start_server
+from tests.e2e.nodes import CLI, Server, no_mdns, read_until, run, start_server
 
 HOSTS = 4
 NAME = "mh-net"
@@ -93,15 +90,9 @@ def coordinator(
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert proc.stderr is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
-        line = proc.stderr.readline() if ready else ""
-        found = re.search(r"gathering \S+ on ([0-9.]+:\d+)", line)
-        if found:
-            return proc, found.group(1)
-        if not line and proc.poll() is not None:
-            break
+    found, _ = read_until(proc.stderr, r"gathering \S+ on ([0-9.]+:\d+)", 60)
+    if found:
+        return proc, found.group(1)
     proc.kill()
     raise AssertionError(f"coordinator did not listen: {proc.communicate()}")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.nodes import CLI, make_checkpoint, no_mdns, run, same_tree, start_server
+from tests.e2e.nodes import CLI, make_checkpoint, no_mdns, read_until, run, same_tree, start_server
 
 DEADLINE = 60.0
 
@@ -297,13 +297,8 @@ def test_pairing_through_a_relay_by_the_codes_number_alone(
     try:
         inv = invite(a, "--relay", relay.addr)
         assert inv.proc.stderr is not None
-        end = time.monotonic() + DEADLINE
-        seen = ""
-        while "waiting at relay" not in seen and time.monotonic() < end:
-            ready, _, _ = select.select([inv.proc.stderr], [], [], end - time.monotonic())
-            line = inv.proc.stderr.readline() if ready else ""
-            assert line, f"the inviter never reached the relay: {seen}"
-            seen += line
+        found, seen = read_until(inv.proc.stderr, "waiting at relay", DEADLINE)
+        assert found, f"the inviter never reached the relay: {seen}"
         joined = run(b, "pair", inv.code, "--relay", relay.addr, "--no-mdns", "--yes")
         rc, lines, err = inv.finish()
     finally:
