@@ -408,7 +408,7 @@ class _Watcher:
                 self.state.failed(cand.path, exc)
                 return
             if self.book is not None:  # the finished version replaces what was in progress
-                self.book.withdraw(self.spec.name, cand.path)
+                self.book.retire(self.spec.name, cand.path)
             log.info(
                 'published name=%s version=%d path="%s"', manifest.name, manifest.version, cand.path
             )

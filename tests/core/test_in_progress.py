@@ -31,7 +31,7 @@ from p2pckpt.manifest.manifest import (
     verify_any,
     verify_in_progress,
 )
-from p2pckpt.transfer.progress_book import ProgressBook
+from p2pckpt.transfer.progress_book import MAX_SUPERSEDED, ProgressBook
 from tests.core.test_manifest import KEY, OTHER_KEY, make_manifest
 
 
@@ -102,13 +102,28 @@ def test_the_book_offers_the_newest_per_name_and_withdraws_by_location() -> None
     second, env2 = in_progress(2)
     book.offer(first, env1, Path("/w/step-3"))
     book.offer(second, env2, Path("/w/step-3"))
-    assert book.get(first.root) is None and book.get(second.root) is not None
+    # the older one is no longer offered, but a follower fetching it finishes
+    assert book.get(first.root) is not None and book.get(second.root) is not None
     found = book.find("llama-7b")
     assert found is not None and found.envelope == env2
     book.withdraw("llama-7b", Path("/w/other"))  # not its folder: stays
     assert book.find("llama-7b") is not None
     book.withdraw("llama-7b", Path("/w/step-3"))
     assert book.find("llama-7b") is None and book.get(second.root) is None
+    assert book.get(first.root) is None
+
+
+def test_a_published_version_stops_being_offered_but_its_chunks_are_served() -> None:
+    book = ProgressBook()
+    first, env1 = in_progress(1)
+    book.offer(first, env1, Path("/w/step-3"))
+    book.retire("llama-7b", Path("/w/other"))  # not its folder: stays offered
+    assert book.find("llama-7b") is not None
+    book.retire("llama-7b", Path("/w/step-3"))
+    assert book.find("llama-7b") is None and book.get(first.root) is not None
+    for n in range(2, 2 + MAX_SUPERSEDED + 1):  # bounded
+        book.offer(*in_progress(n), Path("/w/step-3"))
+    assert book.get(first.root) is None
 
 
 # --- which files are finished -------------------------------------------------------
