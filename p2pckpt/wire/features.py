@@ -36,6 +36,7 @@ FEATURES: Final = frozenset(
         "given",  # a complete source's Have lists what it gave (issue 17)
         "hello",  # this exchange, and Error(UNSUPPORTED) for unknown types
         "in-progress",  # ProgressRequest: signed in-progress manifests (issue 21)
+        "progress-wait",  # ProgressRequest's after field: a long poll (issue 21)
     }
 )
 LEGACY: Final = frozenset({"codecs", "list-meta", "pieces", "given"})  # 0.1.0
