@@ -141,7 +141,7 @@ def snap(
 
 
 def test_a_file_is_finished_once_unchanged_for_the_grace_and_whole() -> None:
-    grace = stream_grace(INDEX)
+    grace = stream_grace(INDEX, whole_shard=True)
     one = snap({SHARDS[0]: (10, 1), SHARDS[1]: (5, 1)}, whole={SHARDS[0]})
     since = unchanged_since(None, one, {}, at=100.0)
     assert since == {SHARDS[0]: 100.0, SHARDS[1]: 100.0}
@@ -153,6 +153,16 @@ def test_a_file_is_finished_once_unchanged_for_the_grace_and_whole() -> None:
     assert finished_files(two, since, 100.0 + grace, INDEX) == {SHARDS[0]}
     # quiet but its header says it is not whole (preallocated): not finished
     assert finished_files(two, since, 1e9, INDEX) == {SHARDS[0]}
+
+
+def test_a_whole_shard_needs_less_quiet_time_than_another_file() -> None:
+    assert stream_grace(INDEX, whole_shard=True) < stream_grace(INDEX) == 1.0
+    files = {SHARDS[0]: (10, 1), "config.json": (3, 1)}
+    one = snap(files, whole={SHARDS[0]})
+    since = unchanged_since(None, one, {}, at=100.0)
+    at = 100.0 + stream_grace(INDEX, whole_shard=True)
+    assert finished_files(one, since, at, INDEX) == {SHARDS[0]}
+    assert finished_files(one, since, 100.0 + stream_grace(INDEX), INDEX) == set(files)
 
 
 def test_what_never_counts_as_finished() -> None:
