@@ -28,8 +28,10 @@ while its own publisher is still accepted: once a (perhaps stolen) key is
 removed from trust, the newest version of an accepted publisher is installed
 whatever its number (R-23). The publisher is checked again after the pull
 and before ``current`` moves or the hook runs, so a ``trust rm`` during a
-pull installs nothing. Checks run when mDNS says a peer's catalog epoch
-changed, and at least every POLL_SECONDS otherwise. A failed check or hook
+pull installs nothing. Checks run when mDNS says a peer's epoch changed
+(a version published, or an in-progress offer changed: issue 21), when a
+peer answers the long poll kept open between checks (``_told``), and at
+least every POLL_SECONDS otherwise. A failed check or hook
 is logged and retried at the next trigger; nothing here ends the daemon.
 """
 

@@ -47,11 +47,15 @@ class ProgressBook:
     def __init__(self) -> None:
         self._by_name: dict[str, InProgress] = {}
         self._superseded: dict[bytes, InProgress] = {}  # oldest first, still served
+        # Counts changes to what is offered; added to the catalog epoch that
+        # mDNS announces (``epoch``), so LAN followers look again at once.
+        self.generation = 0
 
     def offer(self, manifest: Manifest, envelope: bytes, location: Path) -> None:
         assert manifest.in_progress is not None, "only in-progress manifests go here"
         self._supersede(manifest.name)
         self._by_name[manifest.name] = InProgress(manifest, envelope, location)
+        self.generation += 1
 
     def retire(self, name: str, location: Path) -> None:
         """``location``'s version of ``name`` was published whole: stop
@@ -59,6 +63,7 @@ class ProgressBook:
         held = self._by_name.get(name)
         if held is not None and held.location == location:
             self._supersede(name)
+            self.generation += 1
 
     def withdraw(self, name: str, location: Path | None = None) -> None:
         """Stop offering and serving ``name`` (only ``location``'s, if given):
@@ -66,6 +71,7 @@ class ProgressBook:
         held = self._by_name.get(name)
         if held is not None and (location is None or held.location == location):
             del self._by_name[name]
+            self.generation += 1
         for root, old in list(self._superseded.items()):
             if old.manifest.name == name and (location is None or old.location == location):
                 del self._superseded[root]
@@ -77,6 +83,12 @@ class ProgressBook:
         self._superseded[held.manifest.root] = held
         while len(self._superseded) > MAX_SUPERSEDED:
             del self._superseded[next(iter(self._superseded))]
+
+    def epoch(self, catalog_epoch: int) -> int:
+        """The epoch to announce: it changes when the catalog's does (a
+        version published) and when an in-progress offer does (both only
+        grow, so their sum changes whenever either does)."""
+        return catalog_epoch + self.generation
 
     def find(self, name: str) -> InProgress | None:
         """The in-progress manifest of ``name`` offered now, if any."""

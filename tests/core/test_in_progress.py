@@ -183,3 +183,19 @@ def test_offers_are_bounded_in_rate_and_number() -> None:
     assert not should_offer(ab, a, 1, 10.0, 10.0 + STREAM_INTERVAL / 2)  # too soon
     assert should_offer(ab, a, 1, 10.0, 10.0 + STREAM_INTERVAL)
     assert not should_offer(ab, a, MAX_STREAM_UPDATES, -math.inf, 1e9)  # too many
+
+
+def test_the_announced_epoch_moves_with_each_in_progress_change() -> None:
+    """mDNS announces ``book.epoch(catalog epoch)``: a LAN follower hears of
+    each new in-progress offer, and of the version published whole, at once."""
+    book = ProgressBook()
+    seen = [book.epoch(5)]
+    book.offer(*in_progress(1), Path("/w/step-3"))
+    seen.append(book.epoch(5))
+    book.offer(*in_progress(2), Path("/w/step-3"))
+    seen.append(book.epoch(5))
+    book.retire("llama-7b", Path("/w/step-3"))  # published: the catalog epoch moves too
+    seen.append(book.epoch(6))
+    assert seen == sorted(set(seen))  # every change is a new, larger number
+    book.retire("llama-7b", Path("/w/step-3"))  # nothing offered: no change
+    assert book.epoch(6) == seen[-1]
