@@ -666,6 +666,8 @@ async def _told(finder: Finder, name: str, state: FollowState, scope: trio.Cance
         except (P2pckptError, OSError) as exc:
             log.debug('long poll ended peer=%s error="%s"', conn.label, exc)
             return
+        if now == after:  # its wait ended with nothing new (or it does not wait): no news
+            return
         state.heard[conn.peer] = now
         changed = True
         scope.cancel()

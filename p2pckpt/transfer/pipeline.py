@@ -242,13 +242,12 @@ class Pipeline:
     async def _progress_changed(self, name: str, after: int) -> None:
         """A long poll (issue 21): return once the in-progress sequence offered
         for ``name`` (0: none) is not ``after``, or after MAX_PROGRESS_WAIT.
-        Looks at the book every PROGRESS_TICK: a comparison, no I/O."""
+        Looks at the book every PROGRESS_TICK: a comparison, no I/O. A server
+        with no book (``serve``) never offers any: it waits the whole time."""
         book = self._progress
-        if book is None:
-            return
         with trio.move_on_after(MAX_PROGRESS_WAIT):
             while True:
-                offered = book.find(name)
+                offered = book.find(name) if book is not None else None
                 sequence = offered.manifest.in_progress if offered is not None else None
                 if (sequence or 0) != after:
                     return

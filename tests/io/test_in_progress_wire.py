@@ -26,6 +26,8 @@ from p2pckpt.home import Home
 from p2pckpt.identity.keys import NodeKey
 from p2pckpt.manifest.manifest import IN_PROGRESS_KEY, Manifest, sign
 from p2pckpt.publish import publish, publish_in_progress
+from p2pckpt.transfer.choose import PROGRESS_WAIT, await_progress
+from p2pckpt.transfer.peer import connect_direct
 from p2pckpt.transfer.progress_book import ProgressBook
 from p2pckpt.transfer.pull import NoProgress
 from p2pckpt.transfer.serve import Server
@@ -143,3 +145,48 @@ def _resequenced(home: Home, manifest: Manifest, sequence: int) -> Manifest:
     keys its offer on (the envelope sent is whatever the test gives it)."""
     meta = {**manifest.meta, IN_PROGRESS_KEY: str(sequence)}
     return sign(replace(manifest, meta=meta), home.key)[0]
+
+
+async def test_the_long_poll_is_answered_when_the_offer_changes_and_only_then(
+    tmp_path: Path,
+) -> None:
+    """ProgressRequest with ``after`` (feature progress-wait) is held while
+    the offer is ``after``, answered at once when it changes (a new offer;
+    the version published whole), and held by a server with no book."""
+    seeder, follower, step = _homes(tmp_path)
+    shard = "model-00001-of-00002.safetensors"
+    book = ProgressBook()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            ports = []
+            for server in (Server(seeder, progress=book), Server(seeder)):
+                (listener,) = await nursery.start(server.serve, LOCAL, 0)
+                ports.append(listener.socket.getsockname()[1])
+            conn = await connect_direct(follower, (LOCAL, ports[0]), expect=seeder.key.peer_id)
+            assert PROGRESS_WAIT in conn.features
+            async with trio.open_nursery() as inner:
+                answers: list[int] = []
+
+                async def ask(after: int) -> None:
+                    answers.append(await await_progress(conn, "m", after, 10.0))
+
+                inner.start_soon(ask, 0)
+                await trio.sleep(0.3)
+                assert answers == []  # nothing offered: held
+                book.offer(*publish_in_progress(seeder, step, "m", 3, frozenset({shard}), 7), step)
+            assert answers == [7]
+            assert await await_progress(conn, "m", 6, 10.0) == 7  # not what it had: at once
+            with trio.move_on_after(0.3) as held:
+                await await_progress(conn, "m", 7, 10.0)
+            assert held.cancelled_caught  # what it had: held
+            await conn.aclose()
+            conn = await connect_direct(follower, (LOCAL, ports[0]), expect=seeder.key.peer_id)
+            book.retire("m", step)  # published whole: offered no more
+            assert await await_progress(conn, "m", 7, 10.0) == 0
+            await conn.aclose()
+            plain = await connect_direct(follower, (LOCAL, ports[1]), expect=seeder.key.peer_id)
+            with trio.move_on_after(0.3) as held:
+                await await_progress(plain, "m", 0, 10.0)
+            assert held.cancelled_caught  # no book: nothing will change, so no answer
+            await plain.aclose()
+            nursery.cancel_scope.cancel()
