@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -176,14 +177,18 @@ def _one_run(
         )
         current = models / "m" / "current"
         written = None
-        while not os.path.islink(current):
-            if written is None and writer.poll() is not None:
-                written = time.monotonic() - started
-            if time.monotonic() - started > 3600:
-                raise SystemExit("no current after an hour")
-            time.sleep(0.02)
-        end = time.monotonic() - started
-        writer.wait()
+        try:
+            while not os.path.islink(current):
+                if written is None and writer.poll() is not None:
+                    written = time.monotonic() - started
+                if time.monotonic() - started > 3600:
+                    raise SystemExit("no current after an hour")
+                time.sleep(0.02)
+            end = time.monotonic() - started
+            writer.wait()
+        finally:
+            writer.kill()  # only if it is still running (interrupted)
+            writer.wait()
         written = written if written is not None else end
         return {"write": written, "end": end}
     finally:
@@ -192,6 +197,7 @@ def _one_run(
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # clean up (namespaces) on kill
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", default="2GiB")
     ap.add_argument("--write-rate", default="50MB", help="the writer's steady rate, per second")

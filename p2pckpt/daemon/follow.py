@@ -186,6 +186,7 @@ class FollowState:
     hook: HookResult | None = None
     streaming: bool = False  # a version is being written and prefetched (issue 21)
     heard: dict[PeerId, int] = field(default_factory=dict)  # each peer's last long-poll answer
+    again: bool = False  # a prefetch just ended: look again at once (more may be finished)
     prefetched: dict[tuple[bytes, int], int] = field(default_factory=dict)  # newest sequence
 
     def failed(self, error: BaseException | str) -> None:
@@ -490,6 +491,7 @@ async def stream_once(
     tracker = progress(f"{spec.name}@{manifest.version} (in progress)")
     await prefetch(home, offer, target, tracker, throttles=throttles)
     state.prefetched[key] = manifest.in_progress  # after it: a failed one is tried again
+    state.again = True
 
 
 MAX_STREAMED_VERSIONS: Final = 64  # versions whose sequence a follower remembers
@@ -628,6 +630,9 @@ async def follow(
             log.error('follow failed name=%s error="%s"', spec.name, first_leaf(group))
             state.failed(first_leaf(group))
         polls.next_round()
+        if state.again:  # files finished (or the version did) while that prefetch ran
+            state.again = False
+            continue
         wait = STREAM_POLL_SECONDS if state.streaming else idle
         with trio.move_on_after(wait):
             async with trio.open_nursery() as nursery:
