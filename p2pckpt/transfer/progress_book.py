@@ -16,12 +16,14 @@ it from being served: a follower still fetching them finishes instead of
 failing and starting over (they are the same files, in the same place; a
 file that changed since fails its chunk check, as any). The last
 MAX_SUPERSEDED of them are kept for that, until their files go away
-(``withdraw``). Only the newest one not retired is *offered*
+(``withdraw``) or the version published from them leaves the catalog
+(``drop_unheld``: unpublished, retired, gc). Only the newest one not retired is *offered*
 (ProgressRequest).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -50,6 +52,7 @@ class ProgressBook:
         # Counts changes to what is offered; added to the catalog epoch that
         # mDNS announces (``epoch``), so LAN followers look again at once.
         self.generation = 0
+        self._published: set[Path] = set()  # locations retired here: published whole
 
     def offer(self, manifest: Manifest, envelope: bytes, location: Path) -> None:
         assert manifest.in_progress is not None, "only in-progress manifests go here"
@@ -63,6 +66,7 @@ class ProgressBook:
         held = self._by_name.get(name)
         if held is not None and held.location == location:
             self._supersede(name)
+            self._published.add(location)
             self.generation += 1
 
     def withdraw(self, name: str, location: Path | None = None) -> None:
@@ -75,6 +79,18 @@ class ProgressBook:
         for root, old in list(self._superseded.items()):
             if old.manifest.name == name and (location is None or old.location == location):
                 del self._superseded[root]
+
+    def drop_unheld(self, held: Callable[[Path], bool]) -> int:
+        """Stop serving the superseded manifests of versions published from a
+        location ``held`` says the catalog no longer serves (unpublished,
+        retired, gc): their chunks go when the version's do. Returns how
+        many were dropped."""
+        gone = {loc for loc in self._published if not held(loc)}
+        doomed = [root for root, p in self._superseded.items() if p.location in gone]
+        for root in doomed:
+            del self._superseded[root]
+        self._published -= gone
+        return len(doomed)
 
     def _supersede(self, name: str) -> None:
         held = self._by_name.pop(name, None)

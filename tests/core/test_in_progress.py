@@ -199,3 +199,17 @@ def test_the_announced_epoch_moves_with_each_in_progress_change() -> None:
     assert seen == sorted(set(seen))  # every change is a new, larger number
     book.retire("llama-7b", Path("/w/step-3"))  # nothing offered: no change
     assert book.epoch(6) == seen[-1]
+
+
+def test_superseded_offers_stop_being_served_when_their_version_leaves_the_catalog() -> None:
+    book = ProgressBook()
+    older, env1 = in_progress(1)
+    book.offer(older, env1, Path("/w/step-3"))
+    book.offer(*in_progress(2), Path("/w/step-3"))
+    # still being written (not published): kept whatever the catalog says
+    assert book.drop_unheld(lambda _loc: False) == 0 and book.get(older.root) is not None
+    book.retire("llama-7b", Path("/w/step-3"))
+    assert book.drop_unheld(lambda _loc: True) == 0  # published and still held
+    assert book.get(older.root) is not None
+    assert book.drop_unheld(lambda _loc: False) == 2  # unpublished (or retired, gc)
+    assert book.get(older.root) is None
