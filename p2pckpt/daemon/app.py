@@ -40,6 +40,7 @@ from p2pckpt.errors import ConfigError, NotFound, P2pckptError
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.transfer import releases
+from p2pckpt.transfer.progress_book import ProgressBook
 from p2pckpt.transfer.pull import Progress
 from p2pckpt.transfer.serve import Server
 from p2pckpt.transfer.throttle import Throttle
@@ -260,17 +261,24 @@ async def start_reachability(
     cfg: Config,
     server: Server,
     listeners: list[trio.SocketListener],
+    book: ProgressBook | None = None,
 ) -> None:
     """Make a serving node findable: mDNS announcement (if enabled) and relay
-    registration (if configured). Shared by ``serve`` and the daemon."""
+    registration (if configured). Shared by ``serve`` and the daemon. The
+    epoch announced also moves when ``book``'s in-progress offers do (issue
+    21), so LAN followers look again at once."""
     if cfg.mdns:
         from p2pckpt.discovery.mdns import announce
+
+        def epoch() -> int:
+            held = home.catalog.epoch()
+            return held if book is None else book.epoch(held)
 
         await nursery.start(
             partial(announce, interfaces=list(cfg.interfaces) or None),
             home.key.peer_id,
             listeners[0].socket.getsockname()[1],
-            home.catalog.epoch,
+            epoch,
         )
     if cfg.relay is not None:
         from p2pckpt.relay.client import register
@@ -363,7 +371,7 @@ async def _start_tasks(
     state.nursery = nursery
     handlers = {"status": status, "current": state.current, "pause": state.pause}
     await nursery.start(serve_control, home.path, handlers)
-    await start_reachability(nursery, home, cfg, server, listeners)
+    await start_reachability(nursery, home, cfg, server, listeners, pulls.progress)
     if cfg.web is not None:
         from p2pckpt.daemon.web import load_token
         from p2pckpt.daemon.web_backend import serve_web

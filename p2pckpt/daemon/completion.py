@@ -222,21 +222,33 @@ def is_complete(
 # watcher offers those at once in a signed in-progress manifest. A file
 # counts as finished only if it has looked the same (size and mtime) for
 # ``stream_grace`` and, under the index rule, its safetensors header says
-# its data end at its end; a temporary name never counts. Erring towards
+# its data end at its end (then a shorter SHARD_GRACE is enough: the
+# header is the evidence, the quiet time only covers a writer that
+# preallocates); a temporary name never counts. Erring towards
 # "not yet" costs a little latency; erring the other way costs nothing
 # worse than a follower fetching a shard twice: the final manifest decides
 # what is installed, and anything it does not cover is never committed.
 
 MIN_STREAM_GRACE: Final = 1.0  # seconds a file must look unchanged to count as finished
+SHARD_GRACE: Final = 0.25  # the same for a shard whose safetensors header says it is whole
 STREAM_INTERVAL: Final = 0.5  # at most one in-progress manifest per this many seconds
 MAX_STREAM_UPDATES: Final = 1024  # in-progress manifests signed for one version, at most
 
 
-def stream_grace(spec: WatchSpec) -> float:
-    """How long one file must look unchanged before it is offered early."""
+def stream_grace(spec: WatchSpec, whole_shard: bool = False) -> float:
+    """How long one file must look unchanged before it is offered early
+    (``whole_shard``: a safetensors shard its header says is whole, under
+    the index rule)."""
     if spec.complete == "stable":
         return spec.stable_seconds
+    if whole_shard and spec.complete == "index":
+        return SHARD_GRACE
     return max(MIN_STREAM_GRACE, INDEX_GRACE)
+
+
+def file_grace(spec: WatchSpec, snap: Snapshot, path: str) -> float:
+    """``stream_grace`` for the file ``path`` of ``snap``."""
+    return stream_grace(spec, path in snap.complete_shards)
 
 
 def unchanged_since(
@@ -260,9 +272,9 @@ def finished_files(
     beside them under the stable rule."""
     if snap.kind != "dir" or snap.problem or not snap.files:
         return frozenset()
-    grace = stream_grace(spec)
     found = set()
     for path in snap.files:
+        grace = file_grace(spec, snap, path)
         if is_temporary(path.rsplit("/", 1)[-1]) or at - since.get(path, at) < grace:
             continue
         if spec.complete == "marker" and path == spec.marker:

@@ -28,8 +28,10 @@ while its own publisher is still accepted: once a (perhaps stolen) key is
 removed from trust, the newest version of an accepted publisher is installed
 whatever its number (R-23). The publisher is checked again after the pull
 and before ``current`` moves or the hook runs, so a ``trust rm`` during a
-pull installs nothing. Checks run when mDNS says a peer's catalog epoch
-changed, and at least every POLL_SECONDS otherwise. A failed check or hook
+pull installs nothing. Checks run when mDNS says a peer's epoch changed
+(a version published, or an in-progress offer changed: issue 21), when a
+peer answers the long poll kept open between checks (``_told``), and at
+least every POLL_SECONDS otherwise. A failed check or hook
 is logged and retried at the next trigger; nothing here ends the daemon.
 """
 
@@ -67,8 +69,14 @@ from p2pckpt.fs.atomic import fsync_dir, write_atomic
 from p2pckpt.home import Home
 from p2pckpt.identity.peer_id import PeerId
 from p2pckpt.logs import Polls, polling
-from p2pckpt.transfer.choose import choose_in_progress, publisher_refusal
+from p2pckpt.transfer.choose import (
+    PROGRESS_WAIT,
+    await_progress,
+    choose_in_progress,
+    publisher_refusal,
+)
 from p2pckpt.transfer.partials import Partials
+from p2pckpt.transfer.peer import PeerConnection
 from p2pckpt.transfer.pull import (
     Accept,
     Hint,
@@ -87,6 +95,7 @@ log = logging.getLogger("p2pckpt.follow")
 POLL_SECONDS: Final = 2.0  # without mDNS, how often peers are asked
 MDNS_POLL_SECONDS: Final = 30.0  # with mDNS, epoch changes wake us; this is the fallback
 STREAM_POLL_SECONDS: Final = 0.5  # while a version is being written: how often peers are asked
+PROGRESS_TIMEOUT: Final = 60.0  # a long poll unanswered this long: the peer is gone
 HOOK_TIMEOUT: Final = 300.0
 CURRENT: Final = "current"
 PINNED: Final = ".pinned"
@@ -179,6 +188,8 @@ class FollowState:
     last_ok_at: float | None = None  # the last check that ended without an error
     hook: HookResult | None = None
     streaming: bool = False  # a version is being written and prefetched (issue 21)
+    heard: dict[PeerId, int] = field(default_factory=dict)  # each peer's last long-poll answer
+    again: bool = False  # a prefetch just ended: look again at once (more may be finished)
     prefetched: dict[tuple[bytes, int], int] = field(default_factory=dict)  # newest sequence
 
     def failed(self, error: BaseException | str) -> None:
@@ -488,6 +499,7 @@ async def stream_once(
     with (pauses or Pauses()).pulling(spec.name, f"{spec.name}@{manifest.version}"):
         await prefetch(home, offer, target, tracker, throttles=throttles)
     state.prefetched[key] = manifest.in_progress  # after it: a failed one is tried again
+    state.again = True
 
 
 MAX_STREAMED_VERSIONS: Final = 64  # versions whose sequence a follower remembers
@@ -647,9 +659,59 @@ async def follow(
         polls.next_round()
         if stopped or pauses.paused(spec.name):
             continue
+        if state.again:  # files finished (or the version did) while that prefetch ran
+            state.again = False
+            continue
         wait = STREAM_POLL_SECONDS if state.streaming else idle
         with trio.move_on_after(wait):
-            if finder.browser is not None:
-                await finder.browser.changed()
-            else:
-                await trio.sleep_forever()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_woken, finder, nursery.cancel_scope)
+                nursery.start_soon(_told, finder, spec.name, state, nursery.cancel_scope)
+
+
+async def _woken(finder: Finder, scope: trio.CancelScope) -> None:
+    """Return when mDNS says a peer's catalog changed (never, without mDNS)."""
+    if finder.browser is not None:
+        await finder.browser.changed()
+    else:
+        await trio.sleep_forever()
+    scope.cancel()
+
+
+async def _told(finder: Finder, name: str, state: FollowState, scope: trio.CancelScope) -> None:
+    """Return when a peer that speaks "progress-wait" says the in-progress
+    manifest of ``name`` it offers changed (a shard finished, or the version
+    was published whole; issue 21): one long poll per peer, the wait
+    between two checks, instead of finding out at the next check. Older
+    peers (and any failure) just leave the check to its time."""
+    try:
+        conns = await finder.connect_all(None)
+    except P2pckptError:
+        await trio.sleep_forever()
+    changed = False
+
+    async def ask(conn: PeerConnection) -> None:
+        nonlocal changed
+        if PROGRESS_WAIT not in conn.features:
+            return
+        after = state.heard.get(conn.peer, 0)
+        try:
+            now = await await_progress(conn, name, after, PROGRESS_TIMEOUT)
+        except (P2pckptError, OSError) as exc:
+            log.debug('long poll ended peer=%s error="%s"', conn.label, exc)
+            return
+        if now == after:  # its wait ended with nothing new (or it does not wait): no news
+            return
+        state.heard[conn.peer] = now
+        changed = True
+        scope.cancel()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for conn in conns:
+                nursery.start_soon(ask, conn)
+    finally:
+        for conn in conns:
+            await conn.aclose()
+    if not changed:
+        await trio.sleep_forever()

@@ -48,12 +48,12 @@ from p2pckpt.config import WatchSpec
 from p2pckpt.daemon import inotify
 from p2pckpt.daemon.completion import (
     Snapshot,
+    file_grace,
     finished_files,
     is_candidate_name,
     is_complete,
     settle_seconds,
     should_offer,
-    stream_grace,
     unchanged_since,
     version_from_name,
 )
@@ -324,22 +324,28 @@ class _Watcher:
         if snap != before:
             cand.quiet_since = max(cand.quiet_since, now)
         rule = self.spec.complete
-        streaming = self.book is not None and not is_complete(rule, snap, snap, math.inf, self.spec)
+        # Until it is published, even while only its quiet time is missing:
+        # the last shard is offered as soon as it is finished (issue 21).
+        complete = is_complete(rule, snap, before, start - cand.quiet_since, self.spec)
+        streaming = self.book is not None and not complete
         if streaming:
             await self._stream(name, cand, before, snap, now)
         if touched:
             return  # _touch already scheduled the next look
         if snap == cand.failed:
             cand.due = now + self.backstop
-        elif is_complete(rule, snap, before, start - cand.quiet_since, self.spec):
+        elif complete:
             await self._publish(name, cand, snap)
         elif is_complete(rule, snap, snap, math.inf, self.spec):  # only time is missing
             cand.due = max(cand.quiet_since + self.settle, now + DEBOUNCE)
         else:  # waiting for a marker, a shard, a rename: events will say when
             cand.due = now + self.backstop
         if streaming:  # look again when the next file has been quiet long enough
-            grace = stream_grace(self.spec)
-            soon = [t + grace for p, t in cand.since.items() if p not in cand.offered]
+            soon = [
+                t + file_grace(self.spec, snap, p)
+                for p, t in cand.since.items()
+                if p not in cand.offered
+            ]
             soon = [t for t in soon if t > now]
             if soon:
                 cand.due = min(cand.due, max(min(soon), now + DEBOUNCE))
@@ -408,7 +414,7 @@ class _Watcher:
                 self.state.failed(cand.path, exc)
                 return
             if self.book is not None:  # the finished version replaces what was in progress
-                self.book.withdraw(self.spec.name, cand.path)
+                self.book.retire(self.spec.name, cand.path)
             log.info(
                 'published name=%s version=%d path="%s"', manifest.name, manifest.version, cand.path
             )

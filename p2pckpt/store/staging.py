@@ -42,8 +42,10 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Final
 
@@ -51,7 +53,7 @@ from p2pckpt.errors import NO_SPACE_ERRNOS, ChunkCorrupt, NoSpace, P2pckptError,
 from p2pckpt.fs.atomic import fsync_dir, write_atomic
 from p2pckpt.fs.rename import rename_exchange, rename_noreplace
 from p2pckpt.fs.sync import syncfs, syncfs_trusted
-from p2pckpt.manifest.chunker import chunk_hash
+from p2pckpt.manifest.chunker import Chunk, chunk_hash
 from p2pckpt.manifest.manifest import Manifest, verify_any
 from p2pckpt.manifest.select import Selection
 from p2pckpt.store import journal, journal_file
@@ -66,7 +68,14 @@ from p2pckpt.store.heal import (
     start_over,
 )
 from p2pckpt.store.locations import file_path
-from p2pckpt.store.partial_files import ADOPT_TMP, GONE, PartialFiles, identity, same_file
+from p2pckpt.store.partial_files import (
+    ADOPT_TMP,
+    GONE,
+    Identity,
+    PartialFiles,
+    identity,
+    same_file,
+)
 from p2pckpt.store.space import no_space, no_space_as_error
 
 log = logging.getLogger("p2pckpt.staging")
@@ -76,8 +85,61 @@ FSYNC_INTERVAL: Final = 1.0
 SYNCFS_AFTER: Final = 16  # more files than this to make durable: one syncfs, where trusted
 
 
+# Files of this process's partial copies whose every chunk it verified, by
+# (device, inode): what its own last change left on the file (the tripwire's
+# ``identity``) and the file's chunks. A later partial copy adopting such a
+# file while it still looks exactly so (nothing wrote it, or chmod-ed or
+# linked it, since) takes it without reading it back (issue 21: a follower
+# stages each in-progress manifest, then the final one, over the same shards).
+# Only in memory: a new process trusts no file it did not hash itself.
+_VERIFIED: OrderedDict[tuple[int, int], tuple[Identity, tuple[Chunk, ...]]] = OrderedDict()
+MAX_VERIFIED: Final = 4096
+
+
+def _remember_verified(st: os.stat_result, chunks: tuple[Chunk, ...]) -> None:
+    _VERIFIED[(st.st_dev, st.st_ino)] = (identity(st), chunks)
+    _VERIFIED.move_to_end((st.st_dev, st.st_ino))
+    while len(_VERIFIED) > MAX_VERIFIED:
+        _VERIFIED.popitem(last=False)
+
+
+def _verified_before(st: os.stat_result, chunks: tuple[Chunk, ...]) -> bool:
+    """Whether this process verified the file ``st`` holding ``chunks``, and
+    nothing changed it since."""
+    held = _VERIFIED.get((st.st_dev, st.st_ino))
+    return held is not None and held == (identity(st), chunks)
+
+
 def staging_path(dest: Path) -> Path:
     return dest.parent / f".{dest.name}{SUFFIX}"
+
+
+def _same_inode_content(st: os.stat_result, before: os.stat_result) -> bool:
+    """The same inode, its mode, size and mtime unchanged (a link added or
+    removed moves only its ctime)."""
+    return (st.st_dev, st.st_ino, st.st_mode, st.st_mtime_ns, st.st_size) == (
+        before.st_dev,
+        before.st_ino,
+        before.st_mode,
+        before.st_mtime_ns,
+        before.st_size,
+    )
+
+
+def _same_inode(path: Path, before: os.stat_result) -> bool:
+    """``path`` is a plain file of ours no one else may write, the very inode
+    ``before`` was, unchanged (a link moves only its ctime)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (
+        stat.S_ISREG(st.st_mode)
+        and st.st_uid == os.getuid()
+        and not st.st_mode & 0o022
+        and (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        == (before.st_dev, before.st_ino, before.st_mtime_ns, before.st_size)
+    )
 
 
 class Staging:
@@ -169,8 +231,30 @@ class Staging:
         return found
 
     def drop_previous(self) -> None:
-        """Remove the partial copy of another version once its chunks are taken."""
+        """Remove the partial copy of another version once its chunks are taken.
+        A file adopted from it loses a link, which moves its ctime: the
+        tripwire restarts from there when nothing else about it changed."""
+        before: dict[str, os.stat_result] = {}
+        for relpath in self.files.adopted:
+            with contextlib.suppress(OSError, StoreError):
+                fd = self.files.open(relpath, create=False)
+                try:
+                    st = os.fstat(fd)
+                finally:
+                    os.close(fd)
+                if self.files.untouched(relpath, st):
+                    before[relpath] = st
         shutil.rmtree(self.path / PREVIOUS, ignore_errors=True)
+        for relpath, old in before.items():
+            with contextlib.suppress(OSError, StoreError):
+                fd = self.files.open(relpath, create=False)
+                try:
+                    st = os.fstat(fd)
+                    with self.files.locks[relpath]:
+                        if _same_inode_content(st, old):
+                            self.files.record(relpath, fd)
+                finally:
+                    os.close(fd)
 
     def discard(self) -> None:
         """Remove the staging directory (ours: it holds our manifest)."""
@@ -221,12 +305,17 @@ class Staging:
         indices = self.files.file_chunks[relpath]
         tmp = self.path / ADOPT_TMP  # outside data/: a crash never leaves it in the copy
         tmp.unlink(missing_ok=True)
+        chunks = tuple(self.files.chunks[i][1] for i in indices)
         try:
+            before = os.lstat(source)
+            known = _verified_before(before, chunks)  # before the link moves its ctime
             os.link(source, tmp, follow_symlinks=False)
         except OSError:  # another filesystem, links not allowed, gone
             return False
         try:
-            if not same_file(tmp, entry.size, [self.files.chunks[i][1] for i in indices]):
+            if not (known and _same_inode(tmp, before)) and not same_file(
+                tmp, entry.size, list(chunks)
+            ):
                 return False
             parent, name = os.path.split(relpath)
             flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
@@ -460,6 +549,28 @@ class Staging:
             " committed: run the same pull again to fetch them again",
         )
 
+    def _remember(self) -> None:
+        """Note each file whose every chunk is verified here and that only we
+        changed since (see ``_VERIFIED``)."""
+        with self._lock:
+            done = set(self.done)
+        for entry in self.files.entries:
+            seen = self.files.seen.get(entry.path)
+            if seen is None or entry.path in self.files.touched:
+                continue
+            if not all(i in done for i in self.files.file_chunks[entry.path]):
+                continue
+            try:
+                fd = self.files.open(entry.path, create=False)
+            except (OSError, StoreError):
+                continue
+            try:
+                st = os.fstat(fd)
+                if identity(st) == seen and st.st_size == entry.size:
+                    _remember_verified(st, tuple(entry.chunks))
+            finally:
+                os.close(fd)
+
     def _close_journal(self) -> None:
         with self._lock:
             if self._journal_fd >= 0:
@@ -471,6 +582,7 @@ class Staging:
         if not self._failed and self._journal_fd >= 0:
             with contextlib.suppress(OSError, NoSpace):
                 self.sync()
+            self._remember()
         self._close_journal()
         self.files.close_dirs()
         if self._lock_fd >= 0:

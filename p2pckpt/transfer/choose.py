@@ -95,6 +95,25 @@ async def fetch_manifest(
 
 
 IN_PROGRESS: Final = "in-progress"  # the feature (wire/features.py)
+PROGRESS_WAIT: Final = "progress-wait"  # the feature of the long poll
+
+
+async def await_progress(conn: PeerConnection, name: str, after: int, timeout: float) -> int:
+    """Long-poll ``conn`` (feature "progress-wait") until the in-progress
+    sequence it offers for ``name`` is not ``after`` (0: none offered);
+    returns the new one (0: none, e.g. published whole). Only a hint to
+    look again: what is taken is asked for and checked as always, so the
+    answer is checked no further than its signature. Raises TransferError
+    when no answer comes within ``timeout``."""
+    await conn.send(m.ProgressRequest(name, after))
+    try:
+        reply = await conn.receive(idle_timeout=timeout)
+    except NotFound:
+        return 0
+    if not isinstance(reply, m.ManifestResponse):
+        raise RemoteProtocolError("expected an in-progress manifest")
+    sequence = verify_in_progress(reply.envelope).in_progress
+    return sequence or 0
 
 
 async def fetch_in_progress(

@@ -52,6 +52,7 @@ from p2pckpt.wire.features import LEGACY
 log = logging.getLogger("p2pckpt.serve")
 
 VERSION_CACHE: Final = 16
+PROGRESS_CACHE: Final = 4  # in-progress chunk tables kept (issue 21)
 # Piece lists and ranges read a chunk (and a little around it) into memory of
 # their own: at most this many at once, server-wide.
 PIECE_READERS: Final = 2
@@ -168,8 +169,10 @@ class Chunks:
         if held is None:
             manifest = offered.manifest
             chunks = tuple((f.path, c) for _, f, c in manifest.iter_chunks())
-            self._progress_served = {root: Served(manifest, offered.location, chunks)}
-            held = self._progress_served[root]
+            held = Served(manifest, offered.location, chunks)
+            if len(self._progress_served) >= PROGRESS_CACHE:  # a follower may read two at once
+                del self._progress_served[next(iter(self._progress_served))]
+            self._progress_served[root] = held
         return held
 
     def _partial(self, root: bytes) -> Served | None:

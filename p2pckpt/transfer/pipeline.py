@@ -52,6 +52,8 @@ SEND_TIMEOUT: Final = 60.0
 # serve others (R-52, R-65).
 STALL_SECONDS: Final = 5.0
 PREPARED_QUEUE: Final = 2
+MAX_PROGRESS_WAIT: Final = 30.0  # a long-polled ProgressRequest is answered by then
+PROGRESS_TICK: Final = 0.05  # how often a long poll looks at the in-progress book
 _NUMBERED = (m.ChunkRequest, m.PiecesRequest, m.RangeRequest)  # requests answered by req_id
 
 _Prepared = tuple[bytes | memoryview, bytearray | None]  # (response, its leased buffer)
@@ -212,6 +214,8 @@ class Pipeline:
                     # A range answer is chunk bytes: sent (and capped) like a chunk.
                     await prepared.send((await self._chunks.pieces_or_ranges(req), None))
                     continue
+                if isinstance(req, m.ProgressRequest) and req.after is not None:
+                    await self._progress_changed(req.name, req.after)
                 if not isinstance(req, m.ChunkRequest):
                     reply = answer(
                         req,
@@ -241,6 +245,20 @@ class Pipeline:
                     await prepared.send((payload, None))
                 else:
                     await prepared.send((payload, buf))
+
+    async def _progress_changed(self, name: str, after: int) -> None:
+        """A long poll (issue 21): return once the in-progress sequence offered
+        for ``name`` (0: none) is not ``after``, or after MAX_PROGRESS_WAIT.
+        Looks at the book every PROGRESS_TICK: a comparison, no I/O. A server
+        with no book (``serve``) never offers any: it waits the whole time."""
+        book = self._progress
+        with trio.move_on_after(MAX_PROGRESS_WAIT):
+            while True:
+                offered = book.find(name) if book is not None else None
+                sequence = offered.manifest.in_progress if offered is not None else None
+                if (sequence or 0) != after:
+                    return
+                await trio.sleep(PROGRESS_TICK)
 
     async def _reading(self, busy: Busy, root: bytes) -> None:
         """The connection reads ``root``: retention spares it while it is open.

@@ -32,6 +32,7 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
 import trio
@@ -115,6 +116,7 @@ class Server:
         self._shares: dict[PeerId, Share] = {}  # peers with an authenticated connection
         served = home.catalog if catalog else None
         self._chunks = Chunks(served, partials, on_packed, progress)
+        self._progress = progress
         self._serves_catalog = catalog
         self._pipeline = Pipeline(
             home,
@@ -162,8 +164,13 @@ class Server:
             if epoch != seen:
                 seen = epoch
                 dropped = self._chunks.drop_unheld()
+                if self._progress is not None:  # and what was offered of them in progress
+                    dropped += self._progress.drop_unheld(self._held_at)
                 if dropped:
                     log.info("no longer serving versions=%d (left the catalog)", dropped)
+
+    def _held_at(self, location: Path) -> bool:
+        return bool(self.home.catalog.at_location(location))
 
     # -- listening and connections ---------------------------------------------
 

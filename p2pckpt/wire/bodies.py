@@ -128,10 +128,17 @@ def _manifest_request(doc: list[Any]) -> Message:
     return ManifestRequest(doc[0], doc[1])
 
 
+MAX_SEQUENCE: Final = 10**16 - 1  # an in-progress sequence has at most 16 digits
+
+
 def _progress_request(doc: list[Any]) -> Message:
-    if len(doc) != 1 or not _is_name(doc[0]):
+    if (
+        len(doc) not in (1, 2)
+        or not _is_name(doc[0])
+        or (len(doc) == 2 and not _is_int(doc[1], MAX_SEQUENCE))
+    ):
         raise _bad("progress request")
-    return ProgressRequest(doc[0])
+    return ProgressRequest(doc[0], doc[1] if len(doc) == 2 else None)
 
 
 def _manifest_response(doc: list[Any]) -> Message:

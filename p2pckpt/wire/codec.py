@@ -180,8 +180,10 @@ def encode(msg: Message) -> bytes:
             )
         case ManifestRequest(name, version):
             return _pack(T_MAN_REQ, [name, version])
-        case ProgressRequest(name):
-            return _pack(T_PROGRESS_REQ, [name])
+        case ProgressRequest(name, None):
+            return _pack(T_PROGRESS_REQ, [name])  # the form every "in-progress" server reads
+        case ProgressRequest(name, after):
+            return _pack(T_PROGRESS_REQ, [name, after])
         case GatherOffer(name, version, entries):
             return _pack(T_GATHER_OFFER, [name, version, entries])
         case GatherChallenge(seed, label):

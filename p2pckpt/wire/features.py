@@ -38,6 +38,7 @@ FEATURES: Final = frozenset(
         "in-progress",  # ProgressRequest: signed in-progress manifests (issue 21)
         "multi-host",  # Have's ``fixed`` field: a host's share of a multi-host version
         "gather",  # GatherOffer/Challenge/Proof/Result: named only by a coordinator's listener
+        "progress-wait",  # ProgressRequest's after field: a long poll (issue 21)
     }
 )
 GATHER: Final = "gather"

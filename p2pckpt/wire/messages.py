@@ -25,7 +25,10 @@ that turns them into bytes. The conversation is request/response, client
                               PUSH_PROGRESS_INTERVAL while the target pulls)
     ProgressRequest(name)  -> ManifestResponse | Error   (feature "in-progress":
                               the signed in-progress manifest of a version
-                              the server is still writing, issue 21)
+                              the server is still writing, issue 21; with
+                              ``after``, feature "progress-wait": answered
+                              only once the offer differs from sequence
+                              ``after``, or MAX_PROGRESS_WAIT passed)
     Hello                  -> Hello   (first, from a client of 0.2.0 or later:
                               protocol version, release and feature names,
                               see ``features.py``; a 0.1.0 server drops the
@@ -127,9 +130,13 @@ class ManifestRequest:
 @dataclass(frozen=True, slots=True)
 class ProgressRequest:
     """Which finished files of ``name``'s version being written are offered
-    now (only towards a server that named "in-progress")."""
+    now (only towards a server that named "in-progress"). With ``after``
+    (only towards a server that named "progress-wait"): a long poll, answered
+    once the offer differs from the in-progress sequence ``after`` (0: none
+    offered), or the server's wait ends (MAX_PROGRESS_WAIT)."""
 
     name: str
+    after: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ from p2pckpt.wire.messages import (
     Message,
     PieceList,
     PiecesRequest,
+    ProgressRequest,
     PushProgress,
     PushRequest,
     PushResult,
@@ -69,6 +70,7 @@ T_RANGE_REQ = encode(RangeRequest(0, ROOT, 0, ((0, 1),)))[0]
 T_LIST_REQ = encode(ListRequest())[0]
 T_LIST_RESP = encode(ListResponse(()))[0]
 T_MAN_REQ = encode(ManifestRequest("x", None))[0]
+T_PROGRESS_REQ = encode(ProgressRequest("x"))[0]
 T_MAN_RESP = encode(ManifestResponse(b""))[0]
 T_CHUNK_REQ = encode(ChunkRequest(0, ROOT, 0))[0]
 T_CHUNK = chunk_header(0, 1)[0]
@@ -146,6 +148,9 @@ SAMPLES: list[Message] = [
     ),
     ManifestRequest("llama-7b", None),
     ManifestRequest("llama-7b", 0),
+    ProgressRequest("llama-7b"),
+    ProgressRequest("llama-7b", 0),
+    ProgressRequest("llama-7b", 1796694380491),
     ManifestResponse(b"\x93\x01\x02\x03"),
     ChunkRequest(7, ROOT, 41),
     ChunkRequest(7, ROOT, 41, 0b1110),
@@ -407,6 +412,11 @@ BAD_REQUESTS = {
     "chunk-accept-bytes": (T_CHUNK_REQ, [1, ROOT, 0, b"\x0e"]),
     "chunk-missing-field": (T_CHUNK_REQ, [1, ROOT]),
     "man-req-name-bytes": (T_MAN_REQ, [b"llama", None]),
+    "progress-req-after-negative": (T_PROGRESS_REQ, ["m", -1]),
+    "progress-req-after-huge": (T_PROGRESS_REQ, ["m", 10**16]),
+    "progress-req-after-str": (T_PROGRESS_REQ, ["m", "1"]),
+    "progress-req-after-bool": (T_PROGRESS_REQ, ["m", True]),
+    "progress-req-extra": (T_PROGRESS_REQ, ["m", 1, 2]),
     "man-req-name-too-long": (T_MAN_REQ, ["x" * 129, None]),
     "man-req-negative-version": (T_MAN_REQ, ["llama", -1]),
     "man-req-bool-version": (T_MAN_REQ, ["llama", True]),

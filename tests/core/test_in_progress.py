@@ -31,7 +31,7 @@ from p2pckpt.manifest.manifest import (
     verify_any,
     verify_in_progress,
 )
-from p2pckpt.transfer.progress_book import ProgressBook
+from p2pckpt.transfer.progress_book import MAX_SUPERSEDED, ProgressBook
 from tests.core.test_manifest import KEY, OTHER_KEY, make_manifest
 
 
@@ -102,13 +102,28 @@ def test_the_book_offers_the_newest_per_name_and_withdraws_by_location() -> None
     second, env2 = in_progress(2)
     book.offer(first, env1, Path("/w/step-3"))
     book.offer(second, env2, Path("/w/step-3"))
-    assert book.get(first.root) is None and book.get(second.root) is not None
+    # the older one is no longer offered, but a follower fetching it finishes
+    assert book.get(first.root) is not None and book.get(second.root) is not None
     found = book.find("llama-7b")
     assert found is not None and found.envelope == env2
     book.withdraw("llama-7b", Path("/w/other"))  # not its folder: stays
     assert book.find("llama-7b") is not None
     book.withdraw("llama-7b", Path("/w/step-3"))
     assert book.find("llama-7b") is None and book.get(second.root) is None
+    assert book.get(first.root) is None
+
+
+def test_a_published_version_stops_being_offered_but_its_chunks_are_served() -> None:
+    book = ProgressBook()
+    first, env1 = in_progress(1)
+    book.offer(first, env1, Path("/w/step-3"))
+    book.retire("llama-7b", Path("/w/other"))  # not its folder: stays offered
+    assert book.find("llama-7b") is not None
+    book.retire("llama-7b", Path("/w/step-3"))
+    assert book.find("llama-7b") is None and book.get(first.root) is not None
+    for n in range(2, 2 + MAX_SUPERSEDED + 1):  # bounded
+        book.offer(*in_progress(n), Path("/w/step-3"))
+    assert book.get(first.root) is None
 
 
 # --- which files are finished -------------------------------------------------------
@@ -126,7 +141,7 @@ def snap(
 
 
 def test_a_file_is_finished_once_unchanged_for_the_grace_and_whole() -> None:
-    grace = stream_grace(INDEX)
+    grace = stream_grace(INDEX, whole_shard=True)
     one = snap({SHARDS[0]: (10, 1), SHARDS[1]: (5, 1)}, whole={SHARDS[0]})
     since = unchanged_since(None, one, {}, at=100.0)
     assert since == {SHARDS[0]: 100.0, SHARDS[1]: 100.0}
@@ -138,6 +153,16 @@ def test_a_file_is_finished_once_unchanged_for_the_grace_and_whole() -> None:
     assert finished_files(two, since, 100.0 + grace, INDEX) == {SHARDS[0]}
     # quiet but its header says it is not whole (preallocated): not finished
     assert finished_files(two, since, 1e9, INDEX) == {SHARDS[0]}
+
+
+def test_a_whole_shard_needs_less_quiet_time_than_another_file() -> None:
+    assert stream_grace(INDEX, whole_shard=True) < stream_grace(INDEX) == 1.0
+    files = {SHARDS[0]: (10, 1), "config.json": (3, 1)}
+    one = snap(files, whole={SHARDS[0]})
+    since = unchanged_since(None, one, {}, at=100.0)
+    at = 100.0 + stream_grace(INDEX, whole_shard=True)
+    assert finished_files(one, since, at, INDEX) == {SHARDS[0]}
+    assert finished_files(one, since, 100.0 + stream_grace(INDEX), INDEX) == set(files)
 
 
 def test_what_never_counts_as_finished() -> None:
@@ -158,3 +183,33 @@ def test_offers_are_bounded_in_rate_and_number() -> None:
     assert not should_offer(ab, a, 1, 10.0, 10.0 + STREAM_INTERVAL / 2)  # too soon
     assert should_offer(ab, a, 1, 10.0, 10.0 + STREAM_INTERVAL)
     assert not should_offer(ab, a, MAX_STREAM_UPDATES, -math.inf, 1e9)  # too many
+
+
+def test_the_announced_epoch_moves_with_each_in_progress_change() -> None:
+    """mDNS announces ``book.epoch(catalog epoch)``: a LAN follower hears of
+    each new in-progress offer, and of the version published whole, at once."""
+    book = ProgressBook()
+    seen = [book.epoch(5)]
+    book.offer(*in_progress(1), Path("/w/step-3"))
+    seen.append(book.epoch(5))
+    book.offer(*in_progress(2), Path("/w/step-3"))
+    seen.append(book.epoch(5))
+    book.retire("llama-7b", Path("/w/step-3"))  # published: the catalog epoch moves too
+    seen.append(book.epoch(6))
+    assert seen == sorted(set(seen))  # every change is a new, larger number
+    book.retire("llama-7b", Path("/w/step-3"))  # nothing offered: no change
+    assert book.epoch(6) == seen[-1]
+
+
+def test_superseded_offers_stop_being_served_when_their_version_leaves_the_catalog() -> None:
+    book = ProgressBook()
+    older, env1 = in_progress(1)
+    book.offer(older, env1, Path("/w/step-3"))
+    book.offer(*in_progress(2), Path("/w/step-3"))
+    # still being written (not published): kept whatever the catalog says
+    assert book.drop_unheld(lambda _loc: False) == 0 and book.get(older.root) is not None
+    book.retire("llama-7b", Path("/w/step-3"))
+    assert book.drop_unheld(lambda _loc: True) == 0  # published and still held
+    assert book.get(older.root) is not None
+    assert book.drop_unheld(lambda _loc: False) == 2  # unpublished (or retired, gc)
+    assert book.get(older.root) is None

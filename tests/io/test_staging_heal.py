@@ -386,3 +386,55 @@ def test_a_folder_swapped_for_a_link_mid_pull_never_redirects_a_write(tmp_path: 
         st.commit()
     st.close()
     assert not dest.exists()
+
+
+# -- a follower staging one in-progress manifest after another (issue 21) -----------
+
+
+def _restage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: bool
+) -> tuple[Staging, list[str]]:
+    """A partial copy of shard ``a`` (an in-progress manifest's, say), then one
+    of ``a`` and ``b``: ``a`` is taken from the first by hard link; ``change``:
+    something edits it in between. Returns the second staging, and which
+    files were read back to be hashed on adoption."""
+    from p2pckpt.store import staging as staging_mod
+
+    one = {"a.bin": os.urandom(3 * CHUNK), "x.json": b"{}"}
+    two = {**one, "b.bin": os.urandom(2 * CHUNK)}
+    dest = tmp_path / "out"
+    assert _interrupted(tmp_path, one, range(4))[0] == dest
+    if change:
+        _flip(staging_path(dest) / "data" / "a.bin", 10)
+    hashed: list[str] = []
+    same_file = staging_mod.same_file
+
+    def spy(path: Path, size: int, chunks: list[Chunk]) -> bool:
+        hashed.append(str(path))
+        return same_file(path, size, chunks)
+
+    monkeypatch.setattr(staging_mod, "same_file", spy)
+    manifest, env = _manifest(two)
+    st = Staging(dest, manifest, env)
+    st.open()
+    held = {file for where in st.previous_chunks().values() for file, *_ in where}
+    st.adopt("a.bin", next(f for f in held if f.endswith("a.bin")))
+    return st, hashed
+
+
+def test_a_file_this_process_verified_is_adopted_without_reading_it_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st, hashed = _restage(tmp_path, monkeypatch, change=False)
+    assert "a.bin" in st.files.adopted and hashed == []
+    st.drop_previous()  # a link fewer moves the ctime: not "changed by something else"
+    assert st.files.untouched("a.bin", (staging_path(st.dest) / "data" / "a.bin").stat())
+    st.close()
+
+
+def test_a_verified_file_changed_since_is_read_back_on_adoption(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    st, hashed = _restage(tmp_path, monkeypatch, change=True)
+    assert "a.bin" not in st.files.adopted and hashed  # hashed, and refused
+    st.close()
