@@ -666,7 +666,12 @@ async def follow(
         with trio.move_on_after(wait):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_woken, finder, nursery.cancel_scope)
-                nursery.start_soon(_told, finder, spec.name, state, nursery.cancel_scope)
+                # Only while a version is being written: a long poll holds a
+                # connection on the seeder, and a fleet of followers each
+                # holding one all the time would fill its MAX_CONNECTIONS.
+                # The first finished shard is found by the poll (or mDNS).
+                if state.streaming:
+                    nursery.start_soon(_told, finder, spec.name, state, nursery.cancel_scope)
 
 
 async def _woken(finder: Finder, scope: trio.CancelScope) -> None:
