@@ -3,8 +3,9 @@ processes on 127.0.0.1: one coordinator (``publish --gather 3``) and three
 contributors (``publish --contribute-to``), four homes, one signed version;
 four servers each serve their own files and a puller gets the version whole
 and verified; so does a daemon following the name (static [[peer]] entries
-for the four hosts), which switches ``current`` and runs its hook. A contributor lying about its entries is refused before
-anything is signed, by name, and no catalog holds that version."""
+for the four hosts), which switches ``current`` and runs its hook. A
+contributor lying about its entries is refused before anything is signed,
+by name, and no catalog holds that version."""
 
 from __future__ import annotations
 
