@@ -80,6 +80,7 @@ def test_a_torchrun_job_publishes_one_version_pulled_whole_from_its_four_hosts(
     for r, home in enumerate(ranks):  # each host records its own files, in place
         (listed,) = json.loads(run(home, "ls", f"{NAME}@7", "--json").stdout)
         assert listed["partial"] and listed["files"] == RANKS + 1
+        assert listed["meta"] == {"step": "7", "format": "distcp"}  # over every rank's files
         assert listed["location"] == str(tmp_path / f"data{r}" / "step7")
     first, second = puller(tmp_path, "p1", ranks), puller(tmp_path, "p2", ranks)
     servers: list[Server] = []
