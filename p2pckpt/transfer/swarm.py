@@ -270,8 +270,10 @@ class Swarm:
         more = f" and {len(files) - 5} more" if len(files) > 5 else ""
         lost = [f"{s.peer.short} ({s.problem})" for s in self.sources if s.problem]
         why = f"; sources lost: {'; '.join(lost)}" if lost else ""
-        if self.unreached:
-            why += f"; unreachable: {', '.join(self.unreached)}"
+        if self.unreached:  # at most 5, as the files: one line, however many peers
+            extra = len(self.unreached) - 5
+            why += f"; unreachable: {', '.join(self.unreached[:5])}"
+            why += f" and {extra} more" if extra > 0 else ""
         return (
             f"no source holds {len(files)} file(s) of {manifest.name}@{manifest.version}:"
             f" {shown}{more} (a host holding them may be gone){why}"
