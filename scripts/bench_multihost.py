@@ -39,6 +39,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -170,24 +171,82 @@ def gather_publish(hosts: list[Home], dirs: list[Path]) -> None:
         record_share(h, envelope, root, entries, hosts[0].key.peer_id.key)
 
 
+class Meter:
+    """What each server sends on its namespace's eth0 while a pull runs,
+    sampled every SAMPLE seconds in a thread (from /proc/PID/net/dev, which
+    shows the process' own namespace: no process started per sample)."""
+
+    SAMPLE = 0.2
+
+    def __init__(self, servers: list[Server]) -> None:
+        self.pids = [s.proc.pid for s in servers]
+        self.samples: list[tuple[float, list[int]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def sent(pid: int) -> int:
+        for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines():
+            name, _, counters = line.partition(":")
+            if name.strip() == "eth0":
+                return int(counters.split()[8])  # rx: 8 counters, then tx bytes
+        return 0
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        while not self._stop.wait(self.SAMPLE):
+            with contextlib.suppress(OSError):
+                now = [self.sent(pid) for pid in self.pids]
+                self.samples.append((time.monotonic() - started, now))
+
+    def __enter__(self) -> Meter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def rates(self) -> list[tuple[float, float]]:
+        """For each server: its rate (bytes/s) from 5% to 95% of what it
+        sent, and when it was done (seconds from the first sample)."""
+        out = []
+        for i in range(len(self.pids)):
+            series = [(t, sent[i]) for t, sent in self.samples]
+            if len(series) < 2 or series[-1][1] == series[0][1]:
+                out.append((0.0, 0.0))
+                continue
+            first, span = series[0][1], series[-1][1] - series[0][1]
+            t5, t95, done = (
+                next(t for t, b in series if b - first >= frac * span) for frac in (0.05, 0.95, 1)
+            )
+            out.append((0.9 * span / max(t95 - t5, self.SAMPLE), done))
+        return out
+
+
 def timed_pull(
     net: Net, puller: Path, name: str, servers: list[Server], out: Path
-) -> tuple[float, float]:
-    """The whole command's time, and the pull's own ``seconds``."""
+) -> tuple[float, float, list[tuple[float, float]]]:
+    """The whole command's time, the pull's own ``seconds``, and (tc mode)
+    each server's rate and finishing time (``Meter.rates``)."""
     sources = [a for s in servers for a in ("--from", s.addr)]
+    meter = Meter(servers) if net.lan is not None else None
     started = time.monotonic()
-    done = run(
-        puller,
-        "pull",
-        name,
-        *sources,
-        "-o",
-        str(out),
-        "--json",
-        timeout=3600,
-        prefix=net.prefix("puller"),
-    )
-    return time.monotonic() - started, float(json.loads(done.stdout)["seconds"])
+    with meter if meter is not None else contextlib.nullcontext():
+        done = run(
+            puller,
+            "pull",
+            name,
+            *sources,
+            "-o",
+            str(out),
+            "--json",
+            timeout=3600,
+            prefix=net.prefix("puller"),
+        )
+    seconds = time.monotonic() - started
+    rates = meter.rates() if meter is not None else []
+    return seconds, float(json.loads(done.stdout)["seconds"]), rates
 
 
 def main() -> None:
@@ -235,7 +294,7 @@ def main() -> None:
         publish(single, whole, "bench-one", 1)
         for h in [*hosts, single, puller, puller2]:
             h.catalog.close()
-        results: dict[str, tuple[float, float]] = {}
+        results: dict[str, tuple[float, float, list[tuple[float, float]]]] = {}
         with (
             shaped(keys, "puller", cap, link)
             if limit == 0
@@ -267,12 +326,23 @@ def main() -> None:
             f"{HOSTS} hosts x {size / MB:.0f} MB = {total / MB:.0f} MB, each host's uplink"
             f" {cap / MB:.1f} MB/s ({how}); hashing, gathering and signing took {gathered:.1f}s"
         )
-        for what, (seconds, own) in results.items():
+        for what, (seconds, own, rates) in results.items():
             print(
                 f"  {what:22} {seconds:7.1f} s  {total / MB / seconds:7.1f} MB/s"
                 f"   (the pull's own: {own:6.1f} s {total / MB / own:7.1f} MB/s)"
             )
-        (today, own1), (multi, own4) = results["today (1 host)"], results["multi-host (4 hosts)"]
+            if rates:  # each uplink's use: how close to its cap, and the stragglers
+                print(
+                    "    each host sent at "
+                    + ", ".join(f"{r / MB:.1f}" for r, _ in rates)
+                    + " MB/s on the wire (5-95% of its bytes), done at "
+                    + ", ".join(f"{d:.1f}" for _, d in rates)
+                    + " s"
+                )
+        (today, own1, _), (multi, own4, _) = (
+            results["today (1 host)"],
+            results["multi-host (4 hosts)"],
+        )
         print(
             f"  ratio (today / multi-host): {today / multi:.2f}x, the pulls' own"
             f" {own1 / own4:.2f}x (ideal {HOSTS}x)"
