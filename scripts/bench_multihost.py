@@ -35,6 +35,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -209,7 +210,8 @@ class Meter:
 
     def rates(self) -> list[tuple[float, float]]:
         """For each server: its rate (bytes/s) from 5% to 95% of what it
-        sent, and when it was done (seconds from the first sample)."""
+        sent, and when it was done (99% sent: the connections' teardown at
+        the pull's end comes later; seconds from the first sample)."""
         out = []
         for i in range(len(self.pids)):
             series = [(t, sent[i]) for t, sent in self.samples]
@@ -218,19 +220,26 @@ class Meter:
                 continue
             first, span = series[0][1], series[-1][1] - series[0][1]
             t5, t95, done = (
-                next(t for t, b in series if b - first >= frac * span) for frac in (0.05, 0.95, 1)
+                next(t for t, b in series if b - first >= frac * span)
+                for frac in (0.05, 0.95, 0.99)
             )
             out.append((0.9 * span / max(t95 - t5, self.SAMPLE), done))
         return out
 
 
-def timed_pull(
-    net: Net, puller: Path, name: str, servers: list[Server], out: Path
-) -> tuple[float, float, list[tuple[float, float]]]:
-    """The whole command's time, the pull's own ``seconds``, and (tc mode)
-    each server's rate and finishing time (``Meter.rates``)."""
+@dataclass(frozen=True)
+class Timing:
+    seconds: float  # the whole command
+    own: float  # the pull's own ``seconds``
+    cpu: float  # the pull process' CPU seconds (user + system)
+    rates: list[tuple[float, float]]  # tc mode: ``Meter.rates``
+
+
+def timed_pull(net: Net, puller: Path, name: str, servers: list[Server], out: Path) -> Timing:
+    """Run one pull; how long it took, its CPU time, each server's rate."""
     sources = [a for s in servers for a in ("--from", s.addr)]
     meter = Meter(servers) if net.lan is not None else None
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     with meter if meter is not None else contextlib.nullcontext():
         done = run(
@@ -245,8 +254,10 @@ def timed_pull(
             prefix=net.prefix("puller"),
         )
     seconds = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the pull is the child waited for
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     rates = meter.rates() if meter is not None else []
-    return seconds, float(json.loads(done.stdout)["seconds"]), rates
+    return Timing(seconds, float(json.loads(done.stdout)["seconds"]), cpu, rates)
 
 
 def main() -> None:
@@ -294,7 +305,7 @@ def main() -> None:
         publish(single, whole, "bench-one", 1)
         for h in [*hosts, single, puller, puller2]:
             h.catalog.close()
-        results: dict[str, tuple[float, float, list[tuple[float, float]]]] = {}
+        results: dict[str, Timing] = {}
         with (
             shaped(keys, "puller", cap, link)
             if limit == 0
@@ -326,23 +337,22 @@ def main() -> None:
             f"{HOSTS} hosts x {size / MB:.0f} MB = {total / MB:.0f} MB, each host's uplink"
             f" {cap / MB:.1f} MB/s ({how}); hashing, gathering and signing took {gathered:.1f}s"
         )
-        for what, (seconds, own, rates) in results.items():
+        for what, t in results.items():
             print(
-                f"  {what:22} {seconds:7.1f} s  {total / MB / seconds:7.1f} MB/s"
-                f"   (the pull's own: {own:6.1f} s {total / MB / own:7.1f} MB/s)"
+                f"  {what:22} {t.seconds:7.1f} s  {total / MB / t.seconds:7.1f} MB/s"
+                f"   (the pull's own: {t.own:6.1f} s {total / MB / t.own:7.1f} MB/s;"
+                f" its CPU {t.cpu:.1f} s, {100 * t.cpu / t.seconds:.0f}% of a core)"
             )
-            if rates:  # each uplink's use: how close to its cap, and the stragglers
+            if t.rates:  # each uplink's use: how close to its cap, and the stragglers
                 print(
                     "    each host sent at "
-                    + ", ".join(f"{r / MB:.1f}" for r, _ in rates)
-                    + " MB/s on the wire (5-95% of its bytes), done at "
-                    + ", ".join(f"{d:.1f}" for _, d in rates)
+                    + ", ".join(f"{r / MB:.1f}" for r, _ in t.rates)
+                    + " MB/s on the wire (5-95% of its bytes), 99% sent at "
+                    + ", ".join(f"{d:.1f}" for _, d in t.rates)
                     + " s"
                 )
-        (today, own1, _), (multi, own4, _) = (
-            results["today (1 host)"],
-            results["multi-host (4 hosts)"],
-        )
+        today, multi = results["today (1 host)"].seconds, results["multi-host (4 hosts)"].seconds
+        own1, own4 = results["today (1 host)"].own, results["multi-host (4 hosts)"].own
         print(
             f"  ratio (today / multi-host): {today / multi:.2f}x, the pulls' own"
             f" {own1 / own4:.2f}x (ideal {HOSTS}x)"
