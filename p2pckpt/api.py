@@ -151,7 +151,8 @@ def pull(
     into = isinstance(dest, str) and dest.endswith(("/", os.sep))
 
     async def run() -> PullResult:
-        conns = await connect_targets(opened, cfg, targets)
+        unreached: list[str] = []
+        conns = await connect_targets(opened, cfg, targets, unreached)
         return await do_pull(
             opened,
             conns,
@@ -160,6 +161,7 @@ def pull(
             Path(dest) if dest is not None else None,
             streams,
             into=into,
+            unreached=unreached,
         )
 
     try:

@@ -189,9 +189,15 @@ class DestinationExists(TransferError):
 
 
 class PeerUnreachable(TransferError):
-    """No connection could be made to any given peer."""
+    """No connection could be made to any given peer. ``reason``: why, without
+    the "cannot reach X" lead (a route's error inside a longer message: the
+    routes a peer ID was tried on, a pull's hosts it could not reach)."""
 
     exit_code = 4
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class PushIncomplete(TransferError):

@@ -93,6 +93,9 @@ FORMATS = {
     ".msgpack": "flax",
     ".npz": "numpy",
     ".npy": "numpy",
+    # torch.distributed.checkpoint's shards (the hooks' name for it too): a
+    # multi-host version's format is found over every host's files this way
+    ".distcp": "distcp",
 }
 
 

@@ -200,7 +200,8 @@ def pull(
         return
 
     async def run() -> PullResult:
-        conns = await connect_targets(home, cfg, targets)
+        unreached: list[str] = []  # named if a file has no source (a host gone)
+        conns = await connect_targets(home, cfg, targets, unreached)
         throttles = [Throttle(max_rate)] if max_rate else None
         if cache_dir is not None:
             from p2pckpt.interop.hfpull import pull_into_cache
@@ -225,6 +226,7 @@ def pull(
                 include=include,
                 exclude=exclude,
                 into=dest_text is not None and dest_text.endswith("/"),
+                unreached=unreached,
             )
 
     with bar if bar is not None else contextlib.nullcontext():

@@ -427,9 +427,11 @@ async def check_once(
     from every reachable peer that offers it (joining a push of that very
     version already under way, with ``installs``)."""
     have = baseline(home, spec)
-    conns = await finder.connect_all(None)
+    unreached: list[str] = []  # named if a file has no source (a multi-host version's host gone)
+    conns = await finder.connect_all(None, unreached)
     try:
         offer = await choose_source(home, conns, spec.name, None, accept_of(spec))
+        offer.unreached.extend(unreached)
     except NotFound:
         if state is None:
             raise

@@ -142,10 +142,13 @@ class Finder:
         if not race.errors:
             raise PeerUnreachable(
                 f"no address known for {peer.short}: not seen on the LAN (mDNS), no static"
-                " [[peer]] entry and no relay configured"
+                " [[peer]] entry and no relay configured",
+                "no address known",
             )
         tried_text = "; ".join(f"{route}: {why}" for route, why in race.errors.items())
-        raise PeerUnreachable(f"cannot reach {peer.short} (tried {len(race.errors)}): {tried_text}")
+        raise PeerUnreachable(
+            f"cannot reach {peer.short} (tried {len(race.errors)}): {tried_text}", tried_text
+        )
 
     async def connect_target(self, target: Target) -> PeerConnection:
         if isinstance(target, PeerId):
@@ -170,10 +173,29 @@ class Finder:
         static = {p.peer for p in self.config.peers}
         return [p for p in trusted if p in seen or p in static]
 
-    async def connect_all(self, targets: list[Target] | None) -> list[PeerConnection]:
+    def unreached(self, target: Target, error: P2pckptError) -> str:
+        """One target that could not be reached, for a user: who (a trusted
+        peer's name, also for an address a static [[peer]] entry gives it)
+        and what failed, e.g. ``h3 (127.0.0.1:4567: connection refused)``."""
+        why = error.reason if isinstance(error, PeerUnreachable) else str(error)
+        if isinstance(target, PeerId):
+            peer: PeerId | None = target
+        else:
+            why = f"{target[0]}:{target[1]}: {why}"
+            peer = next((p.peer for p in self.config.peers if target in p.addrs), None)
+        if peer is None:
+            return why
+        known = self.home.trust.get(peer)
+        return f"{known.name if known is not None and known.name else peer.short} ({why})"
+
+    async def connect_all(
+        self, targets: list[Target] | None, unreached: list[str] | None = None
+    ) -> list[PeerConnection]:
         """Connect to every target (or every reachable trusted peer) at once.
 
-        Returns the connections that worked; raises if none did.
+        Returns the connections that worked; raises if none did. Each target
+        that failed is added to ``unreached`` (``Finder.unreached``), if given:
+        a pull names them when no source left holds some file.
         """
         if targets is None:
             await self._settle()
@@ -201,6 +223,8 @@ class Finder:
                         poll_level("connect failed", str(exc)), 'connect failed error="%s"', exc
                     )
                     errors.append(exc)
+                    if unreached is not None:
+                        unreached.append(self.unreached(target, exc))
 
         try:
             async with trio.open_nursery() as nursery:
@@ -248,7 +272,7 @@ class _Race:
         try:
             conn = await dial()
         except P2pckptError as exc:
-            self.errors[label] = str(exc)
+            self.errors[label] = exc.reason if isinstance(exc, PeerUnreachable) else str(exc)
         else:
             if self.won is None:
                 self.won = made(conn)
@@ -294,12 +318,13 @@ def _finder_for(
 
 
 async def connect_targets(
-    home: Home, config: Config, targets: list[Target] | None
+    home: Home, config: Config, targets: list[Target] | None, unreached: list[str] | None = None
 ) -> list[PeerConnection]:
     """Connect to every target (None: every reachable trusted peer) at once;
-    the connections that worked, as ``Finder.connect_all`` (which raises if none did)."""
+    the connections that worked, as ``Finder.connect_all`` (which raises if
+    none did, and adds each target that failed to ``unreached``)."""
     async with _finder_for(home, config, targets) as finder:
-        return await finder.connect_all(targets)
+        return await finder.connect_all(targets, unreached)
 
 
 async def connect_each(

@@ -180,12 +180,15 @@ async def choose_in_progress(
 
 @dataclass
 class Offer:
-    """The version chosen for a pull and the peers offering exactly it."""
+    """The version chosen for a pull and the peers offering exactly it;
+    ``unreached``: the peers the pull tried and could not reach, and why
+    (``Finder.unreached``), named if no source left holds some file."""
 
     manifest: Manifest
     envelope: bytes
     sources: list[Source]
     accept: Accept = field(default_factory=Accept)
+    unreached: list[str] = field(default_factory=list)
 
     async def aclose(self) -> None:
         for src in self.sources:

@@ -59,9 +59,11 @@ async def fill(
     joiners: Sequence[Joiner] = (),
     catalog: Catalog | None = None,
     discover: Discover | None = None,
+    unreached: Sequence[str] = (),
 ) -> tuple[int, int]:
     """Fetch every chunk the partial copy lacks, from local copies first
-    (``catalog``), then from the swarm; returns (downloaded, reused)."""
+    (``catalog``), then from the swarm; returns (downloaded, reused).
+    ``unreached``: peers tried before the pull and not reached (``Swarm``)."""
     manifest = staging.manifest
     # only the chunks of the files selected (issue 19; all of them by default)
     chunks = [c for i, _, c in manifest.iter_chunks() if i in staging.wanted]
@@ -107,7 +109,7 @@ async def fill(
             for src in sources:
                 for _ in range(streams - 1):
                     nursery.start_soon(_open_extra, src)
-        swarm = Swarm(staging, sources, on_chunk, throttles, streams, joiners, discover)
+        swarm = Swarm(staging, sources, on_chunk, throttles, streams, joiners, discover, unreached)
         if partials is not None:  # serve what we verify to other pullers meanwhile
             partials.add(staging, staging.envelope, swarm.sched.requested)
         try:

@@ -248,15 +248,16 @@ async def _connect_direct(home: Home, addr: Addr, expect: PeerId | None) -> Peer
         with trio.fail_after(CONNECT_TIMEOUT):
             tcp = await trio.open_tcp_stream(*addr)
     except trio.TooSlowError:
-        raise PeerUnreachable(f"cannot reach {label}: timed out") from None
+        raise PeerUnreachable(f"cannot reach {label}: timed out", "timed out") from None
     except OSError as exc:
         # trio reports "all attempts failed" with the real errors in __cause__.
         causes = getattr(exc.__cause__, "exceptions", None) or [exc]
+        hint = ""
         if any(isinstance(c, ConnectionRefusedError) for c in causes):
-            reason = "connection refused (is 'p2pckpt serve' running there?)"
+            reason, hint = "connection refused", " (is 'p2pckpt serve' running there?)"
         else:
             reason = "; ".join(getattr(c, "strerror", None) or str(c) for c in causes)
-        raise PeerUnreachable(f"cannot reach {label}: {reason}") from None
+        raise PeerUnreachable(f"cannot reach {label}: {reason}{hint}", reason) from None
 
     async def again() -> PeerConnection:
         return await connect_direct(home, addr, expect or conn.peer)

@@ -163,14 +163,17 @@ async def pull(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     into: bool = False,
+    unreached: Sequence[str] = (),
 ) -> PullResult:
     """Pull ``name`` (newest, or ``@version``) from every one of ``conns``
     that offers the newest version ``accept`` takes (a swarm pull); only
     the files ``include``/``exclude`` select, if given. Takes ownership of
     the connections: all are closed on return. ``into``: DEST was written
-    with a trailing slash (see ``place``)."""
+    with a trailing slash (see ``place``); ``unreached``: peers tried and
+    not reached (``Finder.unreached``), named if a file has no source."""
     started = time.monotonic()
     offer = await choose_source(home, conns, name, version, accept)
+    offer.unreached.extend(unreached)
     return await pull_offer(
         home,
         offer,
@@ -448,6 +451,7 @@ async def _fetch(
             joiners,
             home.catalog,
             discover,
+            offer.unreached,
         )
         nursery.cancel_scope.cancel()
     refusal = revoked[0] if revoked else publisher_refusal(home, offer.manifest, offer.accept)

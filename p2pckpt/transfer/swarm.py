@@ -151,6 +151,7 @@ class Swarm:
         streams: int,
         joiners: Sequence[Joiner] = (),
         discover: Discover | None = None,
+        unreached: Sequence[str] = (),
     ) -> None:
         manifest = staging.manifest
         self.staging = staging
@@ -166,6 +167,7 @@ class Swarm:
         self.streams = streams
         self.joiners = joiners
         self.discover = discover
+        self.unreached = list(unreached)  # peers tried before the pull, never reached
         self.accept = packing.available()  # codecs we offer in chunk requests
         self._writing: set[int] = set()  # chunks a writer is writing right now
         self.room = Room()  # chunk bodies on their way, all connections together
@@ -258,7 +260,8 @@ class Swarm:
 
     def _missing_message(self, missing: int) -> str:
         """Which files no source left holds (a multi-host version whose host
-        is gone, say), and which sources were lost."""
+        is gone, say), which sources were lost, and which peers the pull
+        could not reach at all (a gone host is most likely among them)."""
         manifest = self.staging.manifest
         files = sorted(
             {entry.path for index, entry, _ in manifest.iter_chunks() if missing >> index & 1}
@@ -267,6 +270,10 @@ class Swarm:
         more = f" and {len(files) - 5} more" if len(files) > 5 else ""
         lost = [f"{s.peer.short} ({s.problem})" for s in self.sources if s.problem]
         why = f"; sources lost: {'; '.join(lost)}" if lost else ""
+        if self.unreached:  # at most 5, as the files: one line, however many peers
+            extra = len(self.unreached) - 5
+            why += f"; unreachable: {', '.join(self.unreached[:5])}"
+            why += f" and {extra} more" if extra > 0 else ""
         return (
             f"no source holds {len(files)} file(s) of {manifest.name}@{manifest.version}:"
             f" {shown}{more} (a host holding them may be gone){why}"

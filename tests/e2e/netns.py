@@ -16,7 +16,7 @@ import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def ip(*args: str, ns: str | None = None, check: bool = True) -> None:
@@ -105,6 +105,8 @@ class Bridge:
 
     ns: dict[str, str]  # key -> namespace
     addr: dict[str, str]  # key -> IPv4 address
+    sw: str = ""  # the namespace holding the bridge
+    ports: dict[str, str] = field(default_factory=dict)  # key -> its bridge port (in sw)
 
     def cmd(self, key: str, argv: list[str]) -> list[str]:
         return ["ip", "netns", "exec", self.ns[key], *argv]
@@ -137,8 +139,9 @@ def bridge(keys: list[str]) -> Iterator[Bridge]:
     works across it); all removed at exit, even after failures."""
     tag = f"p2q{os.getpid() % 100000}"
     with _namespaces(tag, keys) as names:
-        addr = {}
+        addr, ports = {}, {}
         for n, key in enumerate(keys, start=1):
             addr[key] = f"10.233.0.{n}"
             _attach(f"{tag}{n}", names[key], names["sw"], addr[key])
-        yield Bridge({k: names[k] for k in keys}, addr)
+            ports[key] = f"{tag}{n}s"  # _attach's name for the bridge's end
+        yield Bridge({k: names[k] for k in keys}, addr, names["sw"], ports)

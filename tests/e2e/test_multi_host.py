@@ -2,19 +2,31 @@
 processes on 127.0.0.1: one coordinator (``publish --gather 3``) and three
 contributors (``publish --contribute-to``), four homes, one signed version;
 four servers each serve their own files and a puller gets the version whole
-and verified. A contributor lying about its entries is refused before
-anything is signed, by name, and no catalog holds that version."""
+and verified; so does a daemon following the name (static [[peer]] entries
+for the four hosts), which switches ``current`` and runs its hook. A
+contributor lying about its entries is refused before anything is signed,
+by name, and no catalog holds that version."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 from p2pckpt.home import Home
-from tests.e2e.nodes import CLI, Server, no_mdns, read_until, run, start_server
+from tests.e2e.nodes import (
+    CLI,
+    Server,
+    no_mdns,
+    read_until,
+    run,
+    start_daemon,
+    start_server,
+    wait_until,
+)
 
 HOSTS = 4
 NAME = "mh-net"
@@ -36,10 +48,11 @@ main()
 
 
 def homes(base: Path) -> tuple[list[Path], Path]:
-    """Host 0 coordinates (trusts the others with publish); two pullers trust
-    host 0 as publisher and all as sources; every host lets them pull."""
+    """Host 0 coordinates (trusts the others with publish); three pullers
+    (one a following daemon) trust host 0 as publisher and all as sources;
+    every host lets them pull."""
     hosts = [Home.init(base / f"h{i}")[0] for i in range(HOSTS)]
-    pullers = [Home.init(base / name)[0] for name in ("puller", "finder")]
+    pullers = [Home.init(base / name)[0] for name in ("puller", "finder", "follower")]
     for h in [*hosts, *pullers]:
         no_mdns(h.path)
     for i, h in enumerate(hosts):
@@ -59,6 +72,12 @@ def homes(base: Path) -> tuple[list[Path], Path]:
         (data / "shard.bin").write_bytes(os.urandom(300_000 + i))
     (base / "data0" / "index.json").write_text('{"ranks": 4}')
     return [h.path for h in hosts], puller.path
+
+
+def peer_id(home: Path) -> str:
+    opened = Home.open(home)
+    opened.catalog.close()
+    return str(opened.key.peer_id)
 
 
 def coordinator(
@@ -139,6 +158,21 @@ def test_four_hosts_publish_one_version_pulled_whole_and_verified(tmp_path: Path
     try:
         servers = [start_server(h, tmp_path / f"serve{i}.log") for i, h in enumerate(hosts)]
         sources = [a for s in servers for a in ("--from", s.addr)]
+        # A daemon following the name, the hosts as static [[peer]] entries:
+        # it pulls the version from all four, switches `current`, runs its
+        # hook (started now: it works while the pulls below run).
+        peers = "".join(
+            f'[[peer]]\nid = "{peer_id(h)}"\naddr = "{s.addr}"\n'
+            for h, s in zip(hosts, servers, strict=True)
+        )
+        follower, models = tmp_path / "follower", tmp_path / "models"
+        hook = f"echo $P2PCKPT_VERSION $P2PCKPT_PATH > {tmp_path / 'hook.out'}"
+        (follower / "d.toml").write_text(
+            "[discovery]\nmdns = false\n"
+            + peers
+            + f'[[follow]]\nname = "{NAME}"\ndir = "{models}"\nhook = ["sh", "-c", "{hook}"]\n'
+        )
+        servers.append(start_daemon(follower, tmp_path / "follower.log", follower / "d.toml"))
         out = tmp_path / "out"
         run(puller, "pull", f"{NAME}@1", *sources, "-o", str(out))
         for i in range(HOSTS):
@@ -148,15 +182,23 @@ def test_four_hosts_publish_one_version_pulled_whole_and_verified(tmp_path: Path
         # Found by itself (static [[peer]] entries: no mDNS on the host's LAN),
         # the newest version, from every host that holds some of it.
         finder = tmp_path / "finder"
-        peers = "".join(
-            f'[[peer]]\nid = "{run(h, "id").stdout.strip()}"\naddr = "{s.addr}"\n'
-            for h, s in zip(hosts, servers, strict=True)
-        )
         (finder / "config.toml").write_text("[discovery]\nmdns = false\n" + peers)
         found = run(finder, "pull", NAME, "-o", str(tmp_path / "found"), "--json")
         doc = json.loads(found.stdout)
         assert doc["version"] == 1 and len(doc["peers"]) == HOSTS, doc
         assert "matches" in run(finder, "verify", str(tmp_path / "found")).stdout
+        hooked = tmp_path / "hook.out"
+        wait_until(lambda: hooked.exists() and hooked.read_text(), 60, "the follower's hook")
+        current = models / NAME / "current"
+        assert hooked.read_text().split() == ["1", str(models / NAME / "1")]
+        assert os.readlink(current) == "1"
+        for i in range(HOSTS):
+            rel = Path(f"rank{i}") / "shard.bin"
+            assert (current / rel).read_bytes() == (tmp_path / f"data{i}" / rel).read_bytes()
+        pulled = re.search(rf"pulled name={NAME} version=1 .* sources=(\S+)", servers[-1].stop())
+        assert pulled is not None
+        sources_used = [int(p.rpartition(":")[2]) for p in pulled.group(1).split(",")]
+        assert len(sources_used) == HOSTS and all(sources_used), pulled.group(0)
     finally:
         for s in servers:
             s.stop()

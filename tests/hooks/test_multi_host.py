@@ -80,6 +80,7 @@ def test_a_torchrun_job_publishes_one_version_pulled_whole_from_its_four_hosts(
     for r, home in enumerate(ranks):  # each host records its own files, in place
         (listed,) = json.loads(run(home, "ls", f"{NAME}@7", "--json").stdout)
         assert listed["partial"] and listed["files"] == RANKS + 1
+        assert listed["meta"] == {"step": "7", "format": "distcp"}  # over every rank's files
         assert listed["location"] == str(tmp_path / f"data{r}" / "step7")
     first, second = puller(tmp_path, "p1", ranks), puller(tmp_path, "p2", ranks)
     servers: list[Server] = []
@@ -99,11 +100,19 @@ def test_a_torchrun_job_publishes_one_version_pulled_whole_from_its_four_hosts(
                 tmp_path / f"data{r}" / "step7" / name
             ).read_bytes()
         assert "matches" in run(first, "verify", str(out)).stdout
-        # A host gone: its file is named, nothing is written, no hang.
+        # A host gone: its file is named, and so is the host (by the name its
+        # static [[peer]] entry gives its address), nothing is written, no hang.
+        peers = ""
+        for home, server in zip(ranks, servers, strict=True):
+            opened = Home.open(home)
+            peers += f'[[peer]]\nid = "{opened.key.peer_id}"\naddr = "{server.addr}"\n'
+            opened.catalog.close()
+        (second / "config.toml").write_text("[discovery]\nmdns = false\n" + peers)
         servers[3].stop()
         failed = run(second, "pull", f"{NAME}@7", *sources, "-o", str(tmp_path / "o2"), check=False)
-        assert failed.returncode != 0
+        assert failed.returncode == 3, failed.stderr  # NotFound's, as before
         assert "__3_0.distcp" in failed.stderr and "may be gone" in failed.stderr, failed.stderr
+        assert f"unreachable: h3 ({servers[3].addr}: connection refused)" in failed.stderr
         assert not (tmp_path / "o2").exists()
     finally:
         for s in servers:

@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from p2pckpt.channel.stream import HANDSHAKE_TIMEOUT
-from p2pckpt.config import Config
+from p2pckpt.config import Config, StaticPeer
 from p2pckpt.discovery.finder import Finder
 from p2pckpt.discovery.mdns import Browser
 from p2pckpt.discovery.txt import Announcement
@@ -123,4 +123,39 @@ async def test_the_error_names_every_route_tried(tmp_path: Path) -> None:
                 raise AssertionError("connected to nobody?")
         assert f"{LOCAL}:{hangup}" in message and f"{LOCAL}:{refused}" in message
         assert "(tried 2)" in message
+        nursery.cancel_scope.cancel()
+
+
+async def test_connect_all_names_each_target_it_could_not_reach(tmp_path: Path) -> None:
+    """The targets that failed are named for a pull's error: a trusted peer
+    by its name (also an address a static [[peer]] entry gives it), another
+    address by itself, each with what failed; the ones that worked connect."""
+    seeder, puller = _homes(tmp_path)
+    stranger = Home.init(tmp_path / "C")[0].key.peer_id
+    async with trio.open_nursery() as nursery:
+        (listener,) = await nursery.start(Server(seeder).serve, LOCAL, 0)
+        real = listener.socket.getsockname()[1]
+        refused = []
+        for _ in range(2):
+            with trio.socket.socket() as probe:  # ports nobody listens on
+                await probe.bind((LOCAL, 0))
+                refused.append(probe.getsockname()[1])
+        gone = (LOCAL, refused[0])
+        static = (StaticPeer(seeder.key.peer_id, (gone,)), StaticPeer(stranger, ()))
+        finder = Finder(puller, Config(mdns=False, peers=static))
+        unreached: list[str] = []
+        with trio.fail_after(HANDSHAKE_TIMEOUT):
+            conns = await finder.connect_all(
+                [(LOCAL, real), gone, (LOCAL, refused[1]), stranger], unreached
+            )
+        assert [c.peer for c in conns] == [seeder.key.peer_id]
+        assert sorted(unreached) == sorted(
+            [
+                f"a ({LOCAL}:{refused[0]}: connection refused)",
+                f"{LOCAL}:{refused[1]}: connection refused",
+                f"{stranger.short} (no address known)",
+            ]
+        )
+        for conn in conns:
+            await conn.aclose()
         nursery.cancel_scope.cancel()
