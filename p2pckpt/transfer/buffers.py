@@ -16,7 +16,8 @@ the peer is already sending):
   drops free buffers of other sizes before allocating.
 
 Both are used from the trio thread only. Memory stays flat: a 16 GiB pull
-holds no more than a 1 GiB one (issue 16).
+holds no more than a 1 GiB one (issue 16); a pull from several sources gets
+a larger budget (``room_for``), bounded by MAX_ROOM_BYTES.
 """
 
 from __future__ import annotations
@@ -27,6 +28,18 @@ from typing import Final
 from p2pckpt.manifest.chunker import CHUNK_SIZE
 
 ROOM_BYTES: Final = 6 * CHUNK_SIZE  # chunk bodies on their way in one pull
+# Each source beyond the first adds this much, up to MAX_ROOM_BYTES: with 24 MiB
+# shared by four hosts each holding a quarter of a multi-host version, a host
+# had 1.5 chunks asked of it and its uplink ran at 65-80% (issue 21).
+ROOM_PER_SOURCE: Final = 2 * CHUNK_SIZE
+MAX_ROOM_BYTES: Final = 12 * CHUNK_SIZE
+
+
+def room_for(sources: int) -> int:
+    """A pull's budget of chunk bodies for ``sources`` sources."""
+    return min(ROOM_BYTES + max(0, sources - 1) * ROOM_PER_SOURCE, MAX_ROOM_BYTES)
+
+
 POOLED_MIN: Final = 256 * 1024  # smaller bodies are not worth pooling
 
 

@@ -33,9 +33,10 @@ from p2pckpt.errors import (
     first_leaf,
 )
 from p2pckpt.identity.peer_id import PeerId
+from p2pckpt.manifest.chunker import CHUNK_SIZE
 from p2pckpt.manifest.paths import safe_display
 from p2pckpt.store.staging import Staging
-from p2pckpt.transfer.buffers import BufferPool, Room
+from p2pckpt.transfer.buffers import BufferPool, Room, room_for
 from p2pckpt.transfer.peer import PeerConnection, remote_error
 from p2pckpt.transfer.requests import (
     HAVE_POLL,
@@ -172,8 +173,15 @@ class Swarm:
         self._writing: set[int] = set()  # chunks a writer is writing right now
         self.room = Room()  # chunk bodies on their way, all connections together
         self.buffers = BufferPool()  # and the buffers they arrive in
+        self._fit_room()
         self._changed = trio.Event()
         self._last_progress = trio.current_time()
+
+    def _fit_room(self) -> None:
+        """More sources, more chunks asked at once (``room_for``): each keeps
+        its link busy, not the first few."""
+        self.room.capacity = room_for(len(self.sources))
+        self.buffers.capacity = self.room.capacity + CHUNK_SIZE
 
     def _poke(self) -> None:
         self._changed.set()
@@ -234,6 +242,7 @@ class Swarm:
             return
         log.info("source joined peer=%s via=%s", src.peer.short, src.via)
         self.sources.append(src)
+        self._fit_room()
         for conn in list(src.conns):
             nursery.start_soon(self._connection, src, conn)
 
