@@ -77,6 +77,7 @@ from p2pckpt.transfer.choose import (
 )
 from p2pckpt.transfer.partials import Partials
 from p2pckpt.transfer.peer import PeerConnection
+from p2pckpt.transfer.pipeline import MAX_PROGRESS_WAIT
 from p2pckpt.transfer.pull import (
     Accept,
     Hint,
@@ -189,6 +190,7 @@ class FollowState:
     hook: HookResult | None = None
     streaming: bool = False  # a version is being written and prefetched (issue 21)
     heard: dict[PeerId, int] = field(default_factory=dict)  # each peer's last long-poll answer
+    offered: int = 0  # the in-progress sequence the last check found offered (0: none)
     again: bool = False  # a prefetch just ended: look again at once (more may be finished)
     prefetched: dict[tuple[bytes, int], int] = field(default_factory=dict)  # newest sequence
 
@@ -443,7 +445,8 @@ async def check_once(
             await stream_once(home, finder, spec, progress, have, throttles, state, pauses)
         return None
     if state is not None:
-        state.streaming = False
+        state.streaming, state.offered = False, 0
+        state.heard.clear()
     run = partial(
         install,
         home,
@@ -482,12 +485,15 @@ async def stream_once(
     conns = await finder.connect_all(None)
     offer = await choose_in_progress(home, conns, spec.name, accept_of(spec), have)
     if offer is None:
-        state.streaming = False
+        state.streaming, state.offered = False, 0
         return
     manifest = offer.manifest
+    assert manifest.in_progress is not None
+    if manifest.in_progress != state.offered:  # long polls wait for a change from this
+        state.offered = manifest.in_progress
+        state.heard.clear()
     key = (manifest.publisher.key, manifest.version)
     seen = state.prefetched.get(key, 0)
-    assert manifest.in_progress is not None
     if manifest.in_progress <= seen or len(state.prefetched) > MAX_STREAMED_VERSIONS:
         state.streaming = manifest.in_progress == seen  # the same set: still being written
         await offer.aclose()
@@ -665,7 +671,7 @@ async def follow(
             state.again = False
             continue
         wait = STREAM_POLL_SECONDS if state.streaming else idle
-        with trio.move_on_after(wait):
+        with trio.move_on_after(wait) as waiting:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_woken, finder, nursery.cancel_scope)
                 # Only while a version is being written: a long poll holds a
@@ -673,7 +679,9 @@ async def follow(
                 # holding one all the time would fill its MAX_CONNECTIONS.
                 # The first finished shard is found by the poll (or mDNS).
                 if state.streaming:
-                    nursery.start_soon(_told, finder, spec.name, state, nursery.cancel_scope)
+                    nursery.start_soon(
+                        _told, finder, spec.name, state, nursery.cancel_scope, waiting
+                    )
 
 
 async def _woken(finder: Finder, scope: trio.CancelScope) -> None:
@@ -685,27 +693,43 @@ async def _woken(finder: Finder, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
-async def _told(finder: Finder, name: str, state: FollowState, scope: trio.CancelScope) -> None:
+async def _told(
+    finder: Finder,
+    name: str,
+    state: FollowState,
+    scope: trio.CancelScope,
+    waiting: trio.CancelScope,
+) -> None:
     """Return when a peer that speaks "progress-wait" says the in-progress
     manifest of ``name`` it offers changed (a shard finished, or the version
     was published whole; issue 21): one long poll per peer, the wait
-    between two checks, instead of finding out at the next check. Older
-    peers (and any failure) just leave the check to its time."""
+    between two checks, instead of finding out at the next check. When
+    every peer holds one, the check waits for them (``waiting``, up to the
+    servers' MAX_PROGRESS_WAIT, then a check anyway) instead of polling every STREAM_POLL_SECONDS:
+    one held connection per peer, not a round of handshakes twice a second
+    on the trainer's node. Older peers, and any long poll that fails, leave
+    the check to its poll."""
     try:
         conns = await finder.connect_all(None)
     except P2pckptError:
         await trio.sleep_forever()
+    if conns and all(PROGRESS_WAIT in c.features for c in conns):
+        waiting.deadline = max(waiting.deadline, trio.current_time() + MAX_PROGRESS_WAIT)
     changed = False
 
     async def ask(conn: PeerConnection) -> None:
         nonlocal changed
         if PROGRESS_WAIT not in conn.features:
             return
-        after = state.heard.get(conn.peer, 0)
+        # What this peer last said, else what the last check found: a stale
+        # answer (say "none", heard before this version was offered) would
+        # hold the poll through the very change it waits for.
+        after = state.heard.get(conn.peer, state.offered)
         try:
             now = await await_progress(conn, name, after, PROGRESS_TIMEOUT)
         except (P2pckptError, OSError) as exc:
             log.debug('long poll ended peer=%s error="%s"', conn.label, exc)
+            waiting.deadline = min(waiting.deadline, trio.current_time() + STREAM_POLL_SECONDS)
             return
         if now == after:  # its wait ended with nothing new (or it does not wait): no news
             return

@@ -190,3 +190,41 @@ async def test_the_long_poll_is_answered_when_the_offer_changes_and_only_then(
             assert held.cancelled_caught  # no book: nothing will change, so no answer
             await plain.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_a_streaming_follower_waits_on_one_long_poll_not_a_poll_twice_a_second(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While a version is being written and its seeder speaks progress-wait,
+    the follower holds one long poll instead of a check round (and a new
+    long poll) every STREAM_POLL_SECONDS: few connections on the trainer's
+    node however long the write lasts; the next shard still wakes it."""
+    caplog.set_level(logging.DEBUG, logger="p2pckpt.serve")
+    seeder, follower, step = _homes(tmp_path)
+    shard = "model-00001-of-00002.safetensors"
+    book = ProgressBook()
+    book.offer(*publish_in_progress(seeder, step, "m", 3, frozenset({shard}), 7), step)
+    models = tmp_path / "models"
+    state = FollowState(FollowSpec("m", models))
+
+    def connections() -> int:
+        return sum("peer connected" in r.getMessage() for r in caplog.records)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            (listener,) = await nursery.start(Server(seeder, progress=book).serve, LOCAL, 0)
+            port = listener.socket.getsockname()[1]
+            config = Config(mdns=False, peers=(StaticPeer(seeder.key.peer_id, ((LOCAL, port),)),))
+            finder = Finder(follower, config)
+            nursery.start_soon(
+                lambda: follow(follower, finder, state.spec, lambda _n: NoProgress(), state=state)
+            )
+            await _until(lambda: state.streaming and state.prefetched, "the shard prefetched")
+            await trio.sleep(0.5)  # the round after the prefetch, and its long poll, begin
+            before = connections()
+            await trio.sleep(2 * 1.0)  # four STREAM_POLL_SECONDS
+            assert connections() - before <= 1, connections() - before
+            both = frozenset({shard, "model-00002-of-00002.safetensors"})
+            book.offer(*publish_in_progress(seeder, step, "m", 3, both, 8), step)
+            await _until(lambda: state.prefetched.get((seeder.key.peer_id.key, 3)) == 8, "seq 8")
+            nursery.cancel_scope.cancel()
