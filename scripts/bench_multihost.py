@@ -50,6 +50,7 @@ from types import FrameType
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from p2pckpt.config import parse_size  # noqa: E402 - 2GiB, 25MB, as the config takes them
 from p2pckpt.home import Home  # noqa: E402
 from p2pckpt.manifest.gather import SEED_BYTES, Gather, pick_proof  # noqa: E402
 from p2pckpt.multihost.local import (  # noqa: E402
@@ -66,14 +67,6 @@ from tests.e2e.nodes import Server, run, start_server  # noqa: E402
 MB = 1_000_000
 HOSTS = 4
 NAME = "bench-mh"
-
-
-def parse_size(text: str) -> int:
-    units = {"GiB": 1 << 30, "MiB": 1 << 20, "KiB": 1 << 10, "GB": 10**9, "MB": 10**6, "B": 1}
-    for unit, factor in units.items():
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * factor)
-    return int(text)
 
 
 def write_shard(path: Path, size: int, seed: int) -> None:

@@ -42,17 +42,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from p2pckpt.config import parse_size  # noqa: E402 - 2GiB, 25MB, as the config takes them
 from tests.e2e.nodes import Server, run, start_daemon, start_server  # noqa: E402
 
 MB = 1_000_000
-
-
-def parse_size(text: str) -> int:
-    units = {"GiB": 1 << 30, "MiB": 1 << 20, "KiB": 1 << 10, "GB": 10**9, "MB": 10**6, "B": 1}
-    for unit, factor in units.items():
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * factor)
-    return int(text)
 
 
 @contextlib.contextmanager
