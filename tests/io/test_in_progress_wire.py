@@ -220,7 +220,13 @@ async def test_a_streaming_follower_waits_on_one_long_poll_not_a_poll_twice_a_se
                 lambda: follow(follower, finder, state.spec, lambda _n: NoProgress(), state=state)
             )
             await _until(lambda: state.streaming and state.prefetched, "the shard prefetched")
-            await trio.sleep(0.5)  # the round after the prefetch, and its long poll, begin
+            # The check round a prefetch is followed by, then the long poll:
+            # a few connections, then none while it is held.
+            with trio.fail_after(10):
+                last = -1
+                while connections() != last:
+                    last = connections()
+                    await trio.sleep(0.5)  # one STREAM_POLL_SECONDS
             before = connections()
             await trio.sleep(2 * 1.0)  # four STREAM_POLL_SECONDS
             assert connections() - before <= 1, connections() - before
