@@ -146,12 +146,14 @@ def start_daemon(home: Path, log: Path, config: Path) -> Server:
     )
 
 
-def wait_until(cond: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll a real condition every 50 ms until it holds, or fail after ``timeout``."""
+def wait_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll a real condition every 50 ms until it holds (its value, truthy),
+    or fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if cond():
-            return
+        got = cond()
+        if got:
+            return got
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
 

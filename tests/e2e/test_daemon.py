@@ -13,26 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.nodes import Server, make_checkpoint, run, same_tree, start_server
-
-
-def _daemon(home: Path, log: Path, config: Path) -> Server:
-    return start_server(
-        home,
-        log,
-        command=("daemon", "--config", str(config)),
-        extra=(),
-        banner=r"daemon listening on [0-9.]+:(\d+)",
-    )
-
-
-def _wait(cond: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.e2e.nodes import (
+    Server,
+    make_checkpoint,
+    run,
+    same_tree,
+    start_daemon,
+    start_server,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -98,7 +87,7 @@ hook = ["{hook}"]
 listen = "127.0.0.1:{metrics_port}"
 """
     )
-    follower = _daemon(b, tmp_path / "b.log", cfg)
+    follower = start_daemon(b, tmp_path / "b.log", cfg)
     servers.append(follower)
     current = models / "llama-ft" / "current"
     ckpts = []
@@ -109,15 +98,15 @@ listen = "127.0.0.1:{metrics_port}"
         ckpts.append(ck)
         run(a, "publish", str(ck), "--name", "llama-ft", "--version", str(version))
         published = time.monotonic()  # the version exists from here on
-        _wait(
-            lambda v=version: os.path.islink(current) and os.readlink(current) == str(v),
-            15,
-            f"current -> {version}",
-        )
+
+        def switched(v: int = version) -> bool:
+            return os.path.islink(current) and os.readlink(current) == str(v)
+
+        wait_until(switched, 15, f"current -> {version}")
         assert time.monotonic() - published < 5, "follower must see a new version within 5 s"
         assert same_tree(ck, current)
     # Retention runs after the flip and the hook: wait for it, then check it.
-    _wait(
+    wait_until(
         lambda: "retention name=llama-ft deleted=100" in follower.log.read_text(),
         15,
         "retention of version 100",
@@ -173,8 +162,8 @@ name = "llama-ft"
 dir = "{home / "models"}"
 """
         )
-    db = _daemon(b, tmp_path / "b.log", b / "d.toml")
-    dc = _daemon(c, tmp_path / "c.log", c / "d.toml")
+    db = start_daemon(b, tmp_path / "b.log", b / "d.toml")
+    dc = start_daemon(c, tmp_path / "c.log", c / "d.toml")
     servers += [db, dc]
     ck = make_checkpoint(tmp_path / "ck", {"model.safetensors": 3 << 20, "config.json": 100})
     run(a, "publish", str(ck), "--name", "llama-ft", "--version", "42")
@@ -223,7 +212,7 @@ dir = "{b / "models"}"
     )
     # The pusher serves at 4 MB/s, so 8 MiB takes about two seconds.
     (a / "config.toml").write_text("[discovery]\nmdns = false\n[limits]\nupload = 4000000\n")
-    db = _daemon(b, tmp_path / "b.log", b / "d.toml")
+    db = start_daemon(b, tmp_path / "b.log", b / "d.toml")
     servers.append(db)
     ck = make_checkpoint(tmp_path / "ck", {"model.safetensors": 8 << 20})
     run(a, "publish", str(ck), "--name", "slow", "--version", "1")
@@ -311,17 +300,17 @@ dir = "{models}"
 """
     )
     journal = models / "big" / ".5.p2pckpt-partial" / "journal"
-    first = _daemon(b, tmp_path / "b1.log", cfg)
-    _wait(lambda: journal.exists() and journal.stat().st_size >= 41 + 8 * 5, 30, "journal")
+    first = start_daemon(b, tmp_path / "b1.log", cfg)
+    wait_until(lambda: journal.exists() and journal.stat().st_size >= 41 + 8 * 5, 30, "journal")
     first.proc.kill()
     first.proc.wait(10)
     first.stop()
     assert not (models / "big" / "current").exists()
     journaled = (journal.stat().st_size - 41) // 8
-    second = _daemon(b, tmp_path / "b2.log", cfg)
+    second = start_daemon(b, tmp_path / "b2.log", cfg)
     servers.append(second)
     current = models / "big" / "current"
-    _wait(lambda: current.is_symlink(), 60, "current after restart")
+    wait_until(lambda: current.is_symlink(), 60, "current after restart")
     assert same_tree(ck, current)
     log = (tmp_path / "b2.log").read_text()
     found = re.search(r"pulled name=big version=5 downloaded=(\d+) reused=(\d+)", log)
@@ -351,7 +340,7 @@ name = "llama-ft"
 stable_seconds = 1.5
 """
     )
-    daemon = _daemon(home, tmp_path / "d.log", cfg)
+    daemon = start_daemon(home, tmp_path / "d.log", cfg)
     try:
         target = watched / "llama-ft-step1200.safetensors"
         block = os.urandom(1 << 20)
@@ -362,7 +351,7 @@ stable_seconds = 1.5
                 listed = json.loads(run(home, "ls", "--local", "--json").stdout)
                 assert listed == [], "published while the writer was still writing"
                 time.sleep(0.5)  # the writer's pace, not synchronisation
-        _wait(
+        wait_until(
             lambda: json.loads(run(home, "ls", "--local", "--json").stdout) != [], 20, "publication"
         )
         (entry,) = json.loads(run(home, "ls", "--local", "--json").stdout)
@@ -382,7 +371,7 @@ def test_concurrent_pushes_of_one_version_share_one_pull(nodes, tmp_path: Path) 
         f'[serve]\nlisten = "127.0.0.1:0"\n[discovery]\nmdns = false\n'
         f'[[follow]]\nname = "llama-ft"\ndir = "{b / "models"}"\n'
     )
-    db = _daemon(b, tmp_path / "b.log", b / "d.toml")
+    db = start_daemon(b, tmp_path / "b.log", b / "d.toml")
     servers.append(db)
     # A slow uplink on A, so that every push arrives while the first pull runs.
     (a / "config.toml").write_text("[discovery]\nmdns = false\n[limits]\nupload = 4000000\n")

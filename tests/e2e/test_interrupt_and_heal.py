@@ -10,27 +10,17 @@ import json
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from p2pckpt.home import Home
 from p2pckpt.store import journal as journal_format
 from p2pckpt.store.staging import staging_path
-from tests.e2e.nodes import CLI, Pair, Server, make_checkpoint, run, run_json
+from tests.e2e.nodes import CLI, Pair, Server, make_checkpoint, run, run_json, wait_until
 
 NAME = "heal-ft"
 SIZE = 40 << 20  # ten 4 MiB chunks
 RATE = 4_000_000  # about one chunk a second: long enough to act mid-pull
 INTERRUPTED = "p2pckpt: interrupted (SIGTERM); run the same command again to resume"
-
-
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll a real condition (another process writes it) until a deadline."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def _records(journal: Path) -> int:
@@ -79,7 +69,7 @@ def _terminate_mid_pull(pair: Pair, server: Server, dest: Path, chunks: int = 2)
     journal = staging_path(dest) / "journal"
     proc = _slow_pull(pair, server, dest)
     try:
-        _wait(lambda: _records(journal) >= chunks or proc.poll() is not None, 60, "chunks")
+        wait_until(lambda: _records(journal) >= chunks or proc.poll() is not None, 60, "chunks")
         assert proc.poll() is None, f"pull ended early: {proc.communicate()}"
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
@@ -155,7 +145,7 @@ def test_a_byte_flipped_in_staging_during_the_pull_is_never_committed(
     journal = staging_path(dest) / "journal"
     proc = _slow_pull(pair, server, dest)
     try:
-        _wait(lambda: _records(journal) >= 2 or proc.poll() is not None, 60, "chunks")
+        wait_until(lambda: _records(journal) >= 2 or proc.poll() is not None, 60, "chunks")
         assert proc.poll() is None, f"pull ended early: {proc.communicate()}"
         written = journal_format.parse(journal.read_bytes(), manifest.root, len(chunks))
         victim = min(written)

@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.nodes import CLI, Pair, make_checkpoint, run, start_server
+from tests.e2e.nodes import CLI, Pair, make_checkpoint, run, start_server, wait_until
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "json.md"
 _HEADING = re.compile(r"^#{2,4} `([^`]+)`\s*$")
@@ -84,16 +83,6 @@ def json_of(proc: subprocess.CompletedProcess[str]) -> Any:
     lines = proc.stdout.splitlines()
     assert len(lines) == 1, proc.stdout
     return json.loads(lines[0])
-
-
-def _wait(cond: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_every_json_document_matches_docs_json_md(pair: Pair, tmp_path: Path) -> None:
@@ -178,7 +167,7 @@ def test_every_json_document_matches_docs_json_md(pair: Pair, tmp_path: Path) ->
         moving = [t for t in doc["transfers"] if t["name"] == "big" and t["peers"]]
         return doc if moving else None
 
-    status = _wait(in_flight, 60, "status to show the pull of big with its peers")
+    status = wait_until(in_flight, 60, "status to show the pull of big with its peers")
     (transfer,) = [t for t in status["transfers"] if t["name"] == "big"]
     assert [p["id"] for p in transfer["peers"]] == [pair.a_id]
     assert transfer["peers"][0]["route"] == "direct"
@@ -204,7 +193,7 @@ def test_every_json_document_matches_docs_json_md(pair: Pair, tmp_path: Path) ->
         done = [f for f in doc["follows"] if f["name"] == "m" and f["current"] == 2 and f["hook"]]
         return doc if done else None
 
-    c.check("status", _wait(hooked, 60, "the follower of m to install m@2 and run its hook"))
+    c.check("status", wait_until(hooked, 60, "the follower of m to install m@2 and run its hook"))
     pinned = json_of(run(pair.b, "current", "m", "--pin", "1", "--json"))
     assert pinned["switched"] and pinned["hook"]["code"] == 0, pinned
     c.check("current", pinned)

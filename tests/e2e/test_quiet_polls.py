@@ -6,19 +6,9 @@ as JSON numbers."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
-from tests.e2e.nodes import make_checkpoint, run, start_server
-
-
-def _wait(cond: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.e2e.nodes import make_checkpoint, run, start_server, wait_until
 
 
 def test_a_polling_follower_logs_only_changes(tmp_path: Path) -> None:
@@ -52,7 +42,7 @@ def test_a_polling_follower_logs_only_changes(tmp_path: Path) -> None:
                 line for line in seeder_log.read_text().splitlines() if "peer connected" in line
             ]
 
-        _wait(lambda: len(polls()) >= 4, 60, "four polls of the follower")
+        wait_until(lambda: len(polls()) >= 4, 60, "four polls of the follower")
         seeder_info = [line for line in polls() if " INFO " in line]
         assert len(seeder_info) == 1, polls()  # the arrival, not every poll
         events = [json.loads(line) for line in follower_log.read_text().splitlines()]
@@ -71,7 +61,7 @@ def test_a_polling_follower_logs_only_changes(tmp_path: Path) -> None:
             lines = follower_log.read_text().splitlines()
             return [e for e in map(json.loads, lines) if e["event"] == "pulled"]
 
-        _wait(lambda: pulled(), 60, "the follower to pull m")
+        wait_until(lambda: pulled(), 60, "the follower to pull m")
         fields = pulled()[0]["fields"]
         assert isinstance(fields, dict)
         assert fields["version"] == 1 and fields["downloaded"] == 40_000

@@ -5,20 +5,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-from tests.e2e.nodes import CLI, Pair, make_checkpoint, run, run_json
-
-
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.e2e.nodes import CLI, Pair, make_checkpoint, run, run_json, wait_until
 
 
 def _tree(path: Path) -> dict[str, bytes]:
@@ -55,7 +44,7 @@ def test_unpublish_on_a_running_seeder(pair: Pair, tmp_path: Path) -> None:
     assert _tree(v1) == before  # files left alone
     got = run_json(pair.b, "pull", "m", "--from", server.addr, "-o", str(tmp_path / "y"))
     assert got["version"] == 2 and _tree(tmp_path / "y") == _tree(v2)
-    _wait(
+    wait_until(
         lambda: "no longer serving versions=1" in server.log.read_text(),
         10,
         "the seeder to drop v1's cached chunk table",
@@ -90,7 +79,9 @@ def test_a_pull_under_way_stops_when_its_version_is_unpublished(pair: Pair, tmp_
     )
     try:
         journal = tmp_path / ".out.p2pckpt-partial" / "journal"
-        _wait(lambda: journal.exists() and journal.stat().st_size > 41, 30, "the pull to start")
+        wait_until(
+            lambda: journal.exists() and journal.stat().st_size > 41, 30, "the pull to start"
+        )
         run(pair.a, "unpublish", "big@1")
         _out, err = proc.communicate(timeout=30)
     finally:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from pathlib import Path
 
 import trio
@@ -23,6 +22,7 @@ from tests.e2e.nodes import (
     same_tree,
     start_relay,
     start_server,
+    wait_until,
 )
 from tests.e2e.test_security import EvilSeeder, arun, new_key
 
@@ -71,13 +71,6 @@ def _node(
 
 def _throttled(home: Path, rate: int) -> None:
     (home / "config.toml").write_text(f"[discovery]\nmdns = false\n[limits]\nupload = {rate}\n")
-
-
-def _wait(cond: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 async def test_three_sources_one_corrupt_one_killed(pair: Pair, tmp_path: Path) -> None:
@@ -192,7 +185,7 @@ def test_a_puller_feeds_another_while_it_pulls(pair: Pair, tmp_path: Path) -> No
     )
     pair.servers.append(daemon)
     journal = models / NAME / ".1.p2pckpt-partial" / "journal"
-    _wait(lambda: journal.exists() and journal.stat().st_size > 41, 30, "D to start pulling")
+    wait_until(lambda: journal.exists() and journal.stat().st_size > 41, 30, "D to start pulling")
     current = models / NAME / "current"
     assert not os.path.lexists(current)  # D is still pulling as B starts
     doc = json.loads(

@@ -10,24 +10,25 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from p2pckpt.identity.keys import KEY_FILE
-from tests.e2e.nodes import CLI, Server, make_checkpoint, no_mdns, run, run_json, start_server
+from tests.e2e.nodes import (
+    CLI,
+    Server,
+    make_checkpoint,
+    no_mdns,
+    run,
+    run_json,
+    start_daemon,
+    start_server,
+    wait_until,
+)
 
 ALL_ROLES = ("--role", "pull", "--role", "publish", "--role", "push")
-
-
-def _wait(cond: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _node(root: Path, name: str) -> tuple[Path, str]:
@@ -43,16 +44,6 @@ def servers() -> Iterator[list[Server]]:
     yield started
     for s in started:
         s.stop()
-
-
-def _daemon(home: Path, log: Path, config: Path) -> Server:
-    return start_server(
-        home,
-        log,
-        command=("daemon", "--config", str(config)),
-        extra=(),
-        banner=r"daemon listening on [0-9.]+:(\d+)",
-    )
 
 
 def _follow_config(path: Path, peers: dict[str, str], models: Path, extra: str = "") -> Path:
@@ -128,9 +119,9 @@ def test_trust_rm_stops_a_follower_and_its_running_pull(
     models = tmp_path / "models"
     hook, hook_out = _hook(tmp_path)
     cfg = _follow_config(tmp_path / "b.toml", {a_id: seeder.addr}, models, f'hook = ["{hook}"]\n')
-    follower = _daemon(b, tmp_path / "b.log", cfg)
+    follower = start_daemon(b, tmp_path / "b.log", cfg)
     servers.append(follower)
-    _wait(lambda: _current(models) == "1" and hook_out.exists(), 30, "version 1 installed")
+    wait_until(lambda: _current(models) == "1" and hook_out.exists(), 30, "version 1 installed")
 
     big = make_checkpoint(tmp_path / "v2", {"w.bin": 24 << 20}, seed=2)
     run(a, "publish", str(big), "--name", "m")
@@ -139,17 +130,17 @@ def test_trust_rm_stops_a_follower_and_its_running_pull(
         status = json.loads(run(b, "status", "--json").stdout)
         return any(t["bytes_done"] > 0 and t["version"] == 2 for t in status["transfers"])
 
-    _wait(pulling, 30, "the follower pulling version 2")
+    wait_until(pulling, 30, "the follower pulling version 2")
     revoked = time.monotonic()
     run(b, "trust", "rm", "nas")
-    _wait(
+    wait_until(
         lambda: "pull stopped name=m version=2" in follower.log.read_text(),
         10,
         "the running pull to stop",
     )
     assert time.monotonic() - revoked < 5  # generous: the guard looks every 0.25 s
     # The next checks refuse A outright (the follow polls every 2 s).
-    _wait(
+    wait_until(
         lambda: follower.log.read_text().count("not a publisher we trust") >= 1,
         15,
         "a follow check refusing A",
@@ -178,7 +169,9 @@ def test_trust_rm_closes_open_connections_on_the_seeder(
     argv = [*CLI, "--home", str(b), "-v", "pull", "m", "--from", seeder.addr, "-o", str(out)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait(lambda: "peer connected peer=" in seeder.log.read_text(), 30, "the pull to connect")
+        wait_until(
+            lambda: "peer connected peer=" in seeder.log.read_text(), 30, "the pull to connect"
+        )
         revoked = time.monotonic()
         run(a, "trust", "rm", "ws")
         _, err = proc.communicate(timeout=30)
@@ -220,9 +213,9 @@ def test_follow_installs_only_its_publishers(tmp_path: Path, servers: list[Serve
         models,
         'publishers = ["nas"]\n',
     )
-    follower = _daemon(b, tmp_path / "b.log", cfg)
+    follower = start_daemon(b, tmp_path / "b.log", cfg)
     servers.append(follower)
-    _wait(lambda: _current(models) == "3", 30, "the NAS's version installed")
+    wait_until(lambda: _current(models) == "3", 30, "the NAS's version installed")
     log = follower.log.read_text()
     assert "not one of the publishers asked for (nas)" in log
     assert not (models / "m" / "9").exists()
@@ -270,14 +263,14 @@ def test_stolen_key_fast_forward_is_recoverable(tmp_path: Path, servers: list[Se
     new_srv = start_server(new, tmp_path / "new.log")
     servers.append(new_srv)
     cfg = _follow_config(tmp_path / "b.toml", {old_id: old_srv.addr, new_id: new_srv.addr}, models)
-    follower = _daemon(b, tmp_path / "b.log", cfg)
+    follower = start_daemon(b, tmp_path / "b.log", cfg)
     servers.append(follower)
-    _wait(lambda: _current(models) == huge, 30, "the fast-forwarded version installed")
+    wait_until(lambda: _current(models) == huge, 30, "the fast-forwarded version installed")
     # Recovery: the stolen key goes, the new key is trusted to publish.
     removed = run(b, "trust", "rm", "trainer")
     assert "forgot what it signed" in removed.stdout and f"m@{huge}" in removed.stdout
     run(b, "trust", "add", new_id, "--name", "trainer2", "--role", "publish")
-    _wait(lambda: _current(models) == "5", 30, "the new key's version installed")
+    wait_until(lambda: _current(models) == "5", 30, "the new key's version installed")
     assert (models / "m" / "5" / "good.bin").read_bytes() == good.read_bytes()
     doc = run_json(b, "pull", "m", "--from", new_srv.addr, "-o", str(tmp_path / "again"))
     assert (doc["version"], doc["publisher"]) == (5, new_id)
@@ -303,7 +296,7 @@ def test_expired_newest_version_is_refused(tmp_path: Path, servers: list[Server]
     assert reserved.returncode == 2 and "reserved" in reserved.stderr
     server = start_server(a, tmp_path / "a.log")
     servers.append(server)
-    _wait(lambda: time.time() > expires + 0.1, 5, "the wall clock to pass the expiry")
+    wait_until(lambda: time.time() > expires + 0.1, 5, "the wall clock to pass the expiry")
     refused = run(b, "pull", "m", "--from", server.addr, "-o", str(tmp_path / "x"), check=False)
     assert refused.returncode == 14, refused.stderr
     assert "expired at" in refused.stderr and "m@1" in refused.stderr
