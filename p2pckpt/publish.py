@@ -214,18 +214,31 @@ def publish(
             )
     if version is None:
         version = home.catalog.next_version(name)
+    manifest, envelope = _sign_new(home, name, version, final, kind, entries)
+    home.catalog.add(manifest, envelope, root, "published")
+    return manifest
+
+
+def _sign_new(
+    home: Home,
+    name: str,
+    version: int,
+    meta: dict[str, str],
+    kind: str,
+    entries: list[FileEntry],
+) -> tuple[Manifest, bytes]:
+    """A manifest of this node's, made now and signed (a version or an
+    in-progress one: ``meta`` says which)."""
     manifest = Manifest(
         name=name,
         version=version,
         publisher=home.key.peer_id,
         created=int(time.time()),
-        meta=final,
+        meta=meta,
         kind=kind,
         files=tuple(entries),
     )
-    manifest, envelope = sign(manifest, home.key)
-    home.catalog.add(manifest, envelope, root, "published")
-    return manifest
+    return sign(manifest, home.key)
 
 
 def publish_in_progress(
@@ -256,13 +269,4 @@ def publish_in_progress(
     final = wire_meta(meta)
     final[IN_PROGRESS_KEY] = str(sequence)
     check_meta(final, ours=True)
-    manifest = Manifest(
-        name=name,
-        version=version,
-        publisher=home.key.peer_id,
-        created=int(time.time()),
-        meta=final,
-        kind="dir",
-        files=tuple(entries),
-    )
-    return sign(manifest, home.key)
+    return _sign_new(home, name, version, final, "dir", entries)

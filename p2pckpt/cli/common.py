@@ -169,6 +169,22 @@ def load_config(home: Home, config_path: Path | None, **flags: object) -> Config
     return load(home.path, config_path).with_flags(**flags)
 
 
+def serving_config(
+    home: Home, config_path: Path | None, listen: str | None, no_mdns: bool, relay: str | None
+) -> Config:
+    """``load_config`` for a serving node (``serve``, ``daemon``): its
+    ``--listen``, ``--no-mdns`` and ``--relay`` on top."""
+    from p2pckpt.config import parse_addr
+
+    return load_config(
+        home,
+        config_path,
+        listen=listen,
+        mdns=False if no_mdns else None,
+        relay=parse_addr(relay) if relay else None,
+    )
+
+
 class Size(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.2
     """A byte count or rate: ``1500``, ``10M`` (10,000,000), ``10MiB`` (10,485,760)."""
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from p2pckpt.cli.common import command, config_option, load_config, open_home
+from p2pckpt.cli.common import command, config_option, open_home, serving_config
 from p2pckpt.cli.stopping import run_until_signalled
 
 if TYPE_CHECKING:
@@ -24,17 +24,10 @@ if TYPE_CHECKING:
 @click.option("--relay", default=None, metavar="HOST:PORT", help="Be reachable through a relay.")
 def daemon(config_path: Path | None, listen: str | None, no_mdns: bool, relay: str | None) -> None:
     """Run the daemon: serve, announce, watch, follow, status; until SIGTERM."""
-    from p2pckpt.config import parse_addr
     from p2pckpt.daemon.app import run_daemon
 
     home = open_home()
-    cfg = load_config(
-        home,
-        config_path,
-        listen=listen,
-        mdns=False if no_mdns else None,
-        relay=parse_addr(relay) if relay else None,
-    )
+    cfg = serving_config(home, config_path, listen, no_mdns, relay)
 
     def on_web(url: str, token: str) -> None:
         # The token opens the page's API: shown only on a terminal, never

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from p2pckpt.cli.common import command, config_option, load_config, note, open_home
+from p2pckpt.cli.common import command, config_option, note, open_home, serving_config
 from p2pckpt.cli.stopping import run_until_signalled
 
 if TYPE_CHECKING:
@@ -28,13 +28,7 @@ def serve(listen: str | None, no_mdns: bool, relay: str | None, config_path: Pat
     from p2pckpt.transfer.serve import Server
 
     home = open_home()
-    cfg = load_config(
-        home,
-        config_path,
-        listen=listen,
-        mdns=False if no_mdns else None,
-        relay=parse_addr(relay) if relay else None,
-    )
+    cfg = serving_config(home, config_path, listen, no_mdns, relay)
     host, port = parse_addr(cfg.listen, allow_zero=True)
 
     async def start(nursery: trio.Nursery) -> None:

@@ -705,10 +705,10 @@ async def _told(
     was published whole; issue 21): one long poll per peer, the wait
     between two checks, instead of finding out at the next check. When
     every peer holds one, the check waits for them (``waiting``, up to the
-    servers' MAX_PROGRESS_WAIT, then a check anyway) instead of polling every STREAM_POLL_SECONDS:
-    one held connection per peer, not a round of handshakes twice a second
-    on the trainer's node. Older peers, and any long poll that fails, leave
-    the check to its poll."""
+    servers' MAX_PROGRESS_WAIT, then a check anyway) instead of polling
+    every STREAM_POLL_SECONDS: one held connection per peer, not a round of
+    handshakes twice a second on the trainer's node. Older peers, and any
+    long poll that fails, leave the check to its poll."""
     try:
         conns = await finder.connect_all(None)
     except P2pckptError:

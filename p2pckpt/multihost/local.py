@@ -19,6 +19,7 @@ import os
 import stat
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from p2pckpt.errors import ConfigError, ManifestError, SourceChanged
@@ -97,16 +98,7 @@ def sign_gathered(
             f"{gather.name}@{gather.version} is already published with other content;"
             " use a new version"
         )
-    manifest = Manifest(
-        name=draft.name,
-        version=draft.version,
-        publisher=draft.publisher,
-        created=draft.created,
-        meta=final,
-        kind="dir",
-        files=draft.files,
-    )
-    return sign(manifest, home.key)
+    return sign(replace(draft, meta=final), home.key)
 
 
 def record_share(

@@ -51,6 +51,20 @@ def _flip_last(envelope: bytes) -> bytes:
     return envelope[:-1] + bytes([envelope[-1] ^ 1])
 
 
+async def _serve_and_follow(
+    nursery: trio.Nursery, seeder: Home, book: ProgressBook, follower: Home, state: FollowState
+) -> None:
+    """The seeder's real server on loopback (offering ``book``), and the
+    follower's real follow loop of ``state.spec`` with it as its one peer."""
+    (listener,) = await nursery.start(Server(seeder, progress=book).serve, LOCAL, 0)
+    port = listener.socket.getsockname()[1]
+    config = Config(mdns=False, peers=(StaticPeer(seeder.key.peer_id, ((LOCAL, port),)),))
+    finder = Finder(follower, config)
+    nursery.start_soon(
+        lambda: follow(follower, finder, state.spec, lambda _n: NoProgress(), state=state)
+    )
+
+
 async def _until(cond, what: str, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
     with trio.fail_after(timeout):
         while not cond():  # noqa: ASYNC110 -- a log line or a file: no event to wait on
@@ -81,13 +95,7 @@ async def test_tampered_in_progress_manifests_are_refused_and_the_follower_goes_
         return sum("in-progress refused" in r.getMessage() for r in caplog.records)
 
     async with trio.open_nursery() as nursery:
-        (listener,) = await nursery.start(Server(seeder, progress=book).serve, LOCAL, 0)
-        port = listener.socket.getsockname()[1]
-        config = Config(mdns=False, peers=(StaticPeer(seeder.key.peer_id, ((LOCAL, port),)),))
-        finder = Finder(follower, config)
-        nursery.start_soon(
-            lambda: follow(follower, finder, spec, lambda _n: NoProgress(), state=state)
-        )
+        await _serve_and_follow(nursery, seeder, book, follower, state)
         # a bad signature; a publisher nobody trusts
         for sequence, env in enumerate([_flip_last(envelope), foreign_env], start=8):
             # a new sequence each time: the follower's long poll wakes it at once
@@ -212,13 +220,7 @@ async def test_a_streaming_follower_waits_on_one_long_poll_not_a_poll_twice_a_se
 
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            (listener,) = await nursery.start(Server(seeder, progress=book).serve, LOCAL, 0)
-            port = listener.socket.getsockname()[1]
-            config = Config(mdns=False, peers=(StaticPeer(seeder.key.peer_id, ((LOCAL, port),)),))
-            finder = Finder(follower, config)
-            nursery.start_soon(
-                lambda: follow(follower, finder, state.spec, lambda _n: NoProgress(), state=state)
-            )
+            await _serve_and_follow(nursery, seeder, book, follower, state)
             await _until(lambda: state.streaming and state.prefetched, "the shard prefetched")
             # The check round a prefetch is followed by, then the long poll:
             # a few connections, then none while it is held.
